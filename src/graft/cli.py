@@ -1,0 +1,198 @@
+"""The ``graft`` command: a thin Typer layer over ``graft.api``.
+
+Human output goes to stderr; ``--json`` puts one JSON document on stdout. Users' mistakes
+(``GraftError``) become a message, a hint and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from graft import perf
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning from pretrained networks, fast on a CPU and offline.")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (progress stays on stderr).")]
+BackboneOption = Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (graft backbones lists the offline ones).")]
+WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Weights file (safetensors, or a .pth state dict) for the backbone.")]
+
+
+def _handle_errors(command: Callable) -> Callable:
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from graft.console import stderr
+        from graft.errors import GraftError
+
+        try:
+            return command(*args, **kwargs)
+        except GraftError as error:
+            stderr.print(f"[bold red]error:[/] {error.message}", highlight=False)
+            if error.hint:
+                stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _default_backbone() -> str:
+    return "tf_efficientnet_lite0"
+
+
+@app.command()
+@_handle_errors
+def backbones(json_output: JsonOption = False):
+    """List the built-in backbones (weights ship in pip packages, so they work offline)."""
+    from graft.backbones import get_spec, list_backbones
+    from graft.console import emit_json, stderr, table
+
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        try:
+            spec.weights.locate()
+            installed = True
+        except Exception:
+            installed = False
+        rows.append({"name": name, "description": spec.description, "input_size": spec.preprocessing.input_size,
+                     "license": spec.license, "package": spec.weights.pip_name, "installed": installed})
+    if json_output:
+        emit_json(rows)
+    else:
+        stderr.print(table("built-in backbones", ["name", "description", "weights package", "installed"],
+                           [[r["name"], r["description"], r["package"], "yes" if r["installed"] else "no"] for r in rows]))
+        stderr.print("Any other timm model name works when online, or with --weights FILE.")
+
+
+@app.command()
+@_handle_errors
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    backbone: BackboneOption = "tf_efficientnet_lite0",
+    weights: WeightsOption = None,
+    top: Annotated[int, typer.Option("--top", help="How many labels to show per image.")] = 5,
+    json_output: JsonOption = False,
+):
+    """Use the pretrained ImageNet classifier as is: top-k labels with probabilities."""
+    from graft.api import classify as run_classify
+    from graft.console import emit_json, stderr
+
+    results = run_classify(images, backbone=backbone, top=top, weights=str(weights) if weights else None)
+    if json_output:
+        emit_json(results)
+        return
+    for result in results:
+        stderr.print(f"[bold]{result['image']}[/]")
+        for entry in result["top"]:
+            stderr.print(f"  {entry['prob']:7.2%}  {entry['label']}")
+
+
+@app.command()
+@_handle_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head) or finetune (also train the last K stages).")] = "extract",
+    backbone: BackboneOption = "tf_efficientnet_lite0",
+    weights: WeightsOption = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")] = False,
+    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", help="finetune: how many of the last stages train (default: a third).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Maximum epochs (default 10).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate; trained backbone stages get lr x --backbone-lr-mult.")] = None,
+    backbone_lr_mult: Annotated[float, typer.Option("--backbone-lr-mult", help="Learning-rate multiplier of the trained backbone stages.")] = 0.1,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    head: Annotated[str, typer.Option("--head", help="linear or mlp.")] = "linear",
+    bn: Annotated[str, typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update) or frozen.")] = "train",
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")] = 5,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training.")] = True,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
+    json_output: JsonOption = False,
+):
+    """Train a classifier on an image folder by transfer from a pretrained backbone."""
+    from graft.api import train as run_train
+    from graft.console import emit_json
+
+    summary = run_train(
+        data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
+        epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
+        patience=patience, augment=augment, num_workers=workers, deterministic=deterministic,
+    )
+    if json_output:
+        emit_json(summary)
+
+
+@app.command()
+@_handle_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
+    data: Annotated[Path, typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used).")],
+    json_output: JsonOption = False,
+):
+    """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG."""
+    from graft.api import evaluate as run_evaluate
+    from graft.console import emit_json, stderr, table
+
+    metrics = run_evaluate(run, data)
+    if json_output:
+        emit_json(metrics)
+        return
+    stderr.print(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n {metrics['n']}")
+    stderr.print(table("per class", ["class", "precision", "recall", "f1", "support"],
+                       [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]] for name, v in metrics["per_class"].items()]))
+    stderr.print(f"confusion matrix: {metrics['confusion_matrix_png']}")
+
+
+@app.command()
+@_handle_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    json_output: JsonOption = False,
+):
+    """Predict the label of each image with a trained run."""
+    from graft.api import predict as run_predict
+    from graft.console import emit_json, stderr
+
+    results = run_predict(run, images)
+    if json_output:
+        emit_json(results)
+        return
+    for result in results:
+        stderr.print(f"{result['prob']:7.2%}  {result['label']:<16} {result['image']}")
+
+
+@app.command()
+@_handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/demo"),
+    json_output: JsonOption = False,
+):
+    """Train on the bundled sign-language-digits sample (no data of yours needed), about a minute."""
+    from graft.api import train as run_train
+    from graft.console import emit_json, stderr
+    from graft.demo import demo_data_path
+
+    data = demo_data_path()
+    stderr.print(f"[bold]graft demo[/]: fine-tuning tf_efficientnet_lite0 on the bundled sign-language digits sample ({data})")
+    summary = run_train(data, out, mode="finetune", epochs=6, seed=0)
+    if json_output:
+        emit_json(summary)
+    else:
+        stderr.print(f"Try: graft predict {out} {data / 'test' / '3'}   |   open {out / 'report.html'}")
+
+
+def main() -> None:
+    """Entry point of the ``graft`` command."""
+    if perf.should_reexec():
+        perf.reexec_with_tuned_allocator(sys.argv[1:])
+    app()

@@ -1,0 +1,48 @@
+"""The transfer model: pretrained stages, global pooling, and a new head.
+
+``forward_features(x, start=k)`` runs the stages from ``k`` on, so a cached activation at a freeze
+boundary can be fed straight into the trainable tail.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+class TransferModel(nn.Module):
+    def __init__(self, stages: "OrderedDict[str, nn.Module]", head: nn.Module, num_features: int):
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = head
+        self.num_features = num_features
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stages.keys())
+
+    def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run stages ``start`` to ``stop`` (exclusive; default all), input to feature map."""
+        for stage in list(self.stages.values())[start:stop]:
+            x = stage(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Pooled feature vector, ``(batch, num_features)``."""
+        x = self.forward_stages(x, start)
+        return self.pool(x) if x.dim() == 4 else x
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        return self.head(self.forward_features(x, start))
+
+
+def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2) -> TransferModel:
+    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped)."""
+    from graft.backbones.stages import split_into_stages
+    from graft.heads import make_head
+
+    num_features = int(backbone.num_features)
+    return TransferModel(split_into_stages(backbone), make_head(head, num_features, num_classes, dropout=dropout), num_features)

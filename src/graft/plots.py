@@ -1,0 +1,51 @@
+"""Pictures people would rather look at: learning curves and confusion matrices (PNG)."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from graft.fileio import atomic_write_bytes  # noqa: E402
+
+
+def _save(figure, path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def learning_curve(history: list[dict], path, title: str = "") -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    loss_axis.plot(epochs, [r["valid_loss"] for r in history], "o-", label="valid")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
+    accuracy_axis.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
+    accuracy_axis.plot(epochs, [r["valid_accuracy"] for r in history], "o-", label="valid")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "confusion matrix") -> None:
+    size = max(4.0, 0.55 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    _save(figure, path)

@@ -1,0 +1,56 @@
+"""A self-contained HTML report of a run: what was trained, how, and how well (plots inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+
+def _image(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render(run_path: Path, config: dict, plan_rows: list[dict], history: list[dict], metrics: dict) -> str:
+    summary = [
+        {"what": "backbone", "value": f"{config['backbone']['name']} ({config['backbone']['load_report']['source']})"},
+        {"what": "mode", "value": config["mode"]},
+        {"what": "classes", "value": ", ".join(config["classes"])},
+        {"what": "images (train / valid / test)", "value": " / ".join(str(config["data"]["counts"].get(s, 0)) for s in ("train", "valid", "test"))},
+        {"what": "skipped files", "value": str(config["data"]["skipped"])},
+    ]
+    scores = [{"split": split, "accuracy": m["accuracy"], "loss": m["loss"], "n": m["n"]} for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
+    per_class_split = "test" if "test" in metrics else "valid"
+    per_class = [{"class": name, **values} for name, values in metrics.get(per_class_split, {}).get("per_class", {}).items()]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>graft run {html.escape(run_path.name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head><body>
+<h1>graft run: {html.escape(run_path.name)}</h1>
+{_table(summary)}
+<h2>Scores</h2>{_table(scores)}
+<h2>Freeze plan</h2>{_table(plan_rows)}
+<h2>Learning curve</h2>{_image(run_path / "learning_curve.png")}
+<h2>Per class ({per_class_split})</h2>{_table(per_class)}
+{_image(run_path / "confusion_matrix.png")}
+<h2>History</h2>{_table(history)}
+</body></html>"""

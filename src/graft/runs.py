@@ -1,0 +1,123 @@
+"""A run is one folder: config, freeze plan, class names, preprocessing, safetensors weights,
+history, metrics, data manifest, plots and an HTML report. ``load_run`` is the only loader.
+
+Like Hugging Face's ``save_pretrained`` folders, a run can be moved and loaded anywhere; nothing
+in it is pickled, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from graft.backbones import create_backbone
+from graft.data import ImageDataset, collect_image_paths
+from graft.errors import GraftError, RunFolderError
+from graft.fileio import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from graft.freeze import FreezePlan
+from graft.model import TransferModel, build_transfer_model
+from graft.preprocessing import Preprocessing
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+PLAN = "freeze_plan.json"
+HISTORY = "history.json"
+METRICS = "metrics.json"
+MANIFEST = "manifest.json"
+LEARNING_CURVE = "learning_curve.png"
+CONFUSION = "confusion_matrix.png"
+REPORT = "report.html"
+
+
+class RunFolder:
+    """Paths and atomic writers for one run folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def prepare(self) -> None:
+        """Create the folder and prove it is writable now, not after an hour of training."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"x" * 65536)
+            probe.unlink()
+        except OSError as error:
+            raise RunFolderError(f"cannot write to run folder '{self.path}': {error.strerror or error}", hint="choose another --out") from None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def write_weights(self, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        atomic_save_tensors(self.path / WEIGHTS, state, metadata)
+
+
+@dataclass
+class TrainedModel:
+    """A trained classifier loaded from a run folder: ``predict`` images, ``evaluate`` on data."""
+
+    model: TransferModel
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    path: Path
+
+    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Label and class probabilities for each image (files or folders)."""
+        from graft.evaluation import predict_probabilities
+
+        paths = collect_image_paths(images)
+        dataset = ImageDataset([(path, -1) for path in paths], self.preprocessing.eval_transform())
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+        probabilities, _ = predict_probabilities(self.model, loader)
+        return [
+            {
+                "image": path,
+                "label": self.classes[int(row.argmax())],
+                "prob": float(row.max()),
+                "probs": {name: float(p) for name, p in zip(self.classes, row)},
+            }
+            for path, row in zip(paths, probabilities)
+        ]
+
+
+def load_run(path: str | os.PathLike) -> TrainedModel:
+    """Load a run folder written by ``graft train``. Raises :class:`RunFolderError` if it is incomplete or damaged."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RunFolderError(f"run folder '{folder}' does not exist")
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise RunFolderError(f"run folder '{folder}' has no {name}", hint="is this a folder written by graft train (and did it finish an epoch)?")
+    try:
+        config = read_json(folder / CONFIG)
+        classes = list(config["classes"])
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        backbone = create_backbone(config["backbone"]["name"], pretrained=False)
+        model = build_transfer_model(backbone.model, config["head"], len(classes))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
+    try:
+        state = load_tensors(folder / WEIGHTS)
+    except Exception as error:
+        raise RunFolderError(f"'{folder / WEIGHTS}' is damaged or truncated: {error}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise RunFolderError(f"'{folder / WEIGHTS}' does not match the config's model: {str(error).splitlines()[0]}") from None
+    return TrainedModel(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+
+
+def load_plan(path: str | os.PathLike) -> FreezePlan:
+    try:
+        return FreezePlan.from_dict(read_json(Path(path) / PLAN))
+    except (OSError, json.JSONDecodeError, KeyError, GraftError) as error:
+        raise RunFolderError(f"cannot read the freeze plan of '{path}': {error}") from None

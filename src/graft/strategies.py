@@ -1,0 +1,41 @@
+"""The ways to transfer, as freeze plans: feature extraction and fine-tuning the last K stages.
+
+(Using the pretrained classifier as is needs no plan: see ``graft.classify``.)
+"""
+
+from __future__ import annotations
+
+from graft.errors import ConfigError
+from graft.freeze import FreezePlan
+
+MODES = ("extract", "finetune")
+DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3}
+
+
+def default_unfreeze(num_stages: int) -> int:
+    """Fine-tune the last third of the stages (at least one): the textbook's scenario-3 starting point."""
+    return max(1, round(num_stages / 3))
+
+
+def plan_for_mode(
+    mode: str,
+    stages: list[str],
+    lr: float | None = None,
+    unfreeze: int | None = None,
+    backbone_lr_mult: float = 0.1,
+    bn_policy: str = "train",
+) -> FreezePlan:
+    """Build the freeze plan for ``mode``: ``extract`` freezes everything; ``finetune`` trains the last ``unfreeze`` stages."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got '{mode}'")
+    lr = DEFAULT_LR[mode] if lr is None else lr
+    if mode == "extract":
+        if unfreeze not in (None, 0):
+            raise ConfigError("--unfreeze only applies to --mode finetune", hint="drop --unfreeze or use --mode finetune")
+        return FreezePlan(stages=tuple(stages), trainable_from=len(stages), lr=lr, backbone_lr_mult=backbone_lr_mult, bn_policy="frozen")
+    count = default_unfreeze(len(stages)) if unfreeze is None else unfreeze
+    if not 1 <= count <= len(stages):
+        raise ConfigError(
+            f"--unfreeze must be between 1 and {len(stages)} (this backbone's stages: {', '.join(stages)}); got {count}"
+        )
+    return FreezePlan(stages=tuple(stages), trainable_from=len(stages) - count, lr=lr, backbone_lr_mult=backbone_lr_mult, bn_policy=bn_policy)
