@@ -32,9 +32,9 @@ def _handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except GraftError as error:
-            stderr.print(f"[bold red]error:[/] {error.message}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
             if error.hint:
-                stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False)
+                stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")

