@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DEFAULT_BACKBONE": "graft.api",
+    "check": "graft.api",
     "classify": "graft.api",
     "evaluate": "graft.api",
     "load": "graft.api",

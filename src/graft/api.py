@@ -32,12 +32,22 @@ from graft.training import FitState, fit
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = {"extract": 10, "finetune": 10}
 
-__all__ = ["DEFAULT_BACKBONE", "classify", "evaluate", "load", "predict", "train"]
+__all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "train"]
 
 
 def load(run: str | os.PathLike) -> TrainedModel:
     """Load a run folder (the only loader): ``graft.load("runs/signs").predict(["a.jpg"])``."""
     return load_run(run)
+
+
+def check(data: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Inspect a data folder as ``train`` would, without training: images, usable, skipped (file, reason),
+    warnings (file, message: duplicates, missing classes, odd names) and errors that would stop training."""
+    from graft.checking import check_report
+
+    errors: list[str] = []
+    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed, errors=errors)
+    return check_report(dataset, errors)
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator: torch.Generator | None = None):
@@ -131,7 +141,8 @@ def train(
     if not quiet:
         stderr.print(f"[bold]graft train[/]: {dataset.layout}; {len(dataset.classes)} classes; "
                      + ", ".join(f"{name} {len(items)}" for name, items in dataset.splits.items())
-                     + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else ""))
+                     + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else "")
+                     + (f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {data} lists them)" if dataset.warnings else ""))
         stderr.print(table(f"freeze plan ({mode}, {backbone})", ["part", "status", "params", "lr", "batchnorm"],
                            [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}", r["batchnorm"]] for r in plan_rows]))
         stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")

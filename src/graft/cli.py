@@ -133,6 +133,40 @@ def train(
 
 @app.command()
 @_handle_errors
+def check(
+    data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/valid split (as in graft train).")] = 0,
+    json_output: JsonOption = False,
+):
+    """Inspect a data folder without training: unusable files (with reasons), duplicates, class problems."""
+    from graft.api import check as run_check
+    from graft.console import emit_json, stderr, table
+    from graft.checking import display_name
+
+    result = run_check(data, seed=seed)
+    if json_output:
+        emit_json(result)
+    else:
+        stderr.print(f"[bold]graft check[/] {display_name(str(data))}: {result['layout']}; {len(result['classes'])} classes; "
+                     f"{result['images']} files, {result['usable']} usable ("
+                     + ", ".join(f"{name} {count}" for name, count in result["counts"].items()) + ")", highlight=False)
+        if result["skipped"]:
+            stderr.print(table(f"skipped: {len(result['skipped'])} file(s)", ["reason", "files"], list(result["skipped_by_reason"].items())))
+        for kind, entries, key in (("skipped", result["skipped"], "reason"), ("warning", result["warnings"], "message")):
+            for entry in entries[:50]:
+                stderr.print(f"[yellow]{kind}[/] {display_name(entry['file'])}: {entry[key]}", highlight=False)
+            if len(entries) > 50:
+                stderr.print(f"... and {len(entries) - 50} more {kind} entries (--json lists all)")
+        for message in result["errors"]:
+            stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+        if result["ok"]:
+            stderr.print("[green]ok[/]: graft train can use this folder")
+    if not result["ok"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+@_handle_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
     data: Annotated[Path, typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used).")],

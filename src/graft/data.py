@@ -14,9 +14,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from graft import checking
 from graft.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -51,10 +52,8 @@ class Dataset:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode to RGB, applying EXIF rotation (phones store photos sideways)."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+    """Decode to RGB, applying EXIF rotation (phones store photos sideways); see ``graft.checking``."""
+    return checking.load_image(path)
 
 
 def _is_image_name(path: Path) -> bool:
@@ -72,8 +71,13 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _scan_class_folders(folder: Path, skipped: list[dict[str, str]]) -> dict[str, list[str]]:
-    """Map class name -> sorted image paths below ``folder/<class>/`` (recursively)."""
+def _scan_class_folders(folder: Path, skipped: list[dict[str, str]], warnings: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
+    """Map class name -> sorted candidate files below ``folder/<class>/`` (recursively).
+
+    Every file is a candidate whatever its extension (``_keep_usable`` inspects the content);
+    hidden files are skipped with a reason. A class folder name that is not UTF-8 becomes a
+    printable class name (U+FFFD for the bad bytes), with a warning.
+    """
     by_class: dict[str, list[str]] = {}
     for entry in sorted(folder.iterdir()):
         if entry.is_file():
@@ -82,20 +86,46 @@ def _scan_class_folders(folder: Path, skipped: list[dict[str, str]]) -> dict[str
             continue
         if not entry.is_dir() or entry.name.startswith("."):
             continue
+        name = checking.display_name(entry.name)
+        if name != entry.name and warnings is not None:
+            warnings.append({"file": str(entry), "message": f"class folder name is not valid UTF-8; the class is called '{name}'"})
         files = []
         for path in sorted(p for p in entry.rglob("*") if p.is_file()):
-            if path.name in IGNORED_NAMES or path.name.startswith("."):
+            if path.name in IGNORED_NAMES:
                 continue
-            if _is_image_name(path):
-                files.append(str(path))
+            if path.name.startswith("."):
+                skipped.append({"file": str(path), "reason": "hidden file (name starts with '.')"})
             else:
-                skipped.append({"file": str(path), "reason": f"not an image file extension ('{path.suffix or 'none'}')"})
-        by_class[entry.name] = files
+                files.append(str(path))
+        by_class[name] = files
     return by_class
 
 
-def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Find the images and labels under ``root``. Raises :class:`DataError` with what to fix."""
+def _keep_usable(per_split: dict[str, dict[str, list[str]]], skipped: list[dict[str, str]], warnings: list[dict[str, str]]) -> dict[str, str]:
+    """Inspect every candidate file (``graft.checking``), drop the unusable ones into ``skipped``; return sha256 by path."""
+    paths = [path for by_class in per_split.values() for files in by_class.values() for path in files]
+    hashes: dict[str, str] = {}
+    usable = set()
+    for verdict in checking.inspect_files(paths, IMAGE_EXTENSIONS):
+        if verdict.usable:
+            usable.add(verdict.path)
+            hashes[verdict.path] = verdict.sha256
+        else:
+            skipped.append({"file": verdict.path, "reason": verdict.reason})
+        warnings.extend({"file": verdict.path, "message": message} for message in verdict.warnings)
+    for by_class in per_split.values():
+        for name in by_class:
+            by_class[name] = [path for path in by_class[name] if path in usable]
+    return hashes
+
+
+def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0, inspect: bool = True, errors: list[str] | None = None) -> Dataset:
+    """Find the images and labels under ``root``. Raises :class:`DataError` with what to fix.
+
+    ``inspect`` decodes every file first (``graft.checking``): unusable ones are skipped with the
+    reason, duplicates across splits are warned about. With an ``errors`` list, problems that make
+    the data unusable for training are appended there instead of raised (``graft check``).
+    """
     root_path = Path(root)
     if not root_path.exists():
         raise DataError(f"data folder '{root}' does not exist")
@@ -107,9 +137,10 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
     if split_dirs:
         if "train" not in split_dirs:
             raise DataError(f"'{root}' has {', '.join(d.name for d in split_dirs.values())} but no train/ folder")
-        per_split = {name: _scan_class_folders(folder, skipped) for name, folder in split_dirs.items()}
+        per_split = {name: _scan_class_folders(folder, skipped, warnings) for name, folder in split_dirs.items()}
+        hashes = _keep_usable(per_split, skipped, warnings) if inspect else {}
         classes = sorted(name for name, files in per_split["train"].items() if files)
-        _check_classes(root, classes, per_split["train"], skipped)
+        _check_classes(root, classes, per_split["train"], skipped, errors)
         splits = {}
         for name, by_class in per_split.items():
             items = []
@@ -124,40 +155,53 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
             if missing and name != "train":
                 warnings.append({"file": str(split_dirs[name]), "message": f"{name} split has no images of class(es) {', '.join(missing)}"})
         if "valid" not in splits:
-            splits["train"], splits["valid"] = _stratified_split(splits["train"], valid_fraction, seed, root)
+            splits["train"], splits["valid"] = _stratified_split(splits["train"], valid_fraction, seed, root, hashes, errors)
             layout = "train+test folders, valid split from train"
         else:
             layout = "split folders"
     else:
-        by_class = _scan_class_folders(root_path, skipped)
+        by_class = _scan_class_folders(root_path, skipped, warnings)
+        hashes = _keep_usable({"all": by_class}, skipped, warnings) if inspect else {}
         classes = sorted(name for name, files in by_class.items() if files)
-        _check_classes(root, classes, by_class, skipped)
+        _check_classes(root, classes, by_class, skipped, errors)
         items = sorted((path, classes.index(name)) for name, files in by_class.items() if name in classes for path in files)
-        train, valid = _stratified_split(items, valid_fraction, seed, root)
+        train, valid = _stratified_split(items, valid_fraction, seed, root, hashes, errors)
         splits = {"train": train, "valid": valid}
         layout = f"class folders, stratified split (valid {valid_fraction:.0%}, seed {seed})"
+    if hashes:
+        warnings.extend(checking.duplicate_warnings(splits, classes, hashes))
     return Dataset(root=str(root_path), layout=layout, classes=classes, splits=splits, skipped=skipped, warnings=warnings)
 
 
-def _check_classes(root: str | os.PathLike, classes: list[str], by_class: dict[str, list[str]], skipped: list[dict[str, str]]) -> None:
+def _raise_or_record(error: DataError, errors: list[str] | None) -> None:
+    if errors is None:
+        raise error
+    errors.append(error.message)
+
+
+def _check_classes(root: str | os.PathLike, classes: list[str], by_class: dict[str, list[str]], skipped: list[dict[str, str]], errors: list[str] | None = None) -> None:
     for name, files in by_class.items():
         if not files:
-            skipped.append({"file": str(Path(root) / name), "reason": "empty class folder (no images): class ignored"})
+            skipped.append({"file": str(Path(root) / name), "reason": "empty class folder (no usable images): class ignored"})
     if len(classes) < 2:
-        raise DataError(
+        _raise_or_record(DataError(
             f"'{root}' has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); a classifier needs at least 2",
             hint="layout: DATA/<class>/image.jpg, one folder per class",
-        )
+        ), errors)
 
 
-def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, root) -> tuple[list, list]:
+def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, root, hashes: dict[str, str] | None = None, errors: list[str] | None = None) -> tuple[list, list]:
+    """Seeded stratified train/valid split; byte-identical images stay on the train side."""
     labels = [label for _, label in items]
-    counts = np.bincount(labels)
-    if counts.min() < 2:
-        raise DataError(f"a class in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 per class")
+    counts = np.bincount(labels) if labels else np.zeros(1, dtype=int)
+    if len(counts) < 2 or counts.min() < 2:
+        if len(counts) >= 2:
+            _raise_or_record(DataError(f"a class in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 per class"), errors)
+        return sorted(items), []
     n_valid = max(int(round(len(items) * fraction)), len(counts))
     train, valid = train_test_split(items, test_size=n_valid, stratify=labels, random_state=seed)
-    return sorted(train), sorted(valid)
+    train, valid, _ = checking.keep_duplicates_together(sorted(train), sorted(valid), hashes or {})
+    return train, valid
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -206,6 +250,7 @@ def scan_for_evaluation(root: str | os.PathLike, classes: Sequence[str]) -> tupl
     if folder is None:
         raise DataError(f"'{root}' has split folders but no test/ or valid/ to evaluate on")
     by_class = _scan_class_folders(folder, skipped)
+    _keep_usable({"eval": by_class}, skipped, [])
     unknown = sorted(name for name, files in by_class.items() if files and name not in classes)
     if unknown:
         raise DataError(f"'{folder}' has class folder(s) the model was not trained on: {', '.join(unknown)}", hint=f"the model knows: {', '.join(classes)}")

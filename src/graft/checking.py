@@ -1,0 +1,219 @@
+"""Inspecting image files before training: decode each one, convert it to RGB correctly, and
+report every file that cannot be used with the reason, by name.
+
+``scan_folder`` calls :func:`inspect_files` on every candidate file, so ``graft train`` and
+``graft check`` apply the same rules. A file is *usable* when Pillow identifies it, it is within the
+decompression-bomb limit, and it decodes completely (truncated files fail here, not mid-training).
+Files without a known image extension are identified by content. Duplicates are found by sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from graft.errors import DataError
+
+MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (about 9459 x 9459): graft's decompression-bomb limit
+DECODE_SIZE = 512  # JPEGs are decoded at reduced DCT scale (still reading every byte) to check them quickly
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class ImageProblem(Exception):
+    """Why one file cannot be used (the text goes into ``skipped[].reason``)."""
+
+
+@dataclass
+class Verdict:
+    """The outcome of inspecting one file."""
+
+    path: str
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    sha256: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.reason is None
+
+
+def display_name(name: str) -> str:
+    """``name`` with undecodable bytes (non-UTF-8 file names) shown as U+FFFD, safe to print and write."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB the way a viewer shows it.
+
+    16-bit and float images are rescaled (not clipped to white), transparent pixels are composited on
+    white (not black), palette, CMYK and grayscale go through Pillow's conversions.
+    """
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in HIGH_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        top = float(array.max()) if array.size else 0.0
+        if image.mode == "F":
+            array = array * 255.0 if top <= 1.0 else array * (255.0 / top)
+        elif top > 255:
+            array = array / 257.0  # 16-bit range to 8-bit
+        return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
+    """Decode ``path`` fully to an upright RGB image. Raises :class:`ImageProblem` with the reason."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise ImageProblem(f"{width}x{height} pixels is over the decompression-bomb limit of {limit:,} pixels")
+                if draft and image.format == "JPEG":
+                    image.draft("RGB", (draft, draft))
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
+    except ImageProblem:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageProblem(f"over the decompression-bomb limit ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageProblem("not an image: Pillow cannot identify the format") from None
+    except MemoryError:
+        raise ImageProblem("too large to decode in memory") from None
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... for bad data
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageProblem(f"truncated or corrupt image data ({text})") from None
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode to RGB with EXIF rotation applied; a bad file is a :class:`DataError` naming it."""
+    try:
+        return open_rgb(path)
+    except ImageProblem as problem:
+        raise DataError(f"cannot use image '{display_name(str(path))}': {problem}") from None
+    except OSError as error:
+        raise DataError(f"cannot read '{display_name(str(path))}': {error.strerror or error}") from None
+
+
+def inspect_image(path: str | os.PathLike, image_extensions: Iterable[str] = (), max_pixels: int | None = None) -> Verdict:
+    """Check one file: readable, an image, within the pixel limit, decodes completely."""
+    verdict = Verdict(path=str(path))
+    suffix = Path(path).suffix.lower()
+    try:
+        if Path(path).stat().st_size == 0:
+            verdict.reason = "empty file (0 bytes)"
+            return verdict
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as probe:
+                detected = probe.format or "image"
+    except UnidentifiedImageError:
+        known = suffix in set(image_extensions)
+        verdict.reason = f"not an image (content is not a format Pillow reads{', despite the ' + repr(suffix) + ' extension' if known else ''})"
+        return verdict
+    except OSError as error:
+        if error.errno is not None:  # the file system failed, not the image format
+            verdict.reason = f"cannot read the file ({error.strerror or error})"
+            return verdict
+        detected = "image"
+    except Exception:
+        detected = "image"  # open itself may fail on a bomb or bad header; open_rgb gives the reason
+    try:
+        open_rgb(path, max_pixels=max_pixels, draft=DECODE_SIZE)
+    except ImageProblem as problem:
+        verdict.reason = str(problem)
+        return verdict
+    verdict.sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if suffix not in set(image_extensions):
+        verdict.warnings.append(f"unusual extension {suffix!r}; read by content as {detected}" if suffix else f"no file extension; read by content as {detected}")
+    name = Path(path).name
+    if display_name(name) != name:
+        verdict.warnings.append("file name is not valid UTF-8; used as is")
+    return verdict
+
+
+def inspect_files(paths: Sequence[str], image_extensions: Iterable[str], workers: int | None = None) -> list[Verdict]:
+    """Inspect many files in parallel (Pillow releases the GIL while decoding), in input order."""
+    extensions = tuple(image_extensions)
+    workers = workers or min(4, os.cpu_count() or 1)
+    if len(paths) < 8 or workers == 1:
+        return [inspect_image(path, extensions) for path in paths]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda path: inspect_image(path, extensions), paths))
+
+
+def duplicate_warnings(splits: dict[str, list[tuple[str, int]]], classes: Sequence[str], hashes: dict[str, str]) -> list[dict[str, str]]:
+    """Warn about byte-identical images in two splits (leakage) or under two labels (label noise)."""
+    seen: dict[str, list[tuple[str, str, int]]] = {}
+    for split, items in splits.items():
+        for path, label in items:
+            digest = hashes.get(path)
+            if digest is not None:
+                seen.setdefault(digest, []).append((split, path, label))
+    found = []
+    for copies in seen.values():
+        if len(copies) < 2:
+            continue
+        first_split, first_path, first_label = copies[0]
+        for split, path, label in copies[1:]:
+            if split != first_split:
+                found.append({"file": path, "message": f"identical to '{first_path}' ({first_split}): the same image in {first_split} and {split} leaks into evaluation"})
+            elif label == first_label:
+                found.append({"file": path, "message": f"identical to '{first_path}' in the same split (the image counts twice)"})
+            if label != first_label:
+                found.append({"file": path, "message": f"identical to '{first_path}' but labelled '{classes[label]}', not '{classes[first_label]}' (label noise)"})
+    return found
+
+
+def keep_duplicates_together(train: list[tuple[str, int]], valid: list[tuple[str, int]], hashes: dict[str, str]) -> tuple[list, list, int]:
+    """Move validation images whose exact copy is in train into train (a random split must not leak)."""
+    train_digests = {hashes.get(path) for path, _ in train} - {None}
+    moved = [item for item in valid if hashes.get(item[0]) in train_digests]
+    if not moved:
+        return train, valid, 0
+    moved_set = set(moved)
+    return sorted(train + moved), [item for item in valid if item not in moved_set], len(moved)
+
+
+def summarise(skipped: list[dict[str, str]]) -> dict[str, int]:
+    """Count skipped files by reason, with details in parentheses folded together."""
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        key = entry["reason"].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def check_report(dataset, errors: Sequence[str]) -> dict:
+    """The ``graft check --json`` document for a scanned :class:`graft.data.Dataset`."""
+    usable = sum(len(items) for items in dataset.splits.values())
+    unused_files = sum(1 for entry in dataset.skipped if os.path.isfile(entry["file"]))
+    return {
+        "data": dataset.root,
+        "layout": dataset.layout,
+        "classes": dataset.classes,
+        "counts": {name: len(items) for name, items in dataset.splits.items()},
+        "images": usable + unused_files,
+        "usable": usable,
+        "skipped": dataset.skipped,
+        "skipped_by_reason": summarise(dataset.skipped),
+        "warnings": dataset.warnings,
+        "errors": list(errors),
+        "ok": not errors,
+    }
