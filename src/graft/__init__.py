@@ -25,6 +25,7 @@ _EXPORTS = {
     "load": "graft.api",
     "predict": "graft.api",
     "train": "graft.api",
+    "train_multitask": "graft.api",
     "create_backbone": "graft.backbones",
     "list_backbones": "graft.backbones",
     "FreezePlan": "graft.freeze",

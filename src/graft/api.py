@@ -24,6 +24,7 @@ from graft.errors import ConfigError
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.freeze import parameter_counts
 from graft.model import build_transfer_model
+from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
 from graft.reproducibility import seed_everything, worker_init
 from graft.runs import CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, RunFolder, TrainedModel, load_run
 from graft.strategies import plan_for_mode
@@ -32,7 +33,7 @@ from graft.training import FitState, fit
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = {"extract": 10, "finetune": 10}
 
-__all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "train"]
+__all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "train", "train_multitask"]
 
 
 def load(run: str | os.PathLike) -> TrainedModel:
@@ -213,9 +214,16 @@ def train(
     return summary
 
 
-def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike, out_png: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a run on labelled data."""
-    trained = run if isinstance(run, TrainedModel) else load_run(run)
+def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike | None = None, out_png: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a run on labelled data.
+
+    A multi-task run reports every task (accuracy/F1, or MAE); without ``data`` it uses its held-out test split.
+    """
+    trained = run if isinstance(run, TrainedModel) or hasattr(run, "tasks") else load_run(run)
+    if not isinstance(trained, TrainedModel):  # a multi-task run: every task's metrics
+        return trained.evaluate(data, batch_size=batch_size)
+    if data is None:
+        raise ConfigError("evaluate needs DATA (labelled images) for a single-task run")
     items, skipped, folder = scan_for_evaluation(data, trained.classes)
     loader = _loader(ImageDataset(items, trained.preprocessing.eval_transform()), batch_size, False, _default_workers())
     probabilities, labels = predict_probabilities(trained.model, loader)
@@ -229,7 +237,7 @@ def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike, out
 
 def predict(run: str | os.PathLike | TrainedModel, images: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Label and class probabilities for each image, from a trained run."""
-    trained = run if isinstance(run, TrainedModel) else load_run(run)
+    trained = run if isinstance(run, TrainedModel) or hasattr(run, "tasks") else load_run(run)
     return trained.predict(images)
 
 

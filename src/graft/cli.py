@@ -98,8 +98,8 @@ def classify(
 @app.command()
 @_handle_errors
 def train(
-    data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    data: Annotated[Optional[Path], typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/... (multi-task: a folder of images with --labels).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (required).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head) or finetune (also train the last K stages).")] = "extract",
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
@@ -116,12 +116,46 @@ def train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training.")] = True,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Tasks to learn: age,gender,race (preset names) or age:regression,gender:male/female,kind:classification.", rich_help_panel="Multi-task / multi-domain")] = None,
+    domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Multi-domain: NAME=PATH (class folders) or NAME=PATH:LABELS:TASK; repeat per domain; a head per domain on one backbone.", rich_help_panel="Multi-task / multi-domain")] = None,
+    sharing: Annotated[str, typer.Option("--sharing", help="hard (one trunk, a head per task) or soft (a tower per task, tied by --tie).", rich_help_panel="Multi-task / multi-domain")] = "hard",
+    tie: Annotated[float, typer.Option("--tie", help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters.", rich_help_panel="Multi-task / multi-domain")] = 0.0,
+    task_weighting: Annotated[str, typer.Option("--task-weighting", help="uncertainty (learned per-task weights) or equal (regression targets are standardised either way).", rich_help_panel="Multi-task / multi-domain")] = "uncertainty",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster).", rich_help_panel="Multi-task / multi-domain")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of this many images (per domain: training images).", rich_help_panel="Multi-task / multi-domain")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds.", rich_help_panel="Multi-task / multi-domain")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Keep frozen-trunk activations here and reuse them in later runs.", rich_help_panel="Multi-task / multi-domain")] = None,
     json_output: JsonOption = False,
 ):
-    """Train a classifier on an image folder by transfer from a pretrained backbone."""
+    """Train a classifier on an image folder by transfer from a pretrained backbone (or several tasks/domains at once)."""
     from graft.api import train as run_train
     from graft.console import emit_json
 
+    from graft.errors import ConfigError
+
+    if out is None:
+        raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME")
+    if labels or tasks or domain:
+        from graft.api import train_multitask
+
+        domains = {}
+        for entry in domain or []:
+            name, sep, path = entry.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--domain '{entry}' must be NAME=PATH", hint="e.g. --domain signs=data/signs --domain faces=utkface/images:utkface:gender")
+            domains[name] = path
+        summary = train_multitask(
+            data, out, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, weighting=task_weighting, mode=mode,
+            backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
+            backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn, patience=patience, augment=augment,
+            image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic,
+        )
+        if json_output:
+            emit_json(summary)
+        return
+    if data is None:
+        raise ConfigError("graft train needs DATA (a folder of class folders)", hint="graft train DATA --out runs/NAME")
     summary = run_train(
         data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
         epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
@@ -169,16 +203,22 @@ def check(
 @_handle_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
-    data: Annotated[Path, typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used).")],
+    data: Annotated[Optional[Path], typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used). Multi-task runs: optional, default their test split.")] = None,
     json_output: JsonOption = False,
 ):
-    """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG."""
+    """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG (multi-task: every task)."""
     from graft.api import evaluate as run_evaluate
     from graft.console import emit_json, stderr, table
 
     metrics = run_evaluate(run, data)
     if json_output:
         emit_json(metrics)
+        return
+    if metrics.get("kind") == "multitask":
+        stderr.print(f"evaluated on {metrics['evaluated_on']}: n {metrics['n']}, combined score {metrics['score']:.4f}")
+        stderr.print(table("per task", ["task", "n", "accuracy", "macro F1", "MAE", "RMSE"],
+                           [[name, e["n"], *((f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}", "", "") if e["kind"] == "classification" else ("", "", f"{e['mae']:.3f}", f"{e['rmse']:.3f}"))]
+                            for name, e in metrics["tasks"].items()]))
         return
     stderr.print(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n {metrics['n']}")
     stderr.print(table("per class", ["class", "precision", "recall", "f1", "support"],
@@ -202,6 +242,10 @@ def predict(
         emit_json(results)
         return
     for result in results:
+        if "tasks" in result:  # a multi-task run
+            parts = [f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}" for name, v in result["tasks"].items()]
+            stderr.print(f"{result['image']}: {', '.join(parts)}")
+            continue
         stderr.print(f"{result['prob']:7.2%}  {result['label']:<16} {result['image']}")
 
 

@@ -97,6 +97,10 @@ def load_run(path: str | os.PathLike) -> TrainedModel:
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise RunFolderError(f"run folder '{folder}' has no {name}", hint="is this a folder written by graft train (and did it finish an epoch)?")
+    if _run_kind(folder) == "multitask":
+        from graft.multitask.run import load_multitask_run
+
+        return load_multitask_run(folder)
     try:
         config = read_json(folder / CONFIG)
         classes = list(config["classes"])
@@ -105,6 +109,12 @@ def load_run(path: str | os.PathLike) -> TrainedModel:
         model = build_transfer_model(backbone.model, config["head"], len(classes))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
+    load_weights(model, folder)
+    return TrainedModel(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the run's safetensors weights into ``model`` (strictly), or raise :class:`RunFolderError`."""
     try:
         state = load_tensors(folder / WEIGHTS)
     except Exception as error:
@@ -113,7 +123,13 @@ def load_run(path: str | os.PathLike) -> TrainedModel:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise RunFolderError(f"'{folder / WEIGHTS}' does not match the config's model: {str(error).splitlines()[0]}") from None
-    return TrainedModel(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+
+
+def _run_kind(folder: Path) -> str:
+    try:
+        return str(read_json(folder / CONFIG).get("kind", "classifier"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "classifier"
 
 
 def load_plan(path: str | os.PathLike) -> FreezePlan:

@@ -1,0 +1,13 @@
+"""Multi-task and multi-domain transfer: hard sharing (one trunk, a head per task), soft sharing
+(a tower per task tied by an L2 penalty), several domains in one model.
+
+    import graft
+    graft.train_multitask("utkface/images", "runs/faces", labels="utkface", tasks="age,gender,race", sharing="hard")
+    graft.load("runs/faces").predict(["face.jpg"])   # {"tasks": {"age": {"value": ...}, "gender": {...}, ...}}
+"""
+
+from graft.multitask.fit import MultiTaskLoss, fit_multitask, task_metrics
+from graft.multitask.model import MultiTaskModel, build_multitask_model
+from graft.multitask.run import MultiTaskTrainedModel, load_multitask_run, train_multitask
+
+__all__ = ["MultiTaskLoss", "MultiTaskModel", "MultiTaskTrainedModel", "build_multitask_model", "fit_multitask", "load_multitask_run", "task_metrics", "train_multitask"]

@@ -1,0 +1,92 @@
+"""Multi-task models: hard sharing (one trunk, a head per task) and soft sharing (a tower per task, tied by L2).
+
+Both are built from :class:`graft.model.TransferModel` towers, so a :class:`graft.freeze.FreezePlan`
+applies to each tower unchanged and ``forward(x, start=k)`` accepts activations cached at a frozen
+boundary. ``forward`` returns ``{task name: output}``: logits for a classification task, one
+standardised value for a regression task.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from graft.errors import ConfigError
+from graft.heads import make_head
+from graft.model import TransferModel
+from graft.tasks import Task
+
+SHARING = ("hard", "soft")
+
+
+class MultiHead(nn.Module):
+    """One head per task on the same pooled features; returns a dict of outputs."""
+
+    def __init__(self, tasks: Sequence[Task], kind: str, in_features: int, dropout: float = 0.2):
+        super().__init__()
+        self.heads = nn.ModuleDict({task.name: make_head(kind, in_features, len(task.classes) if task.is_classification else 1, dropout=dropout) for task in tasks})
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class MultiTaskModel(nn.Module):
+    """``towers``: ``{"shared": tower}`` (hard sharing) or ``{task: tower}`` (soft sharing)."""
+
+    def __init__(self, towers: "OrderedDict[str, TransferModel]", sharing: str):
+        super().__init__()
+        self.towers = nn.ModuleDict(towers)
+        self.sharing = sharing
+
+    @property
+    def stage_names(self) -> list[str]:
+        return next(iter(self.towers.values())).stage_names
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+        for tower in self.towers.values():
+            outputs.update(tower(x, start=start))
+        return outputs
+
+    def tower_distance(self, trainable_only: bool = True) -> torch.Tensor:
+        """Sum over pairs of towers of the squared L2 distance between corresponding backbone parameters.
+
+        0 for hard sharing (one tower). The soft-sharing penalty is ``tie * tower_distance()``.
+        """
+        towers = list(self.towers.values())
+        total = torch.zeros(())
+        if len(towers) < 2:
+            return total
+        named = [dict(tower.stages.named_parameters()) for tower in towers]
+        for name, first in named[0].items():
+            if trainable_only and not first.requires_grad:
+                continue
+            params = [n[name] for n in named]
+            for i in range(len(params)):
+                for j in range(i + 1, len(params)):
+                    total = total + (params[i] - params[j]).pow(2).sum()
+        return total
+
+    def tied_parameter_count(self) -> int:
+        first = next(iter(self.towers.values()))
+        return sum(p.numel() for p in first.stages.parameters() if p.requires_grad) if len(self.towers) > 1 else 0
+
+
+def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2) -> MultiTaskModel:
+    """``make_backbone()`` returns a fresh timm model with the pretrained weights (called once per tower)."""
+    from graft.backbones.stages import split_into_stages
+
+    if sharing not in SHARING:
+        raise ConfigError(f"--sharing must be one of {', '.join(SHARING)}; got '{sharing}'")
+    if len(tasks) < 1:
+        raise ConfigError("multi-task training needs at least one task")
+    groups = [("shared", list(tasks))] if sharing == "hard" else [(task.name, [task]) for task in tasks]
+    towers = OrderedDict()
+    for name, members in groups:
+        backbone = make_backbone()
+        features = int(backbone.num_features)
+        towers[name] = TransferModel(split_into_stages(backbone), MultiHead(members, head, features, dropout), features)
+    return MultiTaskModel(towers, sharing)

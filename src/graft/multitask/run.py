@@ -1,0 +1,373 @@
+"""Multi-task and multi-domain runs: ``train_multitask`` writes a run folder, ``load_multitask_run`` reads it.
+
+The run folder is the single-task one (config, freeze plan, safetensors weights, history, metrics,
+manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
+weighting, regression scales); ``graft.load`` dispatches on it. When the trunk below the trainable
+stages is frozen and inputs are not augmented, its activations are computed once and the trainable
+part trains on them (``cache_dir`` keeps them on disk between runs with the same images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+
+from graft.backbones import create_backbone
+from graft.console import progress as make_progress
+from graft.console import stderr, table
+from graft.data import collect_image_paths, load_image
+from graft.errors import ConfigError, DataError, RunFolderError
+from graft.fileio import atomic_save_tensors, read_json
+from graft.freeze import parameter_counts
+from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, decode, fit_multitask, target_scales, task_metrics
+from graft.multitask.model import MultiTaskModel, build_multitask_model
+from graft.preprocessing import Preprocessing
+from graft.reproducibility import seed_everything, worker_init
+from graft.runs import CONFIG, HISTORY, MANIFEST, METRICS, PLAN, RunFolder, load_weights
+from graft.strategies import plan_for_mode
+from graft.tasks import Task, read_labels, scan_domains, scan_multitask
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """``(path, [label per task])`` decoded on access; returns ``(image tensor, float32 labels, NaN = missing)``."""
+
+    def __init__(self, items: Sequence[tuple[str, Sequence[float]]], transform):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, labels = self.items[index]
+        return self.transform(load_image(path)), torch.tensor(labels, dtype=torch.float32)
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, workers: int, generator=None):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       persistent_workers=workers > 0, worker_init_fn=worker_init, generator=generator)
+
+
+@torch.inference_mode()
+def compute_activations(tower, items, transform, stop: int, batch_size: int = 64, workers: int = 0, progress=None, description: str = "frozen trunk") -> torch.Tensor:
+    """The frozen stages' output for every image (pooled features when ``stop`` is past the last stage)."""
+    tower.eval()
+    loader = _loader(LabelledImages(items, transform), batch_size, False, workers)
+    parts = []
+    task = progress.add_task(description, total=len(loader), status="") if progress is not None else None
+    for inputs, _ in loader:
+        parts.append(tower.forward_features(inputs) if stop >= len(tower.stages) else tower.forward_stages(inputs, 0, stop))
+        if task is not None:
+            progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    return torch.cat(parts)
+
+
+def _cached_activations(tower, items, preprocessing: Preprocessing, stop: int, key_parts: dict, cache_dir, batch_size, workers, progress, description):
+    """``compute_activations`` through an on-disk cache: one file per (backbone, preprocessing, stop), rows looked up by
+    image path; images not in it yet are computed and added. A request for a later stop is served from an earlier
+    stop's file by running the stages in between (cheap: they are the last, small-resolution ones)."""
+    transform = preprocessing.eval_transform()
+    if cache_dir is None:
+        return compute_activations(tower, items, transform, stop, batch_size, workers, progress, description)
+    key = hashlib.sha256(json.dumps({**key_parts, "preprocessing": preprocessing.to_dict()}, sort_keys=True).encode()).hexdigest()[:20]
+    wanted = [path for path, _ in items]
+
+    def stored(at: int):
+        path = Path(cache_dir) / f"activations-{key}-stop{at}.safetensors"
+        if not path.is_file():
+            return path, torch.zeros(0), {}
+        with safe_open(str(path), framework="pt") as handle:
+            paths = json.loads(handle.metadata()["paths"])
+            return path, handle.get_tensor("activations"), {p: i for i, p in enumerate(paths)}
+
+    for at in range(stop, -1, -1):
+        file, tensor, index = stored(at)
+        if index and all(p in index for p in wanted):
+            rows = tensor[[index[p] for p in wanted]]
+            if at == stop:
+                return rows
+            with torch.inference_mode():
+                tower.eval()
+                rows = torch.cat([tower.forward_features(chunk, start=at) if stop >= len(tower.stages) else tower.forward_stages(chunk, at, stop)
+                                  for chunk in rows.split(256)])
+            return rows
+    file, tensor, index = stored(stop)
+    missing = [item for item in items if item[0] not in index]
+    fresh = compute_activations(tower, missing, transform, stop, batch_size, workers, progress, description)
+    merged = torch.cat([tensor, fresh]) if len(index) else fresh
+    paths = [p for p, _ in sorted(index.items(), key=lambda kv: kv[1])] + [p for p, _ in missing]
+    atomic_save_tensors(file, {"activations": merged}, {"paths": json.dumps(paths)})
+    lookup = {p: i for i, p in enumerate(paths)}
+    return merged[[lookup[p] for p in wanted]]
+
+
+def _targets(items) -> torch.Tensor:
+    return torch.tensor([labels for _, labels in items], dtype=torch.float32)
+
+
+def train_multitask(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    labels: str | None = None,
+    tasks: str | Sequence[str] | None = None,
+    domains: dict[str, str] | None = None,
+    sharing: str = "hard",
+    tie: float = 0.0,
+    weighting: str = "uncertainty",
+    mode: str = "extract",
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    pretrained: bool = True,
+    unfreeze: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    head: str = "linear",
+    patience: int = 5,
+    augment: bool = True,
+    bn: str = "train",
+    backbone_lr_mult: float = 0.1,
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    image_size: int | None = None,
+    limit: int | None = None,
+    time_budget: float | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+    deterministic: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train several tasks (``labels`` + ``tasks`` on ``data``) or several domains (``domains``) in one model.
+
+    ``sharing="hard"``: one trunk (frozen in ``mode="extract"``, last ``unfreeze`` stages trained in
+    ``"finetune"``) and a head per task. ``sharing="soft"``: one tower per task from the same
+    pretrained weights, with ``tie * sum of squared differences`` between the towers' trained
+    parameters added to the loss. Returns the JSON summary (per-task valid/test metrics).
+    """
+    began = time.perf_counter()
+    epochs = 10 if epochs is None else epochs
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1; got {value}")
+    if (domains is None) == (data is None):
+        raise ConfigError("give either DATA with --labels/--tasks, or --domain NAME=PATH (at least two), not both")
+    if data is not None and not labels:
+        raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN)")
+    run = RunFolder(out)
+    run.prepare()
+    dataset = (scan_domains(domains, valid_fraction, test_fraction, seed, limit) if domains is not None
+               else scan_multitask(data, labels, tasks, valid_fraction, test_fraction, seed, limit))
+    generator = seed_everything(seed, deterministic)
+    loaded = create_backbone(backbone, weights=weights, pretrained=pretrained)
+    preprocessing = loaded.preprocessing if image_size is None else dataclasses.replace(loaded.preprocessing, input_size=int(image_size))
+    model = build_multitask_model(lambda: create_backbone(backbone, weights=weights, pretrained=pretrained).model, dataset.tasks, sharing, head)
+    plan = plan_for_mode(mode, model.stage_names, lr=lr, unfreeze=unfreeze, backbone_lr_mult=backbone_lr_mult, bn_policy=bn)
+    for tower in model.towers.values():
+        plan.apply(tower)
+    if sharing == "hard" and tie:
+        raise ConfigError("--tie only applies to --sharing soft (hard sharing has one trunk)")
+    train_items, valid_items, test_items = dataset.split("train"), dataset.split("valid"), dataset.split("test")
+    scales = target_scales(dataset.tasks, _targets(train_items).numpy())
+    loss = MultiTaskLoss(dataset.tasks, scales, weighting)
+    use_cache = cache and plan.trainable_from > 0 and (plan.is_feature_extractor or not augment)
+    start = plan.trainable_from if use_cache else 0
+    counts = parameter_counts(model)
+    workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+    if not quiet:
+        stderr.print(f"[bold]graft train[/] ({'multi-domain' if domains else 'multi-task'}, {sharing} sharing): "
+                     + ", ".join(f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks) + "; "
+                     + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
+                     + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else ""))
+        rows = plan.rows(next(iter(model.towers.values())))
+        stderr.print(table(f"freeze plan per tower ({mode}, {backbone}, {len(model.towers)} tower(s))", ["part", "status", "params", "lr"],
+                           [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}"] for r in rows]))
+        stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}"
+                     + (f"   inputs: activations cached at stage {start} ({model.stage_names[start] if start < len(model.stage_names) else 'pooled features'})" if use_cache else ""))
+    config = {
+        "kind": "multitask",
+        "graft_version": _version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": {"root": str(data) if data is not None else None, "counts": dataset.counts(), "skipped": len(dataset.skipped)},
+        "backbone": {"name": backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
+        "preprocessing": preprocessing.to_dict(),
+        "mode": mode,
+        "head": head,
+        "classes": [],
+        "multitask": {
+            "sharing": sharing, "tie": tie, "weighting": weighting, "labels": dataset.source,
+            "tasks": [t.to_dict() for t in dataset.tasks], "scales": {k: v.to_dict() for k, v in scales.items()},
+            "towers": list(model.towers.keys()), "domains": bool(domains),
+        },
+        "hyperparameters": {
+            "epochs": epochs, "lr": plan.lr, "backbone_lr_mult": backbone_lr_mult, "batch_size": batch_size, "seed": seed, "patience": patience,
+            "augment": augment and not use_cache, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages), "valid_fraction": valid_fraction,
+            "test_fraction": test_fraction, "limit": limit, "time_budget": time_budget, "cached_inputs_from_stage": start if use_cache else None,
+        },
+        "params": counts,
+    }
+    run.write_json(CONFIG, config)
+    run.write_json(PLAN, plan.to_dict())
+    run.write_json(MANIFEST, dataset.manifest())
+
+    eval_transform = preprocessing.eval_transform()
+    with make_progress(quiet) as progress:
+        if use_cache:
+            key_parts = {"backbone": backbone, "weights": loaded.report.to_dict().get("sha256") or loaded.report.source, "pretrained": pretrained}
+            first = next(iter(model.towers.values()))
+            tensors = {name: _cached_activations(first, items, preprocessing, start, key_parts, cache_dir, 64, workers, progress, f"frozen trunk ({name})")
+                       for name, items in (("train", train_items), ("valid", valid_items), ("test", test_items)) if items}
+            make = lambda name, items, shuffle: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensors[name], _targets(items)), batch_size=batch_size,
+                                                                             shuffle=shuffle, generator=generator if shuffle else None)
+            loaders = {"train": make("train", train_items, True), "valid": make("valid", valid_items, False)}
+            if test_items:
+                loaders["test"] = make("test", test_items, False)
+        else:
+            train_transform = preprocessing.train_transform() if augment else eval_transform
+            loaders = {"train": _loader(LabelledImages(train_items, train_transform), batch_size, True, workers, generator),
+                       "valid": _loader(LabelledImages(valid_items, eval_transform), batch_size, False, workers)}
+            if test_items:
+                loaders["test"] = _loader(LabelledImages(test_items, eval_transform), batch_size, False, workers)
+
+        def save_epoch(state) -> None:
+            run.write_json(HISTORY, state.history)
+            if state.improved:
+                run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
+
+        fit_began = time.perf_counter()
+        state = fit_multitask(model, loss, plan, loaders["train"], loaders["valid"], epochs=epochs, patience=patience, tie=tie, start=start,
+                              time_budget=time_budget, on_epoch_end=save_epoch, progress=progress)
+        fit_seconds = time.perf_counter() - fit_began
+        metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs"}
+        for split in ("valid", "test"):
+            if split in loaders:
+                outputs, targets = collect_outputs(model, loaders[split], start=start, progress=progress, description=f"evaluate {split}")
+                metrics[split] = task_metrics(dataset.tasks, outputs, targets, scales, detail=True)
+    seconds = time.perf_counter() - began
+    metrics.update({"seconds": seconds, "fit_seconds": fit_seconds, "tower_distance": float(model.tower_distance().detach()),
+                    "tied_parameters": model.tied_parameter_count(), "task_weights": loss.weights()})
+    run.write_json(METRICS, metrics)
+    final = metrics.get("test", metrics["valid"])
+    summary = {
+        "run": str(run.path), "kind": "multi-domain" if domains else "multi-task", "sharing": sharing, "tie": tie, "weighting": weighting, "backbone": backbone,
+        "mode": mode, "tasks": [t.name for t in dataset.tasks], "best_epoch": state.best_epoch, "epochs_run": len(state.history),
+        "valid_score": metrics["valid"]["score"], "test_score": metrics["test"]["score"] if "test" in metrics else None,
+        "valid": _brief(metrics["valid"]), "test": _brief(metrics["test"]) if "test" in metrics else None,
+        "tower_distance": metrics["tower_distance"], "seconds": seconds, "fit_seconds": fit_seconds, "params": counts, "skipped": len(dataset.skipped),
+    }
+    if not quiet:
+        stderr.print(table(f"{'test' if 'test' in metrics else 'valid'} metrics (best epoch {state.best_epoch})", ["task", "metric", "value"],
+                           [[name, *_headline(entry)] for name, entry in final["tasks"].items()]))
+        stderr.print(f"[green]done[/] in {seconds:.1f}s; run saved to {run.path}")
+    return summary
+
+
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("kind", "n", "accuracy", "macro_f1", "mae", "rmse")
+    return {"score": metrics["score"], "tasks": {name: {k: v for k, v in entry.items() if k in keep} for name, entry in metrics["tasks"].items()}}
+
+
+def _headline(entry: dict[str, Any]) -> list[str]:
+    if entry["kind"] == "classification":
+        return ["accuracy / macro F1", f"{entry['accuracy']:.4f} / {entry['macro_f1']:.4f}"]
+    return ["MAE / RMSE", f"{entry['mae']:.3f} / {entry['rmse']:.3f}"]
+
+
+@dataclass
+class MultiTaskTrainedModel:
+    """A multi-task (or multi-domain) model loaded from a run folder: every task on every image."""
+
+    model: MultiTaskModel
+    tasks: list[Task]
+    scales: dict[str, TargetScale]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    path: Path
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return {t.name: list(t.classes) for t in self.tasks if t.is_classification}
+
+    def _outputs(self, items, batch_size: int):
+        loader = _loader(LabelledImages(items, self.preprocessing.eval_transform()), batch_size, False, 0)
+        return collect_outputs(self.model, loader)
+
+    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+        """For each image: ``{"image", "tasks": {name: {"label", "prob", "probs"} or {"value"}}}``."""
+        paths = collect_image_paths(images)
+        outputs, _ = self._outputs([(p, [float("nan")] * len(self.tasks)) for p in paths], batch_size)
+        decoded = {t.name: decode(t, outputs[t.name], self.scales) for t in self.tasks}
+        results = []
+        for row, path in enumerate(paths):
+            entry: dict[str, Any] = {}
+            for task in self.tasks:
+                value = decoded[task.name][row]
+                if task.is_classification:
+                    entry[task.name] = {"label": task.classes[int(value.argmax())], "prob": float(value.max()),
+                                        "probs": {name: float(p) for name, p in zip(task.classes, value)}}
+                else:
+                    entry[task.name] = {"value": float(value)}
+            results.append({"image": path, "tasks": entry})
+        return results
+
+    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
+        """Every task's metrics. ``data=None`` or the training folder: the run's held-out test split
+        (valid if none); another folder: all its images labelled by the run's label source."""
+        manifest_path = self.path / MANIFEST
+        labels = self.config["multitask"]["labels"]
+        root = self.config["data"]["root"]
+        skipped: list = []
+        if data is None or (root is not None and Path(data).resolve() == Path(root).resolve()):
+            manifest = read_json(manifest_path)
+            split = "test" if manifest["splits"].get("test") else "valid"
+            items = [(p, [float("nan") if v is None else v for v in values]) for p, values in manifest["splits"][split]]
+            evaluated_on = f"{split} split of the run's manifest"
+        elif labels.get("kind") == "domains":
+            raise DataError(f"a multi-domain run is evaluated on its own test splits; got DATA '{data}'", hint="run graft evaluate RUN without DATA")
+        else:
+            source = labels["name"] if labels["kind"] == "preset" else labels["file"] if labels["kind"] == "csv" else "re:" + labels["pattern"]
+            _, items, skipped, _ = read_labels(data, source, list(self.tasks))
+            evaluated_on = str(data)
+        if not items:
+            raise DataError(f"no labelled images to evaluate in '{data or manifest_path}'")
+        outputs, targets = self._outputs(items, batch_size)
+        metrics = task_metrics(self.tasks, outputs, targets, self.scales, detail=True)
+        return {"kind": "multitask", "evaluated_on": evaluated_on, "n": len(items), **metrics, "skipped": skipped}
+
+
+def load_multitask_run(folder: str | os.PathLike) -> MultiTaskTrainedModel:
+    folder = Path(folder)
+    try:
+        config = read_json(folder / CONFIG)
+        section = config["multitask"]
+        tasks = [Task.from_dict(t) for t in section["tasks"]]
+        scales = {name: TargetScale(**values) for name, values in section["scales"].items()}
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        name = config["backbone"]["name"]
+        model = build_multitask_model(lambda: create_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft multi-task config ({type(error).__name__}: {error})") from None
+    load_weights(model, folder)
+    return MultiTaskTrainedModel(model=model.eval(), tasks=tasks, scales=scales, preprocessing=preprocessing, config=config, path=folder)
+
+
+def _version() -> str:
+    from graft import __version__
+
+    return __version__

@@ -1,0 +1,152 @@
+"""Multi-task and multi-domain training with a tiny random backbone on generated images."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import graft
+from graft.backbones import create_backbone
+from graft.cli import app
+from graft.errors import ConfigError
+from graft.multitask import MultiTaskLoss, build_multitask_model, fit_multitask
+from graft.multitask.fit import target_scales
+from graft.strategies import plan_for_mode
+from graft.tasks import Task
+from tests.conftest import COLOURS, TINY_BACKBONE, make_image
+
+TASKS = [Task("age", "regression"), Task("gender", "classification", ("male", "female"))]
+
+
+@pytest.fixture
+def faces(tmp_path):
+    """UTKFace-style names whose colour carries the labels (gender: red/blue, age: brightness)."""
+    root = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for i in range(36):
+        age, gender, race = int(rng.integers(5, 80)), i % 2, i % 3
+        make_image(root / f"{age}_{gender}_{race}_20170101{i:04d}.jpg.chip.jpg", (200 * gender + 20, 2 * age, 200 * (1 - gender)), seed=i, size=32)
+    return root
+
+
+def _options(**kwargs):
+    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=2, num_workers=0, quiet=True, batch_size=8, image_size=64, augment=False)
+    options.update(kwargs)
+    return options
+
+
+def _soft_model(tasks, tie_source=None):
+    base = create_backbone(TINY_BACKBONE, pretrained=False).model
+    return build_multitask_model(lambda: copy.deepcopy(base), tasks, "soft", dropout=0.0)
+
+
+def _batches(n=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 3, 32, 32, generator=generator)
+    targets = torch.stack([torch.rand(n, generator=generator) * 50 + 10, (torch.rand(n, generator=generator) > 0.5).float()], dim=1)
+    return list(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), batch_size=8))
+
+
+def _fit(model, tasks, loader, tie):
+    plan = plan_for_mode("finetune", model.stage_names, lr=1e-2, unfreeze=2)
+    loss = MultiTaskLoss(tasks, target_scales(tasks, torch.cat([t for _, t in loader]).numpy()), weighting="equal")
+    return fit_multitask(model, loss, plan, loader, loader, epochs=3, patience=10, tie=tie)
+
+
+def test_soft_sharing_with_zero_tie_equals_independent_models():
+    torch.manual_seed(0)
+    loader = _batches()
+    soft = _soft_model(TASKS)
+    alone = _soft_model(TASKS[:1])
+    alone.towers["age"].load_state_dict(soft.towers["age"].state_dict())
+    start = {k: v.clone() for k, v in soft.towers["age"].state_dict().items()}
+    _fit(soft, TASKS, loader, tie=0.0)
+    _fit(alone, TASKS[:1], [(x, y[:, :1]) for x, y in loader], tie=0.0)
+    trained, reference = soft.towers["age"].state_dict(), alone.towers["age"].state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)  # it did train
+    for key in trained:
+        torch.testing.assert_close(trained[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_the_tie_pulls_towers_together():
+    loader = _batches()
+    distances = []
+    for tie in (0.0, 1.0, 100.0):
+        torch.manual_seed(0)
+        model = _soft_model(TASKS)
+        assert float(model.tower_distance().detach()) == 0.0  # same pretrained start
+        _fit(model, TASKS, loader, tie=tie)
+        distances.append(float(model.tower_distance().detach()))
+    assert distances[0] > distances[1] > distances[2] >= 0
+
+
+def test_missing_labels_add_nothing_and_regression_is_standardised():
+    tasks = TASKS
+    targets = torch.tensor([[30.0, float("nan")], [float("nan"), 1.0], [50.0, 0.0]])
+    scales = target_scales(tasks, targets.numpy())
+    assert scales["age"].mean == 40.0 and scales["age"].std == 10.0
+    loss = MultiTaskLoss(tasks, scales, weighting="uncertainty", label_smoothing=0.0)
+    outputs = {"age": torch.tensor([[-1.0], [123.0], [1.0]]), "gender": torch.tensor([[9.0, -9.0], [-5.0, 5.0], [5.0, -5.0]])}
+    total, parts = loss(outputs, targets)
+    assert parts["age"].item() == pytest.approx(0.0)  # (30-40)/10 = -1 and (50-40)/10 = 1 predicted exactly; row 2 ignored
+    assert parts["gender"].item() < 1e-3
+    assert loss.log_vars.requires_grad
+    with pytest.raises(ConfigError, match="task-weighting"):
+        MultiTaskLoss(tasks, scales, weighting="magic")
+
+
+@pytest.mark.parametrize("sharing,mode", [("hard", "extract"), ("soft", "finetune")])
+def test_train_save_load_round_trip(faces, tmp_path, sharing, mode):
+    summary = graft.train_multitask(faces, tmp_path / "run", labels="utkface", tasks="age,gender,race", sharing=sharing, mode=mode,
+                                    tie=0.5 if sharing == "soft" else 0.0, **({"unfreeze": 1} if mode == "finetune" else {}), **_options())
+    assert set(summary["test"]["tasks"]) == {"age", "gender", "race"}
+    assert summary["test"]["tasks"]["age"]["kind"] == "regression" and "mae" in summary["test"]["tasks"]["age"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 2 and set(history[0]["valid"]) == {"age", "gender", "race"}
+    first, second = graft.load(tmp_path / "run"), graft.load(tmp_path / "run")
+    assert first.model.sharing == sharing and len(first.model.towers) == (1 if sharing == "hard" else 3)
+    a, b = first.predict([faces]), second.predict([faces])
+    assert a == b and len(a) == 36
+    assert set(a[0]["tasks"]) == {"age", "gender", "race"} and isinstance(a[0]["tasks"]["age"]["value"], float)
+    assert set(a[0]["tasks"]["race"]["probs"]) == {"White", "Black", "Asian", "Indian", "Others"}
+    metrics = graft.evaluate(tmp_path / "run")
+    assert metrics["evaluated_on"].startswith("test split") and metrics["n"] == summary["test"]["tasks"]["gender"]["n"]
+    assert metrics["tasks"]["gender"]["accuracy"] == pytest.approx(summary["test"]["tasks"]["gender"]["accuracy"])
+    assert metrics["tasks"]["age"]["mae"] == pytest.approx(summary["test"]["tasks"]["age"]["mae"], rel=1e-4)
+
+
+def test_cli_multitask_train_evaluate_predict_json(faces, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "cli-run"
+    result = runner.invoke(app, ["train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender", "--backbone", TINY_BACKBONE,
+                                 "--from-scratch", "--epochs", "1", "--workers", "0", "--image-size", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "multi-task" and summary["tasks"] == ["age", "gender"]
+    result = runner.invoke(app, ["evaluate", str(run), str(faces), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["tasks"]) == {"age", "gender"}
+    result = runner.invoke(app, ["predict", str(run), str(faces), "--json"])
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == 36
+    result = runner.invoke(app, ["train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender", "--tie", "1", "--json"])
+    assert result.exit_code == 2 and "--tie only applies" in result.output
+
+
+def test_multi_domain_one_backbone_a_head_per_domain(tmp_path, faces):
+    colours = tmp_path / "colours"
+    for index, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(8):
+            make_image(colours / name / f"{i}.png", colour, seed=index * 50 + i, size=32)
+    summary = graft.train_multitask(None, tmp_path / "run", domains={"colours": str(colours), "faces": f"{faces}:utkface:gender"}, **_options())
+    tasks = summary["test"]["tasks"]
+    assert set(tasks) == {"colours", "faces"}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    test_rows = manifest["splits"]["test"]
+    assert tasks["colours"]["n"] == sum(1 for _, labels in test_rows if labels[0] is not None)
+    assert all((labels[0] is None) != (labels[1] is None) for _, labels in test_rows)  # each image has its own domain's label only
+    loaded = graft.load(tmp_path / "run")
+    assert len(loaded.model.towers) == 1 and set(loaded.classes) == {"colours", "faces"}
+    assert set(graft.evaluate(loaded)["tasks"]) == {"colours", "faces"}
