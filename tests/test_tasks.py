@@ -17,6 +17,7 @@ def faces(tmp_path):
         make_image(root / f"{20 + i}_{i % 2}_{i % 5}_2017010{i:02d}.jpg.chip.jpg", (40 * (i % 5), 100, 200 * (i % 2)), seed=i, size=24)
     make_image(root / "61_3_20170109150557335.jpg.chip.jpg", (0, 0, 0), seed=99, size=24)  # a field missing
     make_image(root / "30_7_1_20170101.jpg.chip.jpg", (0, 0, 0), seed=98, size=24)  # gender 7 does not exist
+    (root / "40_1_1_20170102.jpg.chip.jpg").write_bytes(b"not a jpeg")  # well named, not an image
     return root
 
 
@@ -24,7 +25,7 @@ def test_utkface_names_parse_and_bad_names_are_skipped_not_guessed(faces):
     tasks, items, skipped, source = read_labels(faces, "utkface", "age,gender,race")
     assert [t.name for t in tasks] == ["age", "gender", "race"]
     assert tasks[1].classes == ("male", "female") and tasks[2].classes[:2] == ("White", "Black")
-    assert len(items) == 12
+    assert len(items) == 13  # the broken file parses by name; scan_multitask decodes it and skips it
     reasons = {s["file"].rsplit("/", 1)[1]: s["reason"] for s in skipped}
     assert "does not match" in reasons["61_3_20170109150557335.jpg.chip.jpg"]
     assert "gender value '7'" in reasons["30_7_1_20170101.jpg.chip.jpg"]
@@ -94,7 +95,8 @@ def test_split_keeps_byte_identical_images_on_one_side_and_reports_label_conflic
         assert len(dataset.duplicates["conflicting_labels"]) == 6
         assert sum(dataset.counts().values()) == 18
     manifest = dataset.manifest()
-    assert len(manifest["skipped"]) == 2 and manifest["tasks"][0]["kind"] == "regression"
+    assert len(manifest["skipped"]) == 3 and manifest["tasks"][0]["kind"] == "regression"
+    assert any("not an image" in entry["reason"] for entry in manifest["skipped"])
 
 
 def test_group_split_rejects_too_few_images(faces):

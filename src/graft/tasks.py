@@ -260,7 +260,8 @@ def _encode_rows(rows, tasks: list[Task], skipped: list[dict[str, str]], allow_m
     return items
 
 
-def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, float], seed: int = 0) -> tuple[dict[str, list], dict[str, Any]]:
+def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, float], seed: int = 0,
+                hashes: dict[str, str] | None = None) -> tuple[dict[str, list], dict[str, Any]]:
     """Seeded train/valid/test split of whole groups of byte-identical files (``fractions`` = valid, test).
 
     Returns the splits and a report: how many groups of copies there are and which copies disagree on labels.
@@ -270,7 +271,7 @@ def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, fl
         raise ConfigError(f"split fractions must be positive and sum below 1; got valid {valid_fraction}, test {test_fraction}")
     groups: dict[str, list[int]] = {}
     for index, (path, _) in enumerate(items):
-        groups.setdefault(sha256_file(path), []).append(index)
+        groups.setdefault(hashes[path] if hashes and path in hashes else sha256_file(path), []).append(index)
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
     n_valid, n_test = round(len(keys) * valid_fraction), round(len(keys) * test_fraction)
@@ -294,6 +295,21 @@ def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, fl
     return splits, report
 
 
+def _usable_images(items, skipped: list[dict[str, str]]) -> tuple[list, dict[str, str]]:
+    """Decode every labelled file once (``graft.checking``): unusable ones join ``skipped`` with the reason."""
+    from graft.checking import inspect_files
+    from graft.data import IMAGE_EXTENSIONS
+
+    verdicts = inspect_files([path for path, _ in items], IMAGE_EXTENSIONS)
+    kept = []
+    for item, verdict in zip(items, verdicts):
+        if verdict.usable:
+            kept.append(item)
+        else:
+            skipped.append({"file": item[0], "reason": verdict.reason})
+    return kept, {v.path: v.sha256 for v in verdicts if v.sha256}
+
+
 def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[str] | None = None, valid_fraction: float = 0.15, test_fraction: float = 0.15,
                    seed: int = 0, limit: int | None = None) -> MultiTaskDataset:
     """Labels for several tasks under ``root`` and a duplicate-aware train/valid/test split.
@@ -301,6 +317,7 @@ def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[s
     ``limit`` keeps a seeded random subset of that many labelled images (said so in the manifest).
     """
     chosen, items, skipped, source = read_labels(root, labels, tasks)
+    items, hashes = _usable_images(items, skipped)
     for task in chosen:
         if task.is_classification and len(task.classes) < 2:
             raise DataError(f"task '{task.name}' has {len(task.classes)} class(es) in '{root}'; classification needs at least 2")
@@ -308,7 +325,7 @@ def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[s
         keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
         items = [items[i] for i in keep]
         source = {**source, "subset": limit}
-    splits, duplicates = group_split(items, (valid_fraction, test_fraction), seed)
+    splits, duplicates = group_split(items, (valid_fraction, test_fraction), seed, hashes)
     return MultiTaskDataset(root=str(root), source=source, tasks=chosen, splits=splits, skipped=skipped, duplicates=duplicates)
 
 
