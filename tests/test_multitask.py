@@ -150,3 +150,13 @@ def test_multi_domain_one_backbone_a_head_per_domain(tmp_path, faces):
     loaded = graft.load(tmp_path / "run")
     assert len(loaded.model.towers) == 1 and set(loaded.classes) == {"colours", "faces"}
     assert set(graft.evaluate(loaded)["tasks"]) == {"colours", "faces"}
+
+
+def test_activation_cache_is_reused_and_gives_the_same_results(faces, tmp_path):
+    cache = tmp_path / "cache"
+    graft.train_multitask(faces, tmp_path / "a", labels="utkface", tasks="gender", mode="finetune", unfreeze=1, cache_dir=cache, **_options(epochs=1))
+    cached = graft.train_multitask(faces, tmp_path / "b", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
+    assert sorted(p.name.rsplit("-", 1)[1] for p in cache.iterdir()) == ["stop6.safetensors", "stop7.safetensors"]  # pooled features derived from stop 6
+    direct = graft.train_multitask(faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", **_options(epochs=1))
+    assert cached["test"]["tasks"]["gender"]["accuracy"] == direct["test"]["tasks"]["gender"]["accuracy"]
+    assert cached["valid_score"] == pytest.approx(direct["valid_score"], abs=1e-6)

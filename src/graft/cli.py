@@ -136,7 +136,7 @@ def train(
 
     if out is None:
         raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME")
-    if labels or tasks or domain:
+    if labels or tasks or domain or sharing != "hard" or tie:
         from graft.api import train_multitask
 
         domains = {}

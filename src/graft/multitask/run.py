@@ -94,20 +94,22 @@ def _cached_activations(tower, items, preprocessing: Preprocessing, stop: int, k
             paths = json.loads(handle.metadata()["paths"])
             return path, handle.get_tensor("activations"), {p: i for i, p in enumerate(paths)}
 
-    for at in range(stop, -1, -1):
-        file, tensor, index = stored(at)
-        if index and all(p in index for p in wanted):
-            rows = tensor[[index[p] for p in wanted]]
-            if at == stop:
-                return rows
-            with torch.inference_mode():
-                tower.eval()
-                rows = torch.cat([tower.forward_features(chunk, start=at) if stop >= len(tower.stages) else tower.forward_stages(chunk, at, stop)
-                                  for chunk in rows.split(256)])
-            return rows
     file, tensor, index = stored(stop)
     missing = [item for item in items if item[0] not in index]
-    fresh = compute_activations(tower, missing, transform, stop, batch_size, workers, progress, description)
+    if not missing:
+        return tensor[[index[p] for p in wanted]]
+    fresh = None
+    for at in range(stop - 1, -1, -1):
+        _, earlier, earlier_index = stored(at)
+        if earlier_index and all(p in earlier_index for p, _ in missing):
+            rows = earlier[[earlier_index[p] for p, _ in missing]]
+            with torch.inference_mode():
+                tower.eval()
+                fresh = torch.cat([tower.forward_features(chunk, start=at) if stop >= len(tower.stages) else tower.forward_stages(chunk, at, stop)
+                                   for chunk in rows.split(256)])
+            break
+    if fresh is None:
+        fresh = compute_activations(tower, missing, transform, stop, batch_size, workers, progress, description)
     merged = torch.cat([tensor, fresh]) if len(index) else fresh
     paths = [p for p, _ in sorted(index.items(), key=lambda kv: kv[1])] + [p for p, _ in missing]
     atomic_save_tensors(file, {"activations": merged}, {"paths": json.dumps(paths)})
