@@ -104,6 +104,8 @@ def test_train_save_load_round_trip(faces, tmp_path, sharing, mode):
                                     tie=0.5 if sharing == "soft" else 0.0, **({"unfreeze": 1} if mode == "finetune" else {}), **_options())
     assert set(summary["test"]["tasks"]) == {"age", "gender", "race"}
     assert summary["test"]["tasks"]["age"]["kind"] == "regression" and "mae" in summary["test"]["tasks"]["age"]
+    for name in ("config.json", "freeze_plan.json", "model.safetensors", "manifest.json", "metrics.json", "learning_curve.png", "confusion_matrix_race.png"):
+        assert (tmp_path / "run" / name).is_file(), name
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 2 and set(history[0]["valid"]) == {"age", "gender", "race"}
     first, second = graft.load(tmp_path / "run"), graft.load(tmp_path / "run")

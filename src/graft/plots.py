@@ -49,3 +49,21 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
         for j, value in enumerate(row):
             axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     _save(figure, path)
+
+
+def task_curves(history: list[dict], path, title: str = "") -> None:
+    """Multi-task runs: training loss and each task's validation metric (accuracy, or MAE) per epoch."""
+    epochs = [row["epoch"] for row in history]
+    names = list(history[0]["valid"]) if history else []
+    figure, axes = plt.subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.4), squeeze=False)
+    axes[0][0].plot(epochs, [r["train_loss"] for r in history], "o-")
+    axes[0][0].set(xlabel="epoch", title="training loss (weighted)")
+    for axis, name in zip(axes[0][1:], names):
+        key = "accuracy" if history[0]["valid"][name]["kind"] == "classification" else "mae"
+        axis.plot(epochs, [r["valid"][name][key] for r in history], "o-")
+        axis.set(xlabel="epoch", title=f"{name}: valid {key}")
+    for axis in axes[0]:
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)

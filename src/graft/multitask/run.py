@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from safetensors import safe_open
 
+from graft import plots
 from graft.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
@@ -33,7 +34,7 @@ from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, dec
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything, worker_init
-from graft.runs import CONFIG, HISTORY, MANIFEST, METRICS, PLAN, RunFolder, load_weights
+from graft.runs import CONFIG, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, load_weights
 from graft.strategies import plan_for_mode
 from graft.tasks import Task, read_labels, scan_domains, scan_multitask
 
@@ -266,6 +267,10 @@ def train_multitask(
                     "tied_parameters": model.tied_parameter_count(), "task_weights": loss.weights()})
     run.write_json(METRICS, metrics)
     final = metrics.get("test", metrics["valid"])
+    plots.task_curves(state.history, run / LEARNING_CURVE, title=f"{backbone}, {sharing} sharing, {mode}")
+    for task in dataset.tasks:
+        if task.is_classification:
+            plots.confusion_matrix(final["tasks"][task.name]["confusion_matrix"], task.classes, run / f"confusion_matrix_{task.name}.png", title=f"{task.name} ({'test' if 'test' in metrics else 'valid'})")
     summary = {
         "run": str(run.path), "kind": "multi-domain" if domains else "multi-task", "sharing": sharing, "tie": tie, "weighting": weighting, "backbone": backbone,
         "mode": mode, "tasks": [t.name for t in dataset.tasks], "best_epoch": state.best_epoch, "epochs_run": len(state.history),
