@@ -26,9 +26,9 @@ from graft.freeze import parameter_counts
 from graft.model import build_transfer_model
 from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
 from graft.reproducibility import seed_everything, worker_init
-from graft.runs import CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, RunFolder, TrainedModel, load_run
-from graft.strategies import plan_for_mode
-from graft.training import FitState, fit
+from graft.runs import ADVICE, CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, RunFolder, TrainedModel, load_run
+from graft.strategies import AUTO, DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, plan_for_mode, resolve_auto
+from graft.training import FitState, fit_head_first
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = {"extract": 10, "finetune": 10}
@@ -109,20 +109,36 @@ def train(
     head: str = "linear",
     patience: int = 5,
     augment: bool = True,
-    bn: str = "train",
-    backbone_lr_mult: float = 0.1,
+    bn: str | None = None,
+    backbone_lr_mult: float | None = None,
     valid_fraction: float = 0.2,
     num_workers: int | None = None,
     deterministic: bool = False,
     quiet: bool = False,
+    head_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder by transfer from a pretrained backbone; write a run folder.
 
     ``mode="extract"`` freezes the whole backbone and trains a new head; ``mode="finetune"`` also
-    trains the last ``unfreeze`` stages at ``lr * backbone_lr_mult``. ``pretrained=False`` starts from
+    trains the last ``unfreeze`` stages at ``lr * backbone_lr_mult``; ``mode="auto"`` runs
+    ``graft.advise`` first and trains its plan (options given explicitly win; the advice is saved as
+    ``advice.json``). ``head_epochs`` trains the head alone first. ``pretrained=False`` starts from
     random weights (the from-scratch baseline). Returns the ``train`` JSON summary.
     """
     began = time.perf_counter()
+    advice = None
+    if mode == AUTO:
+        if not pretrained:
+            raise ConfigError("--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
+                              hint="pick --mode extract or finetune for a from-scratch baseline")
+        from graft.advisor import advise as run_advise
+
+        advice = run_advise(data, backbone=backbone, weights=weights, seed=seed, valid_fraction=valid_fraction)
+        resolved = resolve_auto(advice.plan.to_dict(), unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, bn=bn, head_epochs=head_epochs)
+        mode, unfreeze, epochs, lr, backbone_lr_mult, bn, head_epochs = (resolved[k] for k in ("mode", "unfreeze", "epochs", "lr", "backbone_lr_mult", "bn", "head_epochs"))
+    backbone_lr_mult = DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult
+    bn = DEFAULT_BN if bn is None else bn
+    head_epochs = 0 if head_epochs is None else head_epochs
     epochs = DEFAULT_EPOCHS.get(mode, 10) if epochs is None else epochs
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
         if value < 1:
@@ -159,10 +175,15 @@ def train(
         "hyperparameters": {
             "epochs": epochs, "lr": plan.lr, "backbone_lr_mult": backbone_lr_mult, "batch_size": batch_size, "seed": seed,
             "patience": patience, "augment": augment, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages),
-            "valid_fraction": valid_fraction, "deterministic": deterministic,
+            "valid_fraction": valid_fraction, "deterministic": deterministic, "head_epochs": head_epochs,
         },
         "params": counts,
     }
+    if advice is not None:
+        config["advice"] = {"file": ADVICE, "scenario": advice.scenario, "similarity": advice.similarity, "plan": advice.plan.to_dict()}
+        run.write_json(ADVICE, advice.to_dict())
+        if not quiet:
+            stderr.print(f"[bold]advice[/]: scenario {advice.scenario}, similarity {advice.similarity:.2f}; " + "; ".join(advice.reasons[2:]))
     run.write_json(CONFIG, config)
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
@@ -181,7 +202,8 @@ def train(
         plots.learning_curve(history, run / LEARNING_CURVE, title=f"{backbone}, {mode}")
 
     with make_progress(quiet) as progress:
-        state = fit(model, plan, train_loader, valid_loader, epochs=epochs, patience=patience, on_epoch_end=save_epoch, progress=progress)
+        state = fit_head_first(model, plan, train_loader, valid_loader, epochs=epochs, head_epochs=head_epochs, patience=patience,
+                               on_epoch_end=save_epoch, progress=progress)
         metrics = {"best_epoch": state.best_epoch}
         for split in ("valid", "test"):
             items = dataset.split(split)
@@ -207,7 +229,11 @@ def train(
         "seconds": seconds,
         "params": counts,
         "skipped": len(dataset.skipped),
+        "unfreeze": len(plan.trainable_stages),
+        "head_epochs": head_epochs,
     }
+    if advice is not None:
+        summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     if not quiet:
         test_text = f", test accuracy {summary['test_accuracy']:.4f}" if summary["test_accuracy"] is not None else ""
         stderr.print(f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, valid accuracy {summary['valid_accuracy']:.4f}{test_text}; run saved to {run.path}")

@@ -100,18 +100,19 @@ def classify(
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/... (multi-task: a folder of images with --labels).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (required).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head) or finetune (also train the last K stages).")] = "extract",
+    mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head), finetune (also train the last K stages), or auto (graft advise decides; saved as advice.json).")] = "extract",
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")] = False,
     unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", help="finetune: how many of the last stages train (default: a third).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Maximum epochs (default 10).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate; trained backbone stages get lr x --backbone-lr-mult.")] = None,
-    backbone_lr_mult: Annotated[float, typer.Option("--backbone-lr-mult", help="Learning-rate multiplier of the trained backbone stages.")] = 0.1,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option("--backbone-lr-mult", help="Learning-rate multiplier of the trained backbone stages (default 0.1).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     head: Annotated[str, typer.Option("--head", help="linear or mlp.")] = "linear",
-    bn: Annotated[str, typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update) or frozen.")] = "train",
+    bn: Annotated[Optional[str], typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update, default) or frozen.")] = None,
+    head_epochs: Annotated[Optional[int], typer.Option("--head-epochs", help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).")] = None,
     patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")] = 5,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training.")] = True,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
@@ -138,6 +139,7 @@ def train(
         raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME")
     if labels or tasks or domain or sharing != "hard" or tie:
         from graft.api import train_multitask
+        from graft.strategies import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
 
         domains = {}
         for entry in domain or []:
@@ -148,7 +150,8 @@ def train(
         summary = train_multitask(
             data, out, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, weighting=task_weighting, mode=mode,
             backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
-            backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn, patience=patience, augment=augment,
+            backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult, batch_size=batch_size, seed=seed, head=head,
+            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=augment,
             image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic,
         )
         if json_output:
@@ -159,10 +162,53 @@ def train(
     summary = run_train(
         data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
         epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
-        patience=patience, augment=augment, num_workers=workers, deterministic=deterministic,
+        patience=patience, augment=augment, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
     )
     if json_output:
         emit_json(summary)
+
+
+@app.command()
+@_handle_errors
+def advise(
+    data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
+    backbone: BackboneOption = "tf_efficientnet_lite0",
+    backbones: Annotated[Optional[str], typer.Option("--backbones", help="Comma-separated backbones to rank by LogME on frozen features, e.g. tf_efficientnet_lite0,mobilenetv2_100.")] = None,
+    weights: WeightsOption = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image subsample measured.")] = 0,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class measured (default 8-32, by class count).")] = None,
+    json_output: JsonOption = False,
+):
+    """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones)."""
+    from graft.advisor import LOGME_MEANING, advise as run_advise, rank_backbones
+    from graft.console import emit_json, stderr, table
+
+    if backbones:
+        ranking = rank_backbones(data, [name.strip() for name in backbones.split(",") if name.strip()], seed=seed, per_class=per_class)
+        if json_output:
+            emit_json({"ranking": ranking, "best": ranking[0]["backbone"], "score": "logme", "meaning": LOGME_MEANING})
+            return
+        stderr.print(table("backbones ranked by LogME on frozen features (higher is better)", ["rank", "backbone", "LogME", "similarity", "scenario", "seconds"],
+                           [[e["rank"], e["backbone"], f"{e['logme']:.3f}", f"{e['advice']['similarity']:.2f}", e["advice"]["scenario"], f"{e['advice']['seconds']:.1f}"] for e in ranking]))
+        stderr.print(LOGME_MEANING)
+        return
+    advice = run_advise(data, backbone=backbone, weights=str(weights) if weights else None, seed=seed, per_class=per_class)
+    if json_output:
+        emit_json(advice.to_dict())
+        return
+    evidence = advice.evidence
+    stderr.print(table(f"evidence ({backbone}, {evidence['sample_images']} images measured in {advice.seconds:.1f}s)",
+                       ["stage", "BatchNorm drift (KL)", "LogME of frozen features"],
+                       [[name, f"{evidence['bn_drift'][name]:.3f}" if name in evidence["bn_drift"] else "-", f"{evidence['logme'][name]:.3f}"] for name in evidence["stages"]]))
+    if evidence["head_confidence"] is not None:
+        stderr.print(f"ImageNet head on these images: mean top-1 probability {evidence['head_confidence']:.3f}, normalised entropy {evidence['head_entropy']:.3f}")
+    stderr.print(f"[bold]scenario {advice.scenario}[/]  similarity {advice.similarity:.2f}  "
+                 f"images {advice.size['images']}  classes {advice.size['classes']}  smallest class {advice.size['min_per_class']}")
+    for reason in advice.reasons:
+        stderr.print(f"- {reason}")
+    plan = advice.plan
+    command = f"graft train {data} --out RUN --mode {plan.mode}" + (f" --unfreeze {plan.unfreeze} --head-epochs {plan.head_epochs} --backbone-lr-mult {plan.backbone_lr_mult}" if plan.mode == "finetune" else "")
+    stderr.print(f"plan: {command} --epochs {plan.epochs} --lr {plan.lr:g}   (or simply: --mode auto)")
 
 
 @app.command()

@@ -32,6 +32,7 @@ MANIFEST = "manifest.json"
 LEARNING_CURVE = "learning_curve.png"
 CONFUSION = "confusion_matrix.png"
 REPORT = "report.html"
+ADVICE = "advice.json"
 
 
 class RunFolder:

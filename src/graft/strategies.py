@@ -5,11 +5,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from graft.errors import ConfigError
 from graft.freeze import FreezePlan
 
 MODES = ("extract", "finetune")
+AUTO = "auto"  # measured by graft.advisor, then one of MODES
 DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3}
+DEFAULT_BACKBONE_LR_MULT = 0.1
+DEFAULT_BN = "train"
 
 
 def default_unfreeze(num_stages: int) -> int:
@@ -27,7 +32,7 @@ def plan_for_mode(
 ) -> FreezePlan:
     """Build the freeze plan for ``mode``: ``extract`` freezes everything; ``finetune`` trains the last ``unfreeze`` stages."""
     if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got '{mode}'")
+        raise ConfigError(f"--mode must be one of {', '.join(MODES + (AUTO,))}; got '{mode}'")
     lr = DEFAULT_LR[mode] if lr is None else lr
     if mode == "extract":
         if unfreeze not in (None, 0):
@@ -39,3 +44,15 @@ def plan_for_mode(
             f"--unfreeze must be between 1 and {len(stages)} (this backbone's stages: {', '.join(stages)}); got {count}"
         )
     return FreezePlan(stages=tuple(stages), trainable_from=len(stages) - count, lr=lr, backbone_lr_mult=backbone_lr_mult, bn_policy=bn_policy)
+
+
+def resolve_auto(advised: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """Training options from an advised plan (``Advice.plan.to_dict()``); options the user gave (not None) win.
+
+    Returns ``mode, unfreeze, epochs, lr, backbone_lr_mult, bn, head_epochs``.
+    """
+    resolved = {key: advised[key] for key in ("mode", "unfreeze", "epochs", "lr", "backbone_lr_mult", "bn", "head_epochs")}
+    resolved.update({key: value for key, value in given.items() if value is not None})
+    if resolved["mode"] == "extract":
+        resolved["unfreeze"] = None
+    return resolved

@@ -9,6 +9,7 @@ boundary instead of images (see ``graft.cache``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -145,3 +146,31 @@ def _train_one_epoch(model, plan, loader, criterion, optimizer, scheduler, start
     if task is not None:
         progress.remove_task(task)
     return total_loss / seen, correct / seen
+
+
+def fit_head_first(model: TransferModel, plan: FreezePlan, train_loader, valid_loader, *, epochs: int, head_epochs: int,
+                   on_epoch_end: Callable[[FitState], None] | None = None, **options) -> FitState:
+    """fastai's ``fine_tune``: ``head_epochs`` training the new head alone, then the rest of ``epochs`` under ``plan``.
+
+    The head's random start would otherwise send large gradients into the pretrained stages. History
+    is numbered across both phases and the best epoch of either is kept. With ``head_epochs=0`` or a
+    feature-extraction plan this is :func:`fit`.
+    """
+    if head_epochs <= 0 or plan.is_feature_extractor or epochs <= head_epochs:
+        return fit(model, plan, train_loader, valid_loader, epochs=epochs, on_epoch_end=on_epoch_end, **options)
+    head_plan = dataclasses.replace(plan, trainable_from=len(plan.stages), bn_policy="frozen")
+    first = fit(model, head_plan, train_loader, valid_loader, epochs=head_epochs, on_epoch_end=on_epoch_end, **options)
+
+    def merged(state: FitState) -> FitState:
+        history = first.history + [dataclasses.replace(record, epoch=record.epoch + head_epochs) for record in state.history]
+        if state.history and _is_better(state.best_record, first.best_record):
+            return dataclasses.replace(state, history=history, best_epoch=state.best_epoch + head_epochs)
+        return dataclasses.replace(state, history=history, best_epoch=first.best_epoch, best_state=first.best_state, improved=False)
+
+    def on_second_phase(state: FitState) -> None:
+        if on_epoch_end is not None:
+            on_epoch_end(merged(state))
+
+    second = merged(fit(model, plan, train_loader, valid_loader, epochs=epochs - head_epochs, on_epoch_end=on_second_phase, **options))
+    model.load_state_dict(second.best_state)
+    return second

@@ -1,0 +1,176 @@
+"""Benchmark of ``graft advise`` / ``graft train --mode auto`` against fixed transfer plans (issue 4).
+
+One command: ``python bench/advise.py [--quick] [--only NAME,...]``. It
+
+1. builds class-folder views (symlinks under /tmp/graft-advise-bench) of every dataset in
+   ../shared/datasets: UTKFace as gender classification (labels from the file names; malformed names
+   and byte-identical copies with conflicting labels are skipped and reported; identical images stay
+   on one side of the split), plus seeded small versions with 10 and 50 training images per class;
+2. runs ``graft advise --json`` on each (similarity, scenario, plan, seconds);
+3. trains ``--mode auto`` and the fixed plans (extract; fine-tune the last third, the last half,
+   everything) with the same epoch budget, and records test accuracy and seconds.
+
+Everything runs through the ``graft`` CLI in a subprocess (so the allocator settings apply) under
+``flock /tmp/graft-cpu.lock``. Results go to bench/out/advise.json (appended per run, resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path("/work/shared/datasets")
+VIEWS = Path("/tmp/graft-advise-bench")
+OUT = ROOT / "bench" / "out"
+SEED = 0
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.symlink_to(source)
+
+
+def _split_folder_items(root: Path) -> dict[str, dict[str, list[Path]]]:
+    return {split: {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted((root / split).iterdir()) if c.is_dir()}
+            for split in ("train", "valid", "test") if (root / split).is_dir()}
+
+
+def utkface_gender(max_train_per_class: int, max_valid_per_class: int, max_test_per_class: int) -> tuple[dict, dict]:
+    """UTKFace as gender (0 male / 1 female); returns the split dict and a report of skipped names."""
+    by_hash: dict[str, list[tuple[Path, str]]] = defaultdict(list)
+    malformed = []
+    for path in sorted((DATASETS / "utkface" / "images").iterdir()):
+        fields = path.name.split("_")
+        if len(fields) < 4 or fields[1] not in ("0", "1") or not fields[0].isdigit():
+            malformed.append(path.name)
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        by_hash[digest].append((path, "male" if fields[1] == "0" else "female"))
+    conflicting, groups = [], []
+    for digest, members in sorted(by_hash.items()):
+        if len({label for _, label in members}) > 1:
+            conflicting.extend(p.name for p, _ in members)
+            continue
+        groups.append(members[0])  # one copy of identical images: no duplicate can straddle the split
+    rng = random.Random(SEED)
+    rng.shuffle(groups)
+    per_class: dict[str, list[Path]] = defaultdict(list)
+    for path, label in groups:
+        per_class[label].append(path)
+    splits: dict[str, dict[str, list[Path]]] = {"train": {}, "valid": {}, "test": {}}
+    for label, paths in sorted(per_class.items()):
+        splits["test"][label] = paths[:max_test_per_class]
+        splits["valid"][label] = paths[max_test_per_class:max_test_per_class + max_valid_per_class]
+        splits["train"][label] = paths[max_test_per_class + max_valid_per_class:][:max_train_per_class]
+    report = {"malformed_names": malformed, "identical_with_conflicting_labels": conflicting,
+              "duplicates_dropped": sum(len(m) - 1 for m in by_hash.values() if len({l for _, l in m}) == 1)}
+    return splits, report
+
+
+def small_version(splits: dict, per_class: int) -> dict:
+    """``per_class`` training and ``max(3, per_class // 2)`` validation images per class, seeded; test unchanged."""
+    rng = random.Random(SEED + per_class)
+    valid_count = max(3, per_class // 2)
+    return {
+        "train": {c: sorted(rng.sample(paths, min(per_class, len(paths)))) for c, paths in splits["train"].items()},
+        "valid": {c: sorted(rng.sample(paths, min(valid_count, len(paths)))) for c, paths in splits["valid"].items()},
+        "test": splits["test"],
+    }
+
+
+def cap_test(splits: dict, per_class: int) -> dict:
+    rng = random.Random(SEED + 1)
+    return {**splits, "test": {c: sorted(rng.sample(p, min(per_class, len(p)))) for c, p in splits["test"].items()}}
+
+
+def write_view(name: str, splits: dict) -> Path:
+    root = VIEWS / name
+    if root.exists():
+        return root
+    for split, classes in splits.items():
+        for label, paths in classes.items():
+            for path in paths:
+                _link(path, root / split / label / path.name)
+    return root
+
+
+def build_views(test_per_class: int) -> tuple[dict[str, Path], dict]:
+    views, notes = {}, {}
+    signs = _split_folder_items(DATASETS / "sign-language-digits")
+    dogs = cap_test(_split_folder_items(DATASETS / "dogs-vs-cats-small"), test_per_class)
+    faces, notes["utkface"] = utkface_gender(max_train_per_class=600, max_valid_per_class=100, max_test_per_class=test_per_class)
+    for name, splits in (("signs", signs), ("dogs-cats", dogs), ("utk-gender", faces)):
+        views[name] = write_view(name, splits)
+        for k in (10, 50):
+            views[f"{name}-{k}"] = write_view(f"{name}-{k}", small_version(splits, k))
+    return views, notes
+
+
+def graft(*args: str) -> dict:
+    command = ["flock", "/tmp/graft-cpu.lock", sys.executable, "-m", "graft", *args, "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    began = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(completed.stdout)
+    if isinstance(result, dict):
+        result["wall_seconds"] = time.perf_counter() - began
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated view names (default: all)")
+    parser.add_argument("--plans", default="extract,auto,third,half,all")
+    parser.add_argument("--epochs", type=int, default=4, help="epoch budget of every plan (auto included)")
+    parser.add_argument("--test-per-class", type=int, default=100, help="cap on test images per class (dogs-cats, UTKFace)")
+    parser.add_argument("--advise-only", action="store_true")
+    args = parser.parse_args()
+    views, notes = build_views(args.test_per_class)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results_path = OUT / "advise.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"notes": notes, "runs": {}}
+    names = [n for n in args.only.split(",") if n] or list(views)
+    for name in names:
+        data = str(views[name])
+        entry = results["runs"].setdefault(name, {})
+        if "advice" not in entry:
+            entry["advice"] = graft("advise", data, "--seed", str(SEED))
+            results_path.write_text(json.dumps(results, indent=2))
+        advice = entry["advice"]
+        print(f"{name}: scenario {advice['scenario']} similarity {advice['similarity']:.3f} plan {advice['plan']} ({advice['seconds']:.1f}s)", flush=True)
+        if args.advise_only:
+            continue
+        stages = len(advice["evidence"]["stages"])
+        fixed = {"extract": ["--mode", "extract"], "third": ["--mode", "finetune", "--unfreeze", str(max(1, round(stages / 3)))],
+                 "half": ["--mode", "finetune", "--unfreeze", str(math.ceil(stages / 2))], "all": ["--mode", "finetune", "--unfreeze", str(stages)]}
+        for plan in args.plans.split(","):
+            key = f"{plan}@{args.epochs}"
+            if key in entry:
+                continue
+            if plan == "auto" and advice["plan"]["mode"] == "extract" and f"extract@{args.epochs}" in entry:
+                # auto's plan is then exactly the fixed extract plan (same seed, options, frozen BN): reuse that run
+                entry[key] = {**entry[f"extract@{args.epochs}"], "same_run_as": f"extract@{args.epochs}"}
+                results_path.write_text(json.dumps(results, indent=2))
+                continue
+            options = ["--mode", "auto"] if plan == "auto" else fixed[plan]
+            summary = graft("train", data, "--out", str(OUT / "runs" / name / key), *options, "--epochs", str(args.epochs), "--seed", str(SEED))
+            entry[key] = {k: summary.get(k) for k in ("test_accuracy", "valid_accuracy", "best_epoch", "seconds", "mode", "unfreeze", "advice")}
+            results_path.write_text(json.dumps(results, indent=2))
+            print(f"  {key}: test {summary['test_accuracy']:.4f} in {summary['seconds']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
