@@ -137,3 +137,17 @@ def test_similarity_ranks_dogs_and_cats_closer_to_imagenet_than_hand_signs():
     signs = advise(SHARED_DATASETS / "sign-language-digits", per_class=4)
     assert dogs.similarity > 0.5 > signs.similarity
     assert (dogs.scenario, signs.scenario) == (1, 4)  # 305 images vs 2012
+
+
+def test_cli_advise_json_and_backbones_error(class_folder, tiny_weights):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["advise", str(class_folder), "--backbone", TINY_BACKBONE, "--weights", tiny_weights, "--per-class", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    advice = json.loads(result.stdout)
+    assert {"scenario", "similarity", "size", "plan", "evidence"} <= set(advice)
+    result = runner.invoke(app, ["advise", str(class_folder), "--per-class", "1"])
+    assert result.exit_code == 2 and "--per-class" in result.output
