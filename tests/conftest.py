@@ -43,3 +43,9 @@ def split_folder(tmp_path) -> Path:
             for i in range(count):
                 make_image(root / split / name / f"{i}.png", colour, seed=hash((split, index, i)) % 10_000)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _private_activation_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or fill the user's ~/.cache/graft."""
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "activation-cache"))

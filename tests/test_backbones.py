@@ -64,7 +64,10 @@ def test_weights_file_round_trip(tmp_path):
 
 
 def test_offline_hub_model_without_weights_gets_a_hint(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time; skip the network retries
     with pytest.raises(BackboneError) as error:
         create_backbone("resnet18")
     assert "--weights" in error.value.hint

@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate": "graft.api",
     "load": "graft.api",
     "predict": "graft.api",
+    "resume": "graft.api",
     "train": "graft.api",
     "train_multitask": "graft.api",
     "create_backbone": "graft.backbones",

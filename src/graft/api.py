@@ -1,4 +1,4 @@
-"""graft's public functions: ``classify``, ``train``, ``load``, ``evaluate``, ``predict``.
+"""graft's public functions: ``classify``, ``train``, ``resume``, ``load``, ``evaluate``, ``predict``.
 
 Each is a thin composition of the modules (backbones, data, strategies, training, runs); the CLI
 calls exactly these and adds nothing but formatting.
@@ -7,33 +7,24 @@ calls exactly these and adds nothing but formatting.
 from __future__ import annotations
 
 import os
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from timm.data import ImageNetInfo
 
-from graft import plots, report
+from graft import plots, trainer
 from graft.backbones import create_backbone
-from graft.console import progress as make_progress
-from graft.console import stderr, table
 from graft.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
 from graft.errors import ConfigError
 from graft.evaluation import classification_metrics, predict_probabilities
-from graft.freeze import parameter_counts
-from graft.model import build_transfer_model
+from graft.inputs import default_workers, image_loader
 from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
-from graft.reproducibility import seed_everything, worker_init
-from graft.runs import ADVICE, CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, RunFolder, TrainedModel, load_run
-from graft.strategies import AUTO, DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, plan_for_mode, resolve_auto
-from graft.training import FitState, fit_head_first
+from graft.runs import TrainedModel, load_run
+from graft.strategies import DEFAULT_VIEWS
+from graft.trainer import DEFAULT_BACKBONE, TrainOptions
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-DEFAULT_EPOCHS = {"extract": 10, "finetune": 10}
-
-__all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "train", "train_multitask"]
+__all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
 
 
 def load(run: str | os.PathLike) -> TrainedModel:
@@ -49,22 +40,6 @@ def check(data: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -
     errors: list[str] = []
     dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed, errors=errors)
     return check_report(dataset, errors)
-
-
-def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, generator: torch.Generator | None = None):
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=worker_init,
-        generator=generator,
-    )
-
-
-def _default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
 
 
 def classify(images: Sequence[str | os.PathLike], backbone: str = DEFAULT_BACKBONE, top: int = 5, weights: str | None = None) -> list[dict[str, Any]]:
@@ -108,7 +83,8 @@ def train(
     seed: int = 0,
     head: str = "linear",
     patience: int = 5,
-    augment: bool = True,
+    augment: bool | None = None,
+    views: int = DEFAULT_VIEWS,
     bn: str | None = None,
     backbone_lr_mult: float | None = None,
     valid_fraction: float = 0.2,
@@ -116,6 +92,8 @@ def train(
     deterministic: bool = False,
     quiet: bool = False,
     head_epochs: int | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train a classifier on an image folder by transfer from a pretrained backbone; write a run folder.
 
@@ -123,121 +101,26 @@ def train(
     trains the last ``unfreeze`` stages at ``lr * backbone_lr_mult``; ``mode="auto"`` runs
     ``graft.advise`` first and trains its plan (options given explicitly win; the advice is saved as
     ``advice.json``). ``head_epochs`` trains the head alone first. ``pretrained=False`` starts from
-    random weights (the from-scratch baseline). Returns the ``train`` JSON summary.
+    random weights (the from-scratch baseline).
+
+    The frozen stages run once per image: their activations are cached on disk (``cache_dir``,
+    default ``~/.cache/graft``) for the clean image (``augment=False``, the default of ``extract``)
+    or for ``views`` augmented views (``augment=True``, the default of ``finetune``); ``cache=False``
+    recomputes them every epoch with fresh augmentation. Returns the ``train`` JSON summary.
     """
-    began = time.perf_counter()
-    advice = None
-    if mode == AUTO:
-        if not pretrained:
-            raise ConfigError("--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
-                              hint="pick --mode extract or finetune for a from-scratch baseline")
-        from graft.advisor import advise as run_advise
+    options = TrainOptions(
+        data=str(data), mode=mode, backbone=backbone, weights=weights, pretrained=pretrained, unfreeze=unfreeze, epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, head=head, patience=patience, augment=augment, views=views, bn=bn, backbone_lr_mult=backbone_lr_mult,
+        valid_fraction=valid_fraction, deterministic=deterministic, head_epochs=head_epochs, cache=cache,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+    )
+    return trainer.train(options, out, num_workers=num_workers, quiet=quiet)
 
-        advice = run_advise(data, backbone=backbone, weights=weights, seed=seed, valid_fraction=valid_fraction)
-        resolved = resolve_auto(advice.plan.to_dict(), unfreeze=unfreeze, epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, bn=bn, head_epochs=head_epochs)
-        mode, unfreeze, epochs, lr, backbone_lr_mult, bn, head_epochs = (resolved[k] for k in ("mode", "unfreeze", "epochs", "lr", "backbone_lr_mult", "bn", "head_epochs"))
-    backbone_lr_mult = DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult
-    bn = DEFAULT_BN if bn is None else bn
-    head_epochs = 0 if head_epochs is None else head_epochs
-    epochs = DEFAULT_EPOCHS.get(mode, 10) if epochs is None else epochs
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1; got {value}")
-    if not 0 < valid_fraction < 1:
-        raise ConfigError(f"valid_fraction must be between 0 and 1; got {valid_fraction}")
-    run = RunFolder(out)
-    run.prepare()
-    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed)
-    generator = seed_everything(seed, deterministic)
-    loaded = create_backbone(backbone, weights=weights, pretrained=pretrained)
-    model = build_transfer_model(loaded.model, head, len(dataset.classes))
-    plan = plan_for_mode(mode, model.stage_names, lr=lr, unfreeze=unfreeze, backbone_lr_mult=backbone_lr_mult, bn_policy=bn)
-    plan.apply(model)
-    counts = parameter_counts(model)
-    plan_rows = plan.rows(model)
-    if not quiet:
-        stderr.print(f"[bold]graft train[/]: {dataset.layout}; {len(dataset.classes)} classes; "
-                     + ", ".join(f"{name} {len(items)}" for name, items in dataset.splits.items())
-                     + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else "")
-                     + (f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {data} lists them)" if dataset.warnings else ""))
-        stderr.print(table(f"freeze plan ({mode}, {backbone})", ["part", "status", "params", "lr", "batchnorm"],
-                           [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}", r["batchnorm"]] for r in plan_rows]))
-        stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")
-    config = {
-        "graft_version": _version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {"root": str(data), "layout": dataset.layout, "counts": {k: len(v) for k, v in dataset.splits.items()}, "skipped": len(dataset.skipped)},
-        "backbone": {"name": backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
-        "preprocessing": loaded.preprocessing.to_dict(),
-        "mode": mode,
-        "head": head,
-        "classes": dataset.classes,
-        "hyperparameters": {
-            "epochs": epochs, "lr": plan.lr, "backbone_lr_mult": backbone_lr_mult, "batch_size": batch_size, "seed": seed,
-            "patience": patience, "augment": augment, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages),
-            "valid_fraction": valid_fraction, "deterministic": deterministic, "head_epochs": head_epochs,
-        },
-        "params": counts,
-    }
-    if advice is not None:
-        config["advice"] = {"file": ADVICE, "scenario": advice.scenario, "similarity": advice.similarity, "plan": advice.plan.to_dict()}
-        run.write_json(ADVICE, advice.to_dict())
-        if not quiet:
-            stderr.print(f"[bold]advice[/]: scenario {advice.scenario}, similarity {advice.similarity:.2f}; " + "; ".join(advice.reasons[2:]))
-    run.write_json(CONFIG, config)
-    run.write_json(PLAN, plan.to_dict())
-    run.write_json(MANIFEST, dataset.manifest())
 
-    workers = _default_workers() if num_workers is None else num_workers
-    eval_transform = loaded.preprocessing.eval_transform()
-    train_transform = loaded.preprocessing.train_transform() if augment else eval_transform
-    train_loader = _loader(ImageDataset(dataset.split("train"), train_transform), batch_size, True, workers, generator)
-    valid_loader = _loader(ImageDataset(dataset.split("valid"), eval_transform), batch_size, False, workers)
-
-    def save_epoch(state: FitState) -> None:
-        history = [record.to_dict() for record in state.history]
-        run.write_json(HISTORY, history)
-        if state.improved:
-            run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
-        plots.learning_curve(history, run / LEARNING_CURVE, title=f"{backbone}, {mode}")
-
-    with make_progress(quiet) as progress:
-        state = fit_head_first(model, plan, train_loader, valid_loader, epochs=epochs, head_epochs=head_epochs, patience=patience,
-                               on_epoch_end=save_epoch, progress=progress)
-        metrics = {"best_epoch": state.best_epoch}
-        for split in ("valid", "test"):
-            items = dataset.split(split)
-            if items:
-                loader = valid_loader if split == "valid" else _loader(ImageDataset(items, eval_transform), batch_size, False, workers)
-                probabilities, labels = predict_probabilities(model, loader, progress=progress, description=f"evaluate {split}")
-                metrics[split] = classification_metrics(probabilities, labels, dataset.classes)
-    final_split = "test" if "test" in metrics else "valid"
-    plots.confusion_matrix(metrics[final_split]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final_split})")
-    seconds = time.perf_counter() - began
-    metrics["seconds"] = seconds
-    run.write_json(METRICS, metrics)
-    history = [record.to_dict() for record in state.history]
-    (run / REPORT).write_text(report.render(run.path, config, plan_rows, history, metrics), encoding="utf-8")
-    summary = {
-        "run": str(run.path),
-        "mode": mode,
-        "backbone": backbone,
-        "best_epoch": state.best_epoch,
-        "epochs_run": len(state.history),
-        "valid_accuracy": metrics["valid"]["accuracy"],
-        "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None,
-        "seconds": seconds,
-        "params": counts,
-        "skipped": len(dataset.skipped),
-        "unfreeze": len(plan.trainable_stages),
-        "head_epochs": head_epochs,
-    }
-    if advice is not None:
-        summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
-    if not quiet:
-        test_text = f", test accuracy {summary['test_accuracy']:.4f}" if summary["test_accuracy"] is not None else ""
-        stderr.print(f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, valid accuracy {summary['valid_accuracy']:.4f}{test_text}; run saved to {run.path}")
-    return summary
+def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Continue a killed or interrupted ``train`` run from its last completed epoch (same plan, optimizer,
+    schedule and random state); returns the ``train`` JSON summary."""
+    return trainer.resume(run, num_workers=num_workers, quiet=quiet)
 
 
 def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike | None = None, out_png: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
@@ -251,7 +134,7 @@ def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike | No
     if data is None:
         raise ConfigError("evaluate needs DATA (labelled images) for a single-task run")
     items, skipped, folder = scan_for_evaluation(data, trained.classes)
-    loader = _loader(ImageDataset(items, trained.preprocessing.eval_transform()), batch_size, False, _default_workers())
+    loader = image_loader(ImageDataset(items, trained.preprocessing.eval_transform()), batch_size, default_workers())
     probabilities, labels = predict_probabilities(trained.model, loader)
     metrics = classification_metrics(probabilities, labels, trained.classes)
     metrics["skipped"] = skipped
@@ -265,9 +148,3 @@ def predict(run: str | os.PathLike | TrainedModel, images: Sequence[str | os.Pat
     """Label and class probabilities for each image, from a trained run."""
     trained = run if isinstance(run, TrainedModel) or hasattr(run, "tasks") else load_run(run)
     return trained.predict(images)
-
-
-def _version() -> str:
-    from graft import __version__
-
-    return __version__

@@ -114,7 +114,11 @@ def train(
     bn: Annotated[Optional[str], typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update, default) or frozen.")] = None,
     head_epochs: Annotated[Optional[int], typer.Option("--head-epochs", help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).")] = None,
     patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")] = 5,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training.")] = True,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training (default: finetune yes, extract no).", show_default=False)] = None,
+    views: Annotated[int, typer.Option("--views", help="Augmented views per training image computed through the frozen stages and cached (with --augment).")] = 4,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Compute the frozen stages once per image and view and keep them on disk; --no-cache recomputes them every epoch.")] = True,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or interrupted run folder from its last completed epoch (other options come from the run).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
@@ -126,7 +130,6 @@ def train(
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster).", rich_help_panel="Multi-task / multi-domain")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of this many images (per domain: training images).", rich_help_panel="Multi-task / multi-domain")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds.", rich_help_panel="Multi-task / multi-domain")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Keep frozen-trunk activations here and reuse them in later runs.", rich_help_panel="Multi-task / multi-domain")] = None,
     json_output: JsonOption = False,
 ):
     """Train a classifier on an image folder by transfer from a pretrained backbone (or several tasks/domains at once)."""
@@ -135,8 +138,15 @@ def train(
 
     from graft.errors import ConfigError
 
+    if resume is not None:
+        from graft.api import resume as run_resume
+
+        summary = run_resume(resume, num_workers=workers)
+        if json_output:
+            emit_json(summary)
+        return
     if out is None:
-        raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME")
+        raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME (or --resume RUN)")
     if labels or tasks or domain or sharing != "hard" or tie:
         from graft.api import train_multitask
         from graft.strategies import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
@@ -151,7 +161,7 @@ def train(
             data, out, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, weighting=task_weighting, mode=mode,
             backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
             backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult, batch_size=batch_size, seed=seed, head=head,
-            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=augment,
+            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=True if augment is None else augment,
             image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic,
         )
         if json_output:
@@ -162,7 +172,8 @@ def train(
     summary = run_train(
         data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
         epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
-        patience=patience, augment=augment, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
+        patience=patience, augment=augment, views=views, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
+        cache=cache, cache_dir=cache_dir,
     )
     if json_output:
         emit_json(summary)
@@ -293,6 +304,29 @@ def predict(
             stderr.print(f"{result['image']}: {', '.join(parts)}")
             continue
         stderr.print(f"{result['prob']:7.2%}  {result['label']:<16} {result['image']}")
+
+
+@app.command()
+@_handle_errors
+def cache(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Delete every cached activation in the folder.")] = False,
+    json_output: JsonOption = False,
+):
+    """Show (or --clear) the activation cache: frozen-stage outputs kept between runs."""
+    from graft.cache import cache_usage, clear_cache
+    from graft.console import emit_json, stderr, table
+
+    usage = cache_usage(cache_dir)
+    if clear:
+        usage["freed_bytes"] = clear_cache(cache_dir)
+    if json_output:
+        emit_json(usage)
+        return
+    stderr.print(table(f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)", ["namespace", "architecture", "stop", "view", "images", "MB"],
+                       [[e["namespace"], e["architecture"], e["stop"], e["view"], e["images"], f"{e['bytes'] / 1e6:.1f}"] for e in usage["namespaces"]]))
+    if clear:
+        stderr.print(f"cleared {usage['freed_bytes'] / 1e6:.1f} MB")
 
 
 @app.command()

@@ -19,6 +19,8 @@ from sklearn.model_selection import train_test_split
 
 from graft import checking
 from graft.errors import DataError
+from graft.fileio import sha256_file
+from graft.reproducibility import item_seed, seeded
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_ALIASES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"), "test": ("test", "testing")}
@@ -35,6 +37,7 @@ class Dataset:
     splits: dict[str, list[tuple[str, int]]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
+    sha256: dict[str, str] = field(default_factory=dict)  # content hash by path (keys the activation cache)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -45,7 +48,31 @@ class Dataset:
             "splits": {name: [[path, label] for path, label in items] for name, items in self.splits.items()},
             "skipped": self.skipped,
             "warnings": self.warnings,
+            "sha256": self.sha256,
         }
+
+    def digest(self, path: str) -> str:
+        """The sha256 of a file's bytes (from the scan, or computed now when the scan did not inspect)."""
+        if path not in self.sha256:
+            self.sha256[path] = sha256_file(path)
+        return self.sha256[path]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> "Dataset":
+        """The dataset a run was trained on, from its ``manifest.json``; each file must still hold the same bytes."""
+        dataset = cls(root=manifest["root"], layout=manifest["layout"], classes=list(manifest["classes"]),
+                      splits={name: [(path, int(label)) for path, label in items] for name, items in manifest["splits"].items()},
+                      skipped=list(manifest["skipped"]), warnings=list(manifest["warnings"]))
+        recorded = manifest.get("sha256", {})
+        for name, items in dataset.splits.items():
+            for path, _ in items:
+                if not Path(path).is_file():
+                    raise DataError(f"'{path}' (in the run's {name} split) is gone", hint="resume needs the same data the run started with")
+                digest = sha256_file(path)
+                if recorded.get(path, digest) != digest:
+                    raise DataError(f"'{path}' (in the run's {name} split) has changed since the run started", hint="resume needs the same data; start a new run instead")
+                dataset.sha256[path] = digest
+        return dataset
 
     def split(self, name: str) -> list[tuple[str, int]]:
         return self.splits.get(name, [])
@@ -170,7 +197,7 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
         layout = f"class folders, stratified split (valid {valid_fraction:.0%}, seed {seed})"
     if hashes:
         warnings.extend(checking.duplicate_warnings(splits, classes, hashes))
-    return Dataset(root=str(root_path), layout=layout, classes=classes, splits=splits, skipped=skipped, warnings=warnings)
+    return Dataset(root=str(root_path), layout=layout, classes=classes, splits=splits, skipped=skipped, warnings=warnings, sha256=hashes)
 
 
 def _raise_or_record(error: DataError, errors: list[str] | None) -> None:
@@ -205,18 +232,32 @@ def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, 
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(path, label) pairs decoded and transformed on access, for a torch DataLoader."""
+    """(path, label) pairs decoded and transformed on access, for a torch DataLoader.
 
-    def __init__(self, items: Sequence[tuple[str, int]], transform: Callable):
+    Indexed by position, or by ``(round, position)`` keys from an
+    :class:`~graft.reproducibility.EpochSampler`: with a ``seed``, the random transform of an image
+    is then seeded from ``(seed, round, image key)`` (round = epoch, or the number of a cached view),
+    so the same key gives the same pixels in any process. ``image_keys`` default to positions; pass
+    content hashes to make a view depend on the image rather than on where it sits in a list.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, int]], transform: Callable, seed: int | None = None, image_keys: Sequence[int] | None = None):
         self.items = list(items)
         self.transform = transform
+        self.seed = seed
+        self.image_keys = list(range(len(self.items))) if image_keys is None else list(image_keys)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        round_, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.items[index]
-        return self.transform(load_image(path)), label
+        image = load_image(path)
+        if self.seed is None:
+            return self.transform(image), label
+        with seeded(item_seed(self.seed, round_, self.image_keys[index])):
+            return self.transform(image), label
 
 
 def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:

@@ -39,10 +39,18 @@ class TransferModel(nn.Module):
         return self.head(self.forward_features(x, start))
 
 
-def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2) -> TransferModel:
-    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped)."""
+def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
+    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped).
+
+    With ``input_size`` (the size preprocessing produces), TensorFlow-style dynamic padding is made
+    static for that size (an exact speed-up; see ``graft.backbones.static_padding``).
+    """
     from graft.backbones.stages import split_into_stages
+    from graft.backbones.static_padding import make_padding_static
     from graft.heads import make_head
+
+    if input_size is not None:
+        make_padding_static(backbone, input_size)
 
     num_features = int(backbone.num_features)
     return TransferModel(split_into_stages(backbone), make_head(head, num_features, num_classes, dropout=dropout), num_features)

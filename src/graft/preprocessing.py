@@ -13,6 +13,10 @@ from timm.data import create_transform
 
 from graft.errors import ConfigError
 
+# Names the augmentation below; part of the activation-cache key of augmented views, so change it
+# whenever ``train_transform`` changes.
+AUGMENTATION_RECIPE = "rrc0.6-1.0_r0.85-1.18_hflip0.5_cj0.2"
+
 
 @dataclass(frozen=True)
 class Preprocessing:

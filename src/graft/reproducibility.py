@@ -1,20 +1,27 @@
-"""Seeds and deterministic mode: the same command twice gives the same numbers on a CPU."""
+"""Seeds, deterministic mode, and random state that can be saved and restored.
+
+Randomness that touches data is a function of ``(seed, round, image)``, not of process state:
+:class:`EpochSampler` shuffles each epoch from ``(seed, epoch)`` and :func:`item_seed` seeds each
+image's augmentation from ``(seed, epoch or view, image)``. So the order and the augmented pixels
+do not depend on the number of worker processes, and a run resumed after a crash replays exactly
+what an uninterrupted run would have seen. The rest (dropout in the main process) is captured by
+:func:`rng_state` into a checkpoint and put back by :func:`restore_rng_state`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a generator for data shuffling.
-
-    ``deterministic`` also asks torch for deterministic kernels and a single intra-op thread
-    ordering where it matters, at some speed cost.
-    """
+    """Seed Python, NumPy and torch; return a seeded generator (for loaders that shuffle with one).
+    ``deterministic`` also asks torch for deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -26,8 +33,73 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     return generator
 
 
+def item_seed(seed: int, round_: int, item: int) -> int:
+    """A well-mixed 63-bit seed for one image in one epoch (or one cached view)."""
+    return int(np.random.SeedSequence([seed % 2**63, round_ % 2**63, item % 2**64]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's and Python's global RNGs seeded, then put their old state back.
+
+    timm's and torchvision's random transforms draw from the global generators; this makes one
+    image's augmentation depend on ``seed`` alone without disturbing anyone else's stream.
+    """
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` keys: a seeded permutation per epoch (or the plain order).
+
+    The dataset receives the epoch with each index, so per-epoch augmentation needs no shared state
+    between worker processes. The training loop calls :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed % 2**32, self.epoch]).permutation(self.size) if self.shuffle else range(self.size)
+        return iter([(self.epoch, int(index)) for index in order])
+
+
+def rng_state() -> dict[str, Any]:
+    """The main process's random state as JSON-able data plus one tensor (torch's), for checkpoints."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
 def worker_init(worker_id: int) -> None:
-    """Seed each DataLoader worker from torch's per-worker seed (so augmentation is reproducible)."""
+    """Seed each DataLoader worker from torch's per-worker seed (only un-keyed randomness depends on it)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

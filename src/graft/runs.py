@@ -54,6 +54,17 @@ class RunFolder:
         except OSError as error:
             raise RunFolderError(f"cannot write to run folder '{self.path}': {error.strerror or error}", hint="choose another --out") from None
 
+    def require_space(self, model: torch.nn.Module) -> None:
+        """Fail now if the disk cannot hold the weights and checkpoints this run will write."""
+        import shutil
+
+        parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        needed = parameter_bytes * 6 + (16 << 20)  # weights, checkpoint (current + best + two Adam moments), plots
+        free = shutil.disk_usage(self.path).free
+        if free < needed:
+            raise RunFolderError(f"only {free / 1e6:.0f} MB free where '{self.path}' lives; this run needs about {needed / 1e6:.0f} MB",
+                                 hint="free some space or choose another --out")
+
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
 
@@ -107,7 +118,7 @@ def load_run(path: str | os.PathLike) -> TrainedModel:
         classes = list(config["classes"])
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
         backbone = create_backbone(config["backbone"]["name"], pretrained=False)
-        model = build_transfer_model(backbone.model, config["head"], len(classes))
+        model = build_transfer_model(backbone.model, config["head"], len(classes), input_size=preprocessing.input_size)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
     load_weights(model, folder)

@@ -15,6 +15,14 @@ AUTO = "auto"  # measured by graft.advisor, then one of MODES
 DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3}
 DEFAULT_BACKBONE_LR_MULT = 0.1
 DEFAULT_BN = "train"
+# Augmented views per training image whose frozen-part activations are cached (graft.inputs).
+DEFAULT_VIEWS = 4
+
+
+def augment_by_default(mode: str) -> bool:
+    """Feature extraction trains on clean images (Chollet's fast feature extraction: one pass over
+    the data); fine-tuning trains on augmented views, since more of the network can overfit."""
+    return mode != "extract"
 
 
 def default_unfreeze(num_stages: int) -> int:

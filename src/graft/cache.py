@@ -1,0 +1,226 @@
+"""The activation cache: what the frozen part of a network computes, computed once and kept on disk.
+
+A frozen stage computes the same thing every epoch, so graft runs it once per image (and per
+augmented view) and trains only what is not frozen: the head on pooled features (feature
+extraction), or the trainable tail on the activations at the freeze boundary (fine-tuning).
+
+Rows are keyed by the image's sha256; a *namespace* holds one kind of row and is named by the hash
+of everything that determines it: the frozen stages' weights (hashed tensor by tensor), the
+architecture, the preprocessing, where the frozen part stops and which view of the image (the clean
+evaluation view, or augmented view ``v`` under seed ``s``). Change any of these and the rows are
+computed anew; run again with the same and they are read back. Rows live in ``.npy`` chunk files
+that are memory-mapped, so a dataset larger than memory trains from the page cache; chunks and the
+index are written atomically, so a killed run leaves no half-written row behind.
+
+The default location is ``$GRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graft``, else ``~/.cache/graft``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from graft.errors import ConfigError
+from graft.fileio import atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+INDEX = "index.json"
+KEY = "key.json"
+
+
+def default_cache_dir() -> Path:
+    """Where activations are kept unless ``cache_dir`` says otherwise."""
+    if os.environ.get("GRAFT_CACHE_DIR"):
+        return Path(os.environ["GRAFT_CACHE_DIR"])
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "graft"
+
+
+def weights_digest(modules: Iterable[torch.nn.Module]) -> str:
+    """sha256 over the parameters and buffers (names, shapes, bytes) of ``modules``, in order."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{index}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ActivationKey:
+    """Everything that determines one image's cached row (besides the image's bytes)."""
+
+    architecture: str
+    weights: str  # weights_digest of the frozen stages
+    preprocessing: dict[str, Any]
+    stop: int  # stages [0, stop) are run; stop == number of stages means pooled features
+    view: str  # "clean", or "augmented:<view>:seed<seed>:<augmentation recipe>"
+
+    def namespace(self) -> str:
+        text = json.dumps({"format": FORMAT_VERSION, **self.__dict__}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class CachedRows:
+    """Cached activations for a list of images, in the list's order, backed by memory-mapped chunks."""
+
+    def __init__(self, chunks: dict[str, np.ndarray], locations: Sequence[tuple[str, int]]):
+        self.chunks = chunks
+        self.locations = list(locations)
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(next(iter(self.chunks.values())).shape[1:]) if self.chunks else ()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        chunk, row = self.locations[index]
+        return torch.from_numpy(np.array(self.chunks[chunk][row]))
+
+    def materialize(self) -> torch.Tensor:
+        """All rows as one in-memory tensor (small caches only, e.g. pooled features)."""
+        return torch.stack([self[i] for i in range(len(self))]) if self.locations else torch.zeros(0)
+
+
+class ActivationStore:
+    """One namespace of the cache: rows of one :class:`ActivationKey`, by image sha256."""
+
+    def __init__(self, root: str | os.PathLike, key: ActivationKey):
+        self.key = key
+        self.folder = Path(root) / key.namespace()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise writers of this namespace (two runs computing the same rows at once)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _index(self) -> dict[str, list]:
+        path = self.folder / INDEX
+        if not path.is_file():
+            return {}
+        try:
+            index = read_json(path)
+        except (OSError, json.JSONDecodeError):
+            return {}  # a damaged index only costs recomputation
+        return {digest: location for digest, location in index.items() if (self.folder / location[0]).is_file()}
+
+    def _open_chunks(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        chunks = {}
+        for name in set(names):
+            try:
+                chunks[name] = np.load(self.folder / name, mmap_mode="r")
+            except (OSError, ValueError):
+                pass  # unreadable chunk: its rows count as missing
+        return chunks
+
+    def missing(self, digests: Sequence[str]) -> list[int]:
+        """Positions in ``digests`` whose rows are not cached yet."""
+        index = self._index()
+        chunks = self._open_chunks(location[0] for location in index.values())
+        return [i for i, digest in enumerate(digests) if digest not in index or index[digest][0] not in chunks]
+
+    def add(self, digests: Sequence[str], batches: Iterable[np.ndarray]) -> None:
+        """Store the rows produced by ``batches`` (in ``digests`` order), streamed into a new chunk file."""
+        if not digests:
+            return
+        with self._locked():
+            fd, temporary = tempfile.mkstemp(prefix=".chunk-", suffix=".npy.tmp", dir=self.folder)
+            os.close(fd)
+            try:
+                written, array = 0, None
+                for batch in batches:
+                    if array is None:
+                        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(digests), *batch.shape[1:]))
+                    array[written:written + len(batch)] = batch
+                    written += len(batch)
+                if array is None or written != len(digests):
+                    raise RuntimeError(f"computed {written} activation rows for {len(digests)} images")
+                array.flush()
+                del array
+                name = f"chunk-{hashlib.sha256(''.join(digests).encode()).hexdigest()[:16]}.npy"
+                os.replace(temporary, self.folder / name)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            index = self._index()
+            index.update({digest: [name, row] for row, digest in enumerate(digests)})
+            if not (self.folder / KEY).is_file():
+                atomic_write_json(self.folder / KEY, self.key.__dict__)
+            atomic_write_json(self.folder / INDEX, index)
+
+    def rows(self, digests: Sequence[str]) -> CachedRows:
+        index = self._index()
+        locations = [tuple(index[digest]) for digest in digests]
+        return CachedRows(self._open_chunks(name for name, _ in locations), locations)
+
+
+def cached_rows(
+    store: ActivationStore,
+    digests: Sequence[str],
+    compute: Callable[[list[int]], Iterable[np.ndarray]],
+) -> CachedRows:
+    """Rows for ``digests``, computing (``compute(positions)`` yields batches in order) only those not cached.
+
+    Identical images (same sha256) are computed once.
+    """
+    missing = store.missing(digests)
+    unique: dict[str, int] = {}
+    for position in missing:
+        unique.setdefault(digests[position], position)
+    if unique:
+        store.add(list(unique), compute(list(unique.values())))
+    return store.rows(digests)
+
+
+def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What is in the cache folder: namespaces with their key, image count and bytes."""
+    folder = Path(root) if root is not None else default_cache_dir()
+    entries = []
+    if folder.is_dir():
+        for namespace in sorted(p for p in folder.iterdir() if p.is_dir()):
+            size = sum(f.stat().st_size for f in namespace.iterdir() if f.is_file())
+            key = read_json(namespace / KEY) if (namespace / KEY).is_file() else {}
+            index = read_json(namespace / INDEX) if (namespace / INDEX).is_file() else {}
+            entries.append({"namespace": namespace.name, "architecture": key.get("architecture"), "stop": key.get("stop"),
+                            "view": key.get("view"), "images": len(index), "bytes": size})
+    return {"cache_dir": str(folder), "bytes": sum(e["bytes"] for e in entries), "namespaces": entries}
+
+
+def clear_cache(root: str | os.PathLike | None = None) -> int:
+    """Delete the cache folder's namespaces; returns the bytes freed."""
+    usage = cache_usage(root)
+    for entry in usage["namespaces"]:
+        shutil.rmtree(Path(usage["cache_dir"]) / entry["namespace"], ignore_errors=True)
+    return usage["bytes"]
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    """The cache folder to use, created and checked writable (a clear error, not a failure mid-run)."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write to the activation cache folder '{folder}': {error.strerror or error}",
+                          hint="pass --cache-dir DIR (or set GRAFT_CACHE_DIR), or --no-cache") from None
+    return folder

@@ -1,0 +1,163 @@
+"""What the trainable part of a model is fed: images, or cached activations of the frozen part.
+
+With a freeze plan whose first stages are frozen, everything before the freeze boundary is the
+same function every epoch. :func:`build_inputs` then runs those stages once per image (and once per
+augmented view: ``views`` of them, drawn once), stores the activations (:mod:`graft.cache`) and
+feeds the loop those rows with ``start`` = the boundary. Each epoch an image is shown one of its
+views, chosen from ``(seed, epoch, image)``. With ``cache=False`` (or nothing frozen) images go
+through the whole network every epoch, freshly augmented: the classic loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, weights_digest
+from graft.data import Dataset, ImageDataset
+from graft.model import TransferModel
+from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
+from graft.reproducibility import EpochSampler, item_seed, worker_init
+
+# Batches of the frozen part's forward pass: large enough to keep both cores busy with one call.
+FORWARD_BATCH = 64
+
+
+def default_workers() -> int:
+    """Image-decoding worker processes: decoding overlaps the model's forward pass."""
+    return min(2, os.cpu_count() or 1)
+
+
+def image_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int = 0, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
+    seed from it each epoch, so merely iterating a loader would change the dropout masks)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=worker_init,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator(),
+    )
+
+
+def image_key(digest: str) -> int:
+    """An image's identity for seeding its augmentation: the first 64 bits of its sha256."""
+    return int(digest[:16], 16)
+
+
+@torch.inference_mode()
+def forward_batches(model: TransferModel, loader, stop: int, progress=None, description: str = "frozen stages") -> Iterator[np.ndarray]:
+    """Run stages ``[0, stop)`` of ``model`` (pooled features when ``stop`` is past the last stage) over ``loader``."""
+    model.eval()
+    task = progress.add_task(description, total=len(loader.dataset), status="") if progress is not None else None
+    for inputs, _ in loader:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        outputs = model.forward_features(inputs) if stop >= len(model.stages) else model.forward_stages(inputs, 0, stop)
+        yield outputs.float().contiguous().numpy()
+        if task is not None:
+            progress.advance(task, len(inputs))
+    if task is not None:
+        progress.remove_task(task)
+
+
+class CachedViews(torch.utils.data.Dataset):
+    """Training rows from cached views: key ``(epoch, index)`` picks one of the image's views."""
+
+    def __init__(self, views: Sequence[CachedRows], labels: Sequence[int], seed: int, image_keys: Sequence[int]):
+        self.views = list(views)
+        self.labels = list(labels)
+        self.seed = seed
+        self.image_keys = list(image_keys)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def view_of(self, epoch: int, index: int) -> int:
+        return 0 if len(self.views) == 1 else item_seed(self.seed, epoch, self.image_keys[index]) % len(self.views)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.views[self.view_of(epoch, index)][index], self.labels[index]
+
+
+@dataclass
+class Inputs:
+    """Loaders for the loop and what they carry."""
+
+    train: torch.utils.data.DataLoader
+    evaluation: dict[str, torch.utils.data.DataLoader]  # "valid", and "test" when there is one
+    start: int  # the stage the loaders' tensors enter the model at (0: images)
+    description: dict[str, Any]
+
+
+def build_inputs(
+    model: TransferModel,
+    dataset: Dataset,
+    preprocessing: Preprocessing,
+    *,
+    architecture: str,
+    trainable_from: int,
+    augment: bool,
+    views: int,
+    seed: int,
+    batch_size: int,
+    workers: int,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+    progress=None,
+) -> Inputs:
+    """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``."""
+    splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
+    keys = {name: [image_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
+    eval_transform = preprocessing.eval_transform()
+    if not cache or trainable_from == 0:
+        train_transform = preprocessing.train_transform() if augment else eval_transform
+        train = image_loader(ImageDataset(splits["train"], train_transform, seed=seed if augment else None, image_keys=keys["train"]),
+                             batch_size, workers, EpochSampler(len(splits["train"]), seed))
+        evaluation = {name: image_loader(ImageDataset(items, eval_transform), batch_size, workers) for name, items in splits.items() if name != "train"}
+        return Inputs(train, evaluation, 0, {"cached": False, "augment": augment, "views": "fresh every epoch" if augment else 0})
+
+    from graft.cache import resolve_cache_dir
+
+    root = resolve_cache_dir(cache_dir)
+    frozen = list(model.stages.values())[:trainable_from]
+    base = dict(architecture=architecture, weights=weights_digest(frozen), preprocessing=preprocessing.to_dict(), stop=trainable_from)
+
+    def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, transform, round_: int | None, description: str) -> CachedRows:
+        digests = [dataset.digest(path) for path, _ in items]
+
+        def compute(positions: list[int]):
+            subset = ImageDataset([items[p] for p in positions], transform, seed=None if round_ is None else seed, image_keys=[item_keys[p] for p in positions])
+            sampler = None
+            if round_ is not None:
+                sampler = EpochSampler(len(subset), seed, shuffle=False)
+                sampler.set_epoch(round_)
+            return forward_batches(model, image_loader(subset, FORWARD_BATCH, workers, sampler), trainable_from, progress, description)
+
+        return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
+
+    if augment and views > 0:
+        train_transform = preprocessing.train_transform()
+        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{AUGMENTATION_RECIPE}", train_transform, v,
+                            f"frozen stages, train view {v}/{views}") for v in range(1, views + 1)]
+    else:
+        train_views = [rows(splits["train"], keys["train"], "clean", eval_transform, None, "frozen stages, train")]
+    train = image_loader(CachedViews(train_views, [label for _, label in splits["train"]], seed, keys["train"]), batch_size,
+                         sampler=EpochSampler(len(splits["train"]), seed))
+    evaluation = {}
+    for name, items in splits.items():
+        if name != "train":
+            cached = rows(items, keys[name], "clean", eval_transform, None, f"frozen stages, {name}")
+            evaluation[name] = image_loader(CachedViews([cached], [label for _, label in items], seed, keys[name]), batch_size)
+    shape = train_views[0].row_shape
+    return Inputs(train, evaluation, trainable_from, {
+        "cached": True, "cache_dir": str(root), "augment": augment and views > 0, "views": views if augment else 0,
+        "activation_shape": list(shape), "start_stage": model.stage_names[trainable_from] if trainable_from < len(model.stages) else "pooled features",
+    })

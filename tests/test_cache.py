@@ -1,0 +1,107 @@
+"""The activation cache: rows computed once per image and view, reused, invalidated by their key,
+memory-mapped; training from it gives what training through the frozen stages gives."""
+
+import json
+
+import numpy as np
+import pytest
+
+import graft
+from graft.cache import ActivationKey, ActivationStore, cache_usage, cached_rows, clear_cache
+from tests.conftest import TINY_BACKBONE
+
+
+def _key(**changes):
+    values = dict(architecture="a", weights="w" * 64, preprocessing={"input_size": 8}, stop=3, view="clean")
+    values.update(changes)
+    return ActivationKey(**values)
+
+
+def _computer(calls):
+    def compute(positions):
+        calls.append(list(positions))
+        for position in positions:
+            yield np.full((1, 2, 3), float(position), dtype=np.float32)
+    return compute
+
+
+def test_rows_are_computed_once_then_read_back_memory_mapped(tmp_path):
+    calls = []
+    store = ActivationStore(tmp_path, _key())
+    first = cached_rows(store, ["d0", "d1", "d2"], _computer(calls))
+    second = cached_rows(ActivationStore(tmp_path, _key()), ["d2", "d0"], _computer(calls))
+    assert calls == [[0, 1, 2]]
+    assert float(first[1][0, 0]) == 1.0
+    assert [float(second[i][0, 0]) for i in range(2)] == [2.0, 0.0]
+    assert all(isinstance(chunk, np.memmap) for chunk in second.chunks.values())
+
+
+def test_only_missing_rows_are_computed_and_duplicates_once(tmp_path):
+    calls = []
+    cached_rows(ActivationStore(tmp_path, _key()), ["d0"], _computer(calls))
+    rows = cached_rows(ActivationStore(tmp_path, _key()), ["d0", "d1", "d1", "d2"], _computer(calls))
+    assert calls == [[0], [1, 3]]
+    assert len(rows) == 4 and float(rows[2][0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("change", [{"weights": "x" * 64}, {"preprocessing": {"input_size": 9}}, {"stop": 2}, {"view": "augmented:1:seed0:r"}, {"architecture": "b"}])
+def test_anything_in_the_key_invalidates(tmp_path, change):
+    calls = []
+    cached_rows(ActivationStore(tmp_path, _key()), ["d0"], _computer(calls))
+    cached_rows(ActivationStore(tmp_path, _key(**change)), ["d0"], _computer(calls))
+    assert len(calls) == 2
+
+
+def test_a_damaged_index_or_chunk_only_costs_recomputation(tmp_path):
+    calls = []
+    store = ActivationStore(tmp_path, _key())
+    cached_rows(store, ["d0", "d1"], _computer(calls))
+    (store.folder / "index.json").write_text("{not json")
+    cached_rows(store, ["d0", "d1"], _computer(calls))
+    for chunk in store.folder.glob("chunk-*.npy"):
+        chunk.write_bytes(b"garbage")
+    rows = cached_rows(store, ["d0", "d1"], _computer(calls))
+    assert len(calls) == 3 and float(rows[1][0, 0]) == 1.0
+
+
+def test_usage_and_clear(tmp_path):
+    cached_rows(ActivationStore(tmp_path, _key()), ["d0", "d1"], _computer([]))
+    usage = cache_usage(tmp_path)
+    assert usage["namespaces"][0]["images"] == 2 and usage["bytes"] > 0
+    assert clear_cache(tmp_path) == usage["bytes"]
+    assert cache_usage(tmp_path)["namespaces"] == []
+
+
+def _train(data, out, **kwargs):
+    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=3, num_workers=0, quiet=True, batch_size=8, seed=1, deterministic=True)
+    options.update(kwargs)
+    return graft.train(data, out, **options)
+
+
+def _history(run):
+    return json.loads((run / "history.json").read_text())
+
+
+@pytest.mark.parametrize("mode,unfreeze", [("extract", None), ("finetune", 2)])
+def test_training_from_the_cache_equals_training_through_the_frozen_stages(class_folder, tmp_path, mode, unfreeze):
+    cached = _train(class_folder, tmp_path / "cached", mode=mode, unfreeze=unfreeze, augment=False, cache_dir=tmp_path / "cache")
+    direct = _train(class_folder, tmp_path / "direct", mode=mode, unfreeze=unfreeze, augment=False, cache=False)
+    assert cached["cached"] and not direct["cached"]
+    for a, b in zip(_history(tmp_path / "cached"), _history(tmp_path / "direct")):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5)
+        assert a["valid_accuracy"] == b["valid_accuracy"]
+
+
+def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(class_folder, tmp_path):
+    cache = tmp_path / "cache"
+    _train(class_folder, tmp_path / "a", mode="finetune", unfreeze=2, augment=True, views=2, cache_dir=cache)
+    before = cache_usage(cache)
+    assert sorted(entry["view"].split(":")[0] for entry in before["namespaces"]) == ["augmented", "augmented", "clean"]
+    assert {entry["images"] for entry in before["namespaces"]} == {24, 6}  # train views; valid clean
+    chunks = sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy"))
+    _train(class_folder, tmp_path / "b", mode="finetune", unfreeze=2, augment=True, views=2, cache_dir=cache)
+    assert sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy")) == chunks  # nothing recomputed
+    assert _history(tmp_path / "a") == [dict(r, seconds=a["seconds"]) for r, a in zip(_history(tmp_path / "b"), _history(tmp_path / "a"))]
+    _train(class_folder, tmp_path / "c", mode="finetune", unfreeze=1, augment=True, views=2, cache_dir=cache)
+    assert len(cache_usage(cache)["namespaces"]) == 6  # another freeze boundary: new rows
