@@ -24,7 +24,7 @@ from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.reproducibility import EpochSampler, item_seed, worker_init
 
 # Batches of the frozen part's forward pass: large enough to keep both cores busy with one call.
-FORWARD_BATCH = 64
+FORWARD_BATCH = 16
 
 
 def default_workers() -> int:

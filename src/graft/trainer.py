@@ -37,6 +37,7 @@ from graft.training import FitState, fit
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
+PLOT_EVERY_SECONDS = 30
 
 
 class TrainingInterrupted(GraftError):
@@ -194,6 +195,7 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
     workers = default_workers() if num_workers is None else num_workers
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     title = f"{options.backbone}, {options.mode}"
+    last_plot = [time.perf_counter()]
 
     def save_epoch(state: FitState) -> None:
         history = [record.to_dict() for record in state.history]
@@ -201,7 +203,9 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
         if state.improved:
             run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
         save_checkpoint(run / CHECKPOINT, state)
-        plots.learning_curve(history, run / LEARNING_CURVE, title=title)
+        if time.perf_counter() - last_plot[0] > PLOT_EVERY_SECONDS:  # a live curve for long runs; short epochs would pay more for plots than for training
+            plots.learning_curve(history, run / LEARNING_CURVE, title=title)
+            last_plot[0] = time.perf_counter()
 
     resume_state, optimizer_state, scheduler_state = checkpoint if checkpoint else (None, None, None)
     try:
@@ -224,6 +228,7 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
         kept = f"the best weights so far are in '{run / WEIGHTS}'" if (run / WEIGHTS).is_file() else "no epoch had finished"
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None
     metrics["best_epoch"] = state.best_epoch
+    plots.learning_curve([record.to_dict() for record in state.history], run / LEARNING_CURVE, title=title)
     final_split = "test" if "test" in metrics else "valid"
     plots.confusion_matrix(metrics[final_split]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final_split})")
     seconds = time.perf_counter() - began
