@@ -71,7 +71,10 @@ def run_fastai(data: Path, mode: str, epochs: int, weights: Path) -> dict:
             self.rows = getattr(self, "rows", [])
 
         def after_epoch(self):
-            self.rows.append({"seconds_since_start": time.perf_counter() - began, "valid_accuracy": float(self.recorder.values[-1][-1])})
+            names = list(self.recorder.metric_names)
+            value = self.recorder.log[names.index("accuracy")] if "accuracy" in names else None
+            self.rows.append({"seconds_since_start": time.perf_counter() - began, "valid_accuracy": None if value is None else float(value)})
+            print(f"fastai epoch {len(self.rows)}: {self.rows[-1]}", file=sys.stderr, flush=True)
 
     began = time.perf_counter()
     dls = ImageDataLoaders.from_folder(data, train="train", valid="valid", item_tfms=Resize(224), batch_tfms=aug_transforms(), bs=32)
@@ -176,7 +179,7 @@ def _inner(contender: str, project: str, epochs: int, scratch: Path) -> None:
 
 
 def _time_to_best(result: dict) -> tuple[float, float]:
-    best = max(result["epochs"], key=lambda r: r["valid_accuracy"])
+    best = max((r for r in result["epochs"] if r["valid_accuracy"] is not None), key=lambda r: r["valid_accuracy"])
     return best["seconds_since_start"], best["valid_accuracy"]
 
 
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--contenders", default="graft,fastai,plain")
     parser.add_argument("--scratch", type=Path)
+    parser.add_argument("--verbose", action="store_true", help="show the contenders' progress")
     args = parser.parse_args()
     if args.inner:
         contender, project, epochs = args.inner
@@ -207,9 +211,9 @@ def main() -> None:
                 result = run_graft(spec["data"], spec["mode"], epochs, scratch)
             else:
                 completed = subprocess.run([sys.executable, __file__, "--inner", contender, project, str(epochs), "--scratch", str(scratch)],
-                                           capture_output=True, text=True, env=environ, cwd=ROOT)
+                                           stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE, text=True, env=environ, cwd=ROOT)
                 if completed.returncode != 0:
-                    print(f"{contender} on {project} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
+                    print(f"{contender} on {project} failed:\n{(completed.stderr or '')[-3000:]}", file=sys.stderr)
                     continue
                 result = json.loads(completed.stdout.strip().splitlines()[-1])
                 result["seconds"] = time.perf_counter() - began  # whole process, like graft's

@@ -85,3 +85,22 @@ def test_coffee_photo_is_espresso():
 
 def test_every_builtin_backbone_is_listed():
     assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(list_backbones())
+
+
+def test_static_padding_gives_identical_outputs_and_falls_back_for_other_sizes():
+    import copy
+
+    import timm
+
+    from graft.backbones.static_padding import StaticPadConv2d, make_padding_static
+
+    torch.manual_seed(0)
+    dynamic = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    static = copy.deepcopy(dynamic)
+    assert make_padding_static(static, 224) == 5  # the stem and four stride-2 depthwise convolutions
+    assert sum(isinstance(m, StaticPadConv2d) for m in static.modules()) == 5
+    assert static.state_dict().keys() == dynamic.state_dict().keys()
+    with torch.no_grad():
+        for size in (224, 200):
+            x = torch.randn(2, 3, size, size)
+            assert torch.equal(static(x), dynamic(x)), size

@@ -158,7 +158,14 @@ def test_activation_cache_is_reused_and_gives_the_same_results(faces, tmp_path):
     cache = tmp_path / "cache"
     graft.train_multitask(faces, tmp_path / "a", labels="utkface", tasks="gender", mode="finetune", unfreeze=1, cache_dir=cache, **_options(epochs=1))
     cached = graft.train_multitask(faces, tmp_path / "b", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
-    assert sorted(p.name.rsplit("-", 1)[1] for p in cache.iterdir()) == ["stop6.safetensors", "stop7.safetensors"]  # pooled features derived from stop 6
-    direct = graft.train_multitask(faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", **_options(epochs=1))
+    from graft.cache import cache_usage
+
+    namespaces = cache_usage(cache)["namespaces"]
+    assert sorted(entry["stop"] for entry in namespaces) == [6, 7]  # the fine-tuning boundary, and pooled features
+    chunks = sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy"))
+    again = graft.train_multitask(faces, tmp_path / "b2", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
+    assert sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy")) == chunks  # read back, not recomputed
+    assert again["valid_score"] == cached["valid_score"]
+    direct = graft.train_multitask(faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", cache=False, **_options(epochs=1))
     assert cached["test"]["tasks"]["gender"]["accuracy"] == direct["test"]["tasks"]["gender"]["accuracy"]
     assert cached["valid_score"] == pytest.approx(direct["valid_score"], abs=1e-6)

@@ -160,3 +160,36 @@ def test_a_builtin_weight_file_with_the_wrong_sha256_is_refused(tmp_path, monkey
     monkeypatch.setattr(PackagedWeights, "locate", lambda self: fake)
     with pytest.raises(BackboneError, match="sha256"):
         graft.create_backbone(spec.name)
+
+
+def test_a_full_disk_is_detected_before_training(class_folder, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(RunFolderError, match="MB free"):
+        _train(class_folder, tmp_path / "run")
+    assert not (tmp_path / "run" / "history.json").exists()
+
+
+def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkeypatch):
+    from graft import training
+    from graft.trainer import TrainingInterrupted
+
+    original = training._run_epoch
+    calls = []
+
+    def interrupted_in_epoch_two(state, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(state, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_run_epoch", interrupted_in_epoch_two)
+    with pytest.raises(TrainingInterrupted, match="interrupted") as raised:
+        _train(class_folder, tmp_path / "run", epochs=3)
+    assert f"graft train --resume {tmp_path / 'run'}" in raised.value.hint
+    monkeypatch.setattr(training, "_run_epoch", original)
+    summary = graft.resume(tmp_path / "run", num_workers=0, quiet=True)
+    assert summary["epochs_run"] == 3

@@ -127,7 +127,7 @@ def train(
     sharing: Annotated[str, typer.Option("--sharing", help="hard (one trunk, a head per task) or soft (a tower per task, tied by --tie).", rich_help_panel="Multi-task / multi-domain")] = "hard",
     tie: Annotated[float, typer.Option("--tie", help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters.", rich_help_panel="Multi-task / multi-domain")] = 0.0,
     task_weighting: Annotated[str, typer.Option("--task-weighting", help="uncertainty (learned per-task weights) or equal (regression targets are standardised either way).", rich_help_panel="Multi-task / multi-domain")] = "uncertainty",
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster).", rich_help_panel="Multi-task / multi-domain")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster; small source images lose nothing).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of this many images (per domain: training images).", rich_help_panel="Multi-task / multi-domain")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds.", rich_help_panel="Multi-task / multi-domain")] = None,
     json_output: JsonOption = False,
@@ -173,7 +173,7 @@ def train(
         data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
         epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
         patience=patience, augment=augment, views=views, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
-        cache=cache, cache_dir=cache_dir,
+        cache=cache, cache_dir=cache_dir, image_size=image_size,
     )
     if json_output:
         emit_json(summary)

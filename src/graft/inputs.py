@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, weights_digest
+from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
 from graft.data import Dataset, ImageDataset
 from graft.model import TransferModel
 from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
@@ -87,6 +87,45 @@ class CachedViews(torch.utils.data.Dataset):
         return self.views[self.view_of(epoch, index)][index], self.labels[index]
 
 
+def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
+    """The parts of an :class:`~graft.cache.ActivationKey` shared by every view: what the frozen stages are."""
+    return dict(architecture=architecture, weights=weights_digest(list(model.stages.values())[:stop]), preprocessing=preprocessing.to_dict(), stop=stop)
+
+
+def frozen_rows(
+    model: TransferModel,
+    items: Sequence[tuple[str, Any]],
+    digests: Sequence[str],
+    transform,
+    *,
+    base: dict[str, Any],
+    view: str = "clean",
+    root: str | os.PathLike,
+    workers: int = 0,
+    seed: int | None = None,
+    round_: int | None = None,
+    image_keys: Sequence[int] | None = None,
+    progress=None,
+    description: str = "frozen stages",
+) -> CachedRows:
+    """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache (computing only what is missing).
+
+    ``round_`` (with ``seed``) makes ``transform`` a seeded augmentation: view number ``round_``.
+    """
+    stop = base["stop"]
+
+    def compute(positions: list[int]):
+        keys = None if image_keys is None else [image_keys[p] for p in positions]
+        subset = ImageDataset([items[p] for p in positions], transform, seed=None if round_ is None else seed, image_keys=keys)
+        sampler = None
+        if round_ is not None:
+            sampler = EpochSampler(len(subset), seed, shuffle=False)
+            sampler.set_epoch(round_)
+        return forward_batches(model, image_loader(subset, FORWARD_BATCH, workers, sampler), stop, progress, description)
+
+    return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
+
+
 @dataclass
 class Inputs:
     """Loaders for the loop and what they carry."""
@@ -124,24 +163,12 @@ def build_inputs(
         evaluation = {name: image_loader(ImageDataset(items, eval_transform), batch_size, workers) for name, items in splits.items() if name != "train"}
         return Inputs(train, evaluation, 0, {"cached": False, "augment": augment, "views": "fresh every epoch" if augment else 0})
 
-    from graft.cache import resolve_cache_dir
-
     root = resolve_cache_dir(cache_dir)
-    frozen = list(model.stages.values())[:trainable_from]
-    base = dict(architecture=architecture, weights=weights_digest(frozen), preprocessing=preprocessing.to_dict(), stop=trainable_from)
+    base = frozen_key(model, trainable_from, architecture, preprocessing)
 
     def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, transform, round_: int | None, description: str) -> CachedRows:
-        digests = [dataset.digest(path) for path, _ in items]
-
-        def compute(positions: list[int]):
-            subset = ImageDataset([items[p] for p in positions], transform, seed=None if round_ is None else seed, image_keys=[item_keys[p] for p in positions])
-            sampler = None
-            if round_ is not None:
-                sampler = EpochSampler(len(subset), seed, shuffle=False)
-                sampler.set_epoch(round_)
-            return forward_batches(model, image_loader(subset, FORWARD_BATCH, workers, sampler), trainable_from, progress, description)
-
-        return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
+        return frozen_rows(model, items, [dataset.digest(path) for path, _ in items], transform, base=base, view=view, root=root, workers=workers,
+                           seed=seed, round_=round_, image_keys=item_keys, progress=progress, description=description)
 
     if augment and views > 0:
         train_transform = preprocessing.train_transform()

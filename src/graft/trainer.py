@@ -71,6 +71,7 @@ class TrainOptions:
     head_epochs: int | None = None
     cache: bool = True
     cache_dir: str | None = None
+    image_size: int | None = None  # instead of the backbone's input size (smaller is faster)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,8 @@ class TrainOptions:
         for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--patience", self.patience)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1; got {value}")
+        if self.image_size is not None and not 32 <= self.image_size <= 1024:
+            raise ConfigError(f"--image-size must be between 32 and 1024 pixels; got {self.image_size}")
         if self.views < 0:
             raise ConfigError(f"--views must be 0 or more; got {self.views}")
         if not 0 < self.valid_fraction < 1:
@@ -128,7 +131,8 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     dataset = scan_folder(options.data, valid_fraction=options.valid_fraction, seed=options.seed)
     seed_everything(options.seed, options.deterministic)
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained)
-    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=loaded.preprocessing.input_size)
+    preprocessing = loaded.preprocessing if options.image_size is None else dataclasses.replace(loaded.preprocessing, input_size=options.image_size)
+    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=preprocessing.input_size)
     plan = plan_for_mode(options.mode, model.stage_names, lr=options.lr, unfreeze=options.unfreeze, backbone_lr_mult=options.backbone_lr_mult, bn_policy=options.bn)
     plan.apply(model)
     run.require_space(model)
@@ -137,7 +141,7 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"root": str(options.data), "layout": dataset.layout, "counts": {k: len(v) for k, v in dataset.splits.items()}, "skipped": len(dataset.skipped)},
         "backbone": {"name": options.backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
-        "preprocessing": loaded.preprocessing.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
         "mode": options.mode,
         "head": options.head,
         "classes": dataset.classes,
@@ -180,7 +184,7 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     seed_everything(options.seed, options.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained and not has_checkpoint)
-    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=loaded.preprocessing.input_size)
+    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=Preprocessing.from_dict(config["preprocessing"]).input_size)
     plan = load_plan(run.path)
     plan.apply(model)
     checkpoint = load_checkpoint(run / CHECKPOINT, model) if has_checkpoint else None

@@ -4,13 +4,13 @@ The run folder is the single-task one (config, freeze plan, safetensors weights,
 manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
 weighting, regression scales); ``graft.load`` dispatches on it. When the trunk below the trainable
 stages is frozen and inputs are not augmented, its activations are computed once and the trainable
-part trains on them (``cache_dir`` keeps them on disk between runs with the same images).
+part trains on them, through the activation cache (:mod:`graft.cache`), so later runs with the same
+images and frozen stages reuse them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
 
 from graft import plots
 from graft.backbones import create_backbone
@@ -28,7 +27,9 @@ from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.data import collect_image_paths, load_image
 from graft.errors import ConfigError, DataError, RunFolderError
-from graft.fileio import atomic_save_tensors, read_json
+from graft.cache import resolve_cache_dir
+from graft.fileio import read_json, sha256_file
+from graft.inputs import frozen_key, frozen_rows
 from graft.freeze import parameter_counts
 from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, decode, fit_multitask, target_scales, task_metrics
 from graft.multitask.model import MultiTaskModel, build_multitask_model
@@ -59,63 +60,6 @@ class LabelledImages(torch.utils.data.Dataset):
 def _loader(dataset, batch_size: int, shuffle: bool, workers: int, generator=None):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                                        persistent_workers=workers > 0, worker_init_fn=worker_init, generator=generator)
-
-
-@torch.inference_mode()
-def compute_activations(tower, items, transform, stop: int, batch_size: int = 64, workers: int = 0, progress=None, description: str = "frozen trunk") -> torch.Tensor:
-    """The frozen stages' output for every image (pooled features when ``stop`` is past the last stage)."""
-    tower.eval()
-    loader = _loader(LabelledImages(items, transform), batch_size, False, workers)
-    parts = []
-    task = progress.add_task(description, total=len(loader), status="") if progress is not None else None
-    for inputs, _ in loader:
-        parts.append(tower.forward_features(inputs) if stop >= len(tower.stages) else tower.forward_stages(inputs, 0, stop))
-        if task is not None:
-            progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    return torch.cat(parts)
-
-
-def _cached_activations(tower, items, preprocessing: Preprocessing, stop: int, key_parts: dict, cache_dir, batch_size, workers, progress, description):
-    """``compute_activations`` through an on-disk cache: one file per (backbone, preprocessing, stop), rows looked up by
-    image path; images not in it yet are computed and added. A request for a later stop is served from an earlier
-    stop's file by running the stages in between (cheap: they are the last, small-resolution ones)."""
-    transform = preprocessing.eval_transform()
-    if cache_dir is None:
-        return compute_activations(tower, items, transform, stop, batch_size, workers, progress, description)
-    key = hashlib.sha256(json.dumps({**key_parts, "preprocessing": preprocessing.to_dict()}, sort_keys=True).encode()).hexdigest()[:20]
-    wanted = [path for path, _ in items]
-
-    def stored(at: int):
-        path = Path(cache_dir) / f"activations-{key}-stop{at}.safetensors"
-        if not path.is_file():
-            return path, torch.zeros(0), {}
-        with safe_open(str(path), framework="pt") as handle:
-            paths = json.loads(handle.metadata()["paths"])
-            return path, handle.get_tensor("activations"), {p: i for i, p in enumerate(paths)}
-
-    file, tensor, index = stored(stop)
-    missing = [item for item in items if item[0] not in index]
-    if not missing:
-        return tensor[[index[p] for p in wanted]]
-    fresh = None
-    for at in range(stop - 1, -1, -1):
-        _, earlier, earlier_index = stored(at)
-        if earlier_index and all(p in earlier_index for p, _ in missing):
-            rows = earlier[[earlier_index[p] for p, _ in missing]]
-            with torch.inference_mode():
-                tower.eval()
-                fresh = torch.cat([tower.forward_features(chunk, start=at) if stop >= len(tower.stages) else tower.forward_stages(chunk, at, stop)
-                                   for chunk in rows.split(256)])
-            break
-    if fresh is None:
-        fresh = compute_activations(tower, missing, transform, stop, batch_size, workers, progress, description)
-    merged = torch.cat([tensor, fresh]) if len(index) else fresh
-    paths = [p for p, _ in sorted(index.items(), key=lambda kv: kv[1])] + [p for p, _ in missing]
-    atomic_save_tensors(file, {"activations": merged}, {"paths": json.dumps(paths)})
-    lookup = {p: i for i, p in enumerate(paths)}
-    return merged[[lookup[p] for p in wanted]]
 
 
 def _targets(items) -> torch.Tensor:
@@ -232,9 +176,11 @@ def train_multitask(
     eval_transform = preprocessing.eval_transform()
     with make_progress(quiet) as progress:
         if use_cache:
-            key_parts = {"backbone": backbone, "weights": loaded.report.to_dict().get("sha256") or loaded.report.source, "pretrained": pretrained}
             first = next(iter(model.towers.values()))
-            tensors = {name: _cached_activations(first, items, preprocessing, start, key_parts, cache_dir, 64, workers, progress, f"frozen trunk ({name})")
+            root = resolve_cache_dir(cache_dir)
+            base = frozen_key(first, start, loaded.report.architecture, preprocessing)
+            tensors = {name: frozen_rows(first, items, [sha256_file(path) for path, _ in items], eval_transform, base=base, root=root, workers=workers,
+                                         progress=progress, description=f"frozen trunk ({name})").materialize()
                        for name, items in (("train", train_items), ("valid", valid_items), ("test", test_items)) if items}
             make = lambda name, items, shuffle: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensors[name], _targets(items)), batch_size=batch_size,
                                                                              shuffle=shuffle, generator=generator if shuffle else None)
