@@ -90,6 +90,7 @@ def run_fastai(data: Path, mode: str, epochs: int, weights: Path) -> dict:
         learn.fine_tune(epochs - 1, freeze_epochs=1)  # same total epoch count as the others
         rows = timer.rows
     fit_seconds = time.perf_counter() - began
+    learn.remove_cb(timer)  # get_preds below fires epoch events too
     test = _test_items(data)
     test_dl = learn.dls.test_dl([p for p, _ in test])
     predictions, _ = learn.get_preds(dl=test_dl)

@@ -193,3 +193,5 @@ def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkey
     monkeypatch.setattr(training, "_run_epoch", original)
     summary = graft.resume(tmp_path / "run", num_workers=0, quiet=True)
     assert summary["epochs_run"] == 3
+    with pytest.raises(RunFolderError, match="finished run"):
+        graft.resume(tmp_path / "run")

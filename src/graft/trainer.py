@@ -183,6 +183,8 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     dataset = Dataset.from_manifest(read_json(run / MANIFEST))
     seed_everything(options.seed, options.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
+    if not has_checkpoint and (run / METRICS).is_file():
+        raise RunFolderError(f"'{run.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {run.path} DATA, or train again with another --out")
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained and not has_checkpoint)
     model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=Preprocessing.from_dict(config["preprocessing"]).input_size)
     plan = load_plan(run.path)
