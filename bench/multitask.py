@@ -35,7 +35,7 @@ def save(out: Path) -> None:
 
 def run(out: Path, name: str, **kwargs) -> dict:
     began = time.perf_counter()
-    summary = graft.train_multitask(out=out / "runs" / name, quiet=True, num_workers=2, **kwargs)
+    summary = graft.train_multitask(out=out / "runs" / name, quiet=True, **kwargs)
     summary["wall_seconds"] = time.perf_counter() - began
     (out / "summaries").mkdir(parents=True, exist_ok=True)
     (out / "summaries" / f"{name}.json").write_text(json.dumps(summary, indent=2))

@@ -29,7 +29,7 @@ from graft.data import collect_image_paths, load_image
 from graft.errors import ConfigError, DataError, RunFolderError
 from graft.cache import resolve_cache_dir
 from graft.fileio import read_json, sha256_file
-from graft.inputs import frozen_key, frozen_rows
+from graft.inputs import default_workers, frozen_key, frozen_rows
 from graft.freeze import parameter_counts
 from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, decode, fit_multitask, target_scales, task_metrics
 from graft.multitask.model import MultiTaskModel, build_multitask_model
@@ -136,7 +136,7 @@ def train_multitask(
     use_cache = cache and plan.trainable_from > 0 and (plan.is_feature_extractor or not augment)
     start = plan.trainable_from if use_cache else 0
     counts = parameter_counts(model)
-    workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = default_workers() if num_workers is None else num_workers
     if not quiet:
         stderr.print(f"[bold]graft train[/] ({'multi-domain' if domains else 'multi-task'}, {sharing} sharing): "
                      + ", ".join(f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks) + "; "
