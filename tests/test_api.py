@@ -66,3 +66,12 @@ def test_loading_a_folder_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunFolderError, match="has no config.json"):
         graft.load(tmp_path / "empty")
+
+
+def test_a_handful_of_batches_trains_with_a_constant_rate_instead_of_crashing(class_folder, tmp_path):
+    """OneCycleLR divides by zero at 4 steps: 24 training images in batches of 6 are 4 steps per phase."""
+    summary = _train(class_folder, tmp_path / "run", mode="finetune", unfreeze=1, head_epochs=1, epochs=2, batch_size=6)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["phase"] for r in history] == ["head", "main"] and summary["epochs_run"] == 2
+    lr = json.loads((tmp_path / "run" / "config.json").read_text())["hyperparameters"]["lr"]
+    assert history[0]["lr"] == pytest.approx(lr)  # constant: a one-cycle schedule would have annealed it to ~0

@@ -49,6 +49,26 @@ def _final(run):
             (run / "model.safetensors").read_bytes())
 
 
+def _kill_then_resume(command, run, epochs_before_kill: int, epochs: int, label: str) -> None:
+    """Start ``command`` (a graft train writing ``run``), SIGKILL it after ``epochs_before_kill`` epochs
+    (0: once its config is written, during set-up), then ``graft train --resume run``."""
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _epochs_done(run) < epochs_before_kill and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if epochs_before_kill == 0:
+        while not (run / "config.json").exists() and time.time() < deadline:
+            time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"{label}: the run finished before it could be killed"
+    assert _epochs_done(run) < epochs
+    resumed = subprocess.run([sys.executable, "-m", "graft", "train", "--resume", str(run), "--json", "--workers", "0"],
+                             env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (run / "checkpoint.safetensors").exists()
+
+
 def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(slow_folder, tmp_path):
     cache = tmp_path / "cache"
     reference = tmp_path / "reference"
@@ -58,21 +78,35 @@ def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(slow_f
     # kill: during set-up (before any epoch), in the head-only phase, and in the fine-tuning phase
     for label, epochs_before_kill in (("setup", 0), ("head phase", 1), ("finetune phase", 3)):
         run = tmp_path / f"killed-{label.replace(' ', '-')}"
-        process = subprocess.Popen(_command(slow_folder, run, cache), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while _epochs_done(run) < epochs_before_kill and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        if epochs_before_kill == 0:
-            while not (run / "config.json").exists() and time.time() < deadline:
-                time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        assert process.returncode == -signal.SIGKILL, f"{label}: the run finished before it could be killed"
-        assert _epochs_done(run) < 6
-        resumed = subprocess.run([sys.executable, "-m", "graft", "train", "--resume", str(run), "--json", "--workers", "0"],
-                                 env=ENV, capture_output=True, text=True)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        _kill_then_resume(_command(slow_folder, run, cache), run, epochs_before_kill, 6, label)
         assert _final(run) == expected, label
+
+
+def test_a_killed_multitask_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Soft sharing (three towers, learned task weights) with augmentation: order, augmentation and loss weights all resume."""
+    faces = tmp_path / "faces"
+    for i in range(60):
+        age, gender = 5 + (i * 7) % 70, i % 2
+        make_image(faces / f"{age}_{gender}_{i % 3}_20170101{i:04d}.jpg.chip.jpg", (200 * gender + 20, 2 * age, 200 * (1 - gender)), seed=i, size=96)
+
+    def command(run):
+        return [sys.executable, "-m", "graft", "train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender",
+                "--sharing", "soft", "--tie", "0.1", "--mode", "finetune", "--unfreeze", "2", "--epochs", "5", "--batch-size", "8",
+                "--backbone", TINY_BACKBONE, "--from-scratch", "--image-size", "96", "--seed", "2", "--deterministic", "--workers", "0", "--json"]
+
+    def final(run):
+        history = json.loads((run / "history.json").read_text())
+        return ([{k: v for k, v in r.items() if k != "seconds"} for r in history], json.loads((run / "metrics.json").read_text())["test"],
+                (run / "model.safetensors").read_bytes())
+
+    subprocess.run(command(tmp_path / "reference"), check=True, env=ENV, capture_output=True)
+    expected = final(tmp_path / "reference")
+    for label, epochs_before_kill in (("setup", 0), ("epoch 2", 2)):
+        run = tmp_path / f"killed-{epochs_before_kill}"
+        _kill_then_resume(command(run), run, epochs_before_kill, 5, label)
+        assert final(run) == expected, label
+    with pytest.raises(RunFolderError, match="finished run"):
+        graft.resume(tmp_path / "reference", quiet=True)
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -175,7 +209,7 @@ def test_a_full_disk_is_detected_before_training(class_folder, tmp_path, monkeyp
 
 def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkeypatch):
     from graft import training
-    from graft.trainer import TrainingInterrupted
+    from graft.errors import TrainingInterrupted
 
     original = training._run_epoch
     calls = []

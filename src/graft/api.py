@@ -19,8 +19,9 @@ from graft.data import ImageDataset, collect_image_paths, scan_folder, scan_for_
 from graft.errors import ConfigError
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.inputs import default_workers, image_loader
-from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
-from graft.runs import TrainedModel, load_run
+from graft.multitask.run import resume_multitask, train_multitask  # several tasks or domains in one model (hard or soft sharing)
+from graft.fileio import read_json
+from graft.runs import CONFIG, TrainedModel, load_run
 from graft.strategies import DEFAULT_VIEWS
 from graft.trainer import DEFAULT_BACKBONE, TrainOptions
 
@@ -120,8 +121,10 @@ def train(
 
 
 def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Continue a killed or interrupted ``train`` run from its last completed epoch (same plan, optimizer,
-    schedule and random state); returns the ``train`` JSON summary."""
+    """Continue a killed or interrupted ``train`` (or ``train_multitask``) run from its last completed epoch
+    (same plan, optimizer, schedule and random state); returns the ``train`` JSON summary."""
+    if (Path(run) / CONFIG).is_file() and read_json(Path(run) / CONFIG).get("kind") == "multitask":
+        return resume_multitask(run, num_workers=num_workers, quiet=quiet)
     return trainer.resume(run, num_workers=num_workers, quiet=quiet)
 
 

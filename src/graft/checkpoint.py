@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,32 @@ CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "graft-checkpoint-1"
 
 
+@dataclass
+class Checkpoint:
+    """What a checkpoint gives back (the model's weights are already loaded into it)."""
+
+    position: dict[str, Any]
+    best_state: dict[str, torch.Tensor] | None
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    extra: dict[str, torch.Tensor]
+
+
 def save_checkpoint(path: str | os.PathLike, state: FitState) -> None:
-    """Write ``state`` (after an epoch) with the process's random state, atomically."""
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in (state.best_state or {}).items()})
-    optimizer = state.optimizer.state_dict()
+    """Write a single-task loop's ``state`` (after an epoch) with the process's random state, atomically."""
+    write_checkpoint(path, state.model, state.best_state, state.optimizer, state.scheduler, state.position())
+
+
+def write_checkpoint(path: str | os.PathLike, model: torch.nn.Module, best_state: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, position: dict[str, Any], extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write any training loop's state atomically: weights, best weights, optimizer, schedule, random state,
+    the loop's JSON-able ``position`` and ``extra`` tensors (e.g. learned loss weights, a loader's generator)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
+    optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict[str, Any]] = {}
-    for param_id, entries in optimizer["state"].items():
+    for param_id, entries in optimizer_state["state"].items():
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{param_id}.{name}"] = value
@@ -42,16 +62,23 @@ def save_checkpoint(path: str | os.PathLike, state: FitState) -> None:
     tensors["rng.torch"] = randomness.pop("torch")
     metadata = {
         "format": FORMAT,
-        "position": state.position(),
-        "optimizer": {"param_groups": optimizer["param_groups"], "plain_state": plain_state, "param_ids": sorted(optimizer["state"])},
-        "scheduler": state.scheduler.state_dict(),
+        "position": position,
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "plain_state": plain_state, "param_ids": sorted(optimizer_state["state"])},
+        "scheduler": scheduler.state_dict(),
         "rng": randomness,
     }
     atomic_save_tensors(path, tensors, {"graft": json.dumps(metadata)})
 
 
 def load_checkpoint(path: str | os.PathLike, model: TransferModel) -> tuple[FitState, dict, dict]:
-    """Read a checkpoint into ``model``; restore the random state. Returns the state and the optimizer's and scheduler's states."""
+    """Read a single-task checkpoint into ``model``; restore the random state. Returns the state and the optimizer's and scheduler's states."""
+    checkpoint = read_checkpoint(path, model)
+    state = FitState.from_position(model, checkpoint.position, checkpoint.best_state)
+    return state, checkpoint.optimizer_state, checkpoint.scheduler_state
+
+
+def read_checkpoint(path: str | os.PathLike, model: torch.nn.Module) -> Checkpoint:
+    """Load the weights of a checkpoint into ``model`` and restore the process's random state from it."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -77,5 +104,6 @@ def load_checkpoint(path: str | os.PathLike, model: TransferModel) -> tuple[FitS
         entries.update(section(f"optimizer.{param_id}."))
         optimizer_state[int(param_id)] = entries
     restore_rng_state({**metadata["rng"], "torch": tensors["rng.torch"]})
-    state = FitState.from_position(model, metadata["position"], section("best.") or None)
-    return state, {"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]}, metadata["scheduler"]
+    return Checkpoint(position=metadata["position"], best_state=section("best.") or None,
+                      optimizer_state={"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]},
+                      scheduler_state=metadata["scheduler"], extra=section("extra."))

@@ -49,3 +49,9 @@ class TrainingError(GraftError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
     exit_code = 6
+
+
+class TrainingInterrupted(GraftError):
+    """Ctrl-C during training: the last completed epoch is saved and the run can be resumed."""
+
+    exit_code = 130

@@ -23,7 +23,7 @@ from graft.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.data import Dataset, scan_folder
-from graft.errors import ConfigError, GraftError, RunFolderError, TrainingError
+from graft.errors import ConfigError, RunFolderError, TrainingError, TrainingInterrupted
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.fileio import read_json
 from graft.freeze import FreezePlan, parameter_counts
@@ -38,12 +38,6 @@ from graft.training import FitState, fit
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
 PLOT_EVERY_SECONDS = 30
-
-
-class TrainingInterrupted(GraftError):
-    """Ctrl-C during training: the last completed epoch is saved and the run can be resumed."""
-
-    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -159,9 +153,9 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
         run.write_json(ADVICE, advice.to_dict())
     if not quiet:
         _print_plan(dataset, options, model, plan, advice)
-    run.write_json(CONFIG, config)
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
+    run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
     summary = _run(run, config, options, dataset, model, plan, None, num_workers, quiet, began)
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}

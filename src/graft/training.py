@@ -25,6 +25,8 @@ from graft.evaluation import predict_probabilities
 from graft.freeze import FreezePlan
 from graft.model import TransferModel
 
+MIN_ONE_CYCLE_STEPS = 8
+
 
 @dataclass
 class EpochRecord:
@@ -97,6 +99,14 @@ class FitState:
                    stopped_early=position["stopped_early"], phase=position["phase"], phase_epoch=position["phase_epoch"], since_best=position["since_best"])
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int):
+    """fastai's one-cycle schedule (a quarter warming up to each group's rate, then annealing), or a
+    constant rate when there are too few steps for one (a handful of batches: OneCycleLR would divide by zero)."""
+    if total_steps < MIN_ONE_CYCLE_STEPS:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, pct_start=0.25)
+
+
 def _is_better(record: EpochRecord, best: EpochRecord | None) -> bool:
     if best is None:
         return True
@@ -138,8 +148,7 @@ def fit(
             continue
         phase.plan.apply(model)
         optimizer = torch.optim.AdamW(phase.plan.param_groups(model, weight_decay))
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-                                                        total_steps=phase.epochs * len(train_loader), pct_start=0.25)
+        scheduler = one_cycle(optimizer, phase.epochs * len(train_loader))
         if continuing:
             optimizer.load_state_dict(optimizer_state)
             scheduler.load_state_dict(scheduler_state)

@@ -21,10 +21,12 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 from torch import nn
 
+from graft.checkpoint import Checkpoint
 from graft.errors import ConfigError, TrainingError
 from graft.freeze import FreezePlan
 from graft.multitask.model import MultiTaskModel
 from graft.tasks import Task
+from graft.training import one_cycle
 
 WEIGHTINGS = ("uncertainty", "equal")
 
@@ -172,6 +174,17 @@ class MultiTaskState:
     best_state: dict[str, torch.Tensor] | None = None
     improved: bool = False
     stopped: str = ""
+    since_best: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+
+    def position(self) -> dict[str, Any]:
+        """The JSON-able part of the state, for a checkpoint (:func:`graft.checkpoint.write_checkpoint`)."""
+        return {"history": self.history, "best_epoch": self.best_epoch, "stopped": self.stopped, "since_best": self.since_best}
+
+    def restore(self, position: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+        self.history, self.best_epoch, self.stopped, self.since_best = position["history"], position["best_epoch"], position["stopped"], position["since_best"]
+        self.best_state = best_state
 
 
 def fit_multitask(
@@ -189,11 +202,13 @@ def fit_multitask(
     time_budget: float | None = None,
     on_epoch_end: Callable[[MultiTaskState], None] | None = None,
     progress=None,
+    resume: Checkpoint | None = None,
 ) -> MultiTaskState:
     """Train all towers and heads together; validation metrics per task every epoch; best combined score kept.
 
-    ``tie`` weighs the soft-sharing penalty ``tie * model.tower_distance()``. ``time_budget`` (seconds)
-    stops after the epoch that exceeds it.
+    ``tie`` weighs the soft-sharing penalty ``tie * model.tower_distance()``. ``time_budget`` (seconds of
+    epochs) stops after the epoch that exceeds it. ``resume`` (a checkpoint already loaded into ``model``)
+    continues after its last epoch with its optimizer and schedule.
     """
     if tie < 0:
         raise ConfigError(f"--tie must be zero or positive; got {tie}")
@@ -205,12 +220,16 @@ def fit_multitask(
     if loss.weighting == "uncertainty":
         groups.append({"name": "task_weights", "params": [loss.log_vars], "lr": plan.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(epochs * len(train_loader), 8), pct_start=0.25)
-    state = MultiTaskState(model=model, loss=loss)
-    epoch_task = progress.add_task("epochs", total=epochs, status="") if progress is not None else None
-    began_all = time.perf_counter()
-    since_best = 0
-    for epoch in range(1, epochs + 1):
+    scheduler = one_cycle(optimizer, epochs * len(train_loader))
+    state = MultiTaskState(model=model, loss=loss, optimizer=optimizer, scheduler=scheduler)
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+        scheduler.load_state_dict(resume.scheduler_state)
+        state.restore(resume.position, resume.best_state)
+    epoch_task = progress.add_task("epochs", total=epochs, completed=len(state.history), status="") if progress is not None else None
+    for epoch in range(len(state.history) + 1, epochs + 1):
+        if state.stopped:
+            break
         began = time.perf_counter()
         train_loss = _train_epoch(model, loss, plan, train_loader, optimizer, scheduler, tie, start, progress, epoch)
         outputs, targets = collect_outputs(model, valid_loader, start=start, progress=progress, description="validate")
@@ -229,21 +248,19 @@ def fit_multitask(
         state.improved = record["valid_score"] > best
         state.history.append(record)
         if state.improved:
-            state.best_epoch, since_best = epoch, 0
+            state.best_epoch, state.since_best = epoch, 0
             state.best_state = copy.deepcopy(model.state_dict())
         else:
-            since_best += 1
-        if since_best >= patience and epoch < epochs:
+            state.since_best += 1
+        if state.since_best >= patience and epoch < epochs:
             state.stopped = f"no better validation score for {patience} epochs"
-        elif time_budget is not None and time.perf_counter() - began_all >= time_budget and epoch < epochs:
+        elif time_budget is not None and sum(r["seconds"] for r in state.history) >= time_budget and epoch < epochs:
             state.stopped = f"time budget of {time_budget:.0f}s used"
         if epoch_task is not None:
             summary = ", ".join(_short(name, entry) for name, entry in metrics["tasks"].items())
             progress.update(epoch_task, advance=1, status=f"score {record['valid_score']:.3f} ({summary})")
         if on_epoch_end is not None:
             on_epoch_end(state)
-        if state.stopped:
-            break
     model.load_state_dict(state.best_state)
     return state
 

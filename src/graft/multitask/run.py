@@ -26,7 +26,8 @@ from graft.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.data import collect_image_paths, load_image
-from graft.errors import ConfigError, DataError, RunFolderError
+from graft.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint
+from graft.errors import ConfigError, DataError, RunFolderError, TrainingInterrupted
 from graft.cache import resolve_cache_dir
 from graft.fileio import read_json, sha256_file
 from graft.inputs import default_workers, frozen_key, frozen_rows
@@ -100,6 +101,7 @@ def train_multitask(
     num_workers: int | None = None,
     deterministic: bool = False,
     quiet: bool = False,
+    _resuming: bool = False,
 ) -> dict[str, Any]:
     """Train several tasks (``labels`` + ``tasks`` on ``data``) or several domains (``domains``) in one model.
 
@@ -109,6 +111,9 @@ def train_multitask(
     parameters added to the loss. Returns the JSON summary (per-task valid/test metrics).
     """
     began = time.perf_counter()
+    # everything but where to write and how to show it: resume_multitask replays these arguments
+    options = {name: str(value) if isinstance(value, os.PathLike) else value for name, value in locals().items()
+               if name not in ("out", "quiet", "num_workers", "_resuming", "began")}
     epochs = 10 if epochs is None else epochs
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
         if value < 1:
@@ -119,8 +124,13 @@ def train_multitask(
         raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN)")
     run = RunFolder(out)
     run.prepare()
+    if (run / CHECKPOINT).is_file() and not _resuming:
+        raise RunFolderError(f"'{run.path}' holds an unfinished run", hint=f"continue it with: graft train --resume {run.path} (or choose another --out)")
     dataset = (scan_domains(domains, valid_fraction, test_fraction, seed, limit) if domains is not None
                else scan_multitask(data, labels, tasks, valid_fraction, test_fraction, seed, limit))
+    if _resuming and json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
+        raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
+                             hint="restore the data, or train again with another --out")
     generator = seed_everything(seed, deterministic)
     loaded = create_backbone(backbone, weights=weights, pretrained=pretrained)
     preprocessing = loaded.preprocessing if image_size is None else dataclasses.replace(loaded.preprocessing, input_size=int(image_size))
@@ -136,6 +146,7 @@ def train_multitask(
     use_cache = cache and plan.trainable_from > 0 and (plan.is_feature_extractor or not augment)
     start = plan.trainable_from if use_cache else 0
     counts = parameter_counts(model)
+    run.require_space(model)
     workers = default_workers() if num_workers is None else num_workers
     if not quiet:
         stderr.print(f"[bold]graft train[/] ({'multi-domain' if domains else 'multi-task'}, {sharing} sharing): "
@@ -149,6 +160,7 @@ def train_multitask(
                      + (f"   inputs: activations cached at stage {start} ({model.stage_names[start] if start < len(model.stage_names) else 'pooled features'})" if use_cache else ""))
     config = {
         "kind": "multitask",
+        "options": options,
         "graft_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"root": str(data) if data is not None else None, "counts": dataset.counts(), "skipped": len(dataset.skipped)},
@@ -169,9 +181,10 @@ def train_multitask(
         },
         "params": counts,
     }
-    run.write_json(CONFIG, config)
-    run.write_json(PLAN, plan.to_dict())
-    run.write_json(MANIFEST, dataset.manifest())
+    if not _resuming:
+        run.write_json(PLAN, plan.to_dict())
+        run.write_json(MANIFEST, dataset.manifest())
+        run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
 
     eval_transform = preprocessing.eval_transform()
     with make_progress(quiet) as progress:
@@ -198,10 +211,23 @@ def train_multitask(
             run.write_json(HISTORY, state.history)
             if state.improved:
                 run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
+            # the loader's generator decides the next epoch's order; the learned task weights live in the loss
+            write_checkpoint(run / CHECKPOINT, state.model, state.best_state, state.optimizer, state.scheduler, state.position(),
+                             extra={"loader_generator": generator.get_state(), **{f"loss.{k}": v for k, v in loss.state_dict().items()}})
 
+        checkpoint = None
+        if _resuming and (run / CHECKPOINT).is_file():  # read last: building the model and loaders must not disturb the restored random state
+            checkpoint = read_checkpoint(run / CHECKPOINT, model)
+            generator.set_state(checkpoint.extra["loader_generator"])
+            loss.load_state_dict({k[len("loss."):]: v for k, v in checkpoint.extra.items() if k.startswith("loss.")})
+            if not quiet:
+                stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing after epoch {len(checkpoint.position['history'])}")
         fit_began = time.perf_counter()
-        state = fit_multitask(model, loss, plan, loaders["train"], loaders["valid"], epochs=epochs, patience=patience, tie=tie, start=start,
-                              time_budget=time_budget, on_epoch_end=save_epoch, progress=progress)
+        try:
+            state = fit_multitask(model, loss, plan, loaders["train"], loaders["valid"], epochs=epochs, patience=patience, tie=tie, start=start,
+                                  time_budget=time_budget, on_epoch_end=save_epoch, progress=progress, resume=checkpoint)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted; every completed epoch is saved in '{run.path}'", hint=f"continue with: graft train --resume {run.path}") from None
         fit_seconds = time.perf_counter() - fit_began
         metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs"}
         for split in ("valid", "test"):
@@ -212,6 +238,7 @@ def train_multitask(
     metrics.update({"seconds": seconds, "fit_seconds": fit_seconds, "tower_distance": float(model.tower_distance().detach()),
                     "tied_parameters": model.tied_parameter_count(), "task_weights": loss.weights()})
     run.write_json(METRICS, metrics)
+    (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     final = metrics.get("test", metrics["valid"])
     plots.task_curves(state.history, run / LEARNING_CURVE, title=f"{backbone}, {sharing} sharing, {mode}")
     for task in dataset.tasks:
@@ -229,6 +256,21 @@ def train_multitask(
                            [[name, *_headline(entry)] for name, entry in final["tasks"].items()]))
         stderr.print(f"[green]done[/] in {seconds:.1f}s; run saved to {run.path}")
     return summary
+
+
+def resume_multitask(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Continue a killed or interrupted multi-task run from its last completed epoch, with the arguments it was started with."""
+    run = RunFolder(out)
+    if not (run / CONFIG).is_file() or not (run / MANIFEST).is_file():
+        raise RunFolderError(f"'{run.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
+                             hint="start it with graft train DATA --out RUN")
+    config = read_json(run / CONFIG)
+    if "options" not in config:
+        raise RunFolderError(f"'{run.path}' was written by an older graft that did not record its options; it cannot be resumed")
+    if not (run / CHECKPOINT).is_file() and (run / METRICS).is_file():
+        raise RunFolderError(f"'{run.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {run.path}, or train again with another --out")
+    options = dict(config["options"])
+    return train_multitask(options.pop("data"), out, **options, num_workers=num_workers, quiet=quiet, _resuming=True)
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
