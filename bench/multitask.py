@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--ties", default="0,0.01,0.1,1,10")
     parser.add_argument("--tie-limit", type=int, default=1500, help="images (seeded subset) for the tie sweep")
     parser.add_argument("--soft-tie", type=float, default=-1, help="tie of the soft-sharing run in the main comparison (default: the sweep's best valid score)")
-    parser.add_argument("--parts", default="warm,utk,tie,domains")
+    parser.add_argument("--deep-epochs", type=int, default=6, help="epochs of the 'deep' part (last three stages trained)")
+    parser.add_argument("--parts", default="warm,utk,tie,domains", help="comma-separated: warm, utk, tie, domains, deep")
     parser.add_argument("--report", action="store_true", help="only print the Markdown tables of OUT/results.json")
     args = parser.parse_args()
     if args.report:
@@ -90,6 +91,9 @@ def main() -> None:
             results[f"{mode}-hard"] = run(out, f"{mode}-hard", tasks="age,gender,race", sharing="hard", **utk, **extra)
         results["finetune-soft"] = run(out, "finetune-soft", tasks="age,gender,race", sharing="soft", tie=args.soft_tie, mode="finetune", unfreeze=1,
                                        epochs=args.finetune_epochs, patience=args.finetune_epochs, augment=False, **utk)
+    if "deep" in parts:  # where graft stands when more of the trunk trains: hard sharing, the last three stages fine-tuned
+        results["deep-hard"] = run(out, "deep-hard", tasks="age,gender,race", sharing="hard", mode="finetune", unfreeze=3,
+                                   epochs=args.deep_epochs, patience=args.deep_epochs, augment=False, **utk)
     if "domains" in parts:
         for mode, epochs in (("extract", args.extract_epochs), ("finetune", args.finetune_epochs)):
             extra = dict(mode=mode, epochs=epochs, patience=epochs, augment=False, cache_dir=cache, seed=0, **({"unfreeze": 1} if mode == "finetune" else {}))
@@ -126,6 +130,10 @@ def report(results: dict) -> str:
                 lines.append(f"| {mode}: {variant} sharing{' (tie ' + format(summary['tie'], 'g') + ')' if variant == 'soft' else ''} | "
                              f"{_cell(summary, 'gender', 'accuracy', 1)} | {_cell(summary, 'race', 'accuracy', 1)} | {_cell(summary, 'age', 'mae', 2)} | "
                              f"{summary['params']['total']:,} / {summary['params']['trainable']:,} | {summary['fit_seconds']:.0f} |")
+    deep = results.get("deep-hard")
+    if deep:
+        lines.append(f"| finetune, last 3 stages: hard sharing | {_cell(deep, 'gender', 'accuracy', 1)} | {_cell(deep, 'race', 'accuracy', 1)} | "
+                     f"{_cell(deep, 'age', 'mae', 2)} | {deep['params']['total']:,} / {deep['params']['trainable']:,} | {deep['fit_seconds']:.0f} |")
     ties = sorted((float(k[4:]), v) for k, v in results.items() if k.startswith("tie-"))
     if ties:
         lines += ["", "| tie | tower distance (sum of squared differences, 3 pairs) | RMS difference per tied parameter | gender acc | race acc | age MAE |", "|---|---|---|---|---|---|"]

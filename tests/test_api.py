@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import graft
 from graft.errors import DataError, RunFolderError

@@ -1,6 +1,5 @@
 """Built-in backbones: weights load offline and give the same logits as the original implementations."""
 
-import os
 from pathlib import Path
 
 import pytest

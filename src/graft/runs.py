@@ -44,6 +44,20 @@ class RunFolder:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def config_to_resume(self) -> dict[str, Any]:
+        """The config of an unfinished run that ``--resume`` can continue; a clear error for anything else."""
+        from graft.checkpoint import CHECKPOINT  # the checkpoint module builds on the training loop, which builds on this one
+
+        if not (self / CONFIG).is_file() or not (self / MANIFEST).is_file():
+            raise RunFolderError(f"'{self.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
+                                 hint="start it with graft train DATA --out RUN")
+        config = read_json(self / CONFIG)
+        if "options" not in config:
+            raise RunFolderError(f"'{self.path}' was written without its training options (an older graft); it cannot be resumed")
+        if not (self / CHECKPOINT).is_file() and (self / METRICS).is_file():
+            raise RunFolderError(f"'{self.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {self.path}, or train again with another --out")
+        return config
+
     def prepare(self) -> None:
         """Create the folder and prove it is writable now, not after an hour of training."""
         try:

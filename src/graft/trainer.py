@@ -166,19 +166,12 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     """Continue a run that was killed or interrupted, from its last completed epoch."""
     began = time.perf_counter()
     run = RunFolder(out)
-    if not (run / CONFIG).is_file() or not (run / MANIFEST).is_file():
-        raise RunFolderError(f"'{run.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
-                             hint="start it with graft train DATA --out RUN")
-    config = read_json(run / CONFIG)
-    if "options" not in config:
-        raise RunFolderError(f"'{run.path}' was not written by graft train (single task); it cannot be resumed")
+    config = run.config_to_resume()
     options = TrainOptions.from_dict(config["options"])
     run.prepare()
     dataset = Dataset.from_manifest(read_json(run / MANIFEST))
     seed_everything(options.seed, options.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
-    if not has_checkpoint and (run / METRICS).is_file():
-        raise RunFolderError(f"'{run.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {run.path} DATA, or train again with another --out")
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained and not has_checkpoint)
     model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=Preprocessing.from_dict(config["preprocessing"]).input_size)
     plan = load_plan(run.path)

@@ -260,15 +260,7 @@ def train_multitask(
 
 def resume_multitask(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue a killed or interrupted multi-task run from its last completed epoch, with the arguments it was started with."""
-    run = RunFolder(out)
-    if not (run / CONFIG).is_file() or not (run / MANIFEST).is_file():
-        raise RunFolderError(f"'{run.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
-                             hint="start it with graft train DATA --out RUN")
-    config = read_json(run / CONFIG)
-    if "options" not in config:
-        raise RunFolderError(f"'{run.path}' was written by an older graft that did not record its options; it cannot be resumed")
-    if not (run / CHECKPOINT).is_file() and (run / METRICS).is_file():
-        raise RunFolderError(f"'{run.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {run.path}, or train again with another --out")
+    config = RunFolder(out).config_to_resume()
     options = dict(config["options"])
     return train_multitask(options.pop("data"), out, **options, num_workers=num_workers, quiet=quiet, _resuming=True)
 
