@@ -137,7 +137,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epoch budget of every plan (auto included)")
     parser.add_argument("--test-per-class", type=int, default=100, help="cap on test images per class (dogs-cats, UTKFace)")
     parser.add_argument("--advise-only", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only print the Markdown tables of bench/out/advise.json")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads((OUT / "advise.json").read_text())))
+        return
     views, notes = build_views(args.test_per_class)
     OUT.mkdir(parents=True, exist_ok=True)
     results_path = OUT / "advise.json"
@@ -170,6 +174,32 @@ def main() -> None:
             entry[key] = {k: summary.get(k) for k in ("test_accuracy", "valid_accuracy", "best_epoch", "seconds", "mode", "unfreeze", "advice")}
             results_path.write_text(json.dumps(results, indent=2))
             print(f"  {key}: test {summary['test_accuracy']:.4f} in {summary['seconds']:.0f}s", flush=True)
+
+
+def report(results: dict) -> str:
+    """Advice per dataset, then test accuracy of every plan per epoch budget, auto's gap to the best fixed plan."""
+    lines = ["| data | images (train+valid) | min/class | similarity | scenario | advised plan | advise s |", "|---|---|---|---|---|---|---|"]
+    for name, entry in results["runs"].items():
+        advice = entry["advice"]
+        plan = advice["plan"]
+        text = "extract" if plan["mode"] == "extract" else f"finetune last {plan['unfreeze']}, backbone lr x{plan['backbone_lr_mult']:g}, {plan['head_epochs']} head epoch(s) first"
+        lines.append(f"| {name} | {advice['size']['images']} | {advice['size']['min_per_class']} | {advice['similarity']:.3f} | {advice['scenario']} | {text} | {advice['seconds']:.1f} |")
+    budgets = sorted({int(key.split("@")[1]) for entry in results["runs"].values() for key in entry if "@" in key})
+    for epochs in budgets:
+        lines += ["", f"Test accuracy, {epochs} epochs for every plan (training seconds in brackets):", "",
+                  "| data | auto | extract | last third | last half | all | best fixed | auto - best | advise s / auto's training s |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, entry in results["runs"].items():
+            runs = {plan: entry.get(f"{plan}@{epochs}") for plan in ("auto", "extract", "third", "half", "all")}
+            if not runs["auto"]:
+                continue
+            cells = [f"{r['test_accuracy'] * 100:.1f}% ({r['seconds']:.0f})" if r else "" for r in runs.values()]
+            fixed = {plan: r["test_accuracy"] for plan, r in runs.items() if r and plan != "auto"}
+            best = max(fixed.values()) if fixed else None
+            gap = f"{(runs['auto']['test_accuracy'] - best) * 100:+.1f}" if best is not None else ""
+            share = entry["advice"]["seconds"] / runs["auto"]["seconds"]
+            best_text = f"{best * 100:.1f}% ({', '.join(p for p, a in fixed.items() if a == best)})" if best is not None else ""
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {best_text} | {gap} | {share * 100:.0f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
