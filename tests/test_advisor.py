@@ -116,6 +116,14 @@ def test_train_auto_runs_the_advised_plan_and_records_it(class_folder, tiny_weig
     assert config["hyperparameters"]["epochs"] == 3  # an explicit option wins over the advice
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3]
+    # the advised plan, trained as a fixed plan with the same seed, gives the same run: advising reuses the
+    # scanned data and the loaded backbone and leaves the random state alone
+    plan = advice["plan"]
+    fixed = graft.train(class_folder, tmp_path / "fixed", mode=plan["mode"], unfreeze=plan["unfreeze"] or None, lr=plan["lr"],
+                        backbone_lr_mult=plan["backbone_lr_mult"], bn=plan["bn"], head_epochs=plan["head_epochs"], backbone=TINY_BACKBONE,
+                        weights=tiny_weights, epochs=3, num_workers=0, quiet=True, batch_size=8)
+    assert fixed["valid_accuracy"] == summary["valid_accuracy"]
+    assert (tmp_path / "fixed" / "model.safetensors").read_bytes() == (tmp_path / "run" / "model.safetensors").read_bytes()
 
 
 def test_head_first_numbers_epochs_across_both_phases(class_folder, tmp_path):

@@ -20,6 +20,7 @@ says where adaptation should start in scenarios 2 and 3.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -28,14 +29,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from graft.backbones import create_backbone
+from graft.backbones import Backbone, create_backbone
 from graft.data import Dataset, scan_folder
 from graft.errors import ConfigError
 from graft.probing import Probe, probe
 from graft.transferability import logme
 
-__all__ = ["Advice", "AdvisedPlan", "advise", "rank_backbones", "scenario_for"]
+__all__ = ["Advice", "AdvisedPlan", "advise", "advise_scanned", "rank_backbones", "scenario_for"]
 
 SMALL_DATA_IMAGES = 1000  # the textbook's "small" (what-graft-covers.md)
 SIMILARITY_THRESHOLD = 0.5
@@ -225,11 +227,19 @@ def advise(
 ) -> Advice:
     """Measure ``data`` against ``backbone`` and return the advice (scenario, similarity, size, plan, evidence)."""
     began = time.perf_counter()
+    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed)
+    advice = advise_scanned(dataset, create_backbone(backbone, weights=weights), backbone, seed=seed, per_class=per_class, batch_size=batch_size)
+    return dataclasses.replace(advice, seconds=round(time.perf_counter() - began, 3))
+
+
+def advise_scanned(dataset: Dataset, loaded: Backbone, backbone: str, seed: int = 0, per_class: int | None = None, batch_size: int = 16) -> Advice:
+    """The advice for data already scanned with a backbone already loaded (``--mode auto`` trains with both
+    afterwards, so advising costs it only the probe). The process's random state is left as it was."""
+    began = time.perf_counter()
     if per_class is not None and per_class < 2:
         raise ConfigError(f"--per-class must be at least 2; got {per_class}")
-    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed)
-    loaded = create_backbone(backbone, weights=weights)
-    seen = probe(loaded, sample_items(dataset, seed, per_class), batch_size=batch_size)
+    with torch.random.fork_rng(devices=[]):  # the probe's loader draws a seed; training must not see the difference
+        seen = probe(loaded, sample_items(dataset, seed, per_class), batch_size=batch_size)
     return decide(backbone, data_size(dataset), _evidence(seen), time.perf_counter() - began)
 
 

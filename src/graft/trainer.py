@@ -112,12 +112,6 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     """Train from scratch of the run folder ``out``; returns the ``train`` JSON summary."""
     began = time.perf_counter()
     options.validate()
-    advice = None
-    if options.mode == AUTO:
-        from graft.advisor import advise
-
-        advice = advise(options.data, backbone=options.backbone, weights=options.weights, seed=options.seed, valid_fraction=options.valid_fraction)
-    options = options.resolved(advice.plan.to_dict() if advice is not None else None)
     run = RunFolder(out)
     run.prepare()
     if (run / CHECKPOINT).is_file():
@@ -125,6 +119,12 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     dataset = scan_folder(options.data, valid_fraction=options.valid_fraction, seed=options.seed)
     seed_everything(options.seed, options.deterministic)
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained)
+    advice = None
+    if options.mode == AUTO:
+        from graft.advisor import advise_scanned
+
+        advice = advise_scanned(dataset, loaded, options.backbone, seed=options.seed)
+    options = options.resolved(advice.plan.to_dict() if advice is not None else None)
     preprocessing = loaded.preprocessing if options.image_size is None else dataclasses.replace(loaded.preprocessing, input_size=options.image_size)
     model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=preprocessing.input_size)
     plan = plan_for_mode(options.mode, model.stage_names, lr=options.lr, unfreeze=options.unfreeze, backbone_lr_mult=options.backbone_lr_mult, bn_policy=options.bn)
