@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import graft
 from graft.backbones import create_backbone
 from graft.cli import app
-from graft.errors import ConfigError
+from graft.errors import ConfigError, RunFolderError
 from graft.multitask import MultiTaskLoss, build_multitask_model, fit_multitask
 from graft.multitask.fit import target_scales
 from graft.strategies import plan_for_mode
@@ -169,3 +169,12 @@ def test_activation_cache_is_reused_and_gives_the_same_results(faces, tmp_path):
     direct = graft.train_multitask(faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", cache=False, **_options(epochs=1))
     assert cached["test"]["tasks"]["gender"]["accuracy"] == direct["test"]["tasks"]["gender"]["accuracy"]
     assert cached["valid_score"] == pytest.approx(direct["valid_score"], abs=1e-6)
+
+
+def test_resuming_after_the_data_changed_is_refused(faces, tmp_path):
+    run = tmp_path / "run"
+    graft.train_multitask(faces, run, labels="utkface", tasks="gender", **_options(epochs=1))
+    (run / "metrics.json").unlink()  # as if killed before finishing (no epoch checkpoint: resume starts over)
+    sorted(faces.iterdir())[0].unlink()
+    with pytest.raises(RunFolderError, match="changed since the run started"):
+        graft.resume(run, quiet=True)
