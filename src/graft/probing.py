@@ -25,36 +25,28 @@ from graft.data import ImageDataset
 
 @dataclass
 class _ChannelMoments:
-    """Per-channel mean and variance of a BatchNorm layer's input, merged batch by batch in float64.
-
-    Each batch is reduced in float32 (``var_mean``) and merged with Chan et al.'s parallel formula:
-    converting whole activation maps to float64 cost several times the forward pass itself."""
+    """Running per-channel sums of a BatchNorm layer's input, in float64."""
 
     layer: nn.modules.batchnorm._BatchNorm
-    mean: torch.Tensor | None = None
-    m2: torch.Tensor | None = None  # sum of squared deviations from the mean
+    total: torch.Tensor | None = None
+    total_sq: torch.Tensor | None = None
     count: int = 0
 
     def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
         dims = [0] + list(range(2, x.dim()))
-        n = x.numel() // x.shape[1]
-        var, mean = torch.var_mean(x.detach().float(), dims, correction=0)
-        mean, m2 = mean.double(), var.double() * n
-        if self.count == 0:
-            self.mean, self.m2 = mean, m2
-        else:
-            total = self.count + n
-            delta = mean - self.mean
-            self.mean = self.mean + delta * (n / total)
-            self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
-        self.count += n
+        total, total_sq = x.sum(dims), (x * x).sum(dims)
+        self.total = total if self.total is None else self.total + total
+        self.total_sq = total_sq if self.total_sq is None else self.total_sq + total_sq
+        self.count += x.numel() // x.shape[1]
 
     def kl_to_source(self) -> float:
         """Mean over channels of KL(target || source) between 1-D Gaussians (source = running stats)."""
-        var = (self.m2 / self.count).clamp_min(0) + self.layer.eps
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean * mean).clamp_min(0) + self.layer.eps
         source_mean = self.layer.running_mean.double()
         source_var = self.layer.running_var.double() + self.layer.eps
-        kl = 0.5 * (torch.log(source_var / var) + (var + (self.mean - source_mean) ** 2) / source_var - 1)
+        kl = 0.5 * (torch.log(source_var / var) + (var + (mean - source_mean) ** 2) / source_var - 1)
         return float(kl.mean())
 
 
