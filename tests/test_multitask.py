@@ -178,3 +178,27 @@ def test_resuming_after_the_data_changed_is_refused(faces, tmp_path):
     sorted(faces.iterdir())[0].unlink()
     with pytest.raises(RunFolderError, match="changed since the run started"):
         graft.resume(run, quiet=True)
+
+
+def test_interrupting_a_multitask_run_says_how_to_resume_and_resume_finishes_it(faces, tmp_path, monkeypatch):
+    from graft.errors import TrainingInterrupted
+    from graft.multitask import fit
+
+    original = fit._train_epoch
+    calls = []
+
+    def interrupted_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_train_epoch", interrupted_in_epoch_two)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="interrupted") as raised:
+        graft.train_multitask(faces, run, labels="utkface", tasks="age,gender", **_options(epochs=3))
+    assert f"graft train --resume {run}" in raised.value.hint
+    assert len(json.loads((run / "history.json").read_text())) == 1 and (run / "checkpoint.safetensors").is_file()
+    monkeypatch.setattr(fit, "_train_epoch", original)
+    summary = graft.resume(run, quiet=True, num_workers=0)
+    assert summary["epochs_run"] == 3 and not (run / "checkpoint.safetensors").exists()
