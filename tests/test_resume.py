@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import graft
-from graft.errors import BackboneError, RunFolderError, TrainingError
+from graft.errors import BackboneError, ConfigError, RunFolderError, TrainingError
 from tests.conftest import TINY_BACKBONE, make_image
 
 ENV = {**os.environ, "GRAFT_ALLOCATOR": "system"}
@@ -205,6 +205,19 @@ def test_a_full_disk_is_detected_before_training(class_folder, tmp_path, monkeyp
     with pytest.raises(RunFolderError, match="MB free"):
         _train(class_folder, tmp_path / "run")
     assert not (tmp_path / "run" / "history.json").exists()
+
+
+def test_a_full_disk_under_the_activation_cache_is_a_clear_error_not_a_crash(class_folder, tmp_path, monkeypatch):
+    import errno
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(ConfigError, match="activation cache folder .* is full") as raised:
+        _train(class_folder, tmp_path / "run", cache=True, cache_dir=tmp_path / "cache")
+    assert "--no-cache" in raised.value.hint
+    assert not list((tmp_path / "cache").rglob("*.tmp"))  # the half-made chunk is removed
 
 
 def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ The default location is ``$GRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graft``, el
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -150,6 +151,7 @@ class ActivationStore:
                 for batch in batches:
                     if array is None:
                         array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(digests), *batch.shape[1:]))
+                        self._reserve(temporary, len(digests))
                     array[written:written + len(batch)] = batch
                     written += len(batch)
                 if array is None or written != len(digests):
@@ -166,6 +168,21 @@ class ActivationStore:
             if not (self.folder / KEY).is_file():
                 atomic_write_json(self.folder / KEY, self.key.__dict__)
             atomic_write_json(self.folder / INDEX, index)
+
+    def _reserve(self, path: str, images: int) -> None:
+        """Allocate the chunk's disk blocks now: on a full disk a memory-mapped write would kill the
+        process with SIGBUS halfway through the frozen pass, with no message."""
+        size = os.path.getsize(path)
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    return  # a file system that cannot reserve space: write and hope, as before
+                free = shutil.disk_usage(self.folder).free
+                raise ConfigError(f"the activation cache folder '{self.folder.parent}' is full: {size / 1e6:.0f} MB are needed for "
+                                  f"{images} images, {free / 1e6:.0f} MB are free",
+                                  hint="free some space (graft cache --clear), pass --cache-dir DIR on a larger disk, or --no-cache") from None
 
     def rows(self, digests: Sequence[str]) -> CachedRows:
         index = self._index()
