@@ -23,7 +23,6 @@ from graft.model import TransferModel
 from graft.reproducibility import restore_rng_state, rng_state
 from graft.training import FitState
 
-CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "graft-checkpoint-1"
 
 

@@ -17,7 +17,7 @@ import torch
 
 from graft.backbones import create_backbone
 from graft.data import ImageDataset, collect_image_paths
-from graft.errors import GraftError, RunFolderError
+from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from graft.freeze import FreezePlan
 from graft.model import TransferModel, build_transfer_model
@@ -33,6 +33,7 @@ LEARNING_CURVE = "learning_curve.png"
 CONFUSION = "confusion_matrix.png"
 REPORT = "report.html"
 ADVICE = "advice.json"
+CHECKPOINT = "checkpoint.safetensors"  # an unfinished run's last epoch (graft.checkpoint)
 
 
 class RunFolder:
@@ -46,8 +47,6 @@ class RunFolder:
 
     def config_to_resume(self) -> dict[str, Any]:
         """The config of an unfinished run that ``--resume`` can continue; a clear error for anything else."""
-        from graft.checkpoint import CHECKPOINT  # the checkpoint module builds on the training loop, which builds on this one
-
         if not (self / CONFIG).is_file() or not (self / MANIFEST).is_file():
             raise RunFolderError(f"'{self.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
                                  hint="start it with graft train DATA --out RUN")
@@ -57,6 +56,15 @@ class RunFolder:
         if not (self / CHECKPOINT).is_file() and (self / METRICS).is_file():
             raise RunFolderError(f"'{self.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {self.path}, or train again with another --out")
         return config
+
+    def refuse_unfinished(self) -> None:
+        """Training afresh into a killed run's folder would destroy what ``--resume`` can continue."""
+        if (self / CHECKPOINT).is_file():
+            raise RunFolderError(f"'{self.path}' holds an unfinished run", hint=f"continue it with: graft train --resume {self.path} (or choose another --out)")
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The error for Ctrl-C during training: every completed epoch is in this folder."""
+        return TrainingInterrupted(f"interrupted; every completed epoch is saved in '{self.path}'", hint=f"continue with: graft train --resume {self.path}")
 
     def prepare(self) -> None:
         """Create the folder and prove it is writable now, not after an hour of training."""

@@ -19,11 +19,11 @@ from typing import Any
 
 from graft import plots, report
 from graft.backbones import create_backbone
-from graft.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from graft.checkpoint import load_checkpoint, save_checkpoint
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.data import Dataset, scan_folder
-from graft.errors import ConfigError, RunFolderError, TrainingError, TrainingInterrupted
+from graft.errors import ConfigError, RunFolderError, TrainingError
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.fileio import read_json
 from graft.freeze import FreezePlan, parameter_counts
@@ -31,7 +31,7 @@ from graft.inputs import Inputs, build_inputs, default_workers
 from graft.model import TransferModel, build_transfer_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything
-from graft.runs import ADVICE, CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, load_plan
+from graft.runs import ADVICE, CHECKPOINT, CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, load_plan
 from graft.strategies import AUTO, DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, DEFAULT_VIEWS, augment_by_default, plan_for_mode, resolve_auto
 from graft.training import FitState, fit
 
@@ -114,8 +114,7 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     options.validate()
     run = RunFolder(out)
     run.prepare()
-    if (run / CHECKPOINT).is_file():
-        raise RunFolderError(f"'{run.path}' holds an unfinished run", hint=f"continue it with: graft train --resume {run.path} (or choose another --out)")
+    run.refuse_unfinished()
     dataset = scan_folder(options.data, valid_fraction=options.valid_fraction, seed=options.seed)
     seed_everything(options.seed, options.deterministic)
     loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained)
@@ -215,8 +214,7 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
             fitted = time.perf_counter()
             metrics = _evaluate(model, inputs, dataset.classes, progress)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted; every completed epoch is saved in '{run.path}'",
-                                  hint=f"continue with: graft train --resume {run.path}") from None
+        raise run.interrupted() from None
     except TrainingError as error:
         kept = f"the best weights so far are in '{run / WEIGHTS}'" if (run / WEIGHTS).is_file() else "no epoch had finished"
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None

@@ -26,8 +26,8 @@ from graft.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.data import collect_image_paths, load_image
-from graft.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint
-from graft.errors import ConfigError, DataError, RunFolderError, TrainingInterrupted
+from graft.checkpoint import read_checkpoint, write_checkpoint
+from graft.errors import ConfigError, DataError, RunFolderError
 from graft.cache import resolve_cache_dir
 from graft.fileio import read_json, sha256_file
 from graft.inputs import default_workers, frozen_key, frozen_rows
@@ -36,7 +36,7 @@ from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, dec
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything, worker_init
-from graft.runs import CONFIG, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, load_weights
+from graft.runs import CHECKPOINT, CONFIG, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, load_weights
 from graft.strategies import plan_for_mode
 from graft.tasks import Task, read_labels, scan_domains, scan_multitask
 
@@ -124,8 +124,8 @@ def train_multitask(
         raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN)")
     run = RunFolder(out)
     run.prepare()
-    if (run / CHECKPOINT).is_file() and not _resuming:
-        raise RunFolderError(f"'{run.path}' holds an unfinished run", hint=f"continue it with: graft train --resume {run.path} (or choose another --out)")
+    if not _resuming:
+        run.refuse_unfinished()
     dataset = (scan_domains(domains, valid_fraction, test_fraction, seed, limit) if domains is not None
                else scan_multitask(data, labels, tasks, valid_fraction, test_fraction, seed, limit))
     if _resuming and json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
@@ -227,7 +227,7 @@ def train_multitask(
             state = fit_multitask(model, loss, plan, loaders["train"], loaders["valid"], epochs=epochs, patience=patience, tie=tie, start=start,
                                   time_budget=time_budget, on_epoch_end=save_epoch, progress=progress, resume=checkpoint)
         except KeyboardInterrupt:
-            raise TrainingInterrupted(f"interrupted; every completed epoch is saved in '{run.path}'", hint=f"continue with: graft train --resume {run.path}") from None
+            raise run.interrupted() from None
         fit_seconds = time.perf_counter() - fit_began
         metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs"}
         for split in ("valid", "test"):
