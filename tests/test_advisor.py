@@ -160,3 +160,8 @@ def test_cli_advise_json_and_backbones_error(class_folder, tiny_weights):
     assert {"scenario", "similarity", "size", "plan", "evidence"} <= set(advice)
     result = runner.invoke(app, ["advise", str(class_folder), "--per-class", "1"])
     assert result.exit_code == 2 and "--per-class" in result.output
+
+
+def test_a_bad_per_class_is_refused_before_any_image_is_read(tmp_path):
+    with pytest.raises(ConfigError, match="--per-class must be at least 2"):
+        advise(tmp_path / "no such folder", per_class=1)  # the option is checked before the (slow) scan would fail

@@ -227,6 +227,7 @@ def advise(
 ) -> Advice:
     """Measure ``data`` against ``backbone`` and return the advice (scenario, similarity, size, plan, evidence)."""
     began = time.perf_counter()
+    _check_per_class(per_class)  # before the scan, which decodes every file
     dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed)
     advice = advise_scanned(dataset, create_backbone(backbone, weights=weights), backbone, seed=seed, per_class=per_class, batch_size=batch_size)
     return dataclasses.replace(advice, seconds=round(time.perf_counter() - began, 3))
@@ -236,11 +237,15 @@ def advise_scanned(dataset: Dataset, loaded: Backbone, backbone: str, seed: int 
     """The advice for data already scanned with a backbone already loaded (``--mode auto`` trains with both
     afterwards, so advising costs it only the probe). The process's random state is left as it was."""
     began = time.perf_counter()
-    if per_class is not None and per_class < 2:
-        raise ConfigError(f"--per-class must be at least 2; got {per_class}")
+    _check_per_class(per_class)
     with torch.random.fork_rng(devices=[]):  # the probe's loader draws a seed; training must not see the difference
         seen = probe(loaded, sample_items(dataset, seed, per_class), batch_size=batch_size)
     return decide(backbone, data_size(dataset), _evidence(seen), time.perf_counter() - began)
+
+
+def _check_per_class(per_class: int | None) -> None:
+    if per_class is not None and per_class < 2:
+        raise ConfigError(f"--per-class must be at least 2; got {per_class}")
 
 
 def rank_backbones(
