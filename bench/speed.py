@@ -126,21 +126,21 @@ def _onnx_rate(batch: int, seconds: float) -> dict:
 
 
 def _pipeline_rate(folder: Path, workers: int) -> dict:
-    """graft's own path: scan + decode/resize in workers + frozen forward, images/s over the forward part."""
+    """graft's frozen pass (decode + resize + frozen forward, in ``workers`` processes), images/s over that pass."""
     import torch
 
     from graft.backbones import create_backbone
     from graft.data import ImageDataset, scan_folder
-    from graft.inputs import FORWARD_BATCH, forward_batches, image_loader
+    from graft.inputs import forward_batches
     from graft.model import build_transfer_model
 
     dataset = scan_folder(folder)
     items = [item for split in dataset.splits.values() for item in split]
     loaded = create_backbone(BACKBONE)
     model = build_transfer_model(loaded.model, "linear", len(dataset.classes), input_size=loaded.preprocessing.input_size).to(memory_format=torch.channels_last)
-    loader = image_loader(ImageDataset(items, loaded.preprocessing.eval_transform()), FORWARD_BATCH, workers)
+    images = ImageDataset(items, loaded.preprocessing.eval_transform())
     began = time.perf_counter()
-    rows = sum(len(batch) for batch in forward_batches(model, loader, len(model.stages)))
+    rows = sum(len(batch) for batch in forward_batches(model, images, len(model.stages), workers=workers))
     elapsed = time.perf_counter() - began
     return {"folder": folder.name, "workers": workers, "images": rows, "seconds": elapsed, "images_per_second": rows / elapsed}
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import graft
 from graft.cache import ActivationKey, ActivationStore, cache_usage, cached_rows, clear_cache
@@ -105,3 +106,34 @@ def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(c
     assert _history(tmp_path / "a") == [dict(r, seconds=a["seconds"]) for r, a in zip(_history(tmp_path / "b"), _history(tmp_path / "a"))]
     _train(class_folder, tmp_path / "c", mode="finetune", unfreeze=1, augment=True, views=2, cache_dir=cache)
     assert len(cache_usage(cache)["namespaces"]) == 6  # another freeze boundary: new rows
+
+
+@pytest.mark.parametrize("round_", [None, 1])
+def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(class_folder, tmp_path, round_):
+    from graft.backbones import create_backbone
+    from graft.data import scan_folder
+    from graft.inputs import frozen_key, frozen_rows
+    from graft.model import build_transfer_model
+
+    loaded = create_backbone(TINY_BACKBONE, pretrained=False)
+    model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size)
+    dataset = scan_folder(class_folder)
+    items = dataset.split("train")
+    digests = [dataset.digest(path) for path, _ in items]
+    base = frozen_key(model, 2, "tiny", loaded.preprocessing)
+    rows = {workers: frozen_rows(model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
+                                 seed=4, round_=round_, image_keys=list(range(len(items)))).materialize()
+            for workers in (0, 2)}
+    assert rows[0].shape[0] == len(items) == rows[2].shape[0]
+    assert torch.allclose(rows[0], rows[2], atol=1e-5)  # same images, same order, same views; threads may round differently
+
+
+def test_the_frozen_pass_runs_one_process_per_core(monkeypatch):
+    from graft import inputs
+
+    monkeypatch.setattr(inputs, "usable_cores", lambda: 1)
+    assert inputs.forward_workers() == 0
+    monkeypatch.setattr(inputs, "usable_cores", lambda: 2)
+    assert inputs.forward_workers() == 2
+    monkeypatch.setattr(inputs, "usable_cores", lambda: 64)
+    assert inputs.forward_workers() == inputs.MAX_FORWARD_WORKERS

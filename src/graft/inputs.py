@@ -23,17 +23,39 @@ from graft.model import TransferModel
 from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.reproducibility import EpochSampler, item_seed, worker_init
 
-# Batches of the frozen part's forward pass: large enough to keep both cores busy with one call.
+# Images per call of the frozen part's forward pass (in each worker process).
 FORWARD_BATCH = 16
+# Worker processes of the frozen pass, at most: each holds its own activations.
+MAX_FORWARD_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS tells; else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_workers() -> int:
-    """Image-decoding worker processes. With two cores or fewer the model's threads already keep every
-    core busy and workers only add copying and contention (measured: the frozen pass over the
-    sign-language digits took 84 s in-process against 96 s with two workers), so decoding stays in
-    the main process; larger machines decode on the cores the model leaves."""
-    cores = os.cpu_count() or 1
+    """Image-decoding worker processes for loops that run the model in the main process. With two
+    cores or fewer the model's threads already keep every core busy and workers only add copying and
+    contention (measured: the frozen pass over the sign-language digits took 84 s in-process against
+    96 s with two workers), so decoding stays in the main process; larger machines decode on the
+    cores the model leaves."""
+    cores = usable_cores()
     return 0 if cores <= 2 else min(4, cores - 2)
+
+
+def forward_workers() -> int:
+    """Worker processes for the frozen pass, one per core, each decoding its own batches and running
+    the frozen stages on one thread. Whole batches in parallel beat one batch split over threads:
+    an EfficientNet's many small layers leave threads waiting on each other (two single-threaded
+    processes: 142 img/s; one process with two threads: 132), and the decoding of one worker overlaps
+    the other's forward pass instead of stalling both cores. One thread each, because GNU OpenMP
+    deadlocks in a forked child that asks for more threads after its parent used them."""
+    cores = usable_cores()
+    return 0 if cores < 2 else min(cores, MAX_FORWARD_WORKERS)
 
 
 def image_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int = 0, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
@@ -56,17 +78,39 @@ def image_key(digest: str) -> int:
     return int(digest[:16], 16)
 
 
-@torch.inference_mode()
-def forward_batches(model: TransferModel, loader, stop: int, progress=None, description: str = "frozen stages") -> Iterator[np.ndarray]:
-    """Run stages ``[0, stop)`` of ``model`` (pooled features when ``stop`` is past the last stage) over ``loader``."""
-    model.eval()
-    task = progress.add_task(description, total=len(loader.dataset), status="") if progress is not None else None
-    for inputs, _ in loader:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-        outputs = model.forward_features(inputs) if stop >= len(model.stages) else model.forward_stages(inputs, 0, stop)
+class FrozenForward(torch.utils.data.Dataset):
+    """The frozen pass as a dataset: a list of image keys in, the activations of stages ``[0, stop)``
+    for those images out (pooled features when ``stop`` is past the last stage). A DataLoader over
+    it runs whole batches, decoding included, in its worker processes."""
+
+    def __init__(self, model: TransferModel, images: ImageDataset, stop: int):
+        self.model = model.eval()
+        self.images = images
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, keys: Sequence) -> torch.Tensor:
+        inputs = torch.stack([self.images[key][0] for key in keys]).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.stop >= len(self.model.stages):
+                return self.model.forward_features(inputs)
+            return self.model.forward_stages(inputs, 0, self.stop)
+
+
+def forward_batches(model: TransferModel, images: ImageDataset, stop: int, *, workers: int, sampler: torch.utils.data.Sampler | None = None,
+                    progress=None, description: str = "frozen stages") -> Iterator[np.ndarray]:
+    """Activations of stages ``[0, stop)`` of ``model`` for ``images`` (in ``sampler``'s order), batch by batch,
+    computed by ``workers`` processes of one thread each (0: in this process, on torch's threads)."""
+    batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(images)), FORWARD_BATCH, drop_last=False)
+    loader = torch.utils.data.DataLoader(FrozenForward(model, images, stop), batch_size=None, sampler=batches, num_workers=workers,
+                                         worker_init_fn=worker_init, prefetch_factor=2 if workers > 0 else None, generator=torch.Generator())
+    task = progress.add_task(description, total=len(images), status="") if progress is not None else None
+    for outputs in loader:
         yield outputs.float().contiguous().numpy()
         if task is not None:
-            progress.advance(task, len(inputs))
+            progress.advance(task, len(outputs))
     if task is not None:
         progress.remove_task(task)
 
@@ -100,12 +144,12 @@ def frozen_rows(
     model: TransferModel,
     items: Sequence[tuple[str, Any]],
     digests: Sequence[str],
-    transform,
+    preprocessing: Preprocessing,
     *,
     base: dict[str, Any],
     view: str = "clean",
     root: str | os.PathLike,
-    workers: int = 0,
+    workers: int | None = None,
     seed: int | None = None,
     round_: int | None = None,
     image_keys: Sequence[int] | None = None,
@@ -114,9 +158,14 @@ def frozen_rows(
 ) -> CachedRows:
     """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache (computing only what is missing).
 
-    ``round_`` (with ``seed``) makes ``transform`` a seeded augmentation: view number ``round_``.
+    Images are the clean view (``preprocessing.eval_transform``); with ``round_`` (and ``seed``) they are
+    augmented view number ``round_`` (``preprocessing.train_transform``, seeded per image).
+    ``workers``: processes of the frozen pass (default :func:`forward_workers`).
     """
     stop = base["stop"]
+    workers = forward_workers() if workers is None else workers
+
+    transform = preprocessing.eval_transform() if round_ is None else preprocessing.train_transform()
 
     def compute(positions: list[int]):
         keys = None if image_keys is None else [image_keys[p] for p in positions]
@@ -125,7 +174,7 @@ def frozen_rows(
         if round_ is not None:
             sampler = EpochSampler(len(subset), seed, shuffle=False)
             sampler.set_epoch(round_)
-        return forward_batches(model, image_loader(subset, FORWARD_BATCH, workers, sampler), stop, progress, description)
+        return forward_batches(model, subset, stop, workers=workers, sampler=sampler, progress=progress, description=description)
 
     return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
 
@@ -151,16 +200,21 @@ def build_inputs(
     views: int,
     seed: int,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     cache: bool,
     cache_dir: str | os.PathLike | None,
     progress=None,
 ) -> Inputs:
-    """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``."""
+    """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``.
+
+    ``workers``: image-decoding processes of the uncached loop and processes of the frozen pass
+    (default: :func:`default_workers` and :func:`forward_workers`).
+    """
     splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
     keys = {name: [image_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
-    eval_transform = preprocessing.eval_transform()
     if not cache or trainable_from == 0:
+        workers = default_workers() if workers is None else workers
+        eval_transform = preprocessing.eval_transform()
         train_transform = preprocessing.train_transform() if augment else eval_transform
         train = image_loader(ImageDataset(splits["train"], train_transform, seed=seed if augment else None, image_keys=keys["train"]),
                              batch_size, workers, EpochSampler(len(splits["train"]), seed))
@@ -170,22 +224,21 @@ def build_inputs(
     root = resolve_cache_dir(cache_dir)
     base = frozen_key(model, trainable_from, architecture, preprocessing)
 
-    def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, transform, round_: int | None, description: str) -> CachedRows:
-        return frozen_rows(model, items, [dataset.digest(path) for path, _ in items], transform, base=base, view=view, root=root, workers=workers,
+    def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str) -> CachedRows:
+        return frozen_rows(model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base, view=view, root=root, workers=workers,
                            seed=seed, round_=round_, image_keys=item_keys, progress=progress, description=description)
 
     if augment and views > 0:
-        train_transform = preprocessing.train_transform()
-        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{AUGMENTATION_RECIPE}", train_transform, v,
+        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{AUGMENTATION_RECIPE}", v,
                             f"frozen stages, train view {v}/{views}") for v in range(1, views + 1)]
     else:
-        train_views = [rows(splits["train"], keys["train"], "clean", eval_transform, None, "frozen stages, train")]
+        train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]
     train = image_loader(CachedViews(train_views, [label for _, label in splits["train"]], seed, keys["train"]), batch_size,
                          sampler=EpochSampler(len(splits["train"]), seed))
     evaluation = {}
     for name, items in splits.items():
         if name != "train":
-            cached = rows(items, keys[name], "clean", eval_transform, None, f"frozen stages, {name}")
+            cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
             evaluation[name] = image_loader(CachedViews([cached], [label for _, label in items], seed, keys[name]), batch_size)
     shape = train_views[0].row_shape
     return Inputs(train, evaluation, trainable_from, {

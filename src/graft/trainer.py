@@ -27,7 +27,7 @@ from graft.errors import ConfigError, RunFolderError, TrainingError
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.fileio import read_json
 from graft.freeze import FreezePlan, parameter_counts
-from graft.inputs import Inputs, build_inputs, default_workers
+from graft.inputs import Inputs, build_inputs
 from graft.model import TransferModel, build_transfer_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything
@@ -184,7 +184,6 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
 
 def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, model: TransferModel, plan: FreezePlan,
          checkpoint: tuple[FitState, dict, dict] | None, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
-    workers = default_workers() if num_workers is None else num_workers
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     title = f"{options.backbone}, {options.mode}"
     last_plot = [time.perf_counter()]
@@ -204,7 +203,7 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
         with make_progress(quiet) as progress:
             inputs = build_inputs(model, dataset, preprocessing, architecture=config["backbone"]["architecture"], trainable_from=plan.trainable_from,
                                   augment=options.augment, views=options.views, seed=options.seed, batch_size=options.batch_size,
-                                  workers=workers, cache=options.cache, cache_dir=options.cache_dir, progress=progress)
+                                  workers=num_workers, cache=options.cache, cache_dir=options.cache_dir, progress=progress)
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))

@@ -192,7 +192,7 @@ def train_multitask(
             first = next(iter(model.towers.values()))
             root = resolve_cache_dir(cache_dir)
             base = frozen_key(first, start, loaded.report.architecture, preprocessing)
-            tensors = {name: frozen_rows(first, items, [sha256_file(path) for path, _ in items], eval_transform, base=base, root=root, workers=workers,
+            tensors = {name: frozen_rows(first, items, [sha256_file(path) for path, _ in items], preprocessing, base=base, root=root, workers=num_workers,
                                          progress=progress, description=f"frozen trunk ({name})").materialize()
                        for name, items in (("train", train_items), ("valid", valid_items), ("test", test_items)) if items}
             make = lambda name, items, shuffle: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensors[name], _targets(items)), batch_size=batch_size,
