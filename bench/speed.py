@@ -76,6 +76,8 @@ def _raw_rate(variant: str, batch: int, seconds: float) -> dict:
 
     if variant == "onnxruntime":
         return _onnx_rate(batch, seconds)
+    if variant.endswith("@1thread"):  # one of several single-threaded processes (graft's frozen pass)
+        torch.set_num_threads(1)
     model, size = _build(variant)
     inputs = torch.randn(batch, 3, size, size)
     if "channels_last" in variant:
@@ -152,6 +154,23 @@ def _subprocess(task: str, argument: str, tuned: bool = True) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def _processes_rate(processes: int, argument: str) -> dict:
+    """``processes`` raw-rate subprocesses at once, one thread each: the machine's rate is their sum."""
+    results: list[dict] = [{}] * processes
+
+    def one(index: int) -> None:
+        results[index] = _subprocess("raw", argument)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(processes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    variant, batch, _ = argument.split(":")
+    return {"variant": f"{variant} x{processes} processes", "batch": int(batch), "images_per_second": sum(r.get("images_per_second", 0.0) for r in results),
+            "per_process": [r.get("images_per_second") for r in results]}
+
+
 def raw_rates(quick: bool) -> list[dict]:
     seconds = "4" if quick else "8"
     rows = []
@@ -164,6 +183,10 @@ def raw_rates(quick: bool) -> list[dict]:
         print(rows[-1], flush=True)
     for batch in (1, 8, 64):
         rows.append({"allocator": "tuned", **_subprocess("raw", f"channels_last+static:{batch}:{seconds}")})
+        print(rows[-1], flush=True)
+    cores = os.cpu_count() or 1
+    if cores > 1:  # whole batches in parallel, one single-threaded process per core (how graft's frozen pass runs)
+        rows.append({"allocator": "tuned", **_processes_rate(cores, f"channels_last+static@1thread:16:{seconds}")})
         print(rows[-1], flush=True)
     rows.append({"allocator": "tuned", **_subprocess("raw", f"onnxruntime:32:{seconds}")})
     print(rows[-1], flush=True)
@@ -280,6 +303,10 @@ def main() -> None:
     best = max((r for r in results["raw"] if r.get("variant", "").startswith(("eager", "channels", "static")) and "images_per_second" in r),
                key=lambda r: r["images_per_second"])
     results["raw_floor"] = {"variant": best["variant"], "batch": best["batch"], "images_per_second": best["images_per_second"]}
+    # for comparison with earlier figures: the best rate of a single process (the floor before the frozen pass used processes)
+    single = max((r for r in results["raw"] if r.get("variant", "").startswith(("eager", "channels", "static")) and "processes" not in r.get("variant", "")
+                  and "images_per_second" in r), key=lambda r: r["images_per_second"])
+    results["raw_floor_one_process"] = {"variant": single["variant"], "batch": single["batch"], "images_per_second": single["images_per_second"]}
     results["pipeline"] = []
     for name in ("dogs-vs-cats-small", "sign-language-digits"):
         for workers in (0, 2):
@@ -292,7 +319,8 @@ def main() -> None:
         data = make_10k(Path(tempfile.gettempdir()) / "graft-10k")
         run = timed_train(data, scratch / "run-10k", scratch / "cache-10k")
         floor = 10_000 / best["images_per_second"]
-        results["ten_thousand"] = {**run, "images": 10_000, "one_forward_pass_seconds": floor, "ratio_wall": run["wall_seconds"] / floor}
+        results["ten_thousand"] = {**run, "images": 10_000, "one_forward_pass_seconds": floor, "ratio_wall": run["wall_seconds"] / floor,
+                                   "ratio_wall_one_process_floor": run["wall_seconds"] * single["images_per_second"] / 10_000}
         print(results["ten_thousand"], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "speed.json").write_text(json.dumps(results, indent=2))
