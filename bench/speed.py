@@ -226,7 +226,7 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
     def sample():
         while process.poll() is None:
             peak[0] = max(peak[0], _tree_rss(process.pid))
-            time.sleep(0.1)
+            time.sleep(0.5)  # each sample reads smaps of every process (~4 ms of CPU each): sparse, to leave the 2 cores to the run
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -287,14 +287,37 @@ def make_10k(target: Path, count: int = 10_000, seed: int = 0) -> Path:
     return target
 
 
+def repeat_ten_thousand(rounds: int) -> None:
+    data = make_10k(Path(tempfile.gettempdir()) / "graft-10k")
+    scratch = Path(tempfile.mkdtemp(prefix="graft-speed-"))
+    cores = os.cpu_count() or 1
+    rows = []
+    for number in range(rounds):
+        one_process = max(_subprocess("raw", f"{variant}:32:8")["images_per_second"] for variant in ("eager", "channels_last+static"))
+        processes = _processes_rate(cores, "channels_last+static@1thread:16:8")["images_per_second"] if cores > 1 else 0.0
+        floor = 10_000 / max(one_process, processes)
+        run = timed_train(data, scratch / f"run-{number}", scratch / f"cache-{number}")
+        rows.append({"round": number + 1, "raw_one_process": one_process, "raw_processes": processes, "one_forward_pass_seconds": floor,
+                     **run, "ratio_wall": run["wall_seconds"] / floor})
+        print(rows[-1], flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "speed_10k_repeats.json").write_text(json.dumps({"date": date.today().isoformat(), "rounds": rows}, indent=2))
+    print(f"wrote {OUT / 'speed_10k_repeats.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
     parser.add_argument("--skip-10k", action="store_true", help="skip the 10,000-image memory run")
+    parser.add_argument("--repeat-10k", type=int, metavar="N", help="only the 10,000-image ratio: N rounds of (raw floor, then the run), "
+                        "back to back, so that each ratio compares measurements minutes apart on this noisy machine")
     args = parser.parse_args()
     if args.inner:
         _inner(*args.inner)
+        return
+    if args.repeat_10k:
+        repeat_ten_thousand(args.repeat_10k)
         return
     scratch = Path(tempfile.mkdtemp(prefix="graft-speed-"))
     results: dict = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",

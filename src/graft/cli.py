@@ -119,7 +119,7 @@ def train(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Compute the frozen stages once per image and view and keep them on disk; --no-cache recomputes them every epoch.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or interrupted run folder from its last completed epoch (other options come from the run).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes: those of the frozen pass (default: one per core, each decoding and running the frozen stages) and, without the cache, image decoding (default: 0 on <= 2 cores).")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Tasks to learn: age,gender,race (preset names) or age:regression,gender:male/female,kind:classification.", rich_help_panel="Multi-task / multi-domain")] = None,

@@ -23,8 +23,9 @@ from graft.model import TransferModel
 from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.reproducibility import EpochSampler, item_seed, worker_init
 
-# Images per call of the frozen part's forward pass (in each worker process).
-FORWARD_BATCH = 16
+# Images per call of the frozen part's forward pass, in each worker process. On one thread 8 runs as fast
+# as 16 (61 vs 58 img/s here) and each worker's peak memory is ~150 MB lower (450 vs 600 MB PSS).
+FORWARD_BATCH = 8
 # Worker processes of the frozen pass, at most: each holds its own activations.
 MAX_FORWARD_WORKERS = 8
 
