@@ -59,9 +59,10 @@ def forward_workers() -> int:
     return 0 if cores < 2 else min(cores, MAX_FORWARD_WORKERS)
 
 
-def image_loader(dataset: torch.utils.data.Dataset, batch_size: int, workers: int = 0, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+def image_loader(dataset: torch.utils.data.Dataset, batch_size: int | None, workers: int = 0, sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
-    seed from it each epoch, so merely iterating a loader would change the dropout masks)."""
+    seed from it each epoch, so merely iterating a loader would change the dropout masks).
+    ``batch_size=None``: ``sampler`` yields whole batches of keys and the dataset returns whole batches."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -105,8 +106,7 @@ def forward_batches(model: TransferModel, images: ImageDataset, stop: int, *, wo
     """Activations of stages ``[0, stop)`` of ``model`` for ``images`` (in ``sampler``'s order), batch by batch,
     computed by ``workers`` processes of one thread each (0: in this process, on torch's threads)."""
     batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(images)), FORWARD_BATCH, drop_last=False)
-    loader = torch.utils.data.DataLoader(FrozenForward(model, images, stop), batch_size=None, sampler=batches, num_workers=workers,
-                                         worker_init_fn=worker_init, prefetch_factor=2 if workers > 0 else None, generator=torch.Generator())
+    loader = image_loader(FrozenForward(model, images, stop), None, workers, batches)
     task = progress.add_task(description, total=len(images), status="") if progress is not None else None
     for outputs in loader:
         yield outputs.float().contiguous().numpy()
@@ -165,7 +165,6 @@ def frozen_rows(
     """
     stop = base["stop"]
     workers = forward_workers() if workers is None else workers
-
     transform = preprocessing.eval_transform() if round_ is None else preprocessing.train_transform()
 
     def compute(positions: list[int]):
