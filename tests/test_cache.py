@@ -109,11 +109,23 @@ def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(c
 
 
 @pytest.mark.parametrize("round_", [None, 1])
-def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(class_folder, tmp_path, round_):
+def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(class_folder, tmp_path, round_, monkeypatch):
+    import os
+
     from graft.backbones import create_backbone
     from graft.data import scan_folder
-    from graft.inputs import frozen_key, frozen_rows
+    from graft.inputs import FrozenForward, frozen_key, frozen_rows
     from graft.model import build_transfer_model
+
+    where = tmp_path / "pids"
+    original = FrozenForward.__getitem__
+
+    def recorded(self, keys):  # forked workers inherit the patch; they append their pid to a file
+        with open(where, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return original(self, keys)
+
+    monkeypatch.setattr(FrozenForward, "__getitem__", recorded)
 
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size)
@@ -121,9 +133,13 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
     items = dataset.split("train")
     digests = [dataset.digest(path) for path, _ in items]
     base = frozen_key(model, 2, "tiny", loaded.preprocessing)
-    rows = {workers: frozen_rows(model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
-                                 seed=4, round_=round_, image_keys=list(range(len(items)))).materialize()
-            for workers in (0, 2)}
+    rows = {}
+    for workers in (0, 2):
+        where.write_text("")  # keeps the pids of the last pass only
+        rows[workers] = frozen_rows(model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
+                                    seed=4, round_=round_, image_keys=list(range(len(items)))).materialize()
+    pids = {int(pid) for pid in where.read_text().split()}
+    assert len(pids) == 2 and os.getpid() not in pids  # the second pass really ran in two other processes
     assert rows[0].shape[0] == len(items) == rows[2].shape[0]
     assert torch.allclose(rows[0], rows[2], atol=1e-5)  # same images, same order, same views; threads may round differently
 
