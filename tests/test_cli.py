@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -46,6 +47,20 @@ def test_unknown_backbone_exit_code_and_hint(class_folder, tmp_path):
     result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", "resnet5O"])
     assert result.exit_code == 4
     assert "unknown backbone" in result.output and "did you mean" in result.output
+
+
+def test_negative_workers_is_a_message_before_any_work(class_folder, tmp_path):
+    import graft
+    from graft.errors import ConfigError
+
+    result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", TINY_BACKBONE, "--from-scratch",
+                                 "--workers", "-1"])
+    assert result.exit_code != 0 and "--workers must be 0 or more" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before the run folder or the data were touched
+    with pytest.raises(ConfigError, match="--workers"):
+        graft.resume(tmp_path / "run", num_workers=-2)
+    with pytest.raises(ConfigError, match="--workers"):
+        graft.train_multitask(class_folder, tmp_path / "mt", labels="utkface", tasks="gender", num_workers=-1)
 
 
 def test_cli_reexecs_with_allocator_thresholds(tmp_path):

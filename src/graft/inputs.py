@@ -19,6 +19,7 @@ import torch
 
 from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
 from graft.data import Dataset, ImageDataset
+from graft.errors import ConfigError
 from graft.model import TransferModel
 from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.reproducibility import EpochSampler, item_seed, worker_init
@@ -36,6 +37,12 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def check_workers(num_workers: int | None) -> None:
+    """``--workers`` is checked before any work starts (the DataLoader would only fail at the frozen pass)."""
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"--workers must be 0 or more (0: no worker processes); got {num_workers}")
 
 
 def default_workers() -> int:

@@ -27,7 +27,7 @@ from graft.errors import ConfigError, RunFolderError, TrainingError
 from graft.evaluation import classification_metrics, predict_probabilities
 from graft.fileio import read_json
 from graft.freeze import FreezePlan, parameter_counts
-from graft.inputs import Inputs, build_inputs
+from graft.inputs import Inputs, build_inputs, check_workers
 from graft.model import TransferModel, build_transfer_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything
@@ -112,6 +112,7 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     """Train from scratch of the run folder ``out``; returns the ``train`` JSON summary."""
     began = time.perf_counter()
     options.validate()
+    check_workers(num_workers)
     run = RunFolder(out)
     run.prepare()
     run.refuse_unfinished()
@@ -164,6 +165,7 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
 def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue a run that was killed or interrupted, from its last completed epoch."""
     began = time.perf_counter()
+    check_workers(num_workers)
     run = RunFolder(out)
     config = run.config_to_resume()
     options = TrainOptions.from_dict(config["options"])

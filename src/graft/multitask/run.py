@@ -30,7 +30,7 @@ from graft.checkpoint import read_checkpoint, write_checkpoint
 from graft.errors import ConfigError, DataError, RunFolderError
 from graft.cache import resolve_cache_dir
 from graft.fileio import read_json, sha256_file
-from graft.inputs import default_workers, frozen_key, frozen_rows
+from graft.inputs import check_workers, default_workers, frozen_key, frozen_rows
 from graft.freeze import parameter_counts
 from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, decode, fit_multitask, target_scales, task_metrics
 from graft.multitask.model import MultiTaskModel, build_multitask_model
@@ -118,6 +118,7 @@ def train_multitask(
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1; got {value}")
+    check_workers(num_workers)
     if (domains is None) == (data is None):
         raise ConfigError("give either DATA with --labels/--tasks, or --domain NAME=PATH (at least two), not both")
     if data is not None and not labels:
