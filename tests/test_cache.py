@@ -153,3 +153,30 @@ def test_the_frozen_pass_runs_one_process_per_core(monkeypatch):
     assert inputs.forward_workers() == 2
     monkeypatch.setattr(inputs, "usable_cores", lambda: 64)
     assert inputs.forward_workers() == inputs.MAX_FORWARD_WORKERS
+
+
+def test_a_batch_of_rows_is_gathered_across_chunks_in_the_order_asked(tmp_path):
+    cached_rows(ActivationStore(tmp_path, _key()), ["d0", "d1"], _computer([]))
+    rows = cached_rows(ActivationStore(tmp_path, _key()), ["d0", "d1", "d2", "d3"], _computer([]))  # two chunks
+    assert len(rows.chunks) == 2
+    order = [3, 0, 2, 2, 1]
+    assert rows.rows(order)[:, 0, 0].tolist() == [3.0, 0.0, 2.0, 2.0, 1.0]
+    assert torch.equal(rows.rows(order), torch.stack([rows[i] for i in order]))
+
+
+def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path):
+    from graft.inputs import CachedViews
+
+    views = []
+    for view in range(3):
+        def compute(positions, view=view):
+            for position in positions:
+                yield np.full((1, 2), 10.0 * view + position, dtype=np.float32)
+        views.append(cached_rows(ActivationStore(tmp_path, _key(view=f"v{view}")), [f"d{i}" for i in range(6)], compute))
+    dataset = CachedViews(views, labels=[0, 1, 0, 1, 0, 1], seed=3, image_keys=[11, 12, 13, 14, 15, 16])
+    keys = [(epoch, index) for epoch in (1, 2) for index in (5, 0, 3)]
+    batch = dataset.__getitems__(keys)
+    assert [float(row[0]) for row, _ in batch] == [10.0 * dataset.view_of(epoch, index) + index for epoch, index in keys]
+    assert [label for _, label in batch] == [1, 0, 1, 1, 0, 1]
+    assert len({dataset.view_of(epoch, index) for epoch, index in keys}) > 1, "the keys should span several views"
+    assert float(dataset[(2, 3)][0][0]) == 10.0 * dataset.view_of(2, 3) + 3

@@ -21,7 +21,7 @@ from PIL import Image
 
 import graft
 from graft import checking
-from graft.data import load_image, scan_folder
+from graft.data import IMAGE_EXTENSIONS, load_image, scan_folder
 from graft.errors import DataError
 from tests.conftest import COLOURS, SHARED_DATASETS, TINY_BACKBONE, make_image
 
@@ -281,3 +281,26 @@ def test_real_3024px_phone_photos_in_sign_language_digits_are_used():
     assert all(v.usable for v in verdicts), [v.reason for v in verdicts]
     image = load_image(big[0])
     assert image.size == (3024, 3024) and image.mode == "RGB"
+
+
+def test_checking_in_processes_gives_the_verdicts_of_checking_one_by_one(tmp_path, monkeypatch):
+    """Every fault case, among enough good files to be split over two processes: same verdicts, same order."""
+    root = _good_dataset(tmp_path / "data", per_class=70)
+    for case, (builder, filename, _) in sorted(FILE_CASES.items()):
+        builder(root / "red" / f"{case}_{filename}")
+    paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    pools = []
+
+    class CountedPool(checking.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(kwargs["max_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(checking, "ProcessPoolExecutor", CountedPool)
+    one_by_one = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=1)
+    in_processes = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=2)
+    assert pools == [2]
+    assert in_processes == one_by_one
+    rejected = {Path(v.path).name.split("_")[0] for v in one_by_one if not v.usable}
+    # hidden files are left out by the scan, not by the check
+    assert rejected == {case.split("_")[0] for case, (*_, expected) in FILE_CASES.items() if expected != "usable" and expected[0] == "skipped" and case != "hidden_file"}

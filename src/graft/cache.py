@@ -88,12 +88,26 @@ class CachedRows:
         return tuple(next(iter(self.chunks.values())).shape[1:]) if self.chunks else ()
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        chunk, row = self.locations[index]
-        return torch.from_numpy(np.array(self.chunks[chunk][row]))
+        return self.rows([index])[0]
+
+    def rows(self, indices: Sequence[int]) -> torch.Tensor:
+        """The rows at ``indices``, stacked in that order: one gather per chunk rather than one read
+        per row (a batch of pooled features costs ~0.1 ms instead of ~1 ms)."""
+        by_chunk: dict[str, tuple[list[int], list[int]]] = {}
+        for position, index in enumerate(indices):
+            chunk, row = self.locations[index]
+            positions, rows = by_chunk.setdefault(chunk, ([], []))
+            positions.append(position)
+            rows.append(row)
+        first = next(iter(self.chunks.values()))
+        out = np.empty((len(indices), *first.shape[1:]), dtype=first.dtype)
+        for chunk, (positions, rows) in by_chunk.items():
+            out[positions] = self.chunks[chunk][rows]
+        return torch.from_numpy(out)
 
     def materialize(self) -> torch.Tensor:
         """All rows as one in-memory tensor (small caches only, e.g. pooled features)."""
-        return torch.stack([self[i] for i in range(len(self))]) if self.locations else torch.zeros(0)
+        return self.rows(range(len(self))) if self.locations else torch.zeros(0)
 
 
 class ActivationStore:

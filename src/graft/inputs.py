@@ -21,6 +21,7 @@ from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows,
 from graft.data import Dataset, ImageDataset
 from graft.errors import ConfigError
 from graft.model import TransferModel
+from graft.perf import usable_cores
 from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.reproducibility import EpochSampler, item_seed, worker_init
 
@@ -29,14 +30,6 @@ from graft.reproducibility import EpochSampler, item_seed, worker_init
 FORWARD_BATCH = 8
 # Worker processes of the frozen pass, at most: each holds its own activations.
 MAX_FORWARD_WORKERS = 8
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the OS tells; else all of them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_workers(num_workers: int | None) -> None:
@@ -139,8 +132,24 @@ class CachedViews(torch.utils.data.Dataset):
         return 0 if len(self.views) == 1 else item_seed(self.seed, epoch, self.image_keys[index]) % len(self.views)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        return self.views[self.view_of(epoch, index)][index], self.labels[index]
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence) -> list[tuple[torch.Tensor, int]]:
+        """A whole batch at once (the DataLoader asks so): one gather per view instead of a read per row."""
+        pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        indices = [index for _, index in pairs]
+        if len(self.views) == 1:
+            batch = self.views[0].rows(indices)
+        else:
+            chosen = np.array([self.view_of(epoch, index) for epoch, index in pairs])
+            batch = None
+            for view in np.unique(chosen):
+                positions = np.flatnonzero(chosen == view)
+                rows = self.views[view].rows([indices[p] for p in positions])
+                if batch is None:
+                    batch = rows.new_empty((len(pairs), *rows.shape[1:]))
+                batch[positions] = rows
+        return list(zip(batch.unbind(0), (self.labels[index] for index in indices))) if pairs else []
 
 
 def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:

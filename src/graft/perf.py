@@ -1,4 +1,4 @@
-"""Process set-up that makes PyTorch fast on a small CPU.
+"""Process set-up that makes PyTorch fast on a small CPU, and how many cores there are to use.
 
 glibc's default allocator returns large freed blocks to the OS and maps them again on the next
 batch; on a 2-core machine over half the CPU time went to those page faults. Raising the mmap
@@ -16,6 +16,14 @@ import sys
 
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 OPT_OUT = "GRAFT_ALLOCATOR"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS tells; else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def allocator_tuned(environ: dict[str, str] | None = None) -> bool:
