@@ -287,17 +287,26 @@ def make_10k(target: Path, count: int = 10_000, seed: int = 0) -> Path:
     return target
 
 
+def _floor_rate(cores: int) -> dict:
+    """The raw floor now: the best of one process with two threads and one single-threaded process per core."""
+    one_process = max(_subprocess("raw", f"{variant}:32:8")["images_per_second"] for variant in ("eager", "channels_last+static"))
+    processes = _processes_rate(cores, "channels_last+static@1thread:16:8")["images_per_second"] if cores > 1 else 0.0
+    return {"one_process": one_process, "processes": processes, "best": max(one_process, processes)}
+
+
 def repeat_ten_thousand(rounds: int) -> None:
+    """Rounds of (floor, run, floor): the machine's speed drifts by 10-20% within minutes, so the run is
+    compared with the mean of the floors measured just before and just after it."""
     data = make_10k(Path(tempfile.gettempdir()) / "graft-10k")
     scratch = Path(tempfile.mkdtemp(prefix="graft-speed-"))
     cores = os.cpu_count() or 1
     rows = []
     for number in range(rounds):
-        one_process = max(_subprocess("raw", f"{variant}:32:8")["images_per_second"] for variant in ("eager", "channels_last+static"))
-        processes = _processes_rate(cores, "channels_last+static@1thread:16:8")["images_per_second"] if cores > 1 else 0.0
-        floor = 10_000 / max(one_process, processes)
+        before = _floor_rate(cores)
         run = timed_train(data, scratch / f"run-{number}", scratch / f"cache-{number}")
-        rows.append({"round": number + 1, "raw_one_process": one_process, "raw_processes": processes, "one_forward_pass_seconds": floor,
+        after = _floor_rate(cores)
+        floor = 10_000 / ((before["best"] + after["best"]) / 2)
+        rows.append({"round": number + 1, "floor_before": before, "floor_after": after, "one_forward_pass_seconds": floor,
                      **run, "ratio_wall": run["wall_seconds"] / floor})
         print(rows[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -310,7 +319,7 @@ def main() -> None:
     parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
     parser.add_argument("--skip-10k", action="store_true", help="skip the 10,000-image memory run")
-    parser.add_argument("--repeat-10k", type=int, metavar="N", help="only the 10,000-image ratio: N rounds of (raw floor, then the run), "
+    parser.add_argument("--repeat-10k", type=int, metavar="N", help="only the 10,000-image ratio: N rounds of (raw floor, the run, raw floor), "
                         "back to back, so that each ratio compares measurements minutes apart on this noisy machine")
     args = parser.parse_args()
     if args.inner:
