@@ -103,3 +103,24 @@ def test_static_padding_gives_identical_outputs_and_falls_back_for_other_sizes()
         for size in (224, 200):
             x = torch.randn(2, 3, size, size)
             assert torch.equal(static(x), dynamic(x)), size
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
+def test_folding_batchnorm_removes_every_batchnorm_and_keeps_the_features(name):
+    from graft.backbones.folding import fold_batchnorm
+    from graft.model import build_transfer_model
+
+    backbone = create_backbone(name)
+    size = backbone.preprocessing.input_size
+    model = build_transfer_model(backbone.model, "linear", 3, input_size=size).eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.stages.modules())
+    frozen = model.prefix(len(model.stages))
+    folded, count = fold_batchnorm(frozen, torch.randn(1, 3, size, size))
+    assert count == batchnorms > 40
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, actual = model.forward_features(x), folded(x)
+    assert (expected - actual).abs().max() < 1e-4 * expected.abs().max()
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # the model itself is untouched

@@ -180,3 +180,26 @@ def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path
     assert [label for _, label in batch] == [1, 0, 1, 1, 0, 1]
     assert len({dataset.view_of(epoch, index) for epoch, index in keys}) > 1, "the keys should span several views"
     assert float(dataset[(2, 3)][0][0]) == 10.0 * dataset.view_of(2, 3) + 3
+
+
+def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_models_features(class_folder):
+    from graft.backbones import create_backbone
+    from graft.data import ImageDataset, scan_folder
+    from graft.inputs import FrozenForward
+    from graft.model import build_transfer_model
+
+    loaded = create_backbone(TINY_BACKBONE, pretrained=False)
+    model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size).eval()
+    generator = torch.Generator().manual_seed(0)
+    for batchnorm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics that folding must carry over
+        batchnorm.running_mean.copy_(torch.randn(batchnorm.num_features, generator=generator) * 0.1)
+        batchnorm.running_var.copy_(torch.rand(batchnorm.num_features, generator=generator) + 0.5)
+    images = ImageDataset(scan_folder(class_folder).split("train"), loaded.preprocessing.eval_transform())
+    frozen = FrozenForward(model, images, len(model.stages))
+    assert frozen.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.stages.modules()) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.frozen.modules())
+    rows = frozen[[0, 1, 2]]
+    with torch.no_grad():
+        expected = model.forward_features(torch.stack([images[i][0] for i in range(3)]))
+    assert rows.shape == expected.shape
+    assert (rows - expected).abs().max() < 1e-4 * expected.abs().max()

@@ -35,7 +35,8 @@ import torch
 from graft.errors import ConfigError
 from graft.fileio import atomic_write_json, read_json
 
-FORMAT_VERSION = 1
+# 2: rows computed with BatchNorm folded into the convolutions (equal to version 1's up to float rounding)
+FORMAT_VERSION = 2
 INDEX = "index.json"
 KEY = "key.json"
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from graft.backbones.folding import fold_batchnorm
 from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
 from graft.data import Dataset, ImageDataset
 from graft.errors import ConfigError
@@ -83,22 +84,26 @@ def image_key(digest: str) -> int:
 class FrozenForward(torch.utils.data.Dataset):
     """The frozen pass as a dataset: a list of image keys in, the activations of stages ``[0, stop)``
     for those images out (pooled features when ``stop`` is past the last stage). A DataLoader over
-    it runs whole batches, decoding included, in its worker processes."""
+    it runs whole batches, decoding included, in its worker processes. The stages run as a copy with
+    BatchNorm folded into the convolutions (:mod:`graft.backbones.folding`); ``model`` is untouched."""
 
     def __init__(self, model: TransferModel, images: ImageDataset, stop: int):
-        self.model = model.eval()
         self.images = images
-        self.stop = stop
+        self.frozen, self.folded = model.prefix(stop).eval(), 0
+        if len(images):
+            self.frozen, self.folded = fold_batchnorm(self.frozen, _batch([images[0][0]]))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, keys: Sequence) -> torch.Tensor:
-        inputs = torch.stack([self.images[key][0] for key in keys]).contiguous(memory_format=torch.channels_last)
+        inputs = _batch([self.images[key][0] for key in keys])
         with torch.inference_mode():
-            if self.stop >= len(self.model.stages):
-                return self.model.forward_features(inputs)
-            return self.model.forward_stages(inputs, 0, self.stop)
+            return self.frozen(inputs)
+
+
+def _batch(images: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(images).contiguous(memory_format=torch.channels_last)
 
 
 def forward_batches(model: TransferModel, images: ImageDataset, stop: int, *, workers: int, sampler: torch.utils.data.Sampler | None = None,

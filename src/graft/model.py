@@ -32,11 +32,32 @@ class TransferModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Pooled feature vector, ``(batch, num_features)``."""
-        x = self.forward_stages(x, start)
-        return self.pool(x) if x.dim() == 4 else x
+        return _pooled(self.pool, self.forward_stages(x, start))
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         return self.head(self.forward_features(x, start))
+
+    def prefix(self, stop: int) -> nn.Module:
+        """Stages ``[0, stop)`` as one module sharing this model's layers (pooled features when ``stop``
+        covers every stage): the part a frozen pass computes."""
+        return _Prefix(list(self.stages.values())[:stop], self.pool if stop >= len(self.stages) else None)
+
+
+class _Prefix(nn.Module):
+    def __init__(self, stages: list[nn.Module], pool: nn.Module | None):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x if self.pool is None else _pooled(self.pool, x)
+
+
+def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Feature maps pooled to vectors (a stage may already end in pooled features)."""
+    return pool(x) if x.dim() == 4 else x
 
 
 def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
