@@ -100,9 +100,34 @@ def test_static_padding_gives_identical_outputs_and_falls_back_for_other_sizes()
     assert sum(isinstance(m, StaticPadConv2d) for m in static.modules()) == 5
     assert static.state_dict().keys() == dynamic.state_dict().keys()
     with torch.no_grad():
-        for size in (224, 200):
-            x = torch.randn(2, 3, size, size)
-            assert torch.equal(static(x), dynamic(x)), size
+        for size, batch in ((224, 2), (224, 16), (200, 2)):  # 16: the 1x1 convolutions take oneDNN's path on one thread too
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
+                assert torch.equal(static(x), dynamic(x)), (size, batch, memory_format)
+    # Stages that fine-tune get the same gradients (the dropped outputs carry none).
+    x = torch.randn(2, 3, 224, 224)
+    for model in (static, dynamic):
+        model.zero_grad()
+        model(x).square().sum().backward()
+    stem_static, stem_dynamic = static.conv_stem.weight.grad, dynamic.conv_stem.weight.grad
+    assert (stem_static - stem_dynamic).abs().max() <= 1e-5 * stem_dynamic.abs().max()  # summed in another order
+
+
+def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
+    """TensorFlow's (0, 1) padding of a 3x3 stride-2 layer becomes an even padding of 2 and one dropped
+    output row and column; (1, 2) of a 5x5 one becomes 3 and one dropped: no padded copy of the input."""
+    from torch.nn import functional as F
+
+    from graft.backbones.static_padding import StaticPadConv2d
+
+    for kernel, pad in ((3, (0, 1, 0, 1)), (5, (1, 2, 1, 2))):
+        torch.manual_seed(0)
+        source = torch.nn.Conv2d(4, 6, kernel, stride=2, bias=True)
+        conv = StaticPadConv2d(source, pad, (14, 14))
+        assert conv.padding == (pad[0] + 2,) * 2 and conv.skip == (1, 1)
+        x = torch.randn(3, 4, 14, 14)
+        expected = F.conv2d(F.pad(x, pad), source.weight, source.bias, stride=2)
+        assert torch.equal(conv(x), expected)
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])

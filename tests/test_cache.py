@@ -199,6 +199,8 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
     assert frozen.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.stages.modules()) > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.frozen.modules())
     rows = frozen[[0, 1, 2]]
+    assert isinstance(rows, np.ndarray)  # pickled through the pipe from a worker, not a shared-memory tensor
+    rows = torch.from_numpy(rows)
     with torch.no_grad():
         expected = model.forward_features(torch.stack([images[i][0] for i in range(3)]))
     assert rows.shape == expected.shape
