@@ -146,9 +146,9 @@ def _pipeline_rate(folder: Path, workers: int) -> dict:
     items = [item for split in dataset.splits.values() for item in split]
     loaded = create_backbone(BACKBONE)
     model = build_transfer_model(loaded.model, "linear", len(dataset.classes), input_size=loaded.preprocessing.input_size).to(memory_format=torch.channels_last)
-    images = ImageDataset(items, loaded.preprocessing.eval_transform())
+    pixels = ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False))
     began = time.perf_counter()
-    rows = sum(len(batch) for batch in forward_batches(model, images, len(model.stages), workers=workers))
+    rows = sum(len(batch) for batch in forward_batches(model, pixels, len(model.stages), loaded.preprocessing, workers=workers))
     elapsed = time.perf_counter() - began
     return {"folder": folder.name, "workers": workers, "images": rows, "seconds": elapsed, "images_per_second": rows / elapsed}
 

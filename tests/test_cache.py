@@ -194,8 +194,9 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
     for batchnorm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics that folding must carry over
         batchnorm.running_mean.copy_(torch.randn(batchnorm.num_features, generator=generator) * 0.1)
         batchnorm.running_var.copy_(torch.rand(batchnorm.num_features, generator=generator) + 0.5)
-    images = ImageDataset(scan_folder(class_folder).split("train"), loaded.preprocessing.eval_transform())
-    frozen = FrozenForward(model, images, len(model.stages))
+    items = scan_folder(class_folder).split("train")
+    images = ImageDataset(items, loaded.preprocessing.eval_transform())
+    frozen = FrozenForward(model, ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False)), len(model.stages), loaded.preprocessing)
     assert frozen.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.stages.modules()) > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.frozen.modules())
     rows = frozen[[0, 1, 2]]
@@ -205,3 +206,22 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
         expected = model.forward_features(torch.stack([images[i][0] for i in range(3)]))
     assert rows.shape == expected.shape
     assert (rows - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_a_batch_of_uint8_pixels_normalises_to_what_the_per_image_transform_gives_bit_for_bit(class_folder, augmented):
+    """The frozen pass decodes to uint8 and normalises whole batches (Preprocessing.normalize_batch):
+    the cache must hold the activations of exactly the pixels the per-image path would give."""
+    from graft.data import ImageDataset, scan_folder
+    from graft.preprocessing import Preprocessing
+
+    preprocessing = Preprocessing(input_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    items = scan_folder(class_folder).split("train")
+    make = preprocessing.train_transform if augmented else preprocessing.eval_transform
+    seed = 3 if augmented else None
+    normalised = ImageDataset(items, make(), seed=seed)
+    pixels = ImageDataset(items, make(normalize=False), seed=seed)
+    assert pixels[0][0].dtype == torch.uint8
+    keys = [(1, i) for i in range(len(items))]
+    batch = preprocessing.normalize_batch(torch.stack([pixels[key][0] for key in keys]))
+    assert torch.equal(batch, torch.stack([normalised[key][0] for key in keys]))
