@@ -175,11 +175,38 @@ def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path
         views.append(cached_rows(ActivationStore(tmp_path, _key(view=f"v{view}")), [f"d{i}" for i in range(6)], compute))
     dataset = CachedViews(views, labels=[0, 1, 0, 1, 0, 1], seed=3, image_keys=[11, 12, 13, 14, 15, 16])
     keys = [(epoch, index) for epoch in (1, 2) for index in (5, 0, 3)]
-    batch = dataset.__getitems__(keys)
-    assert [float(row[0]) for row, _ in batch] == [10.0 * dataset.view_of(epoch, index) + index for epoch, index in keys]
-    assert [label for _, label in batch] == [1, 0, 1, 1, 0, 1]
+    rows, labels = dataset[keys]
+    assert rows[:, 0].tolist() == [10.0 * dataset.view_of(epoch, index) + index for epoch, index in keys]
+    assert labels.tolist() == [1, 0, 1, 1, 0, 1] and labels.dtype == torch.int64
     assert len({dataset.view_of(epoch, index) for epoch, index in keys}) > 1, "the keys should span several views"
-    assert float(dataset[(2, 3)][0][0]) == 10.0 * dataset.view_of(2, 3) + 3
+
+
+def test_a_loader_of_cached_batches_gives_the_batches_of_a_per_row_loader(tmp_path):
+    """Whole-batch reads must not change what training sees: same batches, same order each epoch."""
+    from graft.inputs import cached_loader
+    from graft.reproducibility import EpochSampler
+
+    def compute(positions):
+        for position in positions:
+            yield np.full((1, 3), float(position), dtype=np.float32)
+
+    rows = cached_rows(ActivationStore(tmp_path, _key()), [f"d{i}" for i in range(11)], compute)
+    items = [(f"image{i}.png", i % 3) for i in range(11)]
+    pairs = list(zip(rows.materialize(), [label for _, label in items]))
+
+    def order(epoch, shuffle):
+        sampler = EpochSampler(11, 5, shuffle=shuffle)
+        sampler.set_epoch(epoch)
+        return [index for _, index in sampler]
+
+    for shuffle in (True, False):
+        loader = cached_loader([rows], items, seed=5, image_keys=list(range(11)), batch_size=4, shuffle=shuffle)
+        assert len(loader) == 3
+        for epoch in (1, 2):
+            loader.sampler.set_epoch(epoch)
+            per_row = torch.utils.data.DataLoader(pairs, batch_size=4, sampler=order(epoch, shuffle))
+            for (batch, labels), (expected, expected_labels) in zip(loader, per_row, strict=True):
+                assert torch.equal(batch, expected) and torch.equal(labels, expected_labels)
 
 
 def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_models_features(class_folder):

@@ -73,3 +73,13 @@ def test_cli_reexecs_with_allocator_thresholds(tmp_path):
     assert should_reexec(env) is True
     assert should_reexec({**env, "MALLOC_MMAP_THRESHOLD_": "1", "MALLOC_TRIM_THRESHOLD_": "1"}) is False
     assert should_reexec({**env, "GRAFT_ALLOCATOR": "system"}) is False
+
+
+@pytest.mark.parametrize("code, expected_status, expected_stderr", [(None, 0, ""), (3, 3, ""), ("stopped: reason", 1, "stopped: reason\n")])
+def test_the_command_ends_without_teardown_keeping_its_exit_status_and_output(code, expected_status, expected_stderr):
+    """graft's process ends with os._exit after a command (no 1.7 s of module teardown): buffered
+    output must still arrive and SystemExit's code must become the exit status."""
+    script = ("import sys; from graft.perf import exit_without_teardown; sys.stdout.write('buffered, no newline'); "
+              f"exit_without_teardown({code!r})")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (completed.returncode, completed.stdout, completed.stderr) == (expected_status, "buffered, no newline", expected_stderr)

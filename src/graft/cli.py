@@ -353,4 +353,8 @@ def main() -> None:
     """Entry point of the ``graft`` command."""
     if perf.should_reexec():
         perf.reexec_with_tuned_allocator(sys.argv[1:])
-    app()
+    try:
+        app()
+    except SystemExit as finished:
+        perf.exit_without_teardown(finished.code)
+    perf.exit_without_teardown(0)

@@ -115,9 +115,10 @@ class FrozenForward(torch.utils.data.Dataset):
             return self.frozen(inputs).float().contiguous().numpy()
 
 
-def _as_is(batch: np.ndarray) -> np.ndarray:
-    """Activations travel from the workers as numpy arrays, pickled through the pipe: a torch tensor
-    would go through a shared-memory file per batch, which cost the parent ~2 ms of CPU a batch."""
+def _as_is(batch):
+    """Datasets that return whole batches need no collating. (The frozen pass's activations travel from
+    the workers as numpy arrays, pickled through the pipe: a torch tensor would go through a
+    shared-memory file per batch, which cost the parent ~2 ms of CPU a batch.)"""
     return batch
 
 
@@ -138,7 +139,9 @@ def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, prepr
 
 
 class CachedViews(torch.utils.data.Dataset):
-    """Training rows from cached views: key ``(epoch, index)`` picks one of the image's views."""
+    """Training rows from cached views, a whole batch per read: keys ``(epoch, index)`` (from an
+    :class:`~graft.reproducibility.EpochSampler` with a ``batch_size``) pick one of each image's views.
+    A batch is one gather per view, not a read, a stack and a collate per row."""
 
     def __init__(self, views: Sequence[CachedRows], labels: Sequence[int], seed: int, image_keys: Sequence[int]):
         self.views = list(views)
@@ -152,25 +155,29 @@ class CachedViews(torch.utils.data.Dataset):
     def view_of(self, epoch: int, index: int) -> int:
         return 0 if len(self.views) == 1 else item_seed(self.seed, epoch, self.image_keys[index]) % len(self.views)
 
-    def __getitem__(self, key):
-        return self.__getitems__([key])[0]
-
-    def __getitems__(self, keys: Sequence) -> list[tuple[torch.Tensor, int]]:
-        """A whole batch at once (the DataLoader asks so): one gather per view instead of a read per row."""
-        pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
-        indices = [index for _, index in pairs]
+    def __getitem__(self, keys: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and labels of the batch ``keys``."""
+        indices = [index for _, index in keys]
+        labels = torch.tensor([self.labels[index] for index in indices], dtype=torch.int64)
         if len(self.views) == 1:
-            batch = self.views[0].rows(indices)
-        else:
-            chosen = np.array([self.view_of(epoch, index) for epoch, index in pairs])
-            batch = None
-            for view in np.unique(chosen):
-                positions = np.flatnonzero(chosen == view)
-                rows = self.views[view].rows([indices[p] for p in positions])
-                if batch is None:
-                    batch = rows.new_empty((len(pairs), *rows.shape[1:]))
-                batch[positions] = rows
-        return list(zip(batch.unbind(0), (self.labels[index] for index in indices))) if pairs else []
+            return self.views[0].rows(indices), labels
+        chosen = np.array([self.view_of(epoch, index) for epoch, index in keys])
+        batch = None
+        for view in np.unique(chosen):
+            positions = np.flatnonzero(chosen == view)
+            rows = self.views[view].rows([indices[p] for p in positions])
+            if batch is None:
+                batch = rows.new_empty((len(keys), *rows.shape[1:]))
+            batch[positions] = rows
+        return batch, labels
+
+
+def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, int]], seed: int, image_keys: Sequence[int], batch_size: int,
+                  shuffle: bool) -> torch.utils.data.DataLoader:
+    """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
+    a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives."""
+    return image_loader(CachedViews(views, [label for _, label in items], seed, image_keys), None,
+                        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size), collate_fn=_as_is)
 
 
 def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
@@ -270,13 +277,12 @@ def build_inputs(
                             f"frozen stages, train view {v}/{views}") for v in range(1, views + 1)]
     else:
         train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]
-    train = image_loader(CachedViews(train_views, [label for _, label in splits["train"]], seed, keys["train"]), batch_size,
-                         sampler=EpochSampler(len(splits["train"]), seed))
+    train = cached_loader(train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True)
     evaluation = {}
     for name, items in splits.items():
         if name != "train":
             cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
-            evaluation[name] = image_loader(CachedViews([cached], [label for _, label in items], seed, keys[name]), batch_size)
+            evaluation[name] = cached_loader([cached], items, seed, keys[name], batch_size, shuffle=False)
     shape = train_views[0].row_shape
     return Inputs(train, evaluation, trainable_from, {
         "cached": True, "cache_dir": str(root), "augment": augment and views > 0, "views": views if augment else 0,

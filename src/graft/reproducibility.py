@@ -62,21 +62,27 @@ class EpochSampler(torch.utils.data.Sampler):
     between worker processes. The training loop calls :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, batch_size: int | None = None):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.batch_size = batch_size
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.size if self.batch_size is None else -(-self.size // self.batch_size)
 
     def __iter__(self):
+        """Keys one by one, or with ``batch_size`` lists of them (the last one shorter): the batches a
+        DataLoader of that batch size would form, for datasets that read a whole batch at once."""
         order = np.random.default_rng([self.seed % 2**32, self.epoch]).permutation(self.size) if self.shuffle else range(self.size)
-        return iter([(self.epoch, int(index)) for index in order])
+        keys = [(self.epoch, int(index)) for index in order]
+        if self.batch_size is None:
+            return iter(keys)
+        return iter([keys[start:start + self.batch_size] for start in range(0, len(keys), self.batch_size)])
 
 
 def rng_state() -> dict[str, Any]:

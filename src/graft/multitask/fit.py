@@ -26,7 +26,7 @@ from graft.errors import ConfigError, TrainingError
 from graft.freeze import FreezePlan
 from graft.multitask.model import MultiTaskModel
 from graft.tasks import Task
-from graft.training import one_cycle
+from graft.training import adamw, one_cycle
 
 WEIGHTINGS = ("uncertainty", "equal")
 
@@ -219,7 +219,7 @@ def fit_multitask(
             groups.append({**group, "name": f"{name}.{group['name']}"})
     if loss.weighting == "uncertainty":
         groups.append({"name": "task_weights", "params": [loss.log_vars], "lr": plan.lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = adamw(groups)
     scheduler = one_cycle(optimizer, epochs * len(train_loader))
     state = MultiTaskState(model=model, loss=loss, optimizer=optimizer, scheduler=scheduler)
     if resume is not None:
