@@ -73,7 +73,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size if self.batch_size is None else -(-self.size // self.batch_size)
+        return self.size if self.batch_size is None else len(torch.utils.data.BatchSampler(range(self.size), self.batch_size, drop_last=False))
 
     def __iter__(self):
         """Keys one by one, or with ``batch_size`` lists of them (the last one shorter): the batches a
@@ -82,7 +82,7 @@ class EpochSampler(torch.utils.data.Sampler):
         keys = [(self.epoch, int(index)) for index in order]
         if self.batch_size is None:
             return iter(keys)
-        return iter([keys[start:start + self.batch_size] for start in range(0, len(keys), self.batch_size)])
+        return iter(torch.utils.data.BatchSampler(keys, self.batch_size, drop_last=False))
 
 
 def rng_state() -> dict[str, Any]:

@@ -27,10 +27,11 @@ class StaticPadConv2d(nn.Conv2d):
     def __init__(self, source: nn.Conv2d, pad: tuple[int, int, int, int], input_hw: tuple[int, int]):
         left, right, top, bottom = pad
         # Outputs to drop at the start of each axis, then the even padding that shifts the grid by them.
-        self.skip = tuple(math.ceil((after - before) / stride) for before, after, stride in ((top, bottom, source.stride[0]), (left, right, source.stride[1])))
-        padding = tuple(before + skip * stride for before, skip, stride in zip((top, left), self.skip, source.stride))
+        skip = tuple(math.ceil((after - before) / stride) for before, after, stride in ((top, bottom, source.stride[0]), (left, right, source.stride[1])))
+        padding = tuple(before + dropped * stride for before, dropped, stride in zip((top, left), skip, source.stride))
         super().__init__(source.in_channels, source.out_channels, source.kernel_size, source.stride,
                          padding, source.dilation, source.groups, source.bias is not None)
+        self.skip = skip
         self.weight = source.weight
         self.bias = source.bias
         self.input_hw = tuple(input_hw)
