@@ -3,7 +3,8 @@
 timm's ``tf_*`` models pad their stride-2 convolutions the TensorFlow way, computing the padding
 from the input's size on every call (``Conv2dSame``). graft always feeds one input size, so the
 padding is known in advance: each such layer becomes a plain convolution with that padding. Same
-parameters, same names, same outputs to the bit.
+parameters, same names, the same windows; outputs agree up to float rounding (the convolution
+kernel the CPU picks, and so its order of summation, can depend on the padding).
 
 TensorFlow pads stride-2 layers unevenly (one more zero on the right and bottom). Rather than an
 ``F.pad`` copy of the input (the largest tensors of the network: 17% of EfficientNet-Lite0's time on
