@@ -12,8 +12,9 @@ import graft
 from graft.backbones import create_backbone
 from graft.cli import app
 from graft.errors import ConfigError, RunFolderError
-from graft.multitask import MultiTaskLoss, build_multitask_model, fit_multitask
-from graft.multitask.fit import target_scales
+from graft.core.fit import fit
+from graft.multitask import MultiTaskObjective, build_multitask_model
+from graft.multitask.objective import target_scales
 from graft.strategies import plan_for_mode
 from graft.tasks import Task
 from tests.conftest import COLOURS, TINY_BACKBONE, make_image
@@ -52,8 +53,8 @@ def _batches(n=24, seed=0):
 
 def _fit(model, tasks, loader, tie):
     plan = plan_for_mode("finetune", model.stage_names, lr=1e-2, unfreeze=2)
-    loss = MultiTaskLoss(tasks, target_scales(tasks, torch.cat([t for _, t in loader]).numpy()), weighting="equal")
-    return fit_multitask(model, loss, plan, loader, loader, epochs=3, patience=10, tie=tie)
+    objective = MultiTaskObjective(tasks, target_scales(tasks, torch.cat([t for _, t in loader]).numpy()), weighting="equal", tie=tie)
+    return fit(model, objective, plan, loader, loader, epochs=3, patience=10)
 
 
 def test_soft_sharing_with_zero_tie_equals_independent_models():
@@ -88,14 +89,14 @@ def test_missing_labels_add_nothing_and_regression_is_standardised():
     targets = torch.tensor([[30.0, float("nan")], [float("nan"), 1.0], [50.0, 0.0]])
     scales = target_scales(tasks, targets.numpy())
     assert scales["age"].mean == 40.0 and scales["age"].std == 10.0
-    loss = MultiTaskLoss(tasks, scales, weighting="uncertainty", label_smoothing=0.0)
+    loss = MultiTaskObjective(tasks, scales, weighting="uncertainty", label_smoothing=0.0)
     outputs = {"age": torch.tensor([[-1.0], [123.0], [1.0]]), "gender": torch.tensor([[9.0, -9.0], [-5.0, 5.0], [5.0, -5.0]])}
     total, parts = loss(outputs, targets)
     assert parts["age"].item() == pytest.approx(0.0)  # (30-40)/10 = -1 and (50-40)/10 = 1 predicted exactly; row 2 ignored
     assert parts["gender"].item() < 1e-3
     assert loss.log_vars.requires_grad
     with pytest.raises(ConfigError, match="task-weighting"):
-        MultiTaskLoss(tasks, scales, weighting="magic")
+        MultiTaskObjective(tasks, scales, weighting="magic")
 
 
 @pytest.mark.parametrize("sharing,mode", [("hard", "extract"), ("soft", "finetune")])
@@ -182,9 +183,9 @@ def test_resuming_after_the_data_changed_is_refused(faces, tmp_path):
 
 def test_interrupting_a_multitask_run_says_how_to_resume_and_resume_finishes_it(faces, tmp_path, monkeypatch):
     from graft.errors import TrainingInterrupted
-    from graft.multitask import fit
+    from graft.core import fit
 
-    original = fit._train_epoch
+    original = fit._train_one_epoch
     calls = []
 
     def interrupted_in_epoch_two(*args, **kwargs):
@@ -193,12 +194,12 @@ def test_interrupting_a_multitask_run_says_how_to_resume_and_resume_finishes_it(
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fit, "_train_epoch", interrupted_in_epoch_two)
+    monkeypatch.setattr(fit, "_train_one_epoch", interrupted_in_epoch_two)
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted, match="interrupted") as raised:
         graft.train_multitask(faces, run, labels="utkface", tasks="age,gender", **_options(epochs=3))
     assert f"graft train --resume {run}" in raised.value.hint
     assert len(json.loads((run / "history.json").read_text())) == 1 and (run / "checkpoint.safetensors").is_file()
-    monkeypatch.setattr(fit, "_train_epoch", original)
+    monkeypatch.setattr(fit, "_train_one_epoch", original)
     summary = graft.resume(run, quiet=True, num_workers=0)
     assert summary["epochs_run"] == 3 and not (run / "checkpoint.safetensors").exists()

@@ -221,7 +221,7 @@ def test_a_full_disk_under_the_activation_cache_is_a_clear_error_not_a_crash(cla
 
 
 def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkeypatch):
-    from graft import training
+    from graft.core import fit as training
     from graft.errors import TrainingInterrupted
 
     original = training._run_epoch

@@ -17,7 +17,7 @@ from graft import plots, trainer
 from graft.backbones import create_backbone
 from graft.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
 from graft.errors import ConfigError
-from graft.evaluation import classification_metrics, predict_probabilities
+from graft.core.evaluation import classification_metrics, predict_probabilities
 from graft.inputs import default_workers, image_loader
 from graft.multitask.run import resume_multitask, train_multitask  # several tasks or domains in one model (hard or soft sharing)
 from graft.fileio import read_json

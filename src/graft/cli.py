@@ -161,7 +161,7 @@ def train(
             data, out, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, weighting=task_weighting, mode=mode,
             backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
             backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult, batch_size=batch_size, seed=seed, head=head,
-            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=True if augment is None else augment,
+            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=augment, views=views, head_epochs=head_epochs or 0, cache=cache,
             image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic,
         )
         if json_output:

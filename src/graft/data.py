@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from graft import checking
 from graft.errors import DataError
-from graft.fileio import sha256_file
+from graft.fileio import KnownDigests, sha256_file
 from graft.reproducibility import item_seed, seeded
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -28,7 +28,7 @@ IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "LICENSE", "LICENSE.tx
 
 
 @dataclass
-class Dataset:
+class Dataset(KnownDigests):
     """Labelled image files per split, the class names, and what was skipped."""
 
     root: str
@@ -50,12 +50,6 @@ class Dataset:
             "warnings": self.warnings,
             "sha256": self.sha256,
         }
-
-    def digest(self, path: str) -> str:
-        """The sha256 of a file's bytes (from the scan, or computed now when the scan did not inspect)."""
-        if path not in self.sha256:
-            self.sha256[path] = sha256_file(path)
-        return self.sha256[path]
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> "Dataset":
@@ -232,7 +226,8 @@ def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, 
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(path, label) pairs decoded and transformed on access, for a torch DataLoader.
+    """(path, label) pairs decoded and transformed on access, for a torch DataLoader. A label is a class
+    index, or a list of one value per task (multi-task runs).
 
     Indexed by position, or by ``(round, position)`` keys from an
     :class:`~graft.reproducibility.EpochSampler`: with a ``seed``, the random transform of an image
@@ -254,6 +249,8 @@ class ImageDataset(torch.utils.data.Dataset):
         round_, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.items[index]
         image = load_image(path)
+        if not isinstance(label, int):  # one label per task: a float32 row (NaN = missing), collated to (batch, tasks)
+            label = torch.tensor(label, dtype=torch.float32)
         if self.seed is None:
             return self.transform(image), label
         with seeded(item_seed(self.seed, round_, self.image_keys[index])):

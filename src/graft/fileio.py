@@ -61,3 +61,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class KnownDigests:
+    """A mixin for datasets with a ``sha256`` dict (path -> content hash, from their scan)."""
+
+    sha256: dict[str, str]
+
+    def digest(self, path: str) -> str:
+        """The sha256 of a file's bytes (from the scan, or computed now when the scan did not inspect)."""
+        if path not in self.sha256:
+            self.sha256[path] = sha256_file(path)
+        return self.sha256[path]

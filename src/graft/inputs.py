@@ -115,6 +115,11 @@ class FrozenForward(torch.utils.data.Dataset):
             return self.frozen(inputs).float().contiguous().numpy()
 
 
+def as_targets(labels: Sequence) -> torch.Tensor:
+    """Labels as one tensor: class indices (int64) for one task, rows of float32 (NaN = missing) for several."""
+    return torch.as_tensor(list(labels), dtype=None if not labels or isinstance(labels[0], int) else torch.float32)
+
+
 def _as_is(batch):
     """Datasets that return whole batches need no collating. (The frozen pass's activations travel from
     the workers as numpy arrays, pickled through the pipe: a torch tensor would go through a
@@ -143,9 +148,9 @@ class CachedViews(torch.utils.data.Dataset):
     :class:`~graft.reproducibility.EpochSampler` with a ``batch_size``) pick one of each image's views.
     A batch is one gather per view, not a read, a stack and a collate per row."""
 
-    def __init__(self, views: Sequence[CachedRows], labels: Sequence[int], seed: int, image_keys: Sequence[int]):
+    def __init__(self, views: Sequence[CachedRows], labels: Sequence, seed: int, image_keys: Sequence[int]):
         self.views = list(views)
-        self.labels = list(labels)
+        self.labels = as_targets(labels)
         self.seed = seed
         self.image_keys = list(image_keys)
 
@@ -158,7 +163,7 @@ class CachedViews(torch.utils.data.Dataset):
     def __getitem__(self, keys: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and labels of the batch ``keys``."""
         indices = [index for _, index in keys]
-        labels = torch.tensor([self.labels[index] for index in indices], dtype=torch.int64)
+        labels = self.labels[indices]
         if len(self.views) == 1:
             return self.views[0].rows(indices), labels
         chosen = np.array([self.view_of(epoch, index) for epoch, index in keys])
@@ -172,7 +177,7 @@ class CachedViews(torch.utils.data.Dataset):
         return batch, labels
 
 
-def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, int]], seed: int, image_keys: Sequence[int], batch_size: int,
+def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, Any]], seed: int, image_keys: Sequence[int], batch_size: int,
                   shuffle: bool) -> torch.utils.data.DataLoader:
     """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
     a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives."""

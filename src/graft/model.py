@@ -7,6 +7,7 @@ boundary can be fed straight into the trainable tail.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -24,11 +25,13 @@ class TransferModel(nn.Module):
     def stage_names(self) -> list[str]:
         return list(self.stages.keys())
 
+    def trunks(self) -> dict[str, "TransferModel"]:
+        """The parts a freeze plan applies to (the training loop's view of a model): this one."""
+        return {"": self}
+
     def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run stages ``start`` to ``stop`` (exclusive; default all), input to feature map."""
-        for stage in list(self.stages.values())[start:stop]:
-            x = stage(x)
-        return x
+        return _run_stages(list(self.stages.values())[start:stop], x)
 
     def forward_features(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Pooled feature vector, ``(batch, num_features)``."""
@@ -50,9 +53,16 @@ class _Prefix(nn.Module):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = stage(x)
+        x = _run_stages(self.stages, x)
         return x if self.pool is None else _pooled(self.pool, x)
+
+
+def _run_stages(stages, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:  # oneDNN's convolutions are much faster on channels-last tensors on a CPU (see BENCHMARKS.md)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for stage in stages:
+        x = stage(x)
+    return x
 
 
 def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -61,19 +71,23 @@ def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
-    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped).
+    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped)."""
+    from graft.heads import make_head
+
+    return wrap_backbone(backbone, lambda features: make_head(head, features, num_classes, dropout=dropout), input_size)
+
+
+def wrap_backbone(backbone: nn.Module, make_head_for: Callable[[int], nn.Module], input_size: int | None = None) -> TransferModel:
+    """A timm model's feature stages with the head ``make_head_for(num_features)``, channels-last.
 
     With ``input_size`` (the size preprocessing produces), TensorFlow-style dynamic padding is made
-    static for that size (an exact speed-up; see ``graft.backbones.static_padding``).
+    static for that size (the same windows, no padded copy; see ``graft.backbones.static_padding``).
     """
     from graft.backbones.stages import split_into_stages
     from graft.backbones.static_padding import make_padding_static
-    from graft.heads import make_head
 
     if input_size is not None:
         make_padding_static(backbone, input_size)
-
     num_features = int(backbone.num_features)
-    model = TransferModel(split_into_stages(backbone), make_head(head, num_features, num_classes, dropout=dropout), num_features)
-    # oneDNN's convolutions are much faster on channels-last tensors on a CPU (see BENCHMARKS.md)
+    model = TransferModel(split_into_stages(backbone), make_head_for(num_features), num_features)
     return model.to(memory_format=torch.channels_last)

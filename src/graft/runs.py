@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from graft.backbones import create_backbone
+from graft.core.callbacks import Callback
+from graft.core.checkpoint import save_checkpoint
 from graft.data import ImageDataset, collect_image_paths
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_json, load_tensors, read_json
@@ -94,6 +97,25 @@ class RunFolder:
         atomic_save_tensors(self.path / WEIGHTS, state, metadata)
 
 
+class SaveEveryEpoch(Callback):
+    """After each epoch: history, the best weights (when they improved) and a checkpoint, each written
+    atomically; the learning curve too, at most every ``plot_every`` seconds (a live curve for long
+    runs; short epochs would pay more for plots than for training)."""
+
+    def __init__(self, run: RunFolder, plot: Callable[[list[dict]], None], plot_every: float = 30.0):
+        self.run, self.plot, self.plot_every = run, plot, plot_every
+        self.last_plot = time.perf_counter()
+
+    def after_epoch(self, state) -> None:
+        self.run.write_json(HISTORY, state.history)
+        if state.improved:
+            self.run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
+        save_checkpoint(self.run / CHECKPOINT, state)
+        if time.perf_counter() - self.last_plot > self.plot_every:
+            self.plot(state.history)
+            self.last_plot = time.perf_counter()
+
+
 @dataclass
 class TrainedModel:
     """A trained classifier loaded from a run folder: ``predict`` images, ``evaluate`` on data."""
@@ -106,7 +128,7 @@ class TrainedModel:
 
     def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
         """Label and class probabilities for each image (files or folders)."""
-        from graft.evaluation import predict_probabilities
+        from graft.core.evaluation import predict_probabilities
 
         paths = collect_image_paths(images)
         dataset = ImageDataset([(path, -1) for path in paths], self.preprocessing.eval_transform())

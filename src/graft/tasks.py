@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from graft.errors import ConfigError, DataError
-from graft.fileio import sha256_file
+from graft.fileio import KnownDigests, sha256_file
 
 TASK_KINDS = ("classification", "regression")
 SPLITS = ("train", "valid", "test")
@@ -127,7 +127,7 @@ def parse_tasks(spec: str | Sequence[str] | None, known: Sequence[Task] = ()) ->
 
 
 @dataclass
-class MultiTaskDataset:
+class MultiTaskDataset(KnownDigests):
     """Images with one label per task (NaN = missing), split into train/valid/test, plus what was skipped."""
 
     root: str
@@ -136,6 +136,7 @@ class MultiTaskDataset:
     splits: dict[str, list[tuple[str, list[float]]]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     duplicates: dict[str, Any] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)  # content hash by path (keys the activation cache)
 
     def split(self, name: str) -> list[tuple[str, list[float]]]:
         return self.splits.get(name, [])
@@ -326,7 +327,7 @@ def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[s
         items = [items[i] for i in keep]
         source = {**source, "subset": limit}
     splits, duplicates = group_split(items, (valid_fraction, test_fraction), seed, hashes)
-    return MultiTaskDataset(root=str(root), source=source, tasks=chosen, splits=splits, skipped=skipped, duplicates=duplicates)
+    return MultiTaskDataset(root=str(root), source=source, tasks=chosen, splits=splits, skipped=skipped, duplicates=duplicates, sha256=hashes)
 
 
 def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
@@ -341,7 +342,7 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
 
     if not domains:
         raise ConfigError("multi-domain training needs --domain NAME=PATH (one per domain; one domain alone is a single-task baseline)")
-    tasks, splits, skipped, sources = [], {name: [] for name in SPLITS}, [], {}
+    tasks, splits, skipped, sources, hashes = [], {name: [] for name in SPLITS}, [], {}, {}
     for position, (name, spec) in enumerate(domains.items()):
         spec = str(spec)
         path, labels, task_name = (spec.split(":") + ["", ""])[:3] if spec.count(":") == 2 else (spec, "", "")
@@ -350,11 +351,13 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
             classes = part.tasks[0].classes
             domain_splits = {k: [(p, v[0]) for p, v in items] for k, items in part.splits.items()}
             skipped += part.skipped
+            hashes.update(part.sha256)
         else:
             folder = scan_folder(path, valid_fraction=valid_fraction, seed=seed)
             classes = tuple(folder.classes)
             domain_splits = {k: [(p, float(v)) for p, v in items] for k, items in folder.splits.items()}
             skipped += folder.skipped
+            hashes.update(folder.sha256)
             if "test" not in domain_splits and test_fraction > 0:  # plain class folders: hold out a stratified test split too
                 from sklearn.model_selection import train_test_split
 
@@ -375,4 +378,4 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
                 splits[split_name].append((path_, row))
     splits = {k: v for k, v in splits.items() if v}
     return MultiTaskDataset(root="", source={"kind": "domains", "domains": sources, **({"train_limit": limit} if limit else {})},
-                            tasks=tasks, splits=splits, skipped=skipped)
+                            tasks=tasks, splits=splits, skipped=skipped, sha256=hashes)

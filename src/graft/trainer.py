@@ -4,7 +4,7 @@
 advice already applied) in ``config.json``, so ``resume`` rebuilds the same model, freeze plan,
 split and inputs and continues from ``checkpoint.safetensors``. The steps: scan the data, build the
 model and its freeze plan, print the plan, compute the frozen part once (``graft.inputs``), run the
-loop (``graft.training``) writing history, best weights and a checkpoint after each epoch, then
+loop (``graft.core.fit``) writing history, best weights and a checkpoint after each epoch, then
 evaluate and write metrics, plots and the report.
 """
 
@@ -19,25 +19,27 @@ from typing import Any
 
 from graft import plots, report
 from graft.backbones import create_backbone
-from graft.checkpoint import load_checkpoint, save_checkpoint
 from graft.console import progress as make_progress
 from graft.console import stderr, table
+from graft.core.callbacks import ProgressBars
+from graft.core.checkpoint import load_checkpoint
+from graft.core.evaluation import classification_metrics, predict_probabilities
+from graft.core.fit import FitState, fit
+from graft.core.objectives import Classification
+from graft.core.runtime import Runtime
 from graft.data import Dataset, scan_folder
 from graft.errors import ConfigError, RunFolderError, TrainingError
-from graft.evaluation import classification_metrics, predict_probabilities
 from graft.fileio import read_json
 from graft.freeze import FreezePlan, parameter_counts
 from graft.inputs import Inputs, build_inputs, check_workers
 from graft.model import TransferModel, build_transfer_model
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything
-from graft.runs import ADVICE, CHECKPOINT, CONFIG, CONFUSION, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, load_plan
+from graft.runs import ADVICE, CHECKPOINT, CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, load_plan
 from graft.strategies import AUTO, DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, DEFAULT_VIEWS, augment_by_default, plan_for_mode, resolve_auto
-from graft.training import FitState, fit
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
-PLOT_EVERY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=Preprocessing.from_dict(config["preprocessing"]).input_size)
     plan = load_plan(run.path)
     plan.apply(model)
-    checkpoint = load_checkpoint(run / CHECKPOINT, model) if has_checkpoint else None
+    checkpoint = load_checkpoint(run / CHECKPOINT, model, Classification()) if has_checkpoint else None
     if not quiet:
         where = f"after epoch {checkpoint[0].epoch}" if checkpoint else "from the start (no epoch had finished)"
         stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing {where}")
@@ -188,19 +190,10 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
          checkpoint: tuple[FitState, dict, dict] | None, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     title = f"{options.backbone}, {options.mode}"
-    last_plot = [time.perf_counter()]
-
-    def save_epoch(state: FitState) -> None:
-        history = [record.to_dict() for record in state.history]
-        run.write_json(HISTORY, history)
-        if state.improved:
-            run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
-        save_checkpoint(run / CHECKPOINT, state)
-        if time.perf_counter() - last_plot[0] > PLOT_EVERY_SECONDS:  # a live curve for long runs; short epochs would pay more for plots than for training
-            plots.learning_curve(history, run / LEARNING_CURVE, title=title)
-            last_plot[0] = time.perf_counter()
-
+    runtime = Runtime()
     resume_state, optimizer_state, scheduler_state = checkpoint if checkpoint else (None, None, None)
+    objective = resume_state.objective if resume_state is not None else Classification()
+    saver = SaveEveryEpoch(run, lambda history: plots.learning_curve(history, run / LEARNING_CURVE, title=title))
     try:
         with make_progress(quiet) as progress:
             inputs = build_inputs(model, dataset, preprocessing, architecture=config["backbone"]["architecture"], trainable_from=plan.trainable_from,
@@ -209,18 +202,18 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))
-            state = fit(model, plan, inputs.train, inputs.evaluation["valid"], epochs=options.epochs, head_epochs=options.head_epochs,
-                        patience=options.patience, start=inputs.start, on_epoch_end=save_epoch, progress=progress,
+            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=options.epochs, head_epochs=options.head_epochs,
+                        patience=options.patience, start=inputs.start, callbacks=[ProgressBars(progress), saver], runtime=runtime,
                         resume=resume_state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
             fitted = time.perf_counter()
-            metrics = _evaluate(model, inputs, dataset.classes, progress)
+            metrics = _evaluate(model, inputs, dataset.classes, runtime)
     except KeyboardInterrupt:
         raise run.interrupted() from None
     except TrainingError as error:
         kept = f"the best weights so far are in '{run / WEIGHTS}'" if (run / WEIGHTS).is_file() else "no epoch had finished"
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None
     metrics["best_epoch"] = state.best_epoch
-    plots.learning_curve([record.to_dict() for record in state.history], run / LEARNING_CURVE, title=title)
+    plots.learning_curve(state.history, run / LEARNING_CURVE, title=title)
     final_split = "test" if "test" in metrics else "valid"
     plots.confusion_matrix(metrics[final_split]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final_split})")
     seconds = time.perf_counter() - began
@@ -228,8 +221,7 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
     metrics["phase_seconds"] = {"prepare": prepared - began, "fit": fitted - prepared, "evaluate": time.perf_counter() - fitted}
     metrics["inputs"] = inputs.description
     run.write_json(METRICS, metrics)
-    history = [record.to_dict() for record in state.history]
-    (run / REPORT).write_text(report.render(run.path, config, plan.rows(model), history, metrics), encoding="utf-8")
+    (run / REPORT).write_text(report.render(run.path, config, plan.rows(model), state.history, metrics), encoding="utf-8")
     (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     summary = {
         "run": str(run.path),
@@ -262,10 +254,10 @@ def _describe_inputs(inputs: Inputs, seconds: float) -> str:
             f"for {views} ({seconds:.1f}s so far; cache: {described['cache_dir']})")
 
 
-def _evaluate(model: TransferModel, inputs: Inputs, classes: list[str], progress) -> dict[str, Any]:
+def _evaluate(model: TransferModel, inputs: Inputs, classes: list[str], runtime: Runtime) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for split, loader in inputs.evaluation.items():
-        probabilities, labels = predict_probabilities(model, loader, start=inputs.start, progress=progress, description=f"evaluate {split}")
+        probabilities, labels = predict_probabilities(model, loader, start=inputs.start, runtime=runtime)
         metrics[split] = classification_metrics(probabilities, labels, classes)
     return metrics
 

@@ -6,8 +6,8 @@
     graft.load("runs/faces").predict(["face.jpg"])   # {"tasks": {"age": {"value": ...}, "gender": {...}, ...}}
 """
 
-from graft.multitask.fit import MultiTaskLoss, fit_multitask, task_metrics
 from graft.multitask.model import MultiTaskModel, build_multitask_model
+from graft.multitask.objective import MultiTaskObjective, task_metrics
 from graft.multitask.run import MultiTaskTrainedModel, load_multitask_run, train_multitask
 
-__all__ = ["MultiTaskLoss", "MultiTaskModel", "MultiTaskTrainedModel", "build_multitask_model", "fit_multitask", "load_multitask_run", "task_metrics", "train_multitask"]
+__all__ = ["MultiTaskModel", "MultiTaskObjective", "MultiTaskTrainedModel", "build_multitask_model", "load_multitask_run", "task_metrics", "train_multitask"]

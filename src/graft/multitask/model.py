@@ -16,7 +16,7 @@ from torch import nn
 
 from graft.errors import ConfigError
 from graft.heads import make_head
-from graft.model import TransferModel
+from graft.model import TransferModel, wrap_backbone
 from graft.tasks import Task
 
 SHARING = ("hard", "soft")
@@ -45,6 +45,10 @@ class MultiTaskModel(nn.Module):
     def stage_names(self) -> list[str]:
         return next(iter(self.towers.values())).stage_names
 
+    def trunks(self) -> dict[str, TransferModel]:
+        """The parts a freeze plan applies to: every tower."""
+        return dict(self.towers.items())
+
     def forward(self, x: torch.Tensor, start: int = 0) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
         for tower in self.towers.values():
@@ -57,7 +61,7 @@ class MultiTaskModel(nn.Module):
         0 for hard sharing (one tower). The soft-sharing penalty is ``tie * tower_distance()``.
         """
         towers = list(self.towers.values())
-        total = torch.zeros(())
+        total = next(self.parameters()).new_zeros(())
         if len(towers) < 2:
             return total
         named = [dict(tower.stages.named_parameters()) for tower in towers]
@@ -75,10 +79,10 @@ class MultiTaskModel(nn.Module):
         return sum(p.numel() for p in first.stages.parameters() if p.requires_grad) if len(self.towers) > 1 else 0
 
 
-def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2) -> MultiTaskModel:
-    """``make_backbone()`` returns a fresh timm model with the pretrained weights (called once per tower)."""
-    from graft.backbones.stages import split_into_stages
-
+def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2,
+                          input_size: int | None = None) -> MultiTaskModel:
+    """``make_backbone()`` returns a fresh timm model with the pretrained weights (called once per tower);
+    each tower is built like a single-task model (:func:`graft.model.wrap_backbone`)."""
     if sharing not in SHARING:
         raise ConfigError(f"--sharing must be one of {', '.join(SHARING)}; got '{sharing}'")
     if len(tasks) < 1:
@@ -86,7 +90,5 @@ def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, he
     groups = [("shared", list(tasks))] if sharing == "hard" else [(task.name, [task]) for task in tasks]
     towers = OrderedDict()
     for name, members in groups:
-        backbone = make_backbone()
-        features = int(backbone.num_features)
-        towers[name] = TransferModel(split_into_stages(backbone), MultiHead(members, head, features, dropout), features)
+        towers[name] = wrap_backbone(make_backbone(), lambda features, members=members: MultiHead(members, head, features, dropout), input_size)
     return MultiTaskModel(towers, sharing)

@@ -2,10 +2,10 @@
 
 The run folder is the single-task one (config, freeze plan, safetensors weights, history, metrics,
 manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
-weighting, regression scales); ``graft.load`` dispatches on it. When the trunk below the trainable
-stages is frozen and inputs are not augmented, its activations are computed once and the trainable
-part trains on them, through the activation cache (:mod:`graft.cache`), so later runs with the same
-images and frozen stages reuse them.
+weighting, regression scales); ``graft.load`` dispatches on it. Inputs (:mod:`graft.inputs`: the
+activation cache, with augmented views when augmenting), the loop (:mod:`graft.core.fit`) and the
+checkpoint are those of single-task runs; only the model (a head per task, a tower per task under
+soft sharing) and the objective (:mod:`graft.multitask.objective`) differ.
 """
 
 from __future__ import annotations
@@ -19,48 +19,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from graft import plots
 from graft.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
-from graft.data import collect_image_paths, load_image
-from graft.checkpoint import read_checkpoint, write_checkpoint
+from graft.core.callbacks import ProgressBars
+from graft.core.checkpoint import load_checkpoint
+from graft.core.evaluation import collect_outputs
+from graft.core.fit import fit
+from graft.core.runtime import Runtime
+from graft.data import ImageDataset, collect_image_paths
 from graft.errors import ConfigError, DataError, RunFolderError
-from graft.cache import resolve_cache_dir
-from graft.fileio import read_json, sha256_file
-from graft.inputs import check_workers, default_workers, frozen_key, frozen_rows
+from graft.fileio import read_json
 from graft.freeze import parameter_counts
-from graft.multitask.fit import MultiTaskLoss, TargetScale, collect_outputs, decode, fit_multitask, target_scales, task_metrics
+from graft.inputs import build_inputs, check_workers, default_workers, image_loader
 from graft.multitask.model import MultiTaskModel, build_multitask_model
+from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
 from graft.preprocessing import Preprocessing
-from graft.reproducibility import seed_everything, worker_init
-from graft.runs import CHECKPOINT, CONFIG, HISTORY, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, load_weights
-from graft.strategies import plan_for_mode
+from graft.reproducibility import seed_everything
+from graft.runs import CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, SaveEveryEpoch, load_weights
+from graft.strategies import DEFAULT_VIEWS, augment_by_default, plan_for_mode
 from graft.tasks import Task, read_labels, scan_domains, scan_multitask
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-
-
-class LabelledImages(torch.utils.data.Dataset):
-    """``(path, [label per task])`` decoded on access; returns ``(image tensor, float32 labels, NaN = missing)``."""
-
-    def __init__(self, items: Sequence[tuple[str, Sequence[float]]], transform):
-        self.items = list(items)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        path, labels = self.items[index]
-        return self.transform(load_image(path)), torch.tensor(labels, dtype=torch.float32)
-
-
-def _loader(dataset, batch_size: int, shuffle: bool, workers: int, generator=None):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                                       persistent_workers=workers > 0, worker_init_fn=worker_init, generator=generator)
 
 
 def _targets(items) -> torch.Tensor:
@@ -88,7 +72,9 @@ def train_multitask(
     seed: int = 0,
     head: str = "linear",
     patience: int = 5,
-    augment: bool = True,
+    augment: bool | None = None,
+    views: int = DEFAULT_VIEWS,
+    head_epochs: int = 0,
     bn: str = "train",
     backbone_lr_mult: float = 0.1,
     valid_fraction: float = 0.15,
@@ -108,16 +94,21 @@ def train_multitask(
     ``sharing="hard"``: one trunk (frozen in ``mode="extract"``, last ``unfreeze`` stages trained in
     ``"finetune"``) and a head per task. ``sharing="soft"``: one tower per task from the same
     pretrained weights, with ``tie * sum of squared differences`` between the towers' trained
-    parameters added to the loss. Returns the JSON summary (per-task valid/test metrics).
+    parameters added to the loss. Inputs, the activation cache (``views`` augmented views when
+    augmenting), the head-first phase (``head_epochs``) and the loop are those of single-task runs.
+    Returns the JSON summary (per-task valid/test metrics).
     """
     began = time.perf_counter()
     # everything but where to write and how to show it: resume_multitask replays these arguments
     options = {name: str(value) if isinstance(value, os.PathLike) else value for name, value in locals().items()
                if name not in ("out", "quiet", "num_workers", "_resuming", "began")}
     epochs = 10 if epochs is None else epochs
+    augment = augment_by_default(mode) if augment is None else augment
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1; got {value}")
+    if views < 0 or head_epochs < 0:
+        raise ConfigError(f"--views and --head-epochs must be 0 or more; got {views} and {head_epochs}")
     check_workers(num_workers)
     if (domains is None) == (data is None):
         raise ConfigError("give either DATA with --labels/--tasks, or --domain NAME=PATH (at least two), not both")
@@ -132,23 +123,20 @@ def train_multitask(
     if _resuming and json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
         raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
                              hint="restore the data, or train again with another --out")
-    generator = seed_everything(seed, deterministic)
+    seed_everything(seed, deterministic)
     loaded = create_backbone(backbone, weights=weights, pretrained=pretrained)
     preprocessing = loaded.preprocessing if image_size is None else dataclasses.replace(loaded.preprocessing, input_size=int(image_size))
-    model = build_multitask_model(lambda: create_backbone(backbone, weights=weights, pretrained=pretrained).model, dataset.tasks, sharing, head)
+    model = build_multitask_model(lambda: create_backbone(backbone, weights=weights, pretrained=pretrained).model, dataset.tasks, sharing, head,
+                                  input_size=preprocessing.input_size)
     plan = plan_for_mode(mode, model.stage_names, lr=lr, unfreeze=unfreeze, backbone_lr_mult=backbone_lr_mult, bn_policy=bn)
     for tower in model.towers.values():
         plan.apply(tower)
     if sharing == "hard" and tie:
         raise ConfigError("--tie only applies to --sharing soft (hard sharing has one trunk)")
-    train_items, valid_items, test_items = dataset.split("train"), dataset.split("valid"), dataset.split("test")
-    scales = target_scales(dataset.tasks, _targets(train_items).numpy())
-    loss = MultiTaskLoss(dataset.tasks, scales, weighting)
-    use_cache = cache and plan.trainable_from > 0 and (plan.is_feature_extractor or not augment)
-    start = plan.trainable_from if use_cache else 0
+    scales = target_scales(dataset.tasks, _targets(dataset.split("train")).numpy())
+    objective = MultiTaskObjective(dataset.tasks, scales, weighting, tie=tie)
     counts = parameter_counts(model)
     run.require_space(model)
-    workers = default_workers() if num_workers is None else num_workers
     if not quiet:
         stderr.print(f"[bold]graft train[/] ({'multi-domain' if domains else 'multi-task'}, {sharing} sharing): "
                      + ", ".join(f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks) + "; "
@@ -157,8 +145,7 @@ def train_multitask(
         rows = plan.rows(next(iter(model.towers.values())))
         stderr.print(table(f"freeze plan per tower ({mode}, {backbone}, {len(model.towers)} tower(s))", ["part", "status", "params", "lr"],
                            [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}"] for r in rows]))
-        stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}"
-                     + (f"   inputs: activations cached at stage {start} ({model.stage_names[start] if start < len(model.stage_names) else 'pooled features'})" if use_cache else ""))
+        stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")
     config = {
         "kind": "multitask",
         "options": options,
@@ -177,8 +164,8 @@ def train_multitask(
         },
         "hyperparameters": {
             "epochs": epochs, "lr": plan.lr, "backbone_lr_mult": backbone_lr_mult, "batch_size": batch_size, "seed": seed, "patience": patience,
-            "augment": augment and not use_cache, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages), "valid_fraction": valid_fraction,
-            "test_fraction": test_fraction, "limit": limit, "time_budget": time_budget, "cached_inputs_from_stage": start if use_cache else None,
+            "augment": augment, "views": views, "head_epochs": head_epochs, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages),
+            "valid_fraction": valid_fraction, "test_fraction": test_fraction, "limit": limit, "time_budget": time_budget,
         },
         "params": counts,
     }
@@ -187,57 +174,37 @@ def train_multitask(
         run.write_json(MANIFEST, dataset.manifest())
         run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
 
-    eval_transform = preprocessing.eval_transform()
+    runtime = Runtime()
+    title = f"{backbone}, {sharing} sharing, {mode}"
+    saver = SaveEveryEpoch(run, lambda history: plots.task_curves(history, run / LEARNING_CURVE, title=title))
     with make_progress(quiet) as progress:
-        if use_cache:
-            first = next(iter(model.towers.values()))
-            root = resolve_cache_dir(cache_dir)
-            base = frozen_key(first, start, loaded.report.architecture, preprocessing)
-            tensors = {name: frozen_rows(first, items, [sha256_file(path) for path, _ in items], preprocessing, base=base, root=root, workers=num_workers,
-                                         progress=progress, description=f"frozen trunk ({name})").materialize()
-                       for name, items in (("train", train_items), ("valid", valid_items), ("test", test_items)) if items}
-            make = lambda name, items, shuffle: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensors[name], _targets(items)), batch_size=batch_size,
-                                                                             shuffle=shuffle, generator=generator if shuffle else None)
-            loaders = {"train": make("train", train_items, True), "valid": make("valid", valid_items, False)}
-            if test_items:
-                loaders["test"] = make("test", test_items, False)
-        else:
-            train_transform = preprocessing.train_transform() if augment else eval_transform
-            loaders = {"train": _loader(LabelledImages(train_items, train_transform), batch_size, True, workers, generator),
-                       "valid": _loader(LabelledImages(valid_items, eval_transform), batch_size, False, workers)}
-            if test_items:
-                loaders["test"] = _loader(LabelledImages(test_items, eval_transform), batch_size, False, workers)
-
-        def save_epoch(state) -> None:
-            run.write_json(HISTORY, state.history)
-            if state.improved:
-                run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
-            # the loader's generator decides the next epoch's order; the learned task weights live in the loss
-            write_checkpoint(run / CHECKPOINT, state.model, state.best_state, state.optimizer, state.scheduler, state.position(),
-                             extra={"loader_generator": generator.get_state(), **{f"loss.{k}": v for k, v in loss.state_dict().items()}})
-
-        checkpoint = None
-        if _resuming and (run / CHECKPOINT).is_file():  # read last: building the model and loaders must not disturb the restored random state
-            checkpoint = read_checkpoint(run / CHECKPOINT, model)
-            generator.set_state(checkpoint.extra["loader_generator"])
-            loss.load_state_dict({k[len("loss."):]: v for k, v in checkpoint.extra.items() if k.startswith("loss.")})
+        # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
+        inputs = build_inputs(next(iter(model.towers.values())), dataset, preprocessing, architecture=loaded.report.architecture,
+                              trainable_from=plan.trainable_from, augment=augment, views=views, seed=seed, batch_size=batch_size,
+                              workers=num_workers, cache=cache, cache_dir=cache_dir, progress=progress)
+        if not quiet and inputs.description["cached"]:
+            stderr.print(f"inputs: activations cached at '{inputs.description['start_stage']}'"
+                         + (f" for {inputs.description['views']} augmented view(s) per training image" if inputs.description["views"] else ""))
+        resume_state = optimizer_state = scheduler_state = None
+        if _resuming and (run / CHECKPOINT).is_file():  # read last: building the model and inputs must not disturb the restored random state
+            resume_state, optimizer_state, scheduler_state = load_checkpoint(run / CHECKPOINT, model, objective)
             if not quiet:
-                stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing after epoch {len(checkpoint.position['history'])}")
+                stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing after epoch {resume_state.epoch}")
         fit_began = time.perf_counter()
         try:
-            state = fit_multitask(model, loss, plan, loaders["train"], loaders["valid"], epochs=epochs, patience=patience, tie=tie, start=start,
-                                  time_budget=time_budget, on_epoch_end=save_epoch, progress=progress, resume=checkpoint)
+            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=epochs, head_epochs=head_epochs, patience=patience,
+                        start=inputs.start, time_budget=time_budget, callbacks=[ProgressBars(progress), saver], runtime=runtime,
+                        resume=resume_state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
         except KeyboardInterrupt:
             raise run.interrupted() from None
         fit_seconds = time.perf_counter() - fit_began
-        metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs"}
-        for split in ("valid", "test"):
-            if split in loaders:
-                outputs, targets = collect_outputs(model, loaders[split], start=start, progress=progress, description=f"evaluate {split}")
-                metrics[split] = task_metrics(dataset.tasks, outputs, targets, scales, detail=True)
+        metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs", "inputs": inputs.description}
+        for split, loader in inputs.evaluation.items():
+            outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
+            metrics[split] = task_metrics(dataset.tasks, outputs, targets.astype(np.float64), scales, detail=True)
     seconds = time.perf_counter() - began
     metrics.update({"seconds": seconds, "fit_seconds": fit_seconds, "tower_distance": float(model.tower_distance().detach()),
-                    "tied_parameters": model.tied_parameter_count(), "task_weights": loss.weights()})
+                    "tied_parameters": model.tied_parameter_count(), "task_weights": objective.weights()})
     run.write_json(METRICS, metrics)
     (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     final = metrics.get("test", metrics["valid"])
@@ -251,6 +218,7 @@ def train_multitask(
         "valid_score": metrics["valid"]["score"], "test_score": metrics["test"]["score"] if "test" in metrics else None,
         "valid": _brief(metrics["valid"]), "test": _brief(metrics["test"]) if "test" in metrics else None,
         "tower_distance": metrics["tower_distance"], "seconds": seconds, "fit_seconds": fit_seconds, "params": counts, "skipped": len(dataset.skipped),
+        "cached": inputs.description["cached"],
     }
     if not quiet:
         stderr.print(table(f"{'test' if 'test' in metrics else 'valid'} metrics (best epoch {state.best_epoch})", ["task", "metric", "value"],
@@ -293,8 +261,8 @@ class MultiTaskTrainedModel:
         return {t.name: list(t.classes) for t in self.tasks if t.is_classification}
 
     def _outputs(self, items, batch_size: int):
-        loader = _loader(LabelledImages(items, self.preprocessing.eval_transform()), batch_size, False, 0)
-        return collect_outputs(self.model, loader)
+        outputs, targets = collect_outputs(self.model, image_loader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size, default_workers()))
+        return outputs, targets.astype(np.float64)
 
     def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
         """For each image: ``{"image", "tasks": {name: {"label", "prob", "probs"} or {"value"}}}``."""
@@ -348,7 +316,8 @@ def load_multitask_run(folder: str | os.PathLike) -> MultiTaskTrainedModel:
         scales = {name: TargetScale(**values) for name, values in section["scales"].items()}
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
         name = config["backbone"]["name"]
-        model = build_multitask_model(lambda: create_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"])
+        model = build_multitask_model(lambda: create_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"],
+                                      input_size=preprocessing.input_size)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft multi-task config ({type(error).__name__}: {error})") from None
     load_weights(model, folder)

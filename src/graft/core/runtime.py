@@ -1,0 +1,58 @@
+"""Where a run's tensors live: the device, chosen once (``--device auto|cpu|cuda[:N]``) and used by
+the loop, evaluation and prediction alike, so no code assumes the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from graft.errors import ConfigError
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (or None): CUDA when torch sees a GPU, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``."""
+    name = "auto" if name is None else str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got '{name}'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got '{name}'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: torch sees no CUDA GPU on this machine", hint="use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return device
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device a model and its batches run on."""
+
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def create(cls, device: str | None = None) -> "Runtime":
+        return cls(resolve_device(device))
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def put(self, batch: Any) -> Any:
+        """A tensor, or a mapping / sequence of them, on this runtime's device."""
+        if isinstance(batch, torch.Tensor):
+            return batch if batch.device == self.device else batch.to(self.device, non_blocking=self.is_cuda)
+        if isinstance(batch, dict):
+            return {key: self.put(value) for key, value in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.put(value) for value in batch)
+        return batch
+
+
+CPU = Runtime()
