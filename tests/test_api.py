@@ -51,6 +51,33 @@ def test_evaluate_shape_matches_the_documented_json(split_folder, tmp_path):
     assert set(metrics["per_class"]["red"]) == {"precision", "recall", "f1", "support"}
 
 
+def test_evaluate_without_data_uses_the_runs_test_split_for_every_kind_of_run(split_folder, class_folder, tmp_path):
+    summary = _train(split_folder, tmp_path / "run", mode="extract")
+    metrics = graft.evaluate(tmp_path / "run")
+    assert metrics["evaluated_on"].startswith("test split") and metrics["n"] == 9
+    assert metrics["accuracy"] == pytest.approx(summary["test_accuracy"])
+    _train(class_folder, tmp_path / "plain", mode="extract")  # no test split: its valid split
+    assert graft.evaluate(tmp_path / "plain")["evaluated_on"].startswith("valid split")
+
+
+def test_run_kinds_are_looked_up_in_a_registry_and_an_unknown_kind_is_a_clear_error(split_folder, tmp_path):
+    from graft.runs import RUN_KINDS, register_run_kind
+
+    _train(split_folder, tmp_path / "run", mode="extract", epochs=1)
+    config_path = tmp_path / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["kind"] == "classifier"
+    config["kind"] = "plugin-kind"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="unknown run kind 'plugin-kind'"):
+        graft.load(tmp_path / "run")
+    register_run_kind("plugin-kind", load="graft.classifier:load_trained", resume="graft.trainer:resume")
+    try:
+        assert graft.load(tmp_path / "run").classes == ["blue", "green", "red"]
+    finally:
+        del RUN_KINDS["plugin-kind"]
+
+
 def test_learns_separable_colours(class_folder, tmp_path):
     summary = _train(class_folder, tmp_path / "run", mode="extract", epochs=10, lr=3e-2, augment=False)
     assert summary["valid_accuracy"] >= 0.8

@@ -7,28 +7,25 @@ calls exactly these and adds nothing but formatting.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from timm.data import ImageNetInfo
 
-from graft import plots, trainer
+from graft import trainer
 from graft.backbones import create_backbone
-from graft.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
+from graft.data import ImageDataset, collect_image_paths, scan_folder
 from graft.errors import ConfigError
-from graft.core.evaluation import classification_metrics, predict_probabilities
-from graft.inputs import default_workers, image_loader
-from graft.multitask.run import resume_multitask, train_multitask  # several tasks or domains in one model (hard or soft sharing)
-from graft.fileio import read_json
-from graft.runs import CONFIG, TrainedModel, load_run
+from graft.inputs import check_workers
+from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
+from graft.runs import TrainedRun, load_run, resume_run
 from graft.strategies import DEFAULT_VIEWS
 from graft.trainer import DEFAULT_BACKBONE, TrainOptions
 
 __all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
 
 
-def load(run: str | os.PathLike) -> TrainedModel:
+def load(run: str | os.PathLike) -> TrainedRun:
     """Load a run folder (the only loader): ``graft.load("runs/signs").predict(["a.jpg"])``."""
     return load_run(run)
 
@@ -121,35 +118,21 @@ def train(
 
 
 def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Continue a killed or interrupted ``train`` (or ``train_multitask``) run from its last completed epoch
-    (same plan, optimizer, schedule and random state); returns the ``train`` JSON summary."""
-    if (Path(run) / CONFIG).is_file() and read_json(Path(run) / CONFIG).get("kind") == "multitask":
-        return resume_multitask(run, num_workers=num_workers, quiet=quiet)
-    return trainer.resume(run, num_workers=num_workers, quiet=quiet)
+    """Continue a killed or interrupted run of any kind from its last completed epoch (same plan,
+    optimizer, schedule and random state); returns the ``train`` JSON summary."""
+    check_workers(num_workers)
+    return resume_run(run, num_workers=num_workers, quiet=quiet)
 
 
-def evaluate(run: str | os.PathLike | TrainedModel, data: str | os.PathLike | None = None, out_png: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Loss, accuracy, per-class precision/recall/F1 and confusion matrix of a run on labelled data.
-
-    A multi-task run reports every task (accuracy/F1, or MAE); without ``data`` it uses its held-out test split.
-    """
-    trained = run if isinstance(run, TrainedModel) or hasattr(run, "tasks") else load_run(run)
-    if not isinstance(trained, TrainedModel):  # a multi-task run: every task's metrics
-        return trained.evaluate(data, batch_size=batch_size)
-    if data is None:
-        raise ConfigError("evaluate needs DATA (labelled images) for a single-task run")
-    items, skipped, folder = scan_for_evaluation(data, trained.classes)
-    loader = image_loader(ImageDataset(items, trained.preprocessing.eval_transform()), batch_size, default_workers())
-    probabilities, labels = predict_probabilities(trained.model, loader)
-    metrics = classification_metrics(probabilities, labels, trained.classes)
-    metrics["skipped"] = skipped
-    target = Path(out_png) if out_png else trained.path / "evaluate_confusion_matrix.png"
-    plots.confusion_matrix(metrics["confusion_matrix"], trained.classes, target, title=f"confusion matrix ({Path(folder).name})")
-    metrics["confusion_matrix_png"] = str(target)
-    return metrics
+def evaluate(run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Metrics of a run on labelled data: loss, accuracy, per-class precision/recall/F1 and a confusion
+    matrix PNG (a multi-task run: every task, accuracy/F1 or MAE). Without ``data``: the run's held-out
+    test split (valid if it has none)."""
+    trained = load_run(run) if isinstance(run, (str, os.PathLike)) else run
+    return trained.evaluate(data, batch_size=batch_size)
 
 
-def predict(run: str | os.PathLike | TrainedModel, images: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Label and class probabilities for each image, from a trained run."""
-    trained = run if isinstance(run, TrainedModel) or hasattr(run, "tasks") else load_run(run)
+def predict(run: str | os.PathLike | TrainedRun, images: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Predictions for each input, from a trained run of any kind."""
+    trained = load_run(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.predict(images)

@@ -260,7 +260,7 @@ def check(
 @_handle_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
-    data: Annotated[Optional[Path], typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used). Multi-task runs: optional, default their test split.")] = None,
+    data: Annotated[Optional[Path], typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used). Default: the run's own held-out test split.")] = None,
     json_output: JsonOption = False,
 ):
     """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG (multi-task: every task)."""
@@ -277,7 +277,7 @@ def evaluate(
                            [[name, e["n"], *((f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}", "", "") if e["kind"] == "classification" else ("", "", f"{e['mae']:.3f}", f"{e['rmse']:.3f}"))]
                             for name, e in metrics["tasks"].items()]))
         return
-    stderr.print(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n {metrics['n']}")
+    stderr.print(f"evaluated on {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n {metrics['n']}")
     stderr.print(table("per class", ["class", "precision", "recall", "f1", "support"],
                        [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]] for name, v in metrics["per_class"].items()]))
     stderr.print(f"confusion matrix: {metrics['confusion_matrix_png']}")

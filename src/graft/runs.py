@@ -1,5 +1,7 @@
 """A run is one folder: config, freeze plan, class names, preprocessing, safetensors weights,
-history, metrics, data manifest, plots and an HTML report. ``load_run`` is the only loader.
+history, metrics, data manifest, plots and an HTML report. ``load_run`` is the only loader and
+``resume_run`` the only way back into training: both dispatch on the run's kind (config.json's
+``kind``) through a small registry, so a new kind of run plugs in without editing them.
 
 Like Hugging Face's ``save_pretrained`` folders, a run can be moved and loaded anywhere; nothing
 in it is pickled, and every file is written atomically.
@@ -10,21 +12,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from graft.backbones import create_backbone
 from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
-from graft.data import ImageDataset, collect_image_paths
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from graft.freeze import FreezePlan
-from graft.model import TransferModel, build_transfer_model
-from graft.preprocessing import Preprocessing
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -53,7 +50,7 @@ class RunFolder:
         if not (self / CONFIG).is_file() or not (self / MANIFEST).is_file():
             raise RunFolderError(f"'{self.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
                                  hint="start it with graft train DATA --out RUN")
-        config = read_json(self / CONFIG)
+        config = read_config(self.path)
         if "options" not in config:
             raise RunFolderError(f"'{self.path}' was written without its training options (an older graft); it cannot be resumed")
         if not (self / CHECKPOINT).is_file() and (self / METRICS).is_file():
@@ -116,57 +113,78 @@ class SaveEveryEpoch(Callback):
             self.last_plot = time.perf_counter()
 
 
-@dataclass
-class TrainedModel:
-    """A trained classifier loaded from a run folder: ``predict`` images, ``evaluate`` on data."""
+class TrainedRun(Protocol):
+    """What a loaded run of any kind offers (export and serving build on this): the model, how inputs
+    are prepared, predictions, evaluation (default: the run's own held-out split) and an example input."""
 
-    model: TransferModel
-    classes: list[str]
-    preprocessing: Preprocessing
+    model: torch.nn.Module
+    preprocessing: Any
     config: dict[str, Any]
     path: Path
 
-    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Label and class probabilities for each image (files or folders)."""
-        from graft.core.evaluation import predict_probabilities
+    def predict(self, inputs: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]: ...
 
-        paths = collect_image_paths(images)
-        dataset = ImageDataset([(path, -1) for path in paths], self.preprocessing.eval_transform())
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-        probabilities, _ = predict_probabilities(self.model, loader)
-        return [
-            {
-                "image": path,
-                "label": self.classes[int(row.argmax())],
-                "prob": float(row.max()),
-                "probs": {name: float(p) for name, p in zip(self.classes, row)},
-            }
-            for path, row in zip(paths, probabilities)
-        ]
+    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]: ...
+
+    def example_input(self) -> Any: ...
 
 
-def load_run(path: str | os.PathLike) -> TrainedModel:
-    """Load a run folder written by ``graft train``. Raises :class:`RunFolderError` if it is incomplete or damaged."""
+# Run kinds (config.json's "kind"): where each kind's loader ``(folder, config) -> TrainedRun`` and
+# resumer ``(folder, num_workers=, quiet=) -> summary`` live, as "module:function" names rather than
+# imports, so this module depends on no kind (Hugging Face's auto-class mappings work the same way).
+RUN_KINDS: dict[str, dict[str, str]] = {
+    "classifier": {"load": "graft.classifier:load_trained", "resume": "graft.trainer:resume"},
+    "multitask": {"load": "graft.multitask.run:load_trained", "resume": "graft.multitask.run:resume"},
+}
+
+
+def register_run_kind(kind: str, *, load: str, resume: str) -> None:
+    """Make run folders whose config says ``kind`` load and resume through the named functions."""
+    RUN_KINDS[kind] = {"load": load, "resume": resume}
+
+
+def _kind_function(kind: str, role: str) -> Callable[..., Any]:
+    import importlib
+
+    if kind not in RUN_KINDS:
+        raise RunFolderError(f"unknown run kind '{kind}' (this graft knows {', '.join(sorted(RUN_KINDS))})",
+                             hint="was the run written by a newer graft, or by a plug-in that is not installed?")
+    module, _, function = RUN_KINDS[kind][role].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A run folder's config.json, or a clear error."""
+    try:
+        config = read_json(folder / CONFIG)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise RunFolderError(f"'{folder / CONFIG}' cannot be read as JSON ({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise RunFolderError(f"'{folder / CONFIG}' is not a graft run config (not a JSON object)")
+    return config
+
+
+def kind_of(config: dict[str, Any]) -> str:
+    """A run's kind; runs written before kinds were recorded are single-task classifiers."""
+    return str(config.get("kind", "classifier"))
+
+
+def load_run(path: str | os.PathLike) -> TrainedRun:
+    """Load a run folder of any kind. Raises :class:`RunFolderError` if it is incomplete or damaged."""
     folder = Path(path)
     if not folder.is_dir():
         raise RunFolderError(f"run folder '{folder}' does not exist")
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise RunFolderError(f"run folder '{folder}' has no {name}", hint="is this a folder written by graft train (and did it finish an epoch)?")
-    if _run_kind(folder) == "multitask":
-        from graft.multitask.run import load_multitask_run
+    config = read_config(folder)
+    return _kind_function(kind_of(config), "load")(folder, config)
 
-        return load_multitask_run(folder)
-    try:
-        config = read_json(folder / CONFIG)
-        classes = list(config["classes"])
-        preprocessing = Preprocessing.from_dict(config["preprocessing"])
-        backbone = create_backbone(config["backbone"]["name"], pretrained=False)
-        model = build_transfer_model(backbone.model, config["head"], len(classes), input_size=preprocessing.input_size)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
-    load_weights(model, folder)
-    return TrainedModel(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+
+def resume_run(path: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Continue a killed or interrupted run of any kind from its last completed epoch."""
+    config = RunFolder(path).config_to_resume()
+    return _kind_function(kind_of(config), "resume")(path, num_workers=num_workers, quiet=quiet)
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
@@ -179,13 +197,6 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise RunFolderError(f"'{folder / WEIGHTS}' does not match the config's model: {str(error).splitlines()[0]}") from None
-
-
-def _run_kind(folder: Path) -> str:
-    try:
-        return str(read_json(folder / CONFIG).get("kind", "classifier"))
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return "classifier"
 
 
 def load_plan(path: str | os.PathLike) -> FreezePlan:

@@ -133,6 +133,7 @@ def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | N
     plan.apply(model)
     run.require_space(model)
     config = {
+        "kind": "classifier",
         "graft_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"root": str(options.data), "layout": dataset.layout, "counts": {k: len(v) for k, v in dataset.splits.items()}, "skipped": len(dataset.skipped)},

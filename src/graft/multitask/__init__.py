@@ -8,6 +8,6 @@
 
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, task_metrics
-from graft.multitask.run import MultiTaskTrainedModel, load_multitask_run, train_multitask
+from graft.multitask.run import MultiTaskTrainedModel, train_multitask
 
-__all__ = ["MultiTaskModel", "MultiTaskObjective", "MultiTaskTrainedModel", "build_multitask_model", "load_multitask_run", "task_metrics", "train_multitask"]
+__all__ = ["MultiTaskModel", "MultiTaskObjective", "MultiTaskTrainedModel", "build_multitask_model", "task_metrics", "train_multitask"]

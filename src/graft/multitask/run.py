@@ -1,4 +1,5 @@
-"""Multi-task and multi-domain runs: ``train_multitask`` writes a run folder, ``load_multitask_run`` reads it.
+"""Multi-task and multi-domain runs: ``train_multitask`` writes a run folder, ``resume`` continues it,
+``load_trained`` reads it (the "multitask" run kind of :mod:`graft.runs`).
 
 The run folder is the single-task one (config, freeze plan, safetensors weights, history, metrics,
 manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
@@ -99,7 +100,7 @@ def train_multitask(
     Returns the JSON summary (per-task valid/test metrics).
     """
     began = time.perf_counter()
-    # everything but where to write and how to show it: resume_multitask replays these arguments
+    # everything but where to write and how to show it: resume replays these arguments
     options = {name: str(value) if isinstance(value, os.PathLike) else value for name, value in locals().items()
                if name not in ("out", "quiet", "num_workers", "_resuming", "began")}
     epochs = 10 if epochs is None else epochs
@@ -227,7 +228,7 @@ def train_multitask(
     return summary
 
 
-def resume_multitask(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue a killed or interrupted multi-task run from its last completed epoch, with the arguments it was started with."""
     config = RunFolder(out).config_to_resume()
     options = dict(config["options"])
@@ -306,11 +307,15 @@ class MultiTaskTrainedModel:
         metrics = task_metrics(self.tasks, outputs, targets, self.scales, detail=True)
         return {"kind": "multitask", "evaluated_on": evaluated_on, "n": len(items), **metrics, "skipped": skipped}
 
+    def example_input(self) -> torch.Tensor:
+        """One normalised image-shaped batch, as the model takes it."""
+        size = self.preprocessing.input_size
+        return torch.zeros(1, 3, size, size)
 
-def load_multitask_run(folder: str | os.PathLike) -> MultiTaskTrainedModel:
-    folder = Path(folder)
+
+def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
+    """The "multitask" run kind's loader (see :func:`graft.runs.load_run`)."""
     try:
-        config = read_json(folder / CONFIG)
         section = config["multitask"]
         tasks = [Task.from_dict(t) for t in section["tasks"]]
         scales = {name: TargetScale(**values) for name, values in section["scales"].items()}

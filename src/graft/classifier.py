@@ -1,0 +1,94 @@
+"""A trained single-task classifier, loaded from its run folder: predict images, evaluate on labelled
+data (by default the run's own held-out split). The "classifier" run kind's loader."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from graft import plots
+from graft.backbones import create_backbone
+from graft.core.evaluation import classification_metrics, predict_probabilities
+from graft.data import ImageDataset, collect_image_paths, scan_for_evaluation
+from graft.errors import DataError, RunFolderError
+from graft.fileio import read_json
+from graft.inputs import default_workers, image_loader
+from graft.model import TransferModel, build_transfer_model
+from graft.preprocessing import Preprocessing
+from graft.runs import CONFIG, MANIFEST, load_weights
+
+
+@dataclass
+class TrainedClassifier:
+    """A trained classifier loaded from a run folder: ``predict`` images, ``evaluate`` on data."""
+
+    model: TransferModel
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    path: Path
+
+    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Label and class probabilities for each image (files or folders)."""
+        paths = collect_image_paths(images)
+        probabilities, _ = predict_probabilities(self.model, self._loader([(path, -1) for path in paths], batch_size))
+        return [
+            {
+                "image": path,
+                "label": self.classes[int(row.argmax())],
+                "prob": float(row.max()),
+                "probs": {name: float(p) for name, p in zip(self.classes, row)},
+            }
+            for path, row in zip(paths, probabilities)
+        ]
+
+    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32, out_png: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG. ``data=None`` (or the
+        training folder): the run's held-out test split (valid if it has none), from its manifest;
+        another folder: its test/ (or valid/) split, or all its class folders."""
+        skipped: list[dict[str, str]] = []
+        root = self.config.get("data", {}).get("root")
+        if data is None or (root and Path(data).resolve() == Path(root).resolve()):
+            manifest = read_json(self.path / MANIFEST)
+            split = "test" if manifest["splits"].get("test") else "valid"
+            items = [(path, int(label)) for path, label in manifest["splits"][split]]
+            missing = [path for path, _ in items if not Path(path).is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} image(s) of the run's {split} split are gone, e.g. '{missing[0]}'",
+                                hint=f"graft evaluate {self.path} DATA evaluates on another folder")
+            evaluated_on, name = f"{split} split of the run's manifest", split
+        else:
+            items, skipped, folder = scan_for_evaluation(data, self.classes)
+            evaluated_on, name = folder, Path(folder).name
+        probabilities, labels = predict_probabilities(self.model, self._loader(items, batch_size))
+        metrics = {"kind": "classifier", "evaluated_on": evaluated_on, **classification_metrics(probabilities, labels, self.classes), "skipped": skipped}
+        target = Path(out_png) if out_png else self.path / "evaluate_confusion_matrix.png"
+        plots.confusion_matrix(metrics["confusion_matrix"], self.classes, target, title=f"confusion matrix ({name})")
+        metrics["confusion_matrix_png"] = str(target)
+        return metrics
+
+    def example_input(self) -> torch.Tensor:
+        """One normalised image-shaped batch, as the model takes it."""
+        size = self.preprocessing.input_size
+        return torch.zeros(1, 3, size, size)
+
+    def _loader(self, items, batch_size: int):
+        return image_loader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size, default_workers())
+
+
+def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
+    """The "classifier" run kind's loader (see :func:`graft.runs.load_run`)."""
+    try:
+        classes = list(config["classes"])
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        backbone = create_backbone(config["backbone"]["name"], pretrained=False)
+        model = build_transfer_model(backbone.model, config["head"], len(classes), input_size=preprocessing.input_size)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
+    load_weights(model, folder)
+    return TrainedClassifier(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
