@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -61,6 +62,14 @@ def test_negative_workers_is_a_message_before_any_work(class_folder, tmp_path):
         graft.resume(tmp_path / "run", num_workers=-2)
     with pytest.raises(ConfigError, match="--workers"):
         graft.train_multitask(class_folder, tmp_path / "mt", labels="utkface", tasks="gender", num_workers=-1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_cuda_device_on_a_machine_without_one_is_a_message_before_any_work(class_folder, tmp_path):
+    for args in (["--device", "cuda"], ["--device", "cuda:1", "--labels", "utkface", "--tasks", "gender"]):
+        result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", TINY_BACKBONE, "--from-scratch", *args])
+        assert result.exit_code == 2 and "sees no CUDA GPU" in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "run").exists()
 
 
 def test_cli_reexecs_with_allocator_thresholds(tmp_path):

@@ -93,6 +93,7 @@ def train(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Train a classifier on an image folder by transfer from a pretrained backbone; write a run folder.
 
@@ -106,13 +107,14 @@ def train(
     default ``~/.cache/graft``) for the clean image (``augment=False``, the default of ``extract``)
     or for ``views`` augmented views (``augment=True``, the default of ``finetune``); ``cache=False``
     recomputes them every epoch with fresh augmentation. ``image_size`` replaces the backbone's input
-    size (faster; images smaller than the backbone's size lose nothing). Returns the ``train`` JSON summary.
+    size (faster; images smaller than the backbone's size lose nothing). ``device``: ``auto`` (CUDA when
+    torch sees a GPU), ``cpu``, ``cuda`` or ``cuda:N``. Returns the ``train`` JSON summary.
     """
     options = TrainOptions(
         data=str(data), mode=mode, backbone=backbone, weights=weights, pretrained=pretrained, unfreeze=unfreeze, epochs=epochs, lr=lr,
         batch_size=batch_size, seed=seed, head=head, patience=patience, augment=augment, views=views, bn=bn, backbone_lr_mult=backbone_lr_mult,
         valid_fraction=valid_fraction, deterministic=deterministic, head_epochs=head_epochs, cache=cache,
-        cache_dir=str(cache_dir) if cache_dir is not None else None, image_size=image_size,
+        cache_dir=str(cache_dir) if cache_dir is not None else None, image_size=image_size, device=device,
     )
     return trainer.train(options, out, num_workers=num_workers, quiet=quiet)
 

@@ -121,6 +121,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or interrupted run folder from its last completed epoch (other options come from the run).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes: those of the frozen pass (default: one per core, each decoding and running the frozen stages) and, without the cache, image decoding (default: 0 on <= 2 cores).")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N.")] = "auto",
     labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Tasks to learn: age,gender,race (preset names) or age:regression,gender:male/female,kind:classification.", rich_help_panel="Multi-task / multi-domain")] = None,
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Multi-domain: NAME=PATH (class folders) or NAME=PATH:LABELS:TASK; repeat per domain; a head per domain on one backbone.", rich_help_panel="Multi-task / multi-domain")] = None,
@@ -162,7 +163,7 @@ def train(
             backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
             backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult, batch_size=batch_size, seed=seed, head=head,
             bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=augment, views=views, head_epochs=head_epochs or 0, cache=cache,
-            image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic,
+            image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic, device=device,
         )
         if json_output:
             emit_json(summary)
@@ -173,7 +174,7 @@ def train(
         data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
         epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
         patience=patience, augment=augment, views=views, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
-        cache=cache, cache_dir=cache_dir, image_size=image_size,
+        cache=cache, cache_dir=cache_dir, image_size=image_size, device=device,
     )
     if json_output:
         emit_json(summary)

@@ -92,12 +92,13 @@ class FrozenForward(torch.utils.data.Dataset):
     stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.backbones.folding`);
     ``model`` is untouched."""
 
-    def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing):
+    def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, device: torch.device | None = None):
         self.pixels = pixels
         self.preprocessing = preprocessing
+        self.device = torch.device("cpu") if device is None else device
         self.frozen, self.folded = model.prefix(stop).eval(), 0
         if len(pixels):
-            self.frozen, self.folded = fold_batchnorm(self.frozen, self.inputs([0]))
+            self.frozen, self.folded = fold_batchnorm(self.frozen, self.inputs([0]).to(self.device))
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -110,9 +111,9 @@ class FrozenForward(torch.utils.data.Dataset):
         return self.preprocessing.normalize_batch(torch.stack(pixels))
 
     def __getitem__(self, keys: Sequence) -> np.ndarray:
-        inputs = self.inputs(keys)
+        inputs = self.inputs(keys).to(self.device)
         with torch.inference_mode():
-            return self.frozen(inputs).float().contiguous().numpy()
+            return self.frozen(inputs).float().cpu().contiguous().numpy()
 
 
 def as_targets(labels: Sequence) -> torch.Tensor:
@@ -128,12 +129,16 @@ def _as_is(batch):
 
 
 def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, *, workers: int,
-                    sampler: torch.utils.data.Sampler | None = None, progress=None, description: str = "frozen stages") -> Iterator[np.ndarray]:
+                    sampler: torch.utils.data.Sampler | None = None, progress=None, description: str = "frozen stages",
+                    device: torch.device | None = None) -> Iterator[np.ndarray]:
     """Activations of stages ``[0, stop)`` of ``model`` for ``pixels`` (uint8 images, see :class:`FrozenForward`;
     in ``sampler``'s order), batch by batch, computed by ``workers`` processes of one thread each (0: in
-    this process, on torch's threads)."""
+    this process, on torch's threads). On a CUDA ``device`` the stages run in this process on the GPU
+    (a forked worker cannot use CUDA)."""
+    if device is not None and device.type == "cuda":
+        workers = 0
     batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False)
-    loader = image_loader(FrozenForward(model, pixels, stop, preprocessing), None, workers, batches, collate_fn=_as_is)
+    loader = image_loader(FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=_as_is)
     task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
     for outputs in loader:
         yield outputs
@@ -205,6 +210,7 @@ def frozen_rows(
     image_keys: Sequence[int] | None = None,
     progress=None,
     description: str = "frozen stages",
+    device: torch.device | None = None,
 ) -> CachedRows:
     """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache (computing only what is missing).
 
@@ -223,7 +229,8 @@ def frozen_rows(
         if round_ is not None:
             sampler = EpochSampler(len(subset), seed, shuffle=False)
             sampler.set_epoch(round_)
-        return forward_batches(model, subset, stop, preprocessing, workers=workers, sampler=sampler, progress=progress, description=description)
+        return forward_batches(model, subset, stop, preprocessing, workers=workers, sampler=sampler, progress=progress, description=description,
+                               device=device)
 
     return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
 
@@ -253,11 +260,13 @@ def build_inputs(
     cache: bool,
     cache_dir: str | os.PathLike | None,
     progress=None,
+    device: torch.device | None = None,
 ) -> Inputs:
     """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``.
 
     ``workers``: image-decoding processes of the uncached loop and processes of the frozen pass
-    (default: :func:`default_workers` and :func:`forward_workers`).
+    (default: :func:`default_workers` and :func:`forward_workers`). ``device``: where ``model`` lives
+    (the frozen pass runs there).
     """
     splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
     keys = {name: [image_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
@@ -275,7 +284,8 @@ def build_inputs(
 
     def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str) -> CachedRows:
         return frozen_rows(model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base, view=view, root=root, workers=workers,
-                           seed=seed, round_=round_, image_keys=item_keys, progress=progress, description=description)
+                           seed=seed, round_=round_, image_keys=item_keys, progress=progress, description=description,
+                           device=device)
 
     if augment and views > 0:
         train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{AUGMENTATION_RECIPE}", v,

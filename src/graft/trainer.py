@@ -26,7 +26,7 @@ from graft.core.checkpoint import load_checkpoint
 from graft.core.evaluation import classification_metrics, predict_probabilities
 from graft.core.fit import FitState, fit
 from graft.core.objectives import Classification
-from graft.core.runtime import Runtime
+from graft.core.runtime import Runtime, resolve_device
 from graft.data import Dataset, scan_folder
 from graft.errors import ConfigError, RunFolderError, TrainingError
 from graft.fileio import read_json
@@ -68,6 +68,7 @@ class TrainOptions:
     cache: bool = True
     cache_dir: str | None = None
     image_size: int | None = None  # instead of the backbone's input size (smaller is faster)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,7 @@ class TrainOptions:
             raise ConfigError(f"--views must be 0 or more; got {self.views}")
         if not 0 < self.valid_fraction < 1:
             raise ConfigError(f"valid_fraction must be between 0 and 1; got {self.valid_fraction}")
+        resolve_device(self.device)
         if self.mode == AUTO and not self.pretrained:
             raise ConfigError("--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
                               hint="pick --mode extract or finetune for a from-scratch baseline")
@@ -191,15 +193,16 @@ def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, 
          checkpoint: tuple[FitState, dict, dict] | None, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     title = f"{options.backbone}, {options.mode}"
-    runtime = Runtime()
+    runtime = Runtime.create(options.device)
     resume_state, optimizer_state, scheduler_state = checkpoint if checkpoint else (None, None, None)
-    objective = resume_state.objective if resume_state is not None else Classification()
+    objective = (resume_state.objective if resume_state is not None else Classification()).to(runtime.device)
+    model.to(runtime.device)
     saver = SaveEveryEpoch(run, lambda history: plots.learning_curve(history, run / LEARNING_CURVE, title=title))
     try:
         with make_progress(quiet) as progress:
             inputs = build_inputs(model, dataset, preprocessing, architecture=config["backbone"]["architecture"], trainable_from=plan.trainable_from,
                                   augment=options.augment, views=options.views, seed=options.seed, batch_size=options.batch_size,
-                                  workers=num_workers, cache=options.cache, cache_dir=options.cache_dir, progress=progress)
+                                  workers=num_workers, cache=options.cache, cache_dir=options.cache_dir, progress=progress, device=runtime.device)
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))

@@ -87,6 +87,7 @@ def train_multitask(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
     deterministic: bool = False,
+    device: str = "auto",
     quiet: bool = False,
     _resuming: bool = False,
 ) -> dict[str, Any]:
@@ -111,6 +112,7 @@ def train_multitask(
     if views < 0 or head_epochs < 0:
         raise ConfigError(f"--views and --head-epochs must be 0 or more; got {views} and {head_epochs}")
     check_workers(num_workers)
+    runtime = Runtime.create(device)
     if (domains is None) == (data is None):
         raise ConfigError("give either DATA with --labels/--tasks, or --domain NAME=PATH (at least two), not both")
     if data is not None and not labels:
@@ -175,14 +177,15 @@ def train_multitask(
         run.write_json(MANIFEST, dataset.manifest())
         run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
 
-    runtime = Runtime()
+    model.to(runtime.device)
+    objective.to(runtime.device)
     title = f"{backbone}, {sharing} sharing, {mode}"
     saver = SaveEveryEpoch(run, lambda history: plots.task_curves(history, run / LEARNING_CURVE, title=title))
     with make_progress(quiet) as progress:
         # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
         inputs = build_inputs(next(iter(model.towers.values())), dataset, preprocessing, architecture=loaded.report.architecture,
                               trainable_from=plan.trainable_from, augment=augment, views=views, seed=seed, batch_size=batch_size,
-                              workers=num_workers, cache=cache, cache_dir=cache_dir, progress=progress)
+                              workers=num_workers, cache=cache, cache_dir=cache_dir, progress=progress, device=runtime.device)
         if not quiet and inputs.description["cached"]:
             stderr.print(f"inputs: activations cached at '{inputs.description['start_stage']}'"
                          + (f" for {inputs.description['views']} augmented view(s) per training image" if inputs.description["views"] else ""))

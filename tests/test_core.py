@@ -1,0 +1,108 @@
+"""The modality-free core: one loop with objectives and callbacks, the runtime (device), and what it imports."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graft.core.callbacks import Callback
+from graft.core.fit import fit
+from graft.core.objectives import Classification
+from graft.core.runtime import Runtime, resolve_device
+from graft.errors import ConfigError
+from graft.freeze import FreezePlan
+from graft.model import TransferModel
+
+
+def test_importing_the_core_loads_no_image_library():
+    code = ("import sys, graft.core.fit, graft.core.checkpoint, graft.core.evaluation, graft.core.objectives, graft.core.runtime; "
+            "print(','.join(m for m in ('PIL', 'torchvision', 'timm') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"graft.core imported {loaded}"
+
+
+def test_a_device_that_is_not_there_or_not_a_device_is_refused_with_a_message():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="--device must be auto, cpu, cuda or cuda:N; got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU") as raised:
+            resolve_device("cuda:0")
+        assert "--device cpu" in raised.value.hint
+
+
+def test_the_runtime_moves_nested_batches():
+    runtime = Runtime(torch.device("meta"))
+    batch = {"ids": torch.zeros(2, 3), "parts": [torch.ones(1), "label"]}
+    moved = runtime.put(batch)
+    assert moved["ids"].device.type == "meta" and moved["parts"][0].device.type == "meta" and moved["parts"][1] == "label"
+
+
+def _tiny_model() -> TransferModel:
+    torch.manual_seed(0)
+    stages = {"a": nn.Sequential(nn.Linear(4, 8), nn.ReLU()), "b": nn.Sequential(nn.Linear(8, 8), nn.ReLU())}
+    return TransferModel(stages, nn.Linear(8, 2), 8)
+
+
+def _loader(seed=0, n=32):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator)
+    y = (x[:, 0] > 0).long()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def before_fit(self, state, epochs):
+        self.calls.append("before_fit")
+
+    def before_epoch(self, state, batches):
+        self.calls.append("before_epoch")
+
+    def after_loss(self, state, loss):
+        self.calls.append("after_loss")
+        return loss * 0.0  # a callback may change the loss: here it stops all learning
+
+    def after_batch(self, state, mean_loss):
+        self.calls.append("after_batch")
+
+    def after_epoch(self, state):
+        self.calls.append("after_epoch")
+
+    def after_fit(self, state):
+        self.calls.append("after_fit")
+
+
+def test_callbacks_see_every_step_and_after_loss_can_change_the_loss():
+    model = _tiny_model()
+    plan = FreezePlan(stages=("a", "b"), trainable_from=0, lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recorder = Recorder()
+    state = fit(model, Classification(label_smoothing=0.0), plan, _loader(), _loader(1), epochs=2, weight_decay=0.0, callbacks=[recorder])
+    assert recorder.calls[0] == "before_fit" and recorder.calls[-1] == "after_fit"
+    assert recorder.calls.count("before_epoch") == recorder.calls.count("after_epoch") == 2
+    assert recorder.calls.count("after_loss") == recorder.calls.count("after_batch") == 8
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # zero loss, no weight decay: nothing moved
+    assert [r["epoch"] for r in state.history] == [1, 2] and {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "valid_score"} <= set(state.history[0])
+
+
+def test_the_time_budget_stops_after_the_epoch_that_passes_it():
+    model = _tiny_model()
+    plan = FreezePlan(stages=("a", "b"), trainable_from=0, lr=1e-2)
+    state = fit(model, Classification(), plan, _loader(), _loader(1), epochs=5, time_budget=0.0)
+    assert len(state.history) == 1 and state.stopped.startswith("time budget")
+
+
+def test_the_classification_objective_ranks_by_accuracy_then_loss():
+    objective = Classification()
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], dtype=np.float32)
+    record = objective.validate(logits, np.array([0, 1, 1]), None)
+    assert record["valid_accuracy"] == pytest.approx(2 / 3) and record["valid_score"] == record["valid_accuracy"]
+    better_loss = {**record, "valid_loss": record["valid_loss"] - 0.1}
+    assert objective.rank(better_loss) > objective.rank(record)
