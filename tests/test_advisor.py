@@ -126,6 +126,23 @@ def test_train_auto_runs_the_advised_plan_and_records_it(class_folder, tiny_weig
     assert (tmp_path / "fixed" / "model.safetensors").read_bytes() == (tmp_path / "run" / "model.safetensors").read_bytes()
 
 
+def test_multitask_auto_advises_on_the_first_classification_task_and_trains_its_plan(tmp_path, tiny_weights):
+    from tests.conftest import make_image
+
+    faces = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for i in range(36):
+        age, gender = int(rng.integers(5, 80)), i % 2
+        make_image(faces / f"{age}_{gender}_0_20170101{i:04d}.jpg.chip.jpg", (200 * gender + 20, 2 * age, 200 * (1 - gender)), seed=i, size=32)
+    summary = graft.train(faces, tmp_path / "run", labels="utkface", tasks="age,gender", mode="auto", backbone=TINY_BACKBONE,
+                          weights=tiny_weights, epochs=2, num_workers=0, quiet=True, batch_size=8, image_size=64)
+    advice = json.loads((tmp_path / "run" / "advice.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert advice["size"]["classes"] == 2 and advice["size"]["images"] == 36 - round(36 * 0.15)  # gender on train + valid
+    assert config["mode"] == advice["plan"]["mode"] == summary["mode"] and summary["advice"]["scenario"] == advice["scenario"]
+    assert set(summary["test"]["tasks"]) == {"age", "gender"}
+
+
 def test_head_first_numbers_epochs_across_both_phases(class_folder, tmp_path):
     summary = graft.train(class_folder, tmp_path / "run", mode="finetune", unfreeze=2, head_epochs=1, backbone=TINY_BACKBONE,
                           pretrained=False, epochs=3, num_workers=0, quiet=True, batch_size=8)

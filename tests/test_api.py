@@ -71,7 +71,7 @@ def test_run_kinds_are_looked_up_in_a_registry_and_an_unknown_kind_is_a_clear_er
     config_path.write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match="unknown run kind 'plugin-kind'"):
         graft.load(tmp_path / "run")
-    register_run_kind("plugin-kind", load="graft.classifier:load_trained", resume="graft.trainer:resume")
+    register_run_kind("plugin-kind", "graft.classifier:KIND")
     try:
         assert graft.load(tmp_path / "run").classes == ["blue", "green", "red"]
     finally:

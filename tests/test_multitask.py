@@ -135,7 +135,7 @@ def test_cli_multitask_train_evaluate_predict_json(faces, tmp_path):
     result = runner.invoke(app, ["predict", str(run), str(faces), "--json"])
     assert result.exit_code == 0 and len(json.loads(result.stdout)) == 36
     result = runner.invoke(app, ["train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender", "--tie", "1", "--json"])
-    assert result.exit_code == 2 and "--tie only applies" in result.output
+    assert result.exit_code == 2 and "--tie (transfer.tie) only applies to --sharing soft" in result.output
 
 
 def test_multi_domain_one_backbone_a_head_per_domain(tmp_path, faces):

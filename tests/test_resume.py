@@ -140,10 +140,25 @@ def test_deterministic_reruns_give_bit_identical_metrics_and_weights(class_folde
     assert metrics[0]["valid"] == metrics[1]["valid"]
 
 
-def test_a_nan_loss_names_the_learning_rate_and_keeps_the_best_weights(class_folder, tmp_path):
+def test_a_nan_loss_names_the_learning_rate_and_keeps_the_best_weights(class_folder, tmp_path, monkeypatch):
+    from graft.core.objectives import Classification
+
+    with pytest.raises(ConfigError, match=r"--lr \(transfer.lr\) must be in \(0, 10\]; got 1e\+30"):
+        _train(class_folder, tmp_path / "refused", mode="finetune", unfreeze=2, lr=1e30, epochs=3)
+    assert not (tmp_path / "refused").exists()
+    calls = []
+    original = Classification.loss
+
+    def diverges_in_epoch_two(self, outputs, targets, model):
+        calls.append(1)
+        loss = original(self, outputs, targets, model)
+        return loss * float("nan") if len(calls) > 4 else loss  # 4 batches an epoch
+
+    monkeypatch.setattr(Classification, "loss", diverges_in_epoch_two)
     with pytest.raises(TrainingError, match="learning rate") as raised:
-        _train(class_folder, tmp_path / "run", mode="finetune", unfreeze=2, lr=1e30, epochs=3)
-    assert "loss became" in str(raised.value)
+        _train(class_folder, tmp_path / "run", mode="finetune", unfreeze=2, epochs=3, batch_size=6)
+    assert "loss became nan in epoch 2" in str(raised.value) and "best weights so far are in" in str(raised.value)
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_an_unwritable_output_folder_fails_before_training(class_folder, tmp_path):

@@ -17,10 +17,8 @@ from graft.backbones import create_backbone
 from graft.data import ImageDataset, collect_image_paths, scan_folder
 from graft.errors import ConfigError
 from graft.inputs import check_workers
-from graft.multitask.run import train_multitask  # several tasks or domains in one model (hard or soft sharing)
-from graft.runs import TrainedRun, load_run, resume_run
-from graft.strategies import DEFAULT_VIEWS
-from graft.trainer import DEFAULT_BACKBONE, TrainOptions
+from graft.runs import TrainedRun, load_run
+from graft.core.config import DEFAULT_BACKBONE, RunConfig
 
 __all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
 
@@ -67,63 +65,107 @@ def classify(images: Sequence[str | os.PathLike], backbone: str = DEFAULT_BACKBO
 
 
 def train(
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     mode: str = "extract",
     backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = None,
+    weights: str | os.PathLike | None = None,
     pretrained: bool = True,
     unfreeze: int | None = None,
     epochs: int | None = None,
     lr: float | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-    head: str = "linear",
-    patience: int = 5,
-    augment: bool | None = None,
-    views: int = DEFAULT_VIEWS,
-    bn: str | None = None,
     backbone_lr_mult: float | None = None,
-    valid_fraction: float = 0.2,
-    num_workers: int | None = None,
-    deterministic: bool = False,
-    quiet: bool = False,
+    bn: str | None = None,
+    head: str = "linear",
     head_epochs: int | None = None,
+    batch_size: int = 32,
+    augment: bool | None = None,
+    views: int | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
+    patience: int = 5,
+    time_budget: float | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
     device: str = "auto",
+    labels: str | None = None,
+    tasks: str | Sequence[str] | None = None,
+    domains: dict[str, str] | None = None,
+    sharing: str | None = None,
+    tie: float | None = None,
+    task_weighting: str | None = None,
+    valid_fraction: float | None = None,
+    test_fraction: float | None = None,
+    limit: int | None = None,
+    num_workers: int | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train a classifier on an image folder by transfer from a pretrained backbone; write a run folder.
+    """Train by transfer from a pretrained backbone and write a run folder; returns the ``train`` JSON summary.
 
-    ``mode="extract"`` freezes the whole backbone and trains a new head; ``mode="finetune"`` also
-    trains the last ``unfreeze`` stages at ``lr * backbone_lr_mult``; ``mode="auto"`` runs
-    ``graft.advise`` first and trains its plan (options given explicitly win; the advice is saved as
-    ``advice.json``). ``head_epochs`` trains the head alone first. ``pretrained=False`` starts from
-    random weights (the from-scratch baseline).
+    What is learned:
+        data: a folder of class folders (``DATA/<class>/`` or ``DATA/{train,valid,test}/<class>/``): one
+            classifier; with ``labels``, a folder of images with several labels each.
+        labels: where several tasks' labels come from: ``"utkface"`` (file names), a CSV file, or
+            ``"re:PATTERN"`` with a named group per task; ``tasks`` picks and types them
+            (``"age,gender"`` or ``"size:regression,kind:a/b"``).
+        domains: ``{name: path}`` for several domains in one model (a head per domain), instead of ``data``.
+        valid_fraction, test_fraction: held-out shares (default 0.2 for one classifier; 0.15 and 0.15
+            for several tasks); limit: a seeded subset of that many images (several tasks).
 
-    The frozen stages run once per image: their activations are cached on disk (``cache_dir``,
-    default ``~/.cache/graft``) for the clean image (``augment=False``, the default of ``extract``)
-    or for ``views`` augmented views (``augment=True``, the default of ``finetune``); ``cache=False``
-    recomputes them every epoch with fresh augmentation. ``image_size`` replaces the backbone's input
-    size (faster; images smaller than the backbone's size lose nothing). ``device``: ``auto`` (CUDA when
-    torch sees a GPU), ``cpu``, ``cuda`` or ``cuda:N``. Returns the ``train`` JSON summary.
+    How much is transferred:
+        mode: ``"extract"`` (frozen backbone, new head), ``"finetune"`` (also the last ``unfreeze``
+            stages, at ``lr * backbone_lr_mult``), or ``"auto"`` (``graft.advise`` measures the data and
+            picks; options given explicitly win; the advice is saved as ``advice.json``).
+        backbone, weights, pretrained: the source network (a built-in or timm name; a weights file;
+            ``pretrained=False`` for a from-scratch baseline).
+        bn: BatchNorm statistics of trained stages (``"train"`` or ``"frozen"``); head: ``"linear"`` or
+            ``"mlp"``; head_epochs: epochs training the new head alone first (fastai's ``fine_tune``).
+        sharing, tie, task_weighting: several tasks: one trunk (``"hard"``) or a tower per task tied by
+            ``tie`` (``"soft"``); learned (``"uncertainty"``) or ``"equal"`` task weights.
+
+    Inputs, budget and runtime:
+        batch_size; augment (default: finetune yes, extract no); views: augmented views per training
+            image computed through the frozen stages once and cached (default 4); cache, cache_dir:
+            the activation cache (``cache=False`` recomputes the frozen part every epoch); image_size:
+            instead of the backbone's input size.
+        epochs (default 10), patience (epochs without a better validation score), time_budget (seconds).
+        seed, deterministic (identical numbers on a rerun on the same CPU), device (``"auto"``: CUDA when
+            torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), num_workers (processes of the frozen pass
+            and of image decoding), quiet.
+
+    Every option is checked before any work (:mod:`graft.core.config`); one that does not apply to the
+    run (e.g. ``tie`` without soft sharing, ``unfreeze`` with ``mode="extract"``) is refused.
     """
-    options = TrainOptions(
-        data=str(data), mode=mode, backbone=backbone, weights=weights, pretrained=pretrained, unfreeze=unfreeze, epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, head=head, patience=patience, augment=augment, views=views, bn=bn, backbone_lr_mult=backbone_lr_mult,
-        valid_fraction=valid_fraction, deterministic=deterministic, head_epochs=head_epochs, cache=cache,
-        cache_dir=str(cache_dir) if cache_dir is not None else None, image_size=image_size, device=device,
+    config = RunConfig(
+        data=_text(data), labels=labels, tasks=",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks, domains=domains,
+        valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit, mode=mode, backbone=backbone, weights=_text(weights),
+        pretrained=pretrained, unfreeze=unfreeze, lr=lr, backbone_lr_mult=backbone_lr_mult, bn=bn, head=head, head_epochs=head_epochs,
+        sharing=sharing, tie=tie, task_weighting=task_weighting, batch_size=batch_size, augment=augment, views=views, cache=cache,
+        cache_dir=_text(cache_dir), image_size=image_size, epochs=epochs, patience=patience, time_budget=time_budget, seed=seed,
+        deterministic=deterministic, device=device,
     )
-    return trainer.train(options, out, num_workers=num_workers, quiet=quiet)
+    return trainer.train(config, out, num_workers=num_workers, quiet=quiet)
+
+
+def train_multitask(data: str | os.PathLike | None, out: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """:func:`train` for several tasks (``labels=...``) or domains (``domains=...``): the same options,
+    and a clear error when neither is given."""
+    if options.get("labels") is None and options.get("domains") is None:
+        raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN), or --domain NAME=PATH per domain")
+    return train(data, out, **options)
+
+
+def _text(value: str | os.PathLike | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue a killed or interrupted run of any kind from its last completed epoch (same plan,
     optimizer, schedule and random state); returns the ``train`` JSON summary."""
     check_workers(num_workers)
-    return resume_run(run, num_workers=num_workers, quiet=quiet)
+    return trainer.resume(run, num_workers=num_workers, quiet=quiet)
 
 
 def evaluate(run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:

@@ -1,5 +1,9 @@
-"""A trained single-task classifier, loaded from its run folder: predict images, evaluate on labelled
-data (by default the run's own held-out split). The "classifier" run kind's loader."""
+"""The "classifier" kind of run: one classification task learned from a folder of class folders.
+
+:data:`KIND` tells the one pipeline (:mod:`graft.trainer`) how to scan the data, build the model (one
+head), which objective to train (cross-entropy), and which metrics and plots to write;
+:class:`TrainedClassifier` is such a run loaded back: predict images, evaluate on labelled data (by
+default the run's own held-out split)."""
 
 from __future__ import annotations
 
@@ -13,14 +17,16 @@ import torch
 
 from graft import plots
 from graft.backbones import create_backbone
-from graft.core.evaluation import classification_metrics, predict_probabilities
-from graft.data import ImageDataset, collect_image_paths, scan_for_evaluation
+from graft.core.config import RunConfig
+from graft.core.evaluation import classification_metrics, predict_probabilities, probabilities
+from graft.core.objectives import Classification
+from graft.data import Dataset, ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
 from graft.inputs import default_workers, image_loader
 from graft.model import TransferModel, build_transfer_model
 from graft.preprocessing import Preprocessing
-from graft.runs import CONFIG, MANIFEST, load_weights
+from graft.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 
 
 @dataclass
@@ -92,3 +98,60 @@ def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
     load_weights(model, folder)
     return TrainedClassifier(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+
+
+class ClassifierKind:
+    """One classification task from class folders (see :class:`graft.trainer.RunKind`)."""
+
+    name = "classifier"
+
+    def scan(self, config: RunConfig) -> Dataset:
+        return scan_folder(config.data, valid_fraction=config.valid_fraction, seed=config.seed)
+
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> Dataset:
+        try:
+            manifest = read_json(run / MANIFEST)
+            return Dataset.from_manifest(manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, DataError):
+                raise
+            raise RunFolderError(f"'{run / MANIFEST}' is damaged ({type(error).__name__}: {error})", hint="train the run again with another --out") from None
+
+    def advice_view(self, dataset: Dataset) -> Dataset:
+        return dataset
+
+    def build_model(self, config: RunConfig, make_backbone, dataset: Dataset, input_size: int) -> TransferModel:
+        return build_transfer_model(make_backbone(), config.head, len(dataset.classes), input_size=input_size)
+
+    def frozen_trunk(self, model: TransferModel) -> TransferModel:
+        return model
+
+    def objective(self, config: RunConfig, dataset: Dataset) -> Classification:
+        return Classification()
+
+    def config_section(self, config: RunConfig, dataset: Dataset, objective, model) -> dict[str, Any]:
+        return {"classes": dataset.classes}
+
+    def headline(self, dataset: Dataset) -> str:
+        return f"{dataset.layout}; {len(dataset.classes)} classes"
+
+    def metrics(self, outputs, targets, dataset: Dataset, objective) -> dict[str, Any]:
+        return classification_metrics(probabilities(outputs), targets, dataset.classes)
+
+    def plot_history(self, history: list[dict], path, title: str) -> None:
+        plots.learning_curve(history, path, title=title)
+
+    def finish(self, run: RunFolder, history, metrics, dataset: Dataset, model, objective, title: str) -> dict[str, Any]:
+        self.plot_history(history, run / LEARNING_CURVE, title)
+        final = "test" if "test" in metrics else "valid"
+        plots.confusion_matrix(metrics[final]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final})")
+        return {"valid_accuracy": metrics["valid"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None}
+
+    def results(self, metrics: dict[str, Any]) -> str:
+        return f"valid accuracy {metrics['valid']['accuracy']:.4f}" + (f", test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
+
+    def load_trained(self, folder: Path, config: dict[str, Any]) -> TrainedClassifier:
+        return load_trained(folder, config)
+
+
+KIND = ClassifierKind()

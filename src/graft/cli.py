@@ -98,6 +98,7 @@ def classify(
 @app.command()
 @_handle_errors
 def train(
+    context: typer.Context,
     data: Annotated[Optional[Path], typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/... (multi-task: a folder of images with --labels).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (required).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head), finetune (also train the last K stages), or auto (graft advise decides; saved as advice.json).")] = "extract",
@@ -115,7 +116,7 @@ def train(
     head_epochs: Annotated[Optional[int], typer.Option("--head-epochs", help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).")] = None,
     patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")] = 5,
     augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training (default: finetune yes, extract no).", show_default=False)] = None,
-    views: Annotated[int, typer.Option("--views", help="Augmented views per training image computed through the frozen stages and cached (with --augment).")] = 4,
+    views: Annotated[Optional[int], typer.Option("--views", help="Augmented views per training image computed through the frozen stages and cached (with --augment; default 4).")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Compute the frozen stages once per image and view and keep them on disk; --no-cache recomputes them every epoch.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or interrupted run folder from its last completed epoch (other options come from the run).")] = None,
@@ -125,12 +126,14 @@ def train(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Tasks to learn: age,gender,race (preset names) or age:regression,gender:male/female,kind:classification.", rich_help_panel="Multi-task / multi-domain")] = None,
     domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Multi-domain: NAME=PATH (class folders) or NAME=PATH:LABELS:TASK; repeat per domain; a head per domain on one backbone.", rich_help_panel="Multi-task / multi-domain")] = None,
-    sharing: Annotated[str, typer.Option("--sharing", help="hard (one trunk, a head per task) or soft (a tower per task, tied by --tie).", rich_help_panel="Multi-task / multi-domain")] = "hard",
-    tie: Annotated[float, typer.Option("--tie", help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters.", rich_help_panel="Multi-task / multi-domain")] = 0.0,
-    task_weighting: Annotated[str, typer.Option("--task-weighting", help="uncertainty (learned per-task weights) or equal (regression targets are standardised either way).", rich_help_panel="Multi-task / multi-domain")] = "uncertainty",
+    sharing: Annotated[Optional[str], typer.Option("--sharing", help="hard (one trunk, a head per task; default) or soft (a tower per task, tied by --tie).", rich_help_panel="Multi-task / multi-domain")] = None,
+    tie: Annotated[Optional[float], typer.Option("--tie", help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters (default 0).", rich_help_panel="Multi-task / multi-domain")] = None,
+    task_weighting: Annotated[Optional[str], typer.Option("--task-weighting", help="uncertainty (learned per-task weights; default) or equal (regression targets are standardised either way).", rich_help_panel="Multi-task / multi-domain")] = None,
+    valid_fraction: Annotated[Optional[float], typer.Option("--valid-fraction", help="Share of the images held out for validation when DATA has no valid/ (default 0.2; several tasks 0.15).")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Share held out for the final test (default 0.15).", rich_help_panel="Multi-task / multi-domain")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster; small source images lose nothing).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of this many images (per domain: training images).", rich_help_panel="Multi-task / multi-domain")] = None,
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds.", rich_help_panel="Multi-task / multi-domain")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds of training.")] = None,
     json_output: JsonOption = False,
 ):
     """Train a classifier on an image folder by transfer from a pretrained backbone (or several tasks/domains at once)."""
@@ -142,39 +145,30 @@ def train(
     if resume is not None:
         from graft.api import resume as run_resume
 
+        given = [name for name in context.params if name not in ("resume", "workers", "json_output")
+                 and getattr(context.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+        if given:
+            flags = ", ".join("DATA" if name == "data" else "--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"--resume continues a run with the options it was started with; {flags} cannot be changed",
+                              hint=f"drop {flags} (only --workers and --json go with --resume), or start a new run with --out")
         summary = run_resume(resume, num_workers=workers)
         if json_output:
             emit_json(summary)
         return
     if out is None:
         raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME (or --resume RUN)")
-    if labels or tasks or domain or sharing != "hard" or tie:
-        from graft.api import train_multitask
-        from graft.strategies import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
-
-        domains = {}
-        for entry in domain or []:
-            name, sep, path = entry.partition("=")
-            if not sep or not name or not path:
-                raise ConfigError(f"--domain '{entry}' must be NAME=PATH", hint="e.g. --domain signs=data/signs --domain faces=utkface/images:utkface:gender")
-            domains[name] = path
-        summary = train_multitask(
-            data, out, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, weighting=task_weighting, mode=mode,
-            backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
-            backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult, batch_size=batch_size, seed=seed, head=head,
-            bn=DEFAULT_BN if bn is None else bn, patience=patience, augment=augment, views=views, head_epochs=head_epochs or 0, cache=cache,
-            image_size=image_size, limit=limit, time_budget=time_budget, cache_dir=cache_dir, num_workers=workers, deterministic=deterministic, device=device,
-        )
-        if json_output:
-            emit_json(summary)
-        return
-    if data is None:
-        raise ConfigError("graft train needs DATA (a folder of class folders)", hint="graft train DATA --out runs/NAME")
+    domains = {}
+    for entry in domain or []:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--domain '{entry}' must be NAME=PATH", hint="e.g. --domain signs=data/signs --domain faces=utkface/images:utkface:gender")
+        domains[name] = path
     summary = run_train(
-        data, out, mode=mode, backbone=backbone, weights=str(weights) if weights else None, pretrained=not from_scratch, unfreeze=unfreeze,
-        epochs=epochs, lr=lr, backbone_lr_mult=backbone_lr_mult, batch_size=batch_size, seed=seed, head=head, bn=bn,
-        patience=patience, augment=augment, views=views, num_workers=workers, deterministic=deterministic, head_epochs=head_epochs,
-        cache=cache, cache_dir=cache_dir, image_size=image_size, device=device,
+        data, out, mode=mode, backbone=backbone, weights=weights, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
+        backbone_lr_mult=backbone_lr_mult, bn=bn, head=head, head_epochs=head_epochs, batch_size=batch_size, augment=augment, views=views,
+        cache=cache, cache_dir=cache_dir, image_size=image_size, patience=patience, time_budget=time_budget, seed=seed, deterministic=deterministic,
+        device=device, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, task_weighting=task_weighting,
+        valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit, num_workers=workers,
     )
     if json_output:
         emit_json(summary)

@@ -1,7 +1,7 @@
 """A run is one folder: config, freeze plan, class names, preprocessing, safetensors weights,
 history, metrics, data manifest, plots and an HTML report. ``load_run`` is the only loader and
-``resume_run`` the only way back into training: both dispatch on the run's kind (config.json's
-``kind``) through a small registry, so a new kind of run plugs in without editing them.
+every kind of run trains and resumes through :mod:`graft.trainer`: both look the run's kind
+(config.json's ``kind``) up in a small registry, so a new kind of run plugs in without editing them.
 
 Like Hugging Face's ``save_pretrained`` folders, a run can be moved and loaded anywhere; nothing
 in it is pickled, and every file is written atomically.
@@ -20,7 +20,7 @@ import torch
 from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
-from graft.fileio import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from graft.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_tensors, read_json
 from graft.freeze import FreezePlan
 
 CONFIG = "config.json"
@@ -90,6 +90,9 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
 
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_bytes(self.path / name, text.encode("utf-8"))
+
     def write_weights(self, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
         atomic_save_tensors(self.path / WEIGHTS, state, metadata)
 
@@ -129,28 +132,26 @@ class TrainedRun(Protocol):
     def example_input(self) -> Any: ...
 
 
-# Run kinds (config.json's "kind"): where each kind's loader ``(folder, config) -> TrainedRun`` and
-# resumer ``(folder, num_workers=, quiet=) -> summary`` live, as "module:function" names rather than
-# imports, so this module depends on no kind (Hugging Face's auto-class mappings work the same way).
-RUN_KINDS: dict[str, dict[str, str]] = {
-    "classifier": {"load": "graft.classifier:load_trained", "resume": "graft.trainer:resume"},
-    "multitask": {"load": "graft.multitask.run:load_trained", "resume": "graft.multitask.run:resume"},
-}
+# Run kinds (config.json's "kind") and where each kind's :class:`graft.trainer.RunKind` lives, as
+# "module:object" names rather than imports, so this module depends on no kind (Hugging Face's
+# auto-class mappings work the same way). A new kind calls register_run_kind.
+RUN_KINDS: dict[str, str] = {"classifier": "graft.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
 
 
-def register_run_kind(kind: str, *, load: str, resume: str) -> None:
-    """Make run folders whose config says ``kind`` load and resume through the named functions."""
-    RUN_KINDS[kind] = {"load": load, "resume": resume}
+def register_run_kind(kind: str, where: str) -> None:
+    """Make runs of ``kind`` train, load and resume through the RunKind object at ``where`` ("module:name")."""
+    RUN_KINDS[kind] = where
 
 
-def _kind_function(kind: str, role: str) -> Callable[..., Any]:
+def run_kind(kind: str) -> Any:
+    """The RunKind object of ``kind`` (see :class:`graft.trainer.RunKind`)."""
     import importlib
 
     if kind not in RUN_KINDS:
         raise RunFolderError(f"unknown run kind '{kind}' (this graft knows {', '.join(sorted(RUN_KINDS))})",
                              hint="was the run written by a newer graft, or by a plug-in that is not installed?")
-    module, _, function = RUN_KINDS[kind][role].partition(":")
-    return getattr(importlib.import_module(module), function)
+    module, _, name = RUN_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -178,13 +179,7 @@ def load_run(path: str | os.PathLike) -> TrainedRun:
         if not (folder / name).is_file():
             raise RunFolderError(f"run folder '{folder}' has no {name}", hint="is this a folder written by graft train (and did it finish an epoch)?")
     config = read_config(folder)
-    return _kind_function(kind_of(config), "load")(folder, config)
-
-
-def resume_run(path: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Continue a killed or interrupted run of any kind from its last completed epoch."""
-    config = RunFolder(path).config_to_resume()
-    return _kind_function(kind_of(config), "resume")(path, num_workers=num_workers, quiet=quiet)
+    return run_kind(kind_of(config)).load_trained(folder, config)
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:

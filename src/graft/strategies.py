@@ -10,19 +10,11 @@ from typing import Any
 from graft.errors import ConfigError
 from graft.freeze import FreezePlan
 
+from graft.core.config import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
+
 MODES = ("extract", "finetune")
 AUTO = "auto"  # measured by graft.advisor, then one of MODES
 DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3}
-DEFAULT_BACKBONE_LR_MULT = 0.1
-DEFAULT_BN = "train"
-# Augmented views per training image whose frozen-part activations are cached (graft.inputs).
-DEFAULT_VIEWS = 4
-
-
-def augment_by_default(mode: str) -> bool:
-    """Feature extraction trains on clean images (Chollet's fast feature extraction: one pass over
-    the data); fine-tuning trains on augmented views, since more of the network can overfit."""
-    return mode != "extract"
 
 
 def default_unfreeze(num_stages: int) -> int:
@@ -35,13 +27,15 @@ def plan_for_mode(
     stages: list[str],
     lr: float | None = None,
     unfreeze: int | None = None,
-    backbone_lr_mult: float = 0.1,
-    bn_policy: str = "train",
+    backbone_lr_mult: float | None = None,
+    bn_policy: str | None = None,
 ) -> FreezePlan:
     """Build the freeze plan for ``mode``: ``extract`` freezes everything; ``finetune`` trains the last ``unfreeze`` stages."""
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES + (AUTO,))}; got '{mode}'")
     lr = DEFAULT_LR[mode] if lr is None else lr
+    backbone_lr_mult = DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult
+    bn_policy = DEFAULT_BN if bn_policy is None else bn_policy
     if mode == "extract":
         if unfreeze not in (None, 0):
             raise ConfigError("--unfreeze only applies to --mode finetune", hint="drop --unfreeze or use --mode finetune")

@@ -1,11 +1,16 @@
-"""One single-task training run, from options to a finished run folder, or resumed after a crash.
+"""One training run of any kind, from a config to a finished run folder, or resumed after a crash.
 
-:class:`TrainOptions` is everything that determines a run; it is saved (resolved: ``--mode auto``'s
-advice already applied) in ``config.json``, so ``resume`` rebuilds the same model, freeze plan,
-split and inputs and continues from ``checkpoint.safetensors``. The steps: scan the data, build the
-model and its freeze plan, print the plan, compute the frozen part once (``graft.inputs``), run the
-loop (``graft.core.fit``) writing history, best weights and a checkpoint after each epoch, then
-evaluate and write metrics, plots and the report.
+The steps are the same for every kind of run: validate the config, scan the data, load the backbone
+(and, for ``--mode auto``, measure it: :mod:`graft.advisor`), build the model and its freeze plan,
+compute the frozen part once (:mod:`graft.inputs`), run the one loop (:mod:`graft.core.fit`) writing
+history, best weights and a checkpoint after each epoch, then evaluate and write metrics, plots and
+the report. What differs between kinds (how data is scanned, the model's heads, the objective, the
+metrics and plots) comes from a :class:`RunKind` looked up in :mod:`graft.runs`' registry: a single
+classifier (:mod:`graft.classifier`) and several tasks or domains (:mod:`graft.multitask.run`).
+
+``config.json`` holds the resolved :class:`~graft.core.config.RunConfig` (``--mode auto``'s advice
+already applied), so ``resume`` rebuilds the same model, plan, split and inputs, checks the config
+again, and continues from ``checkpoint.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,239 +18,221 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
-from graft import plots, report
+from torch import nn
+
+from graft import report
 from graft.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.core.callbacks import ProgressBars
 from graft.core.checkpoint import load_checkpoint
-from graft.core.evaluation import classification_metrics, predict_probabilities
-from graft.core.fit import FitState, fit
-from graft.core.objectives import Classification
-from graft.core.runtime import Runtime, resolve_device
-from graft.data import Dataset, scan_folder
-from graft.errors import ConfigError, RunFolderError, TrainingError
-from graft.fileio import read_json
+from graft.core.config import RunConfig, validate
+from graft.core.evaluation import collect_outputs
+from graft.core.fit import apply_plan, fit
+from graft.core.objectives import Objective
+from graft.core.runtime import Runtime
+from graft.errors import RunFolderError, TrainingError
 from graft.freeze import FreezePlan, parameter_counts
 from graft.inputs import Inputs, build_inputs, check_workers
-from graft.model import TransferModel, build_transfer_model
+from graft.model import TransferModel
 from graft.preprocessing import Preprocessing
 from graft.reproducibility import seed_everything
-from graft.runs import ADVICE, CHECKPOINT, CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, load_plan
-from graft.strategies import AUTO, DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, DEFAULT_VIEWS, augment_by_default, plan_for_mode, resolve_auto
-
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-DEFAULT_EPOCHS = 10
+from graft.runs import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
+from graft.strategies import AUTO, plan_for_mode
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    """What determines a training run. ``None`` means "the mode's default" until :meth:`resolved`."""
+class RunKind(Protocol):
+    """What a kind of run supplies to the one pipeline (registered in :data:`graft.runs.RUN_KINDS`)."""
 
-    data: str
-    mode: str = "extract"
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None
-    pretrained: bool = True
-    unfreeze: int | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int = 32
-    seed: int = 0
-    head: str = "linear"
-    patience: int = 5
-    augment: bool | None = None
-    views: int = DEFAULT_VIEWS
-    bn: str | None = None
-    backbone_lr_mult: float | None = None
-    valid_fraction: float = 0.2
-    deterministic: bool = False
-    head_epochs: int | None = None
-    cache: bool = True
-    cache_dir: str | None = None
-    image_size: int | None = None  # instead of the backbone's input size (smaller is faster)
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+    name: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def scan(self, config: RunConfig) -> Any:
+        """The labelled data, split (train/valid[/test]), with what was skipped."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainOptions":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RunFolderError(f"training options have unknown keys {sorted(unknown)}", hint="was the run written by a newer graft?")
-        return cls(**data)
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> Any:
+        """The data a run started with (for ``--resume``), or a clear error if it changed."""
 
-    def validate(self) -> None:
-        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--patience", self.patience)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1; got {value}")
-        if self.image_size is not None and not 32 <= self.image_size <= 1024:
-            raise ConfigError(f"--image-size must be between 32 and 1024 pixels; got {self.image_size}")
-        if self.views < 0:
-            raise ConfigError(f"--views must be 0 or more; got {self.views}")
-        if not 0 < self.valid_fraction < 1:
-            raise ConfigError(f"valid_fraction must be between 0 and 1; got {self.valid_fraction}")
-        resolve_device(self.device)
-        if self.mode == AUTO and not self.pretrained:
-            raise ConfigError("--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
-                              hint="pick --mode extract or finetune for a from-scratch baseline")
+    def advice_view(self, dataset: Any) -> Any:
+        """A one-label view of the data for the advisor (``--mode auto``)."""
 
-    def resolved(self, advised: dict[str, Any] | None = None) -> "TrainOptions":
-        """Concrete values for every default (after applying ``advised``, the plan of ``--mode auto``)."""
-        options = self
-        if advised is not None:
-            resolved = resolve_auto(advised, unfreeze=self.unfreeze, epochs=self.epochs, lr=self.lr, backbone_lr_mult=self.backbone_lr_mult,
-                                    bn=self.bn, head_epochs=self.head_epochs)
-            options = dataclasses.replace(self, **resolved)
-        return dataclasses.replace(
-            options,
-            epochs=DEFAULT_EPOCHS if options.epochs is None else options.epochs,
-            backbone_lr_mult=DEFAULT_BACKBONE_LR_MULT if options.backbone_lr_mult is None else options.backbone_lr_mult,
-            bn=DEFAULT_BN if options.bn is None else options.bn,
-            head_epochs=0 if options.head_epochs is None else options.head_epochs,
-            augment=augment_by_default(options.mode) if options.augment is None else options.augment,
-        )
+    def build_model(self, config: RunConfig, make_backbone, dataset: Any, input_size: int) -> nn.Module:
+        """The model: pretrained stages and the new heads (``make_backbone()`` gives a fresh backbone)."""
+
+    def frozen_trunk(self, model: nn.Module) -> TransferModel:
+        """The trunk whose frozen stages the activation cache computes."""
+
+    def objective(self, config: RunConfig, dataset: Any) -> Objective: ...
+
+    def config_section(self, config: RunConfig, dataset: Any, objective: Objective, model: nn.Module) -> dict[str, Any]:
+        """The kind's own entries of ``config.json`` (e.g. class names, tasks)."""
+
+    def headline(self, dataset: Any) -> str:
+        """One line on what is learned from what."""
+
+    def metrics(self, outputs: Any, targets: Any, dataset: Any, objective: Objective) -> dict[str, Any]:
+        """One split's metrics from the model's outputs."""
+
+    def finish(self, run: RunFolder, history: list[dict], metrics: dict[str, Any], dataset: Any, model: nn.Module, objective: Objective,
+               title: str) -> dict[str, Any]:
+        """Plots and the kind's extra metrics (added to ``metrics``); returns the kind's fields of the summary."""
+
+    def plot_history(self, history: list[dict], path, title: str) -> None: ...
+
+    def results(self, metrics: dict[str, Any]) -> str:
+        """The headline figures, in words, for the last line of a run."""
+
+    def load_trained(self, folder, config: dict[str, Any]) -> Any:
+        """A finished run loaded for prediction and evaluation (:class:`graft.runs.TrainedRun`)."""
 
 
-def train(options: TrainOptions, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train from scratch of the run folder ``out``; returns the ``train`` JSON summary."""
+def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train into the run folder ``out`` (never over an unfinished run); returns the ``train`` JSON summary."""
     began = time.perf_counter()
-    options.validate()
+    validate(config)
+    config = config.with_split_defaults()
     check_workers(num_workers)
+    runtime = Runtime.create(config.device)
+    kind: RunKind = run_kind(config.kind)
     run = RunFolder(out)
     run.prepare()
     run.refuse_unfinished()
-    dataset = scan_folder(options.data, valid_fraction=options.valid_fraction, seed=options.seed)
-    seed_everything(options.seed, options.deterministic)
-    loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained)
+    dataset = kind.scan(config)
+    seed_everything(config.seed, config.deterministic)
+    loaded = create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
     advice = None
-    if options.mode == AUTO:
+    if config.mode == AUTO:
         from graft.advisor import advise_scanned
 
-        advice = advise_scanned(dataset, loaded, options.backbone, seed=options.seed)
-    options = options.resolved(advice.plan.to_dict() if advice is not None else None)
-    preprocessing = loaded.preprocessing if options.image_size is None else dataclasses.replace(loaded.preprocessing, input_size=options.image_size)
-    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=preprocessing.input_size)
-    plan = plan_for_mode(options.mode, model.stage_names, lr=options.lr, unfreeze=options.unfreeze, backbone_lr_mult=options.backbone_lr_mult, bn_policy=options.bn)
-    plan.apply(model)
+        advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, seed=config.seed)
+    config = config.resolved(advice.plan.to_dict() if advice is not None else None)
+    validate(config)  # what config.json will hold, and --resume will check again
+    preprocessing = loaded.preprocessing if config.image_size is None else dataclasses.replace(loaded.preprocessing, input_size=config.image_size)
+    first = [loaded.model]  # the backbone just loaded serves the first tower; more towers load fresh copies
+
+    def make_backbone() -> nn.Module:
+        return first.pop() if first else create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
+
+    model = kind.build_model(config, make_backbone, dataset, preprocessing.input_size)
+    plan = plan_for_mode(config.mode, model.stage_names, lr=config.lr, unfreeze=config.unfreeze, backbone_lr_mult=config.backbone_lr_mult,
+                         bn_policy=config.bn)
+    apply_plan(plan, model)
+    objective = kind.objective(config, dataset)
     run.require_space(model)
-    config = {
-        "kind": "classifier",
+    saved = {
+        "kind": kind.name,
         "graft_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {"root": str(options.data), "layout": dataset.layout, "counts": {k: len(v) for k, v in dataset.splits.items()}, "skipped": len(dataset.skipped)},
-        "backbone": {"name": options.backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
+        "data": {"root": config.data, "layout": getattr(dataset, "layout", kind.name), "counts": {k: len(v) for k, v in dataset.splits.items()},
+                 "skipped": len(dataset.skipped)},
+        "backbone": {"name": config.backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
         "preprocessing": preprocessing.to_dict(),
-        "mode": options.mode,
-        "head": options.head,
-        "classes": dataset.classes,
-        "options": options.to_dict(),
+        "mode": config.mode,
+        "head": config.head,
+        "options": config.to_dict(),
         "hyperparameters": {
-            "epochs": options.epochs, "lr": plan.lr, "backbone_lr_mult": options.backbone_lr_mult, "batch_size": options.batch_size,
-            "seed": options.seed, "patience": options.patience, "augment": options.augment, "views": options.views, "bn": plan.bn_policy,
-            "unfreeze": len(plan.trainable_stages), "valid_fraction": options.valid_fraction, "deterministic": options.deterministic,
-            "head_epochs": options.head_epochs,
+            "epochs": config.epochs, "lr": plan.lr, "backbone_lr_mult": plan.backbone_lr_mult, "batch_size": config.batch_size,
+            "seed": config.seed, "patience": config.patience, "augment": config.augment, "views": config.views, "bn": plan.bn_policy,
+            "unfreeze": len(plan.trainable_stages), "valid_fraction": config.valid_fraction, "deterministic": config.deterministic,
+            "head_epochs": config.head_epochs or 0, "time_budget": config.time_budget,
         },
         "params": parameter_counts(model),
+        **kind.config_section(config, dataset, objective, model),
     }
     if advice is not None:
-        config["advice"] = {"file": ADVICE, "scenario": advice.scenario, "similarity": advice.similarity, "plan": advice.plan.to_dict()}
+        saved["advice"] = {"file": ADVICE, "scenario": advice.scenario, "similarity": advice.similarity, "plan": advice.plan.to_dict()}
         run.write_json(ADVICE, advice.to_dict())
     if not quiet:
-        _print_plan(dataset, options, model, plan, advice)
+        _print_plan(kind, dataset, config, model, plan, advice)
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
-    run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
-    summary = _run(run, config, options, dataset, model, plan, None, num_workers, quiet, began)
+    run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
+    summary = _execute(run, saved, config, kind, dataset, model, plan, objective, runtime, False, num_workers, quiet, began)
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     return summary
 
 
 def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Continue a run that was killed or interrupted, from its last completed epoch."""
+    """Continue a run of any kind that was killed or interrupted, from its last completed epoch."""
     began = time.perf_counter()
     check_workers(num_workers)
     run = RunFolder(out)
-    config = run.config_to_resume()
-    options = TrainOptions.from_dict(config["options"])
+    saved = run.config_to_resume()
+    config = RunConfig.from_dict(saved["options"], source=str(run / CONFIG))
+    runtime = Runtime.create(config.device)
+    kind: RunKind = run_kind(kind_of(saved))
     run.prepare()
-    dataset = Dataset.from_manifest(read_json(run / MANIFEST))
-    seed_everything(options.seed, options.deterministic)
+    dataset = kind.reload(run, saved, config)
+    seed_everything(config.seed, config.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
-    loaded = create_backbone(options.backbone, weights=options.weights, pretrained=options.pretrained and not has_checkpoint)
-    model = build_transfer_model(loaded.model, options.head, len(dataset.classes), input_size=Preprocessing.from_dict(config["preprocessing"]).input_size)
+
+    def make_backbone() -> nn.Module:  # the checkpoint holds every weight: no need to read pretrained ones
+        return create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained and not has_checkpoint).model
+
+    try:
+        input_size = Preprocessing.from_dict(saved["preprocessing"]).input_size
+    except (KeyError, TypeError) as error:
+        raise RunFolderError(f"'{run / CONFIG}' has no valid preprocessing ({type(error).__name__}: {error})") from None
+    model = kind.build_model(config, make_backbone, dataset, input_size)
     plan = load_plan(run.path)
-    plan.apply(model)
-    checkpoint = load_checkpoint(run / CHECKPOINT, model, Classification()) if has_checkpoint else None
+    apply_plan(plan, model)
+    objective = kind.objective(config, dataset)
     if not quiet:
-        where = f"after epoch {checkpoint[0].epoch}" if checkpoint else "from the start (no epoch had finished)"
-        stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing {where}")
-    return _run(run, config, options, dataset, model, plan, checkpoint, num_workers, quiet, began)
+        stderr.print(f"[bold]graft train --resume[/] {run.path}: " + ("continuing after the last completed epoch" if has_checkpoint else "starting over (no epoch had finished)"))
+    return _execute(run, saved, config, kind, dataset, model, plan, objective, runtime, has_checkpoint, num_workers, quiet, began)
 
 
-def _run(run: RunFolder, config: dict, options: TrainOptions, dataset: Dataset, model: TransferModel, plan: FreezePlan,
-         checkpoint: tuple[FitState, dict, dict] | None, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
-    preprocessing = Preprocessing.from_dict(config["preprocessing"])
-    title = f"{options.backbone}, {options.mode}"
-    runtime = Runtime.create(options.device)
-    resume_state, optimizer_state, scheduler_state = checkpoint if checkpoint else (None, None, None)
-    objective = (resume_state.objective if resume_state is not None else Classification()).to(runtime.device)
+def _execute(run: RunFolder, saved: dict, config: RunConfig, kind: RunKind, dataset, model: nn.Module, plan: FreezePlan, objective: Objective,
+             runtime: Runtime, resuming: bool, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
+    preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+    title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
-    saver = SaveEveryEpoch(run, lambda history: plots.learning_curve(history, run / LEARNING_CURVE, title=title))
+    objective.to(runtime.device)
+    saver = SaveEveryEpoch(run, lambda history: kind.plot_history(history, run / LEARNING_CURVE, title))
     try:
         with make_progress(quiet) as progress:
-            inputs = build_inputs(model, dataset, preprocessing, architecture=config["backbone"]["architecture"], trainable_from=plan.trainable_from,
-                                  augment=options.augment, views=options.views, seed=options.seed, batch_size=options.batch_size,
-                                  workers=num_workers, cache=options.cache, cache_dir=options.cache_dir, progress=progress, device=runtime.device)
+            inputs = build_inputs(kind.frozen_trunk(model), dataset, preprocessing, architecture=saved["backbone"]["architecture"],
+                                  trainable_from=plan.trainable_from, augment=config.augment, views=config.views or 0, seed=config.seed,
+                                  batch_size=config.batch_size, workers=num_workers, cache=config.cache, cache_dir=config.cache_dir,
+                                  progress=progress, device=runtime.device)
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))
-            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=options.epochs, head_epochs=options.head_epochs,
-                        patience=options.patience, start=inputs.start, callbacks=[ProgressBars(progress), saver], runtime=runtime,
-                        resume=resume_state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
+            state = optimizer_state = scheduler_state = None
+            if resuming:  # last: building the model and inputs must not disturb the random state it restores
+                state, optimizer_state, scheduler_state = load_checkpoint(run / CHECKPOINT, model, objective)
+            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=config.epochs, head_epochs=config.head_epochs or 0,
+                        patience=config.patience, start=inputs.start, time_budget=config.time_budget, callbacks=[ProgressBars(progress), saver],
+                        runtime=runtime, resume=state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
             fitted = time.perf_counter()
-            metrics = _evaluate(model, inputs, dataset.classes, runtime)
+            metrics: dict[str, Any] = {}
+            for split, loader in inputs.evaluation.items():
+                outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
+                metrics[split] = kind.metrics(outputs, targets, dataset, objective)
     except KeyboardInterrupt:
         raise run.interrupted() from None
     except TrainingError as error:
         kept = f"the best weights so far are in '{run / WEIGHTS}'" if (run / WEIGHTS).is_file() else "no epoch had finished"
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None
-    metrics["best_epoch"] = state.best_epoch
-    plots.learning_curve(state.history, run / LEARNING_CURVE, title=title)
-    final_split = "test" if "test" in metrics else "valid"
-    plots.confusion_matrix(metrics[final_split]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final_split})")
+    metrics.update({"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs", "inputs": inputs.description})
+    own = kind.finish(run, state.history, metrics, dataset, model, objective, title)
     seconds = time.perf_counter() - began
     metrics["seconds"] = seconds
     metrics["phase_seconds"] = {"prepare": prepared - began, "fit": fitted - prepared, "evaluate": time.perf_counter() - fitted}
-    metrics["inputs"] = inputs.description
     run.write_json(METRICS, metrics)
-    (run / REPORT).write_text(report.render(run.path, config, plan.rows(model), state.history, metrics), encoding="utf-8")
+    run.write_text(REPORT, report.render(run.path, saved, plan.rows(kind.frozen_trunk(model)), state.history, metrics))
     (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     summary = {
-        "run": str(run.path),
-        "mode": options.mode,
-        "backbone": options.backbone,
-        "best_epoch": state.best_epoch,
-        "epochs_run": len(state.history),
-        "valid_accuracy": metrics["valid"]["accuracy"],
-        "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None,
-        "seconds": seconds,
-        "phase_seconds": metrics["phase_seconds"],
-        "params": config["params"],
-        "skipped": len(dataset.skipped),
-        "unfreeze": len(plan.trainable_stages),
-        "head_epochs": options.head_epochs,
+        "run": str(run.path), "kind": kind.name, "mode": config.mode, "backbone": config.backbone, "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history), "stopped": metrics["stopped"], **own, "seconds": seconds, "phase_seconds": metrics["phase_seconds"],
+        "params": saved["params"], "skipped": len(dataset.skipped), "unfreeze": len(plan.trainable_stages), "head_epochs": config.head_epochs or 0,
         "cached": inputs.description["cached"],
     }
     if not quiet:
-        test_text = f", test accuracy {summary['test_accuracy']:.4f}" if summary["test_accuracy"] is not None else ""
-        stderr.print(f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, valid accuracy {summary['valid_accuracy']:.4f}{test_text}; run saved to {run.path}")
+        stderr.print(f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, {kind.results(metrics)}; run saved to {run.path}")
     return summary
 
 
@@ -258,21 +245,15 @@ def _describe_inputs(inputs: Inputs, seconds: float) -> str:
             f"for {views} ({seconds:.1f}s so far; cache: {described['cache_dir']})")
 
 
-def _evaluate(model: TransferModel, inputs: Inputs, classes: list[str], runtime: Runtime) -> dict[str, Any]:
-    metrics: dict[str, Any] = {}
-    for split, loader in inputs.evaluation.items():
-        probabilities, labels = predict_probabilities(model, loader, start=inputs.start, runtime=runtime)
-        metrics[split] = classification_metrics(probabilities, labels, classes)
-    return metrics
-
-
-def _print_plan(dataset: Dataset, options: TrainOptions, model: TransferModel, plan: FreezePlan, advice) -> None:
-    stderr.print(f"[bold]graft train[/]: {dataset.layout}; {len(dataset.classes)} classes; "
+def _print_plan(kind: RunKind, dataset, config: RunConfig, model: nn.Module, plan: FreezePlan, advice) -> None:
+    stderr.print(f"[bold]graft train[/]: {kind.headline(dataset)}; "
                  + ", ".join(f"{name} {len(items)}" for name, items in dataset.splits.items())
                  + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else "")
-                 + (f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {options.data} lists them)" if dataset.warnings else ""))
-    rows = plan.rows(model)
-    stderr.print(table(f"freeze plan ({options.mode}, {options.backbone})", ["part", "status", "params", "lr", "batchnorm"],
+                 + (f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {config.data} lists them)" if getattr(dataset, "warnings", None) else ""))
+    trunks = model.trunks()
+    rows = plan.rows(next(iter(trunks.values())))
+    per = f", {len(trunks)} towers, each" if len(trunks) > 1 else ""
+    stderr.print(table(f"freeze plan ({config.mode}, {config.backbone}{per})", ["part", "status", "params", "lr", "batchnorm"],
                        [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}", r["batchnorm"]] for r in rows]))
     counts = parameter_counts(model)
     stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")

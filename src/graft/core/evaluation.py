@@ -33,11 +33,16 @@ def collect_outputs(model: torch.nn.Module, loader, start: int = 0, runtime: Run
     return (np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)), joined_targets
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over classes (float32, as the model computes it)."""
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
 def predict_probabilities(model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU,
                           on_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of a classifier and the labels, for every batch of ``loader``, in order."""
     logits, labels = collect_outputs(model, loader, start=start, runtime=runtime, on_batch=on_batch)
-    return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), labels
+    return probabilities(logits), labels
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:

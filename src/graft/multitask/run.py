@@ -1,5 +1,5 @@
-"""Multi-task and multi-domain runs: ``train_multitask`` writes a run folder, ``resume`` continues it,
-``load_trained`` reads it (the "multitask" run kind of :mod:`graft.runs`).
+"""The "multitask" kind of run: several tasks on one set of images, or several domains in one model.
+:data:`KIND` tells the one pipeline (:mod:`graft.trainer`) how; ``load_trained`` reads such a run back.
 
 The run folder is the single-task one (config, freeze plan, safetensors weights, history, metrics,
 manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
@@ -11,12 +11,10 @@ soft sharing) and the objective (:mod:`graft.multitask.objective`) differ.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,217 +23,112 @@ import torch
 
 from graft import plots
 from graft.backbones import create_backbone
-from graft.console import progress as make_progress
-from graft.console import stderr, table
-from graft.core.callbacks import ProgressBars
-from graft.core.checkpoint import load_checkpoint
+from graft.core.config import RunConfig
 from graft.core.evaluation import collect_outputs
-from graft.core.fit import fit
-from graft.core.runtime import Runtime
-from graft.data import ImageDataset, collect_image_paths
-from graft.errors import ConfigError, DataError, RunFolderError
+from graft.data import Dataset, ImageDataset, collect_image_paths
+from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.freeze import parameter_counts
-from graft.inputs import build_inputs, check_workers, default_workers, image_loader
+from graft.inputs import default_workers, image_loader
+from graft.model import TransferModel
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
 from graft.preprocessing import Preprocessing
-from graft.reproducibility import seed_everything
-from graft.runs import CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, RunFolder, SaveEveryEpoch, load_weights
-from graft.strategies import DEFAULT_VIEWS, augment_by_default, plan_for_mode
-from graft.tasks import Task, read_labels, scan_domains, scan_multitask
-
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+from graft.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
+from graft.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
 
 
 def _targets(items) -> torch.Tensor:
     return torch.tensor([labels for _, labels in items], dtype=torch.float32)
 
 
-def train_multitask(
-    data: str | os.PathLike | None,
-    out: str | os.PathLike,
-    *,
-    labels: str | None = None,
-    tasks: str | Sequence[str] | None = None,
-    domains: dict[str, str] | None = None,
-    sharing: str = "hard",
-    tie: float = 0.0,
-    weighting: str = "uncertainty",
-    mode: str = "extract",
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = None,
-    pretrained: bool = True,
-    unfreeze: int | None = None,
-    epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-    head: str = "linear",
-    patience: int = 5,
-    augment: bool | None = None,
-    views: int = DEFAULT_VIEWS,
-    head_epochs: int = 0,
-    bn: str = "train",
-    backbone_lr_mult: float = 0.1,
-    valid_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    image_size: int | None = None,
-    limit: int | None = None,
-    time_budget: float | None = None,
-    cache: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-    num_workers: int | None = None,
-    deterministic: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    _resuming: bool = False,
-) -> dict[str, Any]:
-    """Train several tasks (``labels`` + ``tasks`` on ``data``) or several domains (``domains``) in one model.
+class MultiTaskKind:
+    """Several tasks on one set of images, or several domains in one model (see :class:`graft.trainer.RunKind`)."""
 
-    ``sharing="hard"``: one trunk (frozen in ``mode="extract"``, last ``unfreeze`` stages trained in
-    ``"finetune"``) and a head per task. ``sharing="soft"``: one tower per task from the same
-    pretrained weights, with ``tie * sum of squared differences`` between the towers' trained
-    parameters added to the loss. Inputs, the activation cache (``views`` augmented views when
-    augmenting), the head-first phase (``head_epochs``) and the loop are those of single-task runs.
-    Returns the JSON summary (per-task valid/test metrics).
-    """
-    began = time.perf_counter()
-    # everything but where to write and how to show it: resume replays these arguments
-    options = {name: str(value) if isinstance(value, os.PathLike) else value for name, value in locals().items()
-               if name not in ("out", "quiet", "num_workers", "_resuming", "began")}
-    epochs = 10 if epochs is None else epochs
-    augment = augment_by_default(mode) if augment is None else augment
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1; got {value}")
-    if views < 0 or head_epochs < 0:
-        raise ConfigError(f"--views and --head-epochs must be 0 or more; got {views} and {head_epochs}")
-    check_workers(num_workers)
-    runtime = Runtime.create(device)
-    if (domains is None) == (data is None):
-        raise ConfigError("give either DATA with --labels/--tasks, or --domain NAME=PATH (at least two), not both")
-    if data is not None and not labels:
-        raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN)")
-    run = RunFolder(out)
-    run.prepare()
-    if not _resuming:
-        run.refuse_unfinished()
-    dataset = (scan_domains(domains, valid_fraction, test_fraction, seed, limit) if domains is not None
-               else scan_multitask(data, labels, tasks, valid_fraction, test_fraction, seed, limit))
-    if _resuming and json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
-        raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
-                             hint="restore the data, or train again with another --out")
-    seed_everything(seed, deterministic)
-    loaded = create_backbone(backbone, weights=weights, pretrained=pretrained)
-    preprocessing = loaded.preprocessing if image_size is None else dataclasses.replace(loaded.preprocessing, input_size=int(image_size))
-    model = build_multitask_model(lambda: create_backbone(backbone, weights=weights, pretrained=pretrained).model, dataset.tasks, sharing, head,
-                                  input_size=preprocessing.input_size)
-    plan = plan_for_mode(mode, model.stage_names, lr=lr, unfreeze=unfreeze, backbone_lr_mult=backbone_lr_mult, bn_policy=bn)
-    for tower in model.towers.values():
-        plan.apply(tower)
-    if sharing == "hard" and tie:
-        raise ConfigError("--tie only applies to --sharing soft (hard sharing has one trunk)")
-    scales = target_scales(dataset.tasks, _targets(dataset.split("train")).numpy())
-    objective = MultiTaskObjective(dataset.tasks, scales, weighting, tie=tie)
-    counts = parameter_counts(model)
-    run.require_space(model)
-    if not quiet:
-        stderr.print(f"[bold]graft train[/] ({'multi-domain' if domains else 'multi-task'}, {sharing} sharing): "
-                     + ", ".join(f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks) + "; "
-                     + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
-                     + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else ""))
-        rows = plan.rows(next(iter(model.towers.values())))
-        stderr.print(table(f"freeze plan per tower ({mode}, {backbone}, {len(model.towers)} tower(s))", ["part", "status", "params", "lr"],
-                           [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}"] for r in rows]))
-        stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")
-    config = {
-        "kind": "multitask",
-        "options": options,
-        "graft_version": _version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {"root": str(data) if data is not None else None, "counts": dataset.counts(), "skipped": len(dataset.skipped)},
-        "backbone": {"name": backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
-        "preprocessing": preprocessing.to_dict(),
-        "mode": mode,
-        "head": head,
-        "classes": [],
-        "multitask": {
-            "sharing": sharing, "tie": tie, "weighting": weighting, "labels": dataset.source,
-            "tasks": [t.to_dict() for t in dataset.tasks], "scales": {k: v.to_dict() for k, v in scales.items()},
-            "towers": list(model.towers.keys()), "domains": bool(domains),
-        },
-        "hyperparameters": {
-            "epochs": epochs, "lr": plan.lr, "backbone_lr_mult": backbone_lr_mult, "batch_size": batch_size, "seed": seed, "patience": patience,
-            "augment": augment, "views": views, "head_epochs": head_epochs, "bn": plan.bn_policy, "unfreeze": len(plan.trainable_stages),
-            "valid_fraction": valid_fraction, "test_fraction": test_fraction, "limit": limit, "time_budget": time_budget,
-        },
-        "params": counts,
-    }
-    if not _resuming:
-        run.write_json(PLAN, plan.to_dict())
-        run.write_json(MANIFEST, dataset.manifest())
-        run.write_json(CONFIG, config)  # last: a config.json means the run folder is complete enough to resume
+    name = "multitask"
 
-    model.to(runtime.device)
-    objective.to(runtime.device)
-    title = f"{backbone}, {sharing} sharing, {mode}"
-    saver = SaveEveryEpoch(run, lambda history: plots.task_curves(history, run / LEARNING_CURVE, title=title))
-    with make_progress(quiet) as progress:
-        # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
-        inputs = build_inputs(next(iter(model.towers.values())), dataset, preprocessing, architecture=loaded.report.architecture,
-                              trainable_from=plan.trainable_from, augment=augment, views=views, seed=seed, batch_size=batch_size,
-                              workers=num_workers, cache=cache, cache_dir=cache_dir, progress=progress, device=runtime.device)
-        if not quiet and inputs.description["cached"]:
-            stderr.print(f"inputs: activations cached at '{inputs.description['start_stage']}'"
-                         + (f" for {inputs.description['views']} augmented view(s) per training image" if inputs.description["views"] else ""))
-        resume_state = optimizer_state = scheduler_state = None
-        if _resuming and (run / CHECKPOINT).is_file():  # read last: building the model and inputs must not disturb the restored random state
-            resume_state, optimizer_state, scheduler_state = load_checkpoint(run / CHECKPOINT, model, objective)
-            if not quiet:
-                stderr.print(f"[bold]graft train --resume[/] {run.path}: continuing after epoch {resume_state.epoch}")
-        fit_began = time.perf_counter()
-        try:
-            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=epochs, head_epochs=head_epochs, patience=patience,
-                        start=inputs.start, time_budget=time_budget, callbacks=[ProgressBars(progress), saver], runtime=runtime,
-                        resume=resume_state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
-        except KeyboardInterrupt:
-            raise run.interrupted() from None
-        fit_seconds = time.perf_counter() - fit_began
-        metrics: dict[str, Any] = {"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs", "inputs": inputs.description}
-        for split, loader in inputs.evaluation.items():
-            outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
-            metrics[split] = task_metrics(dataset.tasks, outputs, targets.astype(np.float64), scales, detail=True)
-    seconds = time.perf_counter() - began
-    metrics.update({"seconds": seconds, "fit_seconds": fit_seconds, "tower_distance": float(model.tower_distance().detach()),
-                    "tied_parameters": model.tied_parameter_count(), "task_weights": objective.weights()})
-    run.write_json(METRICS, metrics)
-    (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
-    final = metrics.get("test", metrics["valid"])
-    plots.task_curves(state.history, run / LEARNING_CURVE, title=f"{backbone}, {sharing} sharing, {mode}")
-    for task in dataset.tasks:
+    def scan(self, config: RunConfig) -> MultiTaskDataset:
+        if config.domains is not None:
+            return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
+        return scan_multitask(config.data, config.labels, config.tasks, config.valid_fraction, config.test_fraction, config.seed, config.limit)
+
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> MultiTaskDataset:
+        dataset = self.scan(config)
+        if json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
+            raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
+                                 hint="restore the data, or train again with another --out")
+        return dataset
+
+    def advice_view(self, dataset: MultiTaskDataset) -> Dataset:
+        """The advisor measures one label: the first classification task (a regression task's values in
+        quartiles when there is none), on the images that carry it."""
+        index = next((i for i, task in enumerate(dataset.tasks) if task.is_classification), 0)
+        task = dataset.tasks[index]
+        labelled = {name: [(path, labels[index]) for path, labels in items if not math.isnan(labels[index])] for name, items in dataset.splits.items()}
         if task.is_classification:
-            plots.confusion_matrix(final["tasks"][task.name]["confusion_matrix"], task.classes, run / f"confusion_matrix_{task.name}.png", title=f"{task.name} ({'test' if 'test' in metrics else 'valid'})")
-    summary = {
-        "run": str(run.path), "kind": "multi-domain" if domains else "multi-task", "sharing": sharing, "tie": tie, "weighting": weighting, "backbone": backbone,
-        "mode": mode, "tasks": [t.name for t in dataset.tasks], "best_epoch": state.best_epoch, "epochs_run": len(state.history),
-        "valid_score": metrics["valid"]["score"], "test_score": metrics["test"]["score"] if "test" in metrics else None,
-        "valid": _brief(metrics["valid"]), "test": _brief(metrics["test"]) if "test" in metrics else None,
-        "tower_distance": metrics["tower_distance"], "seconds": seconds, "fit_seconds": fit_seconds, "params": counts, "skipped": len(dataset.skipped),
-        "cached": inputs.description["cached"],
-    }
-    if not quiet:
-        stderr.print(table(f"{'test' if 'test' in metrics else 'valid'} metrics (best epoch {state.best_epoch})", ["task", "metric", "value"],
-                           [[name, *_headline(entry)] for name, entry in final["tasks"].items()]))
-        stderr.print(f"[green]done[/] in {seconds:.1f}s; run saved to {run.path}")
-    return summary
+            classes = list(task.classes)
+            splits = {name: [(path, int(value)) for path, value in items] for name, items in labelled.items()}
+        else:
+            edges = np.quantile([value for _, value in labelled["train"]], [0.25, 0.5, 0.75])
+            classes = [f"{task.name} quartile {q}" for q in range(1, 5)]
+            splits = {name: [(path, int(np.searchsorted(edges, value))) for path, value in items] for name, items in labelled.items()}
+        return Dataset(root=dataset.root, layout="multitask", classes=classes, splits=splits, sha256=dataset.sha256)
+
+    def build_model(self, config: RunConfig, make_backbone, dataset: MultiTaskDataset, input_size: int) -> MultiTaskModel:
+        return build_multitask_model(make_backbone, dataset.tasks, config.sharing, config.head, input_size=input_size)
+
+    def frozen_trunk(self, model: MultiTaskModel) -> TransferModel:
+        # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
+        return next(iter(model.towers.values()))
+
+    def objective(self, config: RunConfig, dataset: MultiTaskDataset) -> MultiTaskObjective:
+        scales = target_scales(dataset.tasks, _targets(dataset.split("train")).numpy())
+        return MultiTaskObjective(dataset.tasks, scales, config.task_weighting, tie=config.tie or 0.0)
+
+    def config_section(self, config: RunConfig, dataset: MultiTaskDataset, objective: MultiTaskObjective, model: MultiTaskModel) -> dict[str, Any]:
+        return {"classes": [], "multitask": {
+            "sharing": config.sharing, "tie": config.tie or 0.0, "weighting": config.task_weighting, "labels": dataset.source,
+            "tasks": [t.to_dict() for t in dataset.tasks], "scales": {k: v.to_dict() for k, v in objective.scales.items()},
+            "towers": list(model.towers.keys()), "domains": config.domains is not None,
+        }}
+
+    def headline(self, dataset: MultiTaskDataset) -> str:
+        return f"{_kind_label(dataset)}: " + ", ".join(
+            f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks)
+
+    def metrics(self, outputs, targets, dataset: MultiTaskDataset, objective: MultiTaskObjective) -> dict[str, Any]:
+        return task_metrics(dataset.tasks, outputs, targets.astype(np.float64), objective.scales, detail=True)
+
+    def plot_history(self, history: list[dict], path, title: str) -> None:
+        plots.task_curves(history, path, title=title)
+
+    def finish(self, run: RunFolder, history, metrics, dataset: MultiTaskDataset, model: MultiTaskModel, objective: MultiTaskObjective,
+               title: str) -> dict[str, Any]:
+        metrics.update({"tower_distance": float(model.tower_distance().detach()), "tied_parameters": model.tied_parameter_count(),
+                        "task_weights": objective.weights()})
+        self.plot_history(history, run / LEARNING_CURVE, title)
+        final = "test" if "test" in metrics else "valid"
+        for task in dataset.tasks:
+            if task.is_classification:
+                plots.confusion_matrix(metrics[final]["tasks"][task.name]["confusion_matrix"], task.classes, run / f"confusion_matrix_{task.name}.png",
+                                       title=f"{task.name} ({final})")
+        return {
+            "kind": _kind_label(dataset), "sharing": model.sharing, "tie": objective.tie, "weighting": objective.weighting,
+            "tasks": [t.name for t in dataset.tasks],
+            "valid_score": metrics["valid"]["score"], "test_score": metrics["test"]["score"] if "test" in metrics else None,
+            "valid": _brief(metrics["valid"]), "test": _brief(metrics["test"]) if "test" in metrics else None,
+            "tower_distance": metrics["tower_distance"],
+        }
+
+    def results(self, metrics: dict[str, Any]) -> str:
+        final = "test" if "test" in metrics else "valid"
+        return f"{final}: " + "; ".join(f"{name} {' '.join(_headline(entry))}" for name, entry in metrics[final]["tasks"].items())
+
+    def load_trained(self, folder: Path, config: dict[str, Any]) -> "MultiTaskTrainedModel":
+        return load_trained(folder, config)
 
 
-def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Continue a killed or interrupted multi-task run from its last completed epoch, with the arguments it was started with."""
-    config = RunFolder(out).config_to_resume()
-    options = dict(config["options"])
-    return train_multitask(options.pop("data"), out, **options, num_workers=num_workers, quiet=quiet, _resuming=True)
+def _kind_label(dataset: MultiTaskDataset) -> str:
+    return "multi-domain" if dataset.source.get("kind") == "domains" else "multi-task"
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +225,4 @@ def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
     return MultiTaskTrainedModel(model=model.eval(), tasks=tasks, scales=scales, preprocessing=preprocessing, config=config, path=folder)
 
 
-def _version() -> str:
-    from graft import __version__
-
-    return __version__
+KIND = MultiTaskKind()
