@@ -47,7 +47,7 @@ def _timm_weights_file(folder: Path) -> Path:
     """graft's offline ImageNet weights under timm's key names, for fastai and the plain loop."""
     from safetensors.torch import save_file
 
-    from graft.backbones import create_backbone
+    from graft.image.backbones import create_backbone
 
     path = folder / f"{ARCH}.safetensors"
     if not path.is_file():

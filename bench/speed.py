@@ -60,16 +60,16 @@ def _inner(task: str, argument: str) -> None:
 def _build(variant: str):
     import torch
 
-    from graft.backbones import create_backbone
-    from graft.model import build_transfer_model
+    from graft.image.backbones import create_backbone
+    from graft.core.model import build_transfer_model
 
     loaded = create_backbone(BACKBONE)
     size = loaded.preprocessing.input_size
     model = build_transfer_model(loaded.model, "linear", 10, input_size=size if "static" in variant else None).eval()
     if "channels_last" in variant:
         model = model.to(memory_format=torch.channels_last)
-    if "folded" in variant:  # what graft's frozen pass runs (graft.backbones.folding)
-        from graft.backbones.folding import fold_batchnorm
+    if "folded" in variant:  # what graft's frozen pass runs (graft.image.backbones.folding)
+        from graft.image.backbones.folding import fold_batchnorm
 
         folded, _ = fold_batchnorm(model.prefix(len(model.stages)), torch.zeros(1, 3, size, size))
         return folded, size
@@ -131,10 +131,10 @@ def _pipeline_rate(folder: Path, workers: int) -> dict:
     """graft's frozen pass (decode + resize + frozen forward, in ``workers`` processes), images/s over that pass."""
     import torch
 
-    from graft.backbones import create_backbone
-    from graft.data import ImageDataset, scan_folder
-    from graft.inputs import forward_batches
-    from graft.model import build_transfer_model
+    from graft.image.backbones import create_backbone
+    from graft.image.data import ImageDataset, scan_folder
+    from graft.core.inputs import forward_batches
+    from graft.core.model import build_transfer_model
 
     dataset = scan_folder(folder)
     items = [item for split in dataset.splits.values() for item in split]
@@ -257,7 +257,7 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
 
 
 def count_images(data: Path) -> int:
-    from graft.data import scan_folder
+    from graft.image.data import scan_folder
 
     return sum(len(items) for items in scan_folder(data).splits.values())
 

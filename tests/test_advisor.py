@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 import graft
-from graft.advisor import AdvisedPlan, advise, data_size, decide, sample_items
-from graft.data import scan_folder
+from graft.core.advisor import AdvisedPlan, advise, data_size, decide, sample_items
+from graft.image.data import scan_folder
 from graft.errors import ConfigError
-from graft.probing import _ChannelMoments
+from graft.image.probing import _ChannelMoments
 from tests.conftest import SHARED_DATASETS, TINY_BACKBONE
 
 STAGES = ["stem", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "head_conv"]

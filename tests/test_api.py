@@ -61,7 +61,7 @@ def test_evaluate_without_data_uses_the_runs_test_split_for_every_kind_of_run(sp
 
 
 def test_run_kinds_are_looked_up_in_a_registry_and_an_unknown_kind_is_a_clear_error(split_folder, tmp_path):
-    from graft.runs import RUN_KINDS, register_run_kind
+    from graft.core.runs import RUN_KINDS, register_run_kind
 
     _train(split_folder, tmp_path / "run", mode="extract", epochs=1)
     config_path = tmp_path / "run" / "config.json"
@@ -71,7 +71,7 @@ def test_run_kinds_are_looked_up_in_a_registry_and_an_unknown_kind_is_a_clear_er
     config_path.write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match="unknown run kind 'plugin-kind'"):
         graft.load(tmp_path / "run")
-    register_run_kind("plugin-kind", "graft.classifier:KIND")
+    register_run_kind("plugin-kind", "graft.core.classifier:KIND")
     try:
         assert graft.load(tmp_path / "run").classes == ["blue", "green", "red"]
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.backbones import create_backbone, get_spec, list_backbones, read_state_dict
+from graft.image.backbones import create_backbone, get_spec, list_backbones, read_state_dict
 from graft.errors import BackboneError
 
 pytestmark = pytest.mark.weights
@@ -107,7 +107,7 @@ def test_static_padding_gives_the_same_outputs_and_falls_back_for_other_sizes():
 
     import timm
 
-    from graft.backbones.static_padding import StaticPadConv2d, make_padding_static
+    from graft.image.backbones.static_padding import StaticPadConv2d, make_padding_static
 
     torch.manual_seed(0)
     dynamic = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -134,7 +134,7 @@ def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
     output row and column; (1, 2) of a 5x5 one becomes 3 and one dropped: no padded copy of the input."""
     from torch.nn import functional as F
 
-    from graft.backbones.static_padding import StaticPadConv2d
+    from graft.image.backbones.static_padding import StaticPadConv2d
 
     generator = torch.Generator().manual_seed(0)
     for kernel, pad in ((3, (0, 1, 0, 1)), (5, (1, 2, 1, 2))):
@@ -153,8 +153,8 @@ def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
 def test_folding_batchnorm_removes_every_batchnorm_and_keeps_the_features(name):
-    from graft.backbones.folding import fold_batchnorm
-    from graft.model import build_transfer_model
+    from graft.image.backbones.folding import fold_batchnorm
+    from graft.core.model import build_transfer_model
 
     backbone = create_backbone(name)
     size = backbone.preprocessing.input_size

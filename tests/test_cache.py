@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import graft
-from graft.cache import ActivationKey, ActivationStore, cache_usage, cached_rows, clear_cache
+from graft.core.cache import ActivationKey, ActivationStore, cache_usage, cached_rows, clear_cache
 from tests.conftest import TINY_BACKBONE
 
 
@@ -112,10 +112,10 @@ def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(c
 def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(class_folder, tmp_path, round_, monkeypatch):
     import os
 
-    from graft.backbones import create_backbone
-    from graft.data import scan_folder
-    from graft.inputs import FrozenForward, frozen_key, frozen_rows
-    from graft.model import build_transfer_model
+    from graft.image.backbones import create_backbone
+    from graft.image.data import scan_folder
+    from graft.core.inputs import FrozenForward, frozen_key, frozen_rows
+    from graft.core.model import build_transfer_model
 
     where = tmp_path / "pids"
     original = FrozenForward.__getitem__
@@ -145,7 +145,7 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
 
 
 def test_the_frozen_pass_runs_one_process_per_core(monkeypatch):
-    from graft import inputs
+    from graft.core import inputs
 
     monkeypatch.setattr(inputs, "usable_cores", lambda: 1)
     assert inputs.forward_workers() == 0
@@ -165,7 +165,7 @@ def test_a_batch_of_rows_is_gathered_across_chunks_in_the_order_asked(tmp_path):
 
 
 def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path):
-    from graft.inputs import CachedViews
+    from graft.core.inputs import CachedViews
 
     views = []
     for view in range(3):
@@ -183,8 +183,8 @@ def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path
 
 def test_a_loader_of_cached_batches_gives_the_batches_of_a_per_row_loader(tmp_path):
     """Whole-batch reads must not change what training sees: same batches, same order each epoch."""
-    from graft.inputs import cached_loader
-    from graft.reproducibility import EpochSampler
+    from graft.core.inputs import cached_loader
+    from graft.core.reproducibility import EpochSampler
 
     def compute(positions):
         for position in positions:
@@ -210,10 +210,10 @@ def test_a_loader_of_cached_batches_gives_the_batches_of_a_per_row_loader(tmp_pa
 
 
 def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_models_features(class_folder):
-    from graft.backbones import create_backbone
-    from graft.data import ImageDataset, scan_folder
-    from graft.inputs import FrozenForward
-    from graft.model import build_transfer_model
+    from graft.image.backbones import create_backbone
+    from graft.image.data import ImageDataset, scan_folder
+    from graft.core.inputs import FrozenForward
+    from graft.core.model import build_transfer_model
 
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size).eval()
@@ -239,8 +239,8 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
 def test_a_batch_of_uint8_pixels_normalises_to_what_the_per_image_transform_gives_bit_for_bit(class_folder, augmented):
     """The frozen pass decodes to uint8 and normalises whole batches (Preprocessing.normalize_batch):
     the cache must hold the activations of exactly the pixels the per-image path would give."""
-    from graft.data import ImageDataset, scan_folder
-    from graft.preprocessing import Preprocessing
+    from graft.image.data import ImageDataset, scan_folder
+    from graft.image.preprocessing import Preprocessing
 
     preprocessing = Preprocessing(input_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     items = scan_folder(class_folder).split("train")

@@ -13,8 +13,8 @@ from graft.core.fit import fit
 from graft.core.objectives import Classification
 from graft.core.runtime import Runtime, resolve_device
 from graft.errors import ConfigError
-from graft.freeze import FreezePlan
-from graft.model import TransferModel
+from graft.core.freeze import FreezePlan
+from graft.core.model import TransferModel
 
 
 def test_importing_the_core_loads_no_image_library():

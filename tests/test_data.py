@@ -2,7 +2,7 @@
 
 import pytest
 
-from graft.data import scan_folder
+from graft.image.data import scan_folder
 from graft.errors import DataError
 from tests.conftest import make_image
 

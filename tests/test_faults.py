@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import graft
-from graft import checking
-from graft.data import IMAGE_EXTENSIONS, load_image, scan_folder
+from graft.image import checking
+from graft.image.data import IMAGE_EXTENSIONS, load_image, scan_folder
 from graft.errors import DataError
 from tests.conftest import COLOURS, SHARED_DATASETS, TINY_BACKBONE, make_image
 

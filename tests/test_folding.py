@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from graft.backbones.folding import fold_batchnorm
+from graft.image.backbones.folding import fold_batchnorm
 
 
 def _with_statistics(module: nn.Module) -> nn.Module:

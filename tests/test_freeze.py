@@ -5,9 +5,9 @@ import timm
 import torch
 
 from graft.errors import ConfigError
-from graft.freeze import FreezePlan
-from graft.model import build_transfer_model
-from graft.strategies import plan_for_mode
+from graft.core.freeze import FreezePlan
+from graft.core.model import build_transfer_model
+from graft.core.strategies import plan_for_mode
 
 
 def _model():

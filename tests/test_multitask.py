@@ -9,14 +9,14 @@ import torch
 from typer.testing import CliRunner
 
 import graft
-from graft.backbones import create_backbone
+from graft.image.backbones import create_backbone
 from graft.cli import app
 from graft.errors import ConfigError, RunFolderError
 from graft.core.fit import fit
 from graft.multitask import MultiTaskObjective, build_multitask_model
 from graft.multitask.objective import target_scales
-from graft.strategies import plan_for_mode
-from graft.tasks import Task
+from graft.core.strategies import plan_for_mode
+from graft.multitask.tasks import Task
 from tests.conftest import COLOURS, TINY_BACKBONE, make_image
 
 TASKS = [Task("age", "regression"), Task("gender", "classification", ("male", "female"))]
@@ -159,7 +159,7 @@ def test_activation_cache_is_reused_and_gives_the_same_results(faces, tmp_path):
     cache = tmp_path / "cache"
     graft.train_multitask(faces, tmp_path / "a", labels="utkface", tasks="gender", mode="finetune", unfreeze=1, cache_dir=cache, **_options(epochs=1))
     cached = graft.train_multitask(faces, tmp_path / "b", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
-    from graft.cache import cache_usage
+    from graft.core.cache import cache_usage
 
     namespaces = cache_usage(cache)["namespaces"]
     assert sorted(entry["stop"] for entry in namespaces) == [6, 7]  # the fine-tuning boundary, and pooled features

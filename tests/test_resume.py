@@ -199,8 +199,8 @@ def test_a_pickle_bomb_pth_is_refused_without_running_it(tmp_path):
 
 
 def test_a_builtin_weight_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch):
-    from graft.backbones import get_spec
-    from graft.backbones.registry import PackagedWeights
+    from graft.image.backbones import get_spec
+    from graft.image.backbones.registry import PackagedWeights
 
     spec = get_spec("tf_efficientnet_lite0")
     fake = tmp_path / "models" / "efficientnet-lite0.pth"

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from graft.errors import ConfigError, DataError
-from graft.tasks import Task, group_split, parse_tasks, read_labels, scan_multitask
+from graft.multitask.tasks import Task, group_split, parse_tasks, read_labels, scan_multitask
 from tests.conftest import make_image
 
 

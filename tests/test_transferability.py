@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from graft.errors import DataError
-from graft.transferability import logme
+from graft.core.transferability import logme
 
 
 def _reference_logme(features, labels):

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import torch
 from timm.data import ImageNetInfo
 
-from graft import trainer
-from graft.backbones import create_backbone
-from graft.data import ImageDataset, collect_image_paths, scan_folder
+from graft.core import trainer
+from graft.image.backbones import create_backbone
+from graft.image.data import ImageDataset, collect_image_paths, scan_folder
 from graft.errors import ConfigError
-from graft.inputs import check_workers
-from graft.runs import TrainedRun, load_run
+from graft.core.inputs import check_workers
+from graft.core.runs import TrainedRun, load_run
 from graft.core.config import DEFAULT_BACKBONE, RunConfig
 
 __all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
@@ -31,7 +31,7 @@ def load(run: str | os.PathLike) -> TrainedRun:
 def check(data: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
     """Inspect a data folder as ``train`` would, without training: images, usable, skipped (file, reason),
     warnings (file, message: duplicates, missing classes, odd names) and errors that would stop training."""
-    from graft.checking import check_report
+    from graft.image.checking import check_report
 
     errors: list[str] = []
     dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed, errors=errors)

@@ -51,7 +51,7 @@ def _default_backbone() -> str:
 @_handle_errors
 def backbones(json_output: JsonOption = False):
     """List the built-in backbones (weights ship in pip packages, so they work offline)."""
-    from graft.backbones import get_spec, list_backbones
+    from graft.image.backbones import get_spec, list_backbones
     from graft.console import emit_json, stderr, table
 
     rows = []
@@ -186,7 +186,7 @@ def advise(
     json_output: JsonOption = False,
 ):
     """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones)."""
-    from graft.advisor import LOGME_MEANING, advise as run_advise, rank_backbones
+    from graft.core.advisor import LOGME_MEANING, advise as run_advise, rank_backbones
     from graft.console import emit_json, stderr, table
 
     if backbones:
@@ -227,7 +227,7 @@ def check(
     """Inspect a data folder without training: unusable files (with reasons), duplicates, class problems."""
     from graft.api import check as run_check
     from graft.console import emit_json, stderr, table
-    from graft.checking import display_name
+    from graft.image.checking import display_name
 
     result = run_check(data, seed=seed)
     if json_output:
@@ -309,7 +309,7 @@ def cache(
     json_output: JsonOption = False,
 ):
     """Show (or --clear) the activation cache: frozen-stage outputs kept between runs."""
-    from graft.cache import cache_usage, clear_cache
+    from graft.core.cache import cache_usage, clear_cache
     from graft.console import emit_json, stderr, table
 
     usage = cache_usage(cache_dir)

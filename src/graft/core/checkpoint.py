@@ -22,7 +22,7 @@ from graft.core.fit import FitState
 from graft.core.objectives import Objective
 from graft.errors import RunFolderError
 from graft.fileio import atomic_save_tensors
-from graft.reproducibility import restore_rng_state, rng_state
+from graft.core.reproducibility import restore_rng_state, rng_state
 
 FORMAT = "graft-checkpoint-2"
 

@@ -30,7 +30,7 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
 DEFAULT_BACKBONE_LR_MULT = 0.1
 DEFAULT_BN = "train"
-# Augmented views per training image whose frozen-part activations are cached (graft.inputs).
+# Augmented views per training image whose frozen-part activations are cached (graft.core.inputs).
 DEFAULT_VIEWS = 4
 # A plain class-folder dataset is split train/valid; multi-task data also gets a test split.
 DEFAULT_VALID_FRACTION = {"classifier": 0.2, "multitask": 0.15}
@@ -203,7 +203,7 @@ class RunConfig:
         config passes :func:`validate` too (``config.json`` holds it, and resume checks it again)."""
         config = self.with_split_defaults()
         if advised is not None:
-            from graft.strategies import resolve_auto
+            from graft.core.strategies import resolve_auto
 
             config = config.replace(**resolve_auto(advised, unfreeze=self.unfreeze, epochs=self.epochs, lr=self.lr,
                                                    backbone_lr_mult=self.backbone_lr_mult, bn=self.bn, head_epochs=self.head_epochs))

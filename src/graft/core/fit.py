@@ -6,11 +6,11 @@ What is learned and how an epoch is judged come from an *objective* (:mod:`graft
 everything around the loop (progress bars, writing the run folder, logging) is a *callback*
 (:mod:`graft.core.callbacks`); where tensors live is the *runtime* (:mod:`graft.core.runtime`).
 ``start`` lets the loaders feed activations cached at a stage boundary instead of raw inputs (see
-``graft.inputs``). ``resume`` takes a state rebuilt from a checkpoint (:mod:`graft.core.checkpoint`)
+``graft.core.inputs``). ``resume`` takes a state rebuilt from a checkpoint (:mod:`graft.core.checkpoint`)
 and carries on from the next epoch with the same optimizer and schedule.
 
 A model for this loop has ``forward(inputs, start=k)`` and ``trunks()``: the named
-:class:`~graft.model.TransferModel` parts a freeze plan applies to (one for a single trunk, one per
+:class:`~graft.core.model.TransferModel` parts a freeze plan applies to (one for a single trunk, one per
 tower for soft sharing).
 """
 
@@ -31,7 +31,7 @@ from graft.core.evaluation import collect_outputs
 from graft.core.objectives import Objective
 from graft.core.runtime import CPU, Runtime
 from graft.errors import TrainingError
-from graft.freeze import FreezePlan
+from graft.core.freeze import FreezePlan
 
 MIN_ONE_CYCLE_STEPS = 8
 

@@ -1,6 +1,6 @@
 """Multi-task models: hard sharing (one trunk, a head per task) and soft sharing (a tower per task, tied by L2).
 
-Both are built from :class:`graft.model.TransferModel` towers, so a :class:`graft.freeze.FreezePlan`
+Both are built from :class:`graft.core.model.TransferModel` towers, so a :class:`graft.core.freeze.FreezePlan`
 applies to each tower unchanged and ``forward(x, start=k)`` accepts activations cached at a frozen
 boundary. ``forward`` returns ``{task name: output}``: logits for a classification task, one
 standardised value for a regression task.
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from graft.errors import ConfigError
-from graft.heads import make_head
-from graft.model import TransferModel, wrap_backbone
-from graft.tasks import Task
+from graft.core.heads import make_head
+from graft.core.model import TransferModel, wrap_backbone
+from graft.multitask.tasks import Task
 
 SHARING = ("hard", "soft")
 
@@ -82,7 +82,7 @@ class MultiTaskModel(nn.Module):
 def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2,
                           input_size: int | None = None) -> MultiTaskModel:
     """``make_backbone()`` returns a fresh timm model with the pretrained weights (called once per tower);
-    each tower is built like a single-task model (:func:`graft.model.wrap_backbone`)."""
+    each tower is built like a single-task model (:func:`graft.core.model.wrap_backbone`)."""
     if sharing not in SHARING:
         raise ConfigError(f"--sharing must be one of {', '.join(SHARING)}; got '{sharing}'")
     if len(tasks) < 1:

@@ -21,7 +21,7 @@ from torch import nn
 
 from graft.core.objectives import Objective, softmax
 from graft.errors import ConfigError
-from graft.tasks import Task
+from graft.multitask.tasks import Task
 
 WEIGHTINGS = ("uncertainty", "equal")
 

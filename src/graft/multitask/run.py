@@ -1,9 +1,9 @@
 """The "multitask" kind of run: several tasks on one set of images, or several domains in one model.
-:data:`KIND` tells the one pipeline (:mod:`graft.trainer`) how; ``load_trained`` reads such a run back.
+:data:`KIND` tells the one pipeline (:mod:`graft.core.trainer`) how; ``load_trained`` reads such a run back.
 
 The run folder is the single-task one (config, freeze plan, safetensors weights, history, metrics,
 manifest) with ``config["kind"] == "multitask"`` and a ``multitask`` section (tasks, sharing, tie,
-weighting, regression scales); ``graft.load`` dispatches on it. Inputs (:mod:`graft.inputs`: the
+weighting, regression scales); ``graft.load`` dispatches on it. Inputs (:mod:`graft.core.inputs`: the
 activation cache, with augmented views when augmenting), the loop (:mod:`graft.core.fit`) and the
 checkpoint are those of single-task runs; only the model (a head per task, a tower per task under
 soft sharing) and the objective (:mod:`graft.multitask.objective`) differ.
@@ -21,20 +21,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from graft import plots
-from graft.backbones import create_backbone
+from graft.core import plots
+from graft.image.backbones import create_backbone
 from graft.core.config import RunConfig
 from graft.core.evaluation import collect_outputs
-from graft.data import Dataset, ImageDataset, collect_image_paths
+from graft.image.data import Dataset, ImageDataset, collect_image_paths
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.inputs import default_workers, image_loader
-from graft.model import TransferModel
+from graft.core.inputs import default_workers, image_loader
+from graft.core.model import TransferModel
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
-from graft.preprocessing import Preprocessing
-from graft.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
-from graft.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
+from graft.image.preprocessing import Preprocessing
+from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
+from graft.multitask.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
 
 
 def _targets(items) -> torch.Tensor:
@@ -42,7 +42,7 @@ def _targets(items) -> torch.Tensor:
 
 
 class MultiTaskKind:
-    """Several tasks on one set of images, or several domains in one model (see :class:`graft.trainer.RunKind`)."""
+    """Several tasks on one set of images, or several domains in one model (see :class:`graft.core.trainer.RunKind`)."""
 
     name = "multitask"
 
@@ -210,7 +210,7 @@ class MultiTaskTrainedModel:
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
-    """The "multitask" run kind's loader (see :func:`graft.runs.load_run`)."""
+    """The "multitask" run kind's loader (see :func:`graft.core.runs.load_run`)."""
     try:
         section = config["multitask"]
         tasks = [Task.from_dict(t) for t in section["tasks"]]

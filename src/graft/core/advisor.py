@@ -11,10 +11,10 @@ large target data  2: fine-tune the top (freeze ~60-80%)       4: fine-tune the 
 
 graft measures both instead of asking. *Size* is counted (labelled images, classes, smallest class;
 "small" is under 1000 images). *Similarity* comes from one pass of a seeded subsample through the
-pretrained backbone (:mod:`graft.probing`), without any source images: how far the target's
+pretrained backbone (:mod:`graft.image.probing`), without any source images: how far the target's
 activation statistics drift from the source statistics stored in the BatchNorm layers (the
 similarity, in [0, 1]); the ImageNet head's confidence (a second opinion, shown as evidence); and
-LogME of frozen features at every depth (:mod:`graft.transferability`). The drift profile over depth
+LogME of frozen features at every depth (:mod:`graft.core.transferability`). The drift profile over depth
 says where adaptation should start in scenarios 2 and 3.
 """
 
@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from graft.backbones import Backbone, create_backbone
-from graft.data import Dataset, scan_folder
+from graft.image.backbones import Backbone, create_backbone
+from graft.image.data import Dataset, scan_folder
 from graft.errors import ConfigError
-from graft.probing import Probe, probe
-from graft.transferability import logme
+from graft.image.probing import Probe, probe
+from graft.core.transferability import logme
 
 __all__ = ["Advice", "AdvisedPlan", "advise", "advise_scanned", "rank_backbones", "scenario_for"]
 

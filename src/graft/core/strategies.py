@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from graft.errors import ConfigError
-from graft.freeze import FreezePlan
+from graft.core.freeze import FreezePlan
 
 from graft.core.config import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
 
 MODES = ("extract", "finetune")
-AUTO = "auto"  # measured by graft.advisor, then one of MODES
+AUTO = "auto"  # measured by graft.core.advisor, then one of MODES
 DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3}
 
 

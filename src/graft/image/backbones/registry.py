@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from graft.errors import BackboneError
-from graft.preprocessing import Preprocessing
+from graft.image.preprocessing import Preprocessing
 
 StateDictConverter = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 

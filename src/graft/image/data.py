@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from graft import checking
+from graft.image import checking
 from graft.errors import DataError
 from graft.fileio import KnownDigests, sha256_file
-from graft.reproducibility import item_seed, seeded
+from graft.core.reproducibility import item_seed, seeded
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_ALIASES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"), "test": ("test", "testing")}
@@ -73,7 +73,7 @@ class Dataset(KnownDigests):
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode to RGB, applying EXIF rotation (phones store photos sideways); see ``graft.checking``."""
+    """Decode to RGB, applying EXIF rotation (phones store photos sideways); see ``graft.image.checking``."""
     return checking.load_image(path)
 
 
@@ -123,7 +123,7 @@ def _scan_class_folders(folder: Path, skipped: list[dict[str, str]], warnings: l
 
 
 def _keep_usable(per_split: dict[str, dict[str, list[str]]], skipped: list[dict[str, str]], warnings: list[dict[str, str]]) -> dict[str, str]:
-    """Inspect every candidate file (``graft.checking``), drop the unusable ones into ``skipped``; return sha256 by path."""
+    """Inspect every candidate file (``graft.image.checking``), drop the unusable ones into ``skipped``; return sha256 by path."""
     paths = [path for by_class in per_split.values() for files in by_class.values() for path in files]
     hashes: dict[str, str] = {}
     usable = set()
@@ -143,7 +143,7 @@ def _keep_usable(per_split: dict[str, dict[str, list[str]]], skipped: list[dict[
 def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0, inspect: bool = True, errors: list[str] | None = None) -> Dataset:
     """Find the images and labels under ``root``. Raises :class:`DataError` with what to fix.
 
-    ``inspect`` decodes every file first (``graft.checking``): unusable ones are skipped with the
+    ``inspect`` decodes every file first (``graft.image.checking``): unusable ones are skipped with the
     reason, duplicates across splits are warned about. With an ``errors`` list, problems that make
     the data unusable for training are appended there instead of raised (``graft check``).
     """
@@ -230,7 +230,7 @@ class ImageDataset(torch.utils.data.Dataset):
     index, or a list of one value per task (multi-task runs).
 
     Indexed by position, or by ``(round, position)`` keys from an
-    :class:`~graft.reproducibility.EpochSampler`: with a ``seed``, the random transform of an image
+    :class:`~graft.core.reproducibility.EpochSampler`: with a ``seed``, the random transform of an image
     is then seeded from ``(seed, round, image key)`` (round = epoch, or the number of a cached view),
     so the same key gives the same pixels in any process. ``image_keys`` default to positions; pass
     content hashes to make a view depend on the image rather than on where it sits in a list.

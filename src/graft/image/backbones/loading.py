@@ -15,10 +15,10 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from graft.backbones.registry import get_spec, unknown_backbone_error
+from graft.image.backbones.registry import get_spec, unknown_backbone_error
 from graft.errors import BackboneError
 from graft.fileio import load_tensors, sha256_file
-from graft.preprocessing import Preprocessing
+from graft.image.preprocessing import Preprocessing
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A run is one folder: config, freeze plan, class names, preprocessing, safetensors weights,
 history, metrics, data manifest, plots and an HTML report. ``load_run`` is the only loader and
-every kind of run trains and resumes through :mod:`graft.trainer`: both look the run's kind
+every kind of run trains and resumes through :mod:`graft.core.trainer`: both look the run's kind
 (config.json's ``kind``) up in a small registry, so a new kind of run plugs in without editing them.
 
 Like Hugging Face's ``save_pretrained`` folders, a run can be moved and loaded anywhere; nothing
@@ -21,7 +21,7 @@ from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_tensors, read_json
-from graft.freeze import FreezePlan
+from graft.core.freeze import FreezePlan
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -132,10 +132,10 @@ class TrainedRun(Protocol):
     def example_input(self) -> Any: ...
 
 
-# Run kinds (config.json's "kind") and where each kind's :class:`graft.trainer.RunKind` lives, as
+# Run kinds (config.json's "kind") and where each kind's :class:`graft.core.trainer.RunKind` lives, as
 # "module:object" names rather than imports, so this module depends on no kind (Hugging Face's
 # auto-class mappings work the same way). A new kind calls register_run_kind.
-RUN_KINDS: dict[str, str] = {"classifier": "graft.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
+RUN_KINDS: dict[str, str] = {"classifier": "graft.core.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
 
 
 def register_run_kind(kind: str, where: str) -> None:
@@ -144,7 +144,7 @@ def register_run_kind(kind: str, where: str) -> None:
 
 
 def run_kind(kind: str) -> Any:
-    """The RunKind object of ``kind`` (see :class:`graft.trainer.RunKind`)."""
+    """The RunKind object of ``kind`` (see :class:`graft.core.trainer.RunKind`)."""
     import importlib
 
     if kind not in RUN_KINDS:

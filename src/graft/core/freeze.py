@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from graft.errors import ConfigError
-from graft.model import TransferModel
+from graft.core.model import TransferModel
 
 BN_POLICIES = ("train", "frozen")
 

@@ -1,6 +1,6 @@
 """The "classifier" kind of run: one classification task learned from a folder of class folders.
 
-:data:`KIND` tells the one pipeline (:mod:`graft.trainer`) how to scan the data, build the model (one
+:data:`KIND` tells the one pipeline (:mod:`graft.core.trainer`) how to scan the data, build the model (one
 head), which objective to train (cross-entropy), and which metrics and plots to write;
 :class:`TrainedClassifier` is such a run loaded back: predict images, evaluate on labelled data (by
 default the run's own held-out split)."""
@@ -15,18 +15,18 @@ from typing import Any, Sequence
 
 import torch
 
-from graft import plots
-from graft.backbones import create_backbone
+from graft.core import plots
+from graft.image.backbones import create_backbone
 from graft.core.config import RunConfig
 from graft.core.evaluation import classification_metrics, predict_probabilities, probabilities
 from graft.core.objectives import Classification
-from graft.data import Dataset, ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
+from graft.image.data import Dataset, ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.inputs import default_workers, image_loader
-from graft.model import TransferModel, build_transfer_model
-from graft.preprocessing import Preprocessing
-from graft.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
+from graft.core.inputs import default_workers, image_loader
+from graft.core.model import TransferModel, build_transfer_model
+from graft.image.preprocessing import Preprocessing
+from graft.core.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 
 
 @dataclass
@@ -88,7 +88,7 @@ class TrainedClassifier:
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
-    """The "classifier" run kind's loader (see :func:`graft.runs.load_run`)."""
+    """The "classifier" run kind's loader (see :func:`graft.core.runs.load_run`)."""
     try:
         classes = list(config["classes"])
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
@@ -101,7 +101,7 @@ def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
 
 
 class ClassifierKind:
-    """One classification task from class folders (see :class:`graft.trainer.RunKind`)."""
+    """One classification task from class folders (see :class:`graft.core.trainer.RunKind`)."""
 
     name = "classifier"
 

@@ -1,12 +1,12 @@
 """One training run of any kind, from a config to a finished run folder, or resumed after a crash.
 
 The steps are the same for every kind of run: validate the config, scan the data, load the backbone
-(and, for ``--mode auto``, measure it: :mod:`graft.advisor`), build the model and its freeze plan,
-compute the frozen part once (:mod:`graft.inputs`), run the one loop (:mod:`graft.core.fit`) writing
+(and, for ``--mode auto``, measure it: :mod:`graft.core.advisor`), build the model and its freeze plan,
+compute the frozen part once (:mod:`graft.core.inputs`), run the one loop (:mod:`graft.core.fit`) writing
 history, best weights and a checkpoint after each epoch, then evaluate and write metrics, plots and
 the report. What differs between kinds (how data is scanned, the model's heads, the objective, the
-metrics and plots) comes from a :class:`RunKind` looked up in :mod:`graft.runs`' registry: a single
-classifier (:mod:`graft.classifier`) and several tasks or domains (:mod:`graft.multitask.run`).
+metrics and plots) comes from a :class:`RunKind` looked up in :mod:`graft.core.runs`' registry: a single
+classifier (:mod:`graft.core.classifier`) and several tasks or domains (:mod:`graft.multitask.run`).
 
 ``config.json`` holds the resolved :class:`~graft.core.config.RunConfig` (``--mode auto``'s advice
 already applied), so ``resume`` rebuilds the same model, plan, split and inputs, checks the config
@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from graft import report
-from graft.backbones import create_backbone
+from graft.core import report
+from graft.image.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.core.callbacks import ProgressBars
@@ -35,17 +35,17 @@ from graft.core.fit import apply_plan, fit
 from graft.core.objectives import Objective
 from graft.core.runtime import Runtime
 from graft.errors import RunFolderError, TrainingError
-from graft.freeze import FreezePlan, parameter_counts
-from graft.inputs import Inputs, build_inputs, check_workers
-from graft.model import TransferModel
-from graft.preprocessing import Preprocessing
-from graft.reproducibility import seed_everything
-from graft.runs import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
-from graft.strategies import AUTO, plan_for_mode
+from graft.core.freeze import FreezePlan, parameter_counts
+from graft.core.inputs import Inputs, build_inputs, check_workers
+from graft.core.model import TransferModel
+from graft.image.preprocessing import Preprocessing
+from graft.core.reproducibility import seed_everything
+from graft.core.runs import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
+from graft.core.strategies import AUTO, plan_for_mode
 
 
 class RunKind(Protocol):
-    """What a kind of run supplies to the one pipeline (registered in :data:`graft.runs.RUN_KINDS`)."""
+    """What a kind of run supplies to the one pipeline (registered in :data:`graft.core.runs.RUN_KINDS`)."""
 
     name: str
 
@@ -85,7 +85,7 @@ class RunKind(Protocol):
         """The headline figures, in words, for the last line of a run."""
 
     def load_trained(self, folder, config: dict[str, Any]) -> Any:
-        """A finished run loaded for prediction and evaluation (:class:`graft.runs.TrainedRun`)."""
+        """A finished run loaded for prediction and evaluation (:class:`graft.core.runs.TrainedRun`)."""
 
 
 def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
     loaded = create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
     advice = None
     if config.mode == AUTO:
-        from graft.advisor import advise_scanned
+        from graft.core.advisor import advise_scanned
 
         advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, seed=config.seed)
     config = config.resolved(advice.plan.to_dict() if advice is not None else None)

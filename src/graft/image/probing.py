@@ -7,7 +7,7 @@ of evidence about how far the target domain is from the backbone's source domain
 * BatchNorm statistic drift, stage by stage: the target's per-channel activation mean/variance at
   each BatchNorm input against the running statistics stored in the pretrained layer (the source's),
   as a Gaussian KL divergence; a profile over depth;
-* pooled features after every stage, for LogME (``graft.transferability``) at several depths.
+* pooled features after every stage, for LogME (``graft.core.transferability``) at several depths.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from graft.backbones import Backbone, split_into_stages
-from graft.data import ImageDataset
+from graft.image.backbones import Backbone, split_into_stages
+from graft.image.data import ImageDataset
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 With a freeze plan whose first stages are frozen, everything before the freeze boundary is the
 same function every epoch. :func:`build_inputs` then runs those stages once per image (and once per
-augmented view: ``views`` of them, drawn once), stores the activations (:mod:`graft.cache`) and
+augmented view: ``views`` of them, drawn once), stores the activations (:mod:`graft.core.cache`) and
 feeds the loop those rows with ``start`` = the boundary. Each epoch an image is shown one of its
 views, chosen from ``(seed, epoch, image)``. With ``cache=False`` (or nothing frozen) images go
 through the whole network every epoch, freshly augmented: the classic loop.
@@ -17,14 +17,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from graft.backbones.folding import fold_batchnorm
-from graft.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
-from graft.data import Dataset, ImageDataset
+from graft.image.backbones.folding import fold_batchnorm
+from graft.core.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
+from graft.image.data import Dataset, ImageDataset
 from graft.errors import ConfigError
-from graft.model import TransferModel
+from graft.core.model import TransferModel
 from graft.perf import usable_cores
-from graft.preprocessing import AUGMENTATION_RECIPE, Preprocessing
-from graft.reproducibility import EpochSampler, item_seed, worker_init
+from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing
+from graft.core.reproducibility import EpochSampler, item_seed, worker_init
 
 # Images per call of the frozen part's forward pass, in each worker process. From 16 images on, torch runs
 # 1x1 convolutions on one thread through oneDNN instead of its slower native path (folded
@@ -89,7 +89,7 @@ class FrozenForward(torch.utils.data.Dataset):
     for those images out (pooled features when ``stop`` is past the last stage). A DataLoader over
     it runs whole batches, decoding included, in its worker processes. ``pixels`` gives uint8 images
     (a transform with ``normalize=False``), normalised a batch at a time by ``preprocessing``. The
-    stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.backbones.folding`);
+    stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.image.backbones.folding`);
     ``model`` is untouched."""
 
     def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, device: torch.device | None = None):
@@ -150,7 +150,7 @@ def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, prepr
 
 class CachedViews(torch.utils.data.Dataset):
     """Training rows from cached views, a whole batch per read: keys ``(epoch, index)`` (from an
-    :class:`~graft.reproducibility.EpochSampler` with a ``batch_size``) pick one of each image's views.
+    :class:`~graft.core.reproducibility.EpochSampler` with a ``batch_size``) pick one of each image's views.
     A batch is one gather per view, not a read, a stack and a collate per row."""
 
     def __init__(self, views: Sequence[CachedRows], labels: Sequence, seed: int, image_keys: Sequence[int]):
@@ -191,7 +191,7 @@ def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, Any]],
 
 
 def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
-    """The parts of an :class:`~graft.cache.ActivationKey` shared by every view: what the frozen stages are."""
+    """The parts of an :class:`~graft.core.cache.ActivationKey` shared by every view: what the frozen stages are."""
     return dict(architecture=architecture, weights=weights_digest(list(model.stages.values())[:stop]), preprocessing=preprocessing.to_dict(), stop=stop)
 
 

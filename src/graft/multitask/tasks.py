@@ -297,9 +297,9 @@ def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, fl
 
 
 def _usable_images(items, skipped: list[dict[str, str]]) -> tuple[list, dict[str, str]]:
-    """Decode every labelled file once (``graft.checking``): unusable ones join ``skipped`` with the reason."""
-    from graft.checking import inspect_files
-    from graft.data import IMAGE_EXTENSIONS
+    """Decode every labelled file once (``graft.image.checking``): unusable ones join ``skipped`` with the reason."""
+    from graft.image.checking import inspect_files
+    from graft.image.data import IMAGE_EXTENSIONS
 
     verdicts = inspect_files([path for path, _ in items], IMAGE_EXTENSIONS)
     kept = []
@@ -338,7 +338,7 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
     its own split kept) or ``PATH:LABELS:TASK`` (e.g. ``faces/images:utkface:gender``, split here).
     ``limit`` caps each domain's training images (seeded).
     """
-    from graft.data import scan_folder
+    from graft.image.data import scan_folder
 
     if not domains:
         raise ConfigError("multi-domain training needs --domain NAME=PATH (one per domain; one domain alone is a single-task baseline)")

@@ -5,8 +5,8 @@ The packages hold lukemelas-style ``.pth`` files; renamed, they load into timm's
 reference implementation).
 """
 
-from graft.backbones.registry import BackboneSpec, PackagedWeights, convert_by_position, register_backbone
-from graft.preprocessing import Preprocessing
+from graft.image.backbones.registry import BackboneSpec, PackagedWeights, convert_by_position, register_backbone
+from graft.image.preprocessing import Preprocessing
 
 _LITE = {
     # name: (input size, pip package, file, sha256)

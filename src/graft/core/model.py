@@ -72,7 +72,7 @@ def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
     """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped)."""
-    from graft.heads import make_head
+    from graft.core.heads import make_head
 
     return wrap_backbone(backbone, lambda features: make_head(head, features, num_classes, dropout=dropout), input_size)
 
@@ -81,10 +81,10 @@ def wrap_backbone(backbone: nn.Module, make_head_for: Callable[[int], nn.Module]
     """A timm model's feature stages with the head ``make_head_for(num_features)``, channels-last.
 
     With ``input_size`` (the size preprocessing produces), TensorFlow-style dynamic padding is made
-    static for that size (the same windows, no padded copy; see ``graft.backbones.static_padding``).
+    static for that size (the same windows, no padded copy; see ``graft.image.backbones.static_padding``).
     """
-    from graft.backbones.stages import split_into_stages
-    from graft.backbones.static_padding import make_padding_static
+    from graft.image.backbones.stages import split_into_stages
+    from graft.image.backbones.static_padding import make_padding_static
 
     if input_size is not None:
         make_padding_static(backbone, input_size)

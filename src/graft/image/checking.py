@@ -237,7 +237,7 @@ def summarise(skipped: list[dict[str, str]]) -> dict[str, int]:
 
 
 def check_report(dataset, errors: Sequence[str]) -> dict:
-    """The ``graft check --json`` document for a scanned :class:`graft.data.Dataset`."""
+    """The ``graft check --json`` document for a scanned :class:`graft.image.data.Dataset`."""
     usable = sum(len(items) for items in dataset.splits.values())
     unused_files = sum(1 for entry in dataset.skipped if os.path.isfile(entry["file"]))
     return {

