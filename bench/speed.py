@@ -61,7 +61,7 @@ def _build(variant: str):
     import torch
 
     from graft.image.backbones import create_backbone
-    from graft.core.model import build_transfer_model
+    from graft.image.model import build_transfer_model
 
     loaded = create_backbone(BACKBONE)
     size = loaded.preprocessing.input_size
@@ -133,8 +133,8 @@ def _pipeline_rate(folder: Path, workers: int) -> dict:
 
     from graft.image.backbones import create_backbone
     from graft.image.data import ImageDataset, scan_folder
-    from graft.core.inputs import forward_batches
-    from graft.core.model import build_transfer_model
+    from graft.image.frozen_pass import forward_batches
+    from graft.image.model import build_transfer_model
 
     dataset = scan_folder(folder)
     items = [item for split in dataset.splits.values() for item in split]

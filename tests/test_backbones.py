@@ -154,7 +154,7 @@ def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])
 def test_folding_batchnorm_removes_every_batchnorm_and_keeps_the_features(name):
     from graft.image.backbones.folding import fold_batchnorm
-    from graft.core.model import build_transfer_model
+    from graft.image.model import build_transfer_model
 
     backbone = create_backbone(name)
     size = backbone.preprocessing.input_size

@@ -114,8 +114,10 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
 
     from graft.image.backbones import create_backbone
     from graft.image.data import scan_folder
-    from graft.core.inputs import FrozenForward, frozen_key, frozen_rows
-    from graft.core.model import build_transfer_model
+    from graft.core.inputs import frozen_key, frozen_rows
+    from graft.image.frozen_pass import FrozenForward
+    from graft.image.modality import IMAGE
+    from graft.image.model import build_transfer_model
 
     where = tmp_path / "pids"
     original = FrozenForward.__getitem__
@@ -136,8 +138,8 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
     rows = {}
     for workers in (0, 2):
         where.write_text("")  # keeps the pids of the last pass only
-        rows[workers] = frozen_rows(model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
-                                    seed=4, round_=round_, image_keys=list(range(len(items)))).materialize()
+        rows[workers] = frozen_rows(IMAGE, model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
+                                    seed=4, round_=round_, keys=list(range(len(items)))).materialize()
     pids = {int(pid) for pid in where.read_text().split()}
     assert len(pids) == 2 and os.getpid() not in pids  # the second pass really ran in two other processes
     assert rows[0].shape[0] == len(items) == rows[2].shape[0]
@@ -145,14 +147,14 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
 
 
 def test_the_frozen_pass_runs_one_process_per_core(monkeypatch):
-    from graft.core import inputs
+    from graft.image import frozen_pass
 
-    monkeypatch.setattr(inputs, "usable_cores", lambda: 1)
-    assert inputs.forward_workers() == 0
-    monkeypatch.setattr(inputs, "usable_cores", lambda: 2)
-    assert inputs.forward_workers() == 2
-    monkeypatch.setattr(inputs, "usable_cores", lambda: 64)
-    assert inputs.forward_workers() == inputs.MAX_FORWARD_WORKERS
+    monkeypatch.setattr(frozen_pass, "usable_cores", lambda: 1)
+    assert frozen_pass.forward_workers() == 0
+    monkeypatch.setattr(frozen_pass, "usable_cores", lambda: 2)
+    assert frozen_pass.forward_workers() == 2
+    monkeypatch.setattr(frozen_pass, "usable_cores", lambda: 64)
+    assert frozen_pass.forward_workers() == frozen_pass.MAX_FORWARD_WORKERS
 
 
 def test_a_batch_of_rows_is_gathered_across_chunks_in_the_order_asked(tmp_path):
@@ -212,8 +214,8 @@ def test_a_loader_of_cached_batches_gives_the_batches_of_a_per_row_loader(tmp_pa
 def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_models_features(class_folder):
     from graft.image.backbones import create_backbone
     from graft.image.data import ImageDataset, scan_folder
-    from graft.core.inputs import FrozenForward
-    from graft.core.model import build_transfer_model
+    from graft.image.frozen_pass import FrozenForward
+    from graft.image.model import build_transfer_model
 
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size).eval()

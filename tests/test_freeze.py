@@ -6,7 +6,7 @@ import torch
 
 from graft.errors import ConfigError
 from graft.core.freeze import FreezePlan
-from graft.core.model import build_transfer_model
+from graft.image.model import build_transfer_model
 from graft.core.strategies import plan_for_mode
 
 

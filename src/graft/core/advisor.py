@@ -25,17 +25,16 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from graft.image.backbones import Backbone, create_backbone
-from graft.image.data import Dataset, scan_folder
-from graft.errors import ConfigError
-from graft.image.probing import Probe, probe
+from graft.core.dataset import Dataset
+from graft.core.modality import Modality, modality_for
 from graft.core.transferability import logme
+from graft.errors import ConfigError
 
 __all__ = ["Advice", "AdvisedPlan", "advise", "advise_scanned", "rank_backbones", "scenario_for"]
 
@@ -46,6 +45,21 @@ SIMILARITY_THRESHOLD = 0.5
 DRIFT_AT_HALF = 0.12
 STAGE_DRIFT_ADAPT = 0.12  # a stage whose own drift is above this wants adapting
 HEAD_CONFIDENCE_AT_ONE = 0.7  # ImageNet-like images: the head's mean top-1 probability is about this
+
+
+@dataclass
+class Probe:
+    """The evidence a modality's probe collects in one pass over a sample of the target data: pooled
+    features after every stage (for LogME), each stage's drift from the source's activation statistics
+    (for images, the Gaussian KL of BatchNorm inputs against the stored running statistics), and the
+    source classifier's confidence and entropy when the backbone still has one."""
+
+    stage_names: list[str]
+    labels: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    bn_shift: dict[str, float] = field(default_factory=dict)
+    head_max_prob: np.ndarray | None = None
+    head_entropy: np.ndarray | None = None  # normalised by log(number of source classes), in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -228,18 +242,21 @@ def advise(
     """Measure ``data`` against ``backbone`` and return the advice (scenario, similarity, size, plan, evidence)."""
     began = time.perf_counter()
     _check_per_class(per_class)  # before the scan, which decodes every file
-    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed)
-    advice = advise_scanned(dataset, create_backbone(backbone, weights=weights), backbone, seed=seed, per_class=per_class, batch_size=batch_size)
+    source = modality_for(str(data), backbone)
+    dataset = source.scan(str(data), valid_fraction=valid_fraction, seed=seed)
+    loaded = source.load_backbone(backbone, weights=weights)
+    advice = advise_scanned(dataset, loaded, backbone, source, seed=seed, per_class=per_class, batch_size=batch_size)
     return dataclasses.replace(advice, seconds=round(time.perf_counter() - began, 3))
 
 
-def advise_scanned(dataset: Dataset, loaded: Backbone, backbone: str, seed: int = 0, per_class: int | None = None, batch_size: int = 16) -> Advice:
+def advise_scanned(dataset: Dataset, loaded: Any, backbone: str, source: Modality, seed: int = 0, per_class: int | None = None,
+                   batch_size: int = 16) -> Advice:
     """The advice for data already scanned with a backbone already loaded (``--mode auto`` trains with both
     afterwards, so advising costs it only the probe). The process's random state is left as it was."""
     began = time.perf_counter()
     _check_per_class(per_class)
     with torch.random.fork_rng(devices=[]):  # the probe's loader draws a seed; training must not see the difference
-        seen = probe(loaded, sample_items(dataset, seed, per_class), batch_size=batch_size)
+        seen = source.probe(loaded, sample_items(dataset, seed, per_class), batch_size=batch_size)
     return decide(backbone, data_size(dataset), _evidence(seen), time.perf_counter() - began)
 
 

@@ -16,17 +16,17 @@ from typing import Any, Sequence
 import torch
 
 from graft.core import plots
-from graft.image.backbones import create_backbone
 from graft.core.config import RunConfig
+from graft.core.dataset import Dataset
 from graft.core.evaluation import classification_metrics, predict_probabilities, probabilities
+from graft.core.heads import make_head
+from graft.core.inputs import default_workers, make_loader
+from graft.core.modality import Modality, modality_of
+from graft.core.model import TransferModel
 from graft.core.objectives import Classification
-from graft.image.data import Dataset, ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
+from graft.core.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.core.inputs import default_workers, image_loader
-from graft.core.model import TransferModel, build_transfer_model
-from graft.image.preprocessing import Preprocessing
-from graft.core.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 
 
 @dataclass
@@ -35,17 +35,19 @@ class TrainedClassifier:
 
     model: TransferModel
     classes: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Any
     config: dict[str, Any]
     path: Path
+    modality: Modality
 
-    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Label and class probabilities for each image (files or folders)."""
-        paths = collect_image_paths(images)
+    def predict(self, inputs: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Label and class probabilities for each input (files or folders), under the modality's name
+        (``{"image": path, "label", "prob", "probs"}``)."""
+        paths = self.modality.expand(inputs)
         probabilities, _ = predict_probabilities(self.model, self._loader([(path, -1) for path in paths], batch_size))
         return [
             {
-                "image": path,
+                self.modality.name: path,
                 "label": self.classes[int(row.argmax())],
                 "prob": float(row.max()),
                 "probs": {name: float(p) for name, p in zip(self.classes, row)},
@@ -69,7 +71,7 @@ class TrainedClassifier:
                                 hint=f"graft evaluate {self.path} DATA evaluates on another folder")
             evaluated_on, name = f"{split} split of the run's manifest", split
         else:
-            items, skipped, folder = scan_for_evaluation(data, self.classes)
+            items, skipped, folder = self.modality.scan_for_evaluation(str(data), self.classes)
             evaluated_on, name = folder, Path(folder).name
         probabilities, labels = predict_probabilities(self.model, self._loader(items, batch_size))
         metrics = {"kind": "classifier", "evaluated_on": evaluated_on, **classification_metrics(probabilities, labels, self.classes), "skipped": skipped}
@@ -78,26 +80,30 @@ class TrainedClassifier:
         metrics["confusion_matrix_png"] = str(target)
         return metrics
 
-    def example_input(self) -> torch.Tensor:
-        """One normalised image-shaped batch, as the model takes it."""
-        size = self.preprocessing.input_size
-        return torch.zeros(1, 3, size, size)
+    def example_input(self) -> Any:
+        """One batch shaped as the model takes it."""
+        return self.modality.example_input(self.preprocessing)
 
     def _loader(self, items, batch_size: int):
-        return image_loader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size, default_workers())
+        return make_loader(self.modality.examples(items, self.preprocessing, augment=False), batch_size, default_workers())
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
     """The "classifier" run kind's loader (see :func:`graft.core.runs.load_run`)."""
+    source = modality_of(config)
     try:
         classes = list(config["classes"])
-        preprocessing = Preprocessing.from_dict(config["preprocessing"])
-        backbone = create_backbone(config["backbone"]["name"], pretrained=False)
-        model = build_transfer_model(backbone.model, config["head"], len(classes), input_size=preprocessing.input_size)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        preprocessing = source.preprocessing(config["preprocessing"])
+        backbone = source.load_backbone(config["backbone"]["name"], pretrained=False)
+        model = _model(source, backbone.model, config["head"], len(classes), getattr(preprocessing, "input_size", None))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
     load_weights(model, folder)
-    return TrainedClassifier(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder)
+    return TrainedClassifier(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder, modality=source)
+
+
+def _model(source: Modality, backbone: torch.nn.Module, head: str, classes: int, input_size: int | None) -> TransferModel:
+    return source.transfer_model(backbone, lambda features: make_head(head, features, classes), input_size)
 
 
 class ClassifierKind:
@@ -105,10 +111,10 @@ class ClassifierKind:
 
     name = "classifier"
 
-    def scan(self, config: RunConfig) -> Dataset:
-        return scan_folder(config.data, valid_fraction=config.valid_fraction, seed=config.seed)
+    def scan(self, config: RunConfig, source: Modality) -> Dataset:
+        return source.scan(config.data, valid_fraction=config.valid_fraction, seed=config.seed)
 
-    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> Dataset:
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig, source: Modality) -> Dataset:
         try:
             manifest = read_json(run / MANIFEST)
             return Dataset.from_manifest(manifest)
@@ -120,8 +126,8 @@ class ClassifierKind:
     def advice_view(self, dataset: Dataset) -> Dataset:
         return dataset
 
-    def build_model(self, config: RunConfig, make_backbone, dataset: Dataset, input_size: int) -> TransferModel:
-        return build_transfer_model(make_backbone(), config.head, len(dataset.classes), input_size=input_size)
+    def build_model(self, config: RunConfig, source: Modality, make_backbone, dataset: Dataset, input_size: int | None) -> TransferModel:
+        return _model(source, make_backbone(), config.head, len(dataset.classes), input_size)
 
     def frozen_trunk(self, model: TransferModel) -> TransferModel:
         return model

@@ -1,38 +1,32 @@
-"""What the trainable part of a model is fed: images, or cached activations of the frozen part.
+"""What the trainable part of a model is fed: examples, or cached activations of the frozen part.
 
 With a freeze plan whose first stages are frozen, everything before the freeze boundary is the
-same function every epoch. :func:`build_inputs` then runs those stages once per image (and once per
-augmented view: ``views`` of them, drawn once), stores the activations (:mod:`graft.core.cache`) and
-feeds the loop those rows with ``start`` = the boundary. Each epoch an image is shown one of its
-views, chosen from ``(seed, epoch, image)``. With ``cache=False`` (or nothing frozen) images go
-through the whole network every epoch, freshly augmented: the classic loop.
+same function every epoch. :func:`build_inputs` then runs those stages once per example (and once
+per augmented view: ``views`` of them, drawn once) with the modality's frozen pass, stores the
+activations (:mod:`graft.core.cache`) and feeds the loop those rows with ``start`` = the boundary.
+Each epoch an example is shown one of its views, chosen from ``(seed, epoch, example)``. With
+``cache=False`` (or nothing frozen) examples go through the whole network every epoch, freshly
+augmented: the classic loop. Nothing here knows what an example is (:mod:`graft.core.modality`).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
-from graft.image.backbones.folding import fold_batchnorm
 from graft.core.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
-from graft.image.data import Dataset, ImageDataset
-from graft.errors import ConfigError
+from graft.core.dataset import Dataset
 from graft.core.model import TransferModel
-from graft.perf import usable_cores
-from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 from graft.core.reproducibility import EpochSampler, item_seed, worker_init
+from graft.errors import ConfigError
+from graft.perf import usable_cores
 
-# Images per call of the frozen part's forward pass, in each worker process. From 16 images on, torch runs
-# 1x1 convolutions on one thread through oneDNN instead of its slower native path (folded
-# EfficientNet-Lite0: 12.8 ms an image at 8, 11.4 at 16); the cost is ~100 MB more per worker.
-FORWARD_BATCH = 16
-# Worker processes of the frozen pass, at most: each holds its own activations.
-MAX_FORWARD_WORKERS = 8
-
+if TYPE_CHECKING:
+    from graft.core.modality import Modality
 
 def check_workers(num_workers: int | None) -> None:
     """``--workers`` is checked before any work starts (the DataLoader would only fail at the frozen pass)."""
@@ -50,18 +44,7 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores - 2)
 
 
-def forward_workers() -> int:
-    """Worker processes for the frozen pass, one per core, each decoding its own batches and running
-    the frozen stages on one thread. Whole batches in parallel beat one batch split over threads:
-    an EfficientNet's many small layers leave threads waiting on each other (two single-threaded
-    processes: 142 img/s; one process with two threads: 132), and the decoding of one worker overlaps
-    the other's forward pass instead of stalling both cores. One thread each, because GNU OpenMP
-    deadlocks in a forked child that asks for more threads after its parent used them."""
-    cores = usable_cores()
-    return 0 if cores < 2 else min(cores, MAX_FORWARD_WORKERS)
-
-
-def image_loader(dataset: torch.utils.data.Dataset, batch_size: int | None, workers: int = 0, sampler: torch.utils.data.Sampler | None = None,
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int | None, workers: int = 0, sampler: torch.utils.data.Sampler | None = None,
                  collate_fn=None) -> torch.utils.data.DataLoader:
     """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
     seed from it each epoch, so merely iterating a loader would change the dropout masks).
@@ -79,41 +62,9 @@ def image_loader(dataset: torch.utils.data.Dataset, batch_size: int | None, work
     )
 
 
-def image_key(digest: str) -> int:
-    """An image's identity for seeding its augmentation: the first 64 bits of its sha256."""
+def content_key(digest: str) -> int:
+    """An example's identity for seeding its augmentation: the first 64 bits of its file's sha256."""
     return int(digest[:16], 16)
-
-
-class FrozenForward(torch.utils.data.Dataset):
-    """The frozen pass as a dataset: a list of image keys in, the activations of stages ``[0, stop)``
-    for those images out (pooled features when ``stop`` is past the last stage). A DataLoader over
-    it runs whole batches, decoding included, in its worker processes. ``pixels`` gives uint8 images
-    (a transform with ``normalize=False``), normalised a batch at a time by ``preprocessing``. The
-    stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.image.backbones.folding`);
-    ``model`` is untouched."""
-
-    def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, device: torch.device | None = None):
-        self.pixels = pixels
-        self.preprocessing = preprocessing
-        self.device = torch.device("cpu") if device is None else device
-        self.frozen, self.folded = model.prefix(stop).eval(), 0
-        if len(pixels):
-            self.frozen, self.folded = fold_batchnorm(self.frozen, self.inputs([0]).to(self.device))
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    def inputs(self, keys: Sequence) -> torch.Tensor:
-        """The normalised batch of images ``keys``."""
-        pixels = [self.pixels[key][0] for key in keys]
-        if pixels[0].dtype != torch.uint8:
-            raise TypeError(f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {pixels[0].dtype}")
-        return self.preprocessing.normalize_batch(torch.stack(pixels))
-
-    def __getitem__(self, keys: Sequence) -> np.ndarray:
-        inputs = self.inputs(keys).to(self.device)
-        with torch.inference_mode():
-            return self.frozen(inputs).float().cpu().contiguous().numpy()
 
 
 def as_targets(labels: Sequence) -> torch.Tensor:
@@ -121,31 +72,11 @@ def as_targets(labels: Sequence) -> torch.Tensor:
     return torch.as_tensor(list(labels), dtype=None if not labels or isinstance(labels[0], int) else torch.float32)
 
 
-def _as_is(batch):
+def whole_batches(batch):
     """Datasets that return whole batches need no collating. (The frozen pass's activations travel from
     the workers as numpy arrays, pickled through the pipe: a torch tensor would go through a
     shared-memory file per batch, which cost the parent ~2 ms of CPU a batch.)"""
     return batch
-
-
-def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, *, workers: int,
-                    sampler: torch.utils.data.Sampler | None = None, progress=None, description: str = "frozen stages",
-                    device: torch.device | None = None) -> Iterator[np.ndarray]:
-    """Activations of stages ``[0, stop)`` of ``model`` for ``pixels`` (uint8 images, see :class:`FrozenForward`;
-    in ``sampler``'s order), batch by batch, computed by ``workers`` processes of one thread each (0: in
-    this process, on torch's threads). On a CUDA ``device`` the stages run in this process on the GPU
-    (a forked worker cannot use CUDA)."""
-    if device is not None and device.type == "cuda":
-        workers = 0
-    batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False)
-    loader = image_loader(FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=_as_is)
-    task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
-    for outputs in loader:
-        yield outputs
-        if task is not None:
-            progress.advance(task, len(outputs))
-    if task is not None:
-        progress.remove_task(task)
 
 
 class CachedViews(torch.utils.data.Dataset):
@@ -186,20 +117,21 @@ def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, Any]],
                   shuffle: bool) -> torch.utils.data.DataLoader:
     """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
     a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives."""
-    return image_loader(CachedViews(views, [label for _, label in items], seed, image_keys), None,
-                        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size), collate_fn=_as_is)
+    return make_loader(CachedViews(views, [label for _, label in items], seed, image_keys), None,
+                        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size), collate_fn=whole_batches)
 
 
-def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
+def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Any) -> dict[str, Any]:
     """The parts of an :class:`~graft.core.cache.ActivationKey` shared by every view: what the frozen stages are."""
     return dict(architecture=architecture, weights=weights_digest(list(model.stages.values())[:stop]), preprocessing=preprocessing.to_dict(), stop=stop)
 
 
 def frozen_rows(
+    modality: Modality,
     model: TransferModel,
     items: Sequence[tuple[str, Any]],
     digests: Sequence[str],
-    preprocessing: Preprocessing,
+    preprocessing: Any,
     *,
     base: dict[str, Any],
     view: str = "clean",
@@ -207,30 +139,19 @@ def frozen_rows(
     workers: int | None = None,
     seed: int | None = None,
     round_: int | None = None,
-    image_keys: Sequence[int] | None = None,
+    keys: Sequence[int] | None = None,
     progress=None,
     description: str = "frozen stages",
     device: torch.device | None = None,
 ) -> CachedRows:
-    """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache (computing only what is missing).
-
-    Images are the clean view (``preprocessing.eval_transform``); with ``round_`` (and ``seed``) they are
-    augmented view number ``round_`` (``preprocessing.train_transform``, seeded per image).
-    ``workers``: processes of the frozen pass (default :func:`forward_workers`).
-    """
-    stop = base["stop"]
-    workers = forward_workers() if workers is None else workers
-    transform = preprocessing.eval_transform(normalize=False) if round_ is None else preprocessing.train_transform(normalize=False)
+    """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache, computing only what is
+    missing with ``modality``'s frozen pass: the clean view, or augmented view number ``round_`` (seeded
+    per example with ``seed`` and ``keys``). ``workers``: processes of the frozen pass (default: the modality's)."""
 
     def compute(positions: list[int]):
-        keys = None if image_keys is None else [image_keys[p] for p in positions]
-        subset = ImageDataset([items[p] for p in positions], transform, seed=None if round_ is None else seed, image_keys=keys)
-        sampler = None
-        if round_ is not None:
-            sampler = EpochSampler(len(subset), seed, shuffle=False)
-            sampler.set_epoch(round_)
-        return forward_batches(model, subset, stop, preprocessing, workers=workers, sampler=sampler, progress=progress, description=description,
-                               device=device)
+        return modality.frozen_pass(model, [items[p] for p in positions], base["stop"], preprocessing, round_=round_, seed=seed,
+                                    keys=None if keys is None else [keys[p] for p in positions], workers=workers, device=device,
+                                    progress=progress, description=description)
 
     return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
 
@@ -246,9 +167,10 @@ class Inputs:
 
 
 def build_inputs(
+    modality: Modality,
     model: TransferModel,
     dataset: Dataset,
-    preprocessing: Preprocessing,
+    preprocessing: Any,
     *,
     architecture: str,
     trainable_from: int,
@@ -264,31 +186,28 @@ def build_inputs(
 ) -> Inputs:
     """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``.
 
-    ``workers``: image-decoding processes of the uncached loop and processes of the frozen pass
-    (default: :func:`default_workers` and :func:`forward_workers`). ``device``: where ``model`` lives
-    (the frozen pass runs there).
+    ``workers``: decoding processes of the uncached loop and processes of the frozen pass (default:
+    :func:`default_workers` and the modality's). ``device``: where ``model`` lives (the frozen pass runs there).
     """
     splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
-    keys = {name: [image_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
+    keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
     if not cache or trainable_from == 0:
         workers = default_workers() if workers is None else workers
-        eval_transform = preprocessing.eval_transform()
-        train_transform = preprocessing.train_transform() if augment else eval_transform
-        train = image_loader(ImageDataset(splits["train"], train_transform, seed=seed if augment else None, image_keys=keys["train"]),
-                             batch_size, workers, EpochSampler(len(splits["train"]), seed))
-        evaluation = {name: image_loader(ImageDataset(items, eval_transform), batch_size, workers) for name, items in splits.items() if name != "train"}
+        train = make_loader(modality.examples(splits["train"], preprocessing, augment=augment, seed=seed, keys=keys["train"]),
+                            batch_size, workers, EpochSampler(len(splits["train"]), seed))
+        evaluation = {name: make_loader(modality.examples(items, preprocessing, augment=False), batch_size, workers)
+                      for name, items in splits.items() if name != "train"}
         return Inputs(train, evaluation, 0, {"cached": False, "augment": augment, "views": "fresh every epoch" if augment else 0})
 
     root = resolve_cache_dir(cache_dir)
     base = frozen_key(model, trainable_from, architecture, preprocessing)
 
     def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str) -> CachedRows:
-        return frozen_rows(model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base, view=view, root=root, workers=workers,
-                           seed=seed, round_=round_, image_keys=item_keys, progress=progress, description=description,
-                           device=device)
+        return frozen_rows(modality, model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base, view=view, root=root,
+                           workers=workers, seed=seed, round_=round_, keys=item_keys, progress=progress, description=description, device=device)
 
     if augment and views > 0:
-        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{AUGMENTATION_RECIPE}", v,
+        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{modality.augmentation_recipe}", v,
                             f"frozen stages, train view {v}/{views}") for v in range(1, views + 1)]
     else:
         train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]

@@ -1,7 +1,9 @@
-"""The transfer model: pretrained stages, global pooling, and a new head.
+"""The transfer model: pretrained stages, pooling to a feature vector, and a new head.
 
 ``forward_features(x, start=k)`` runs the stages from ``k`` on, so a cached activation at a freeze
-boundary can be fed straight into the trainable tail.
+boundary can be fed straight into the trainable tail. The modality supplies the stages, the pooling
+and how a tensor entering a stage should be laid out (images: channels-last); see
+:meth:`graft.core.modality.Modality.transfer_model`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from torch import nn
 
 
 class TransferModel(nn.Module):
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", head: nn.Module, num_features: int):
+    """``stages`` (named, in order), ``pool`` (a stage's output to ``(batch, num_features)``), ``head``.
+    ``layout``, if given, prepares a tensor before it enters a stage (a plain function, not saved)."""
+
+    def __init__(self, stages: "OrderedDict[str, nn.Module]", head: nn.Module, num_features: int, pool: nn.Module | None = None,
+                 layout: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.stages = nn.ModuleDict(stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.pool = pool if pool is not None else nn.Identity()
         self.head = head
         self.num_features = num_features
+        self.layout = layout
 
     @property
     def stage_names(self) -> list[str]:
@@ -31,7 +38,7 @@ class TransferModel(nn.Module):
 
     def forward_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run stages ``start`` to ``stop`` (exclusive; default all), input to feature map."""
-        return _run_stages(list(self.stages.values())[start:stop], x)
+        return _run_stages(list(self.stages.values())[start:stop], x, self.layout)
 
     def forward_features(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Pooled feature vector, ``(batch, num_features)``."""
@@ -43,23 +50,24 @@ class TransferModel(nn.Module):
     def prefix(self, stop: int) -> nn.Module:
         """Stages ``[0, stop)`` as one module sharing this model's layers (pooled features when ``stop``
         covers every stage): the part a frozen pass computes."""
-        return _Prefix(list(self.stages.values())[:stop], self.pool if stop >= len(self.stages) else None)
+        return _Prefix(list(self.stages.values())[:stop], self.pool if stop >= len(self.stages) else None, self.layout)
 
 
 class _Prefix(nn.Module):
-    def __init__(self, stages: list[nn.Module], pool: nn.Module | None):
+    def __init__(self, stages: list[nn.Module], pool: nn.Module | None, layout: Callable[[torch.Tensor], torch.Tensor] | None):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.pool = pool
+        self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _run_stages(self.stages, x)
+        x = _run_stages(self.stages, x, self.layout)
         return x if self.pool is None else _pooled(self.pool, x)
 
 
-def _run_stages(stages, x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 4:  # oneDNN's convolutions are much faster on channels-last tensors on a CPU (see BENCHMARKS.md)
-        x = x.contiguous(memory_format=torch.channels_last)
+def _run_stages(stages, x: torch.Tensor, layout: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    if layout is not None:
+        x = layout(x)
     for stage in stages:
         x = stage(x)
     return x
@@ -67,27 +75,4 @@ def _run_stages(stages, x: torch.Tensor) -> torch.Tensor:
 
 def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Feature maps pooled to vectors (a stage may already end in pooled features)."""
-    return pool(x) if x.dim() == 4 else x
-
-
-def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
-    """Wrap a timm model's feature stages with a new head for ``num_classes`` (the ImageNet classifier is dropped)."""
-    from graft.core.heads import make_head
-
-    return wrap_backbone(backbone, lambda features: make_head(head, features, num_classes, dropout=dropout), input_size)
-
-
-def wrap_backbone(backbone: nn.Module, make_head_for: Callable[[int], nn.Module], input_size: int | None = None) -> TransferModel:
-    """A timm model's feature stages with the head ``make_head_for(num_features)``, channels-last.
-
-    With ``input_size`` (the size preprocessing produces), TensorFlow-style dynamic padding is made
-    static for that size (the same windows, no padded copy; see ``graft.image.backbones.static_padding``).
-    """
-    from graft.image.backbones.stages import split_into_stages
-    from graft.image.backbones.static_padding import make_padding_static
-
-    if input_size is not None:
-        make_padding_static(backbone, input_size)
-    num_features = int(backbone.num_features)
-    model = TransferModel(split_into_stages(backbone), make_head_for(num_features), num_features)
-    return model.to(memory_format=torch.channels_last)
+    return pool(x) if x.dim() > 2 else x

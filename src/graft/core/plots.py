@@ -5,15 +5,22 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-import matplotlib
+from graft.fileio import atomic_write_bytes
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from graft.fileio import atomic_write_bytes  # noqa: E402
+def _pyplot():
+    """matplotlib on the non-interactive backend, imported when a plot is drawn (it pulls in Pillow,
+    which the modality-free core must not import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(figure, path) -> None:
+    plt = _pyplot()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -22,7 +29,7 @@ def _save(figure, path) -> None:
 
 def learning_curve(history: list[dict], path, title: str = "") -> None:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (loss_axis, accuracy_axis) = _pyplot().subplots(1, 2, figsize=(10, 3.8))
     loss_axis.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss_axis.plot(epochs, [r["valid_loss"] for r in history], "o-", label="valid")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -39,7 +46,7 @@ def learning_curve(history: list[dict], path, title: str = "") -> None:
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "confusion matrix") -> None:
     size = max(4.0, 0.55 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure, axis = _pyplot().subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), classes)
@@ -55,7 +62,7 @@ def task_curves(history: list[dict], path, title: str = "") -> None:
     """Multi-task runs: training loss and each task's validation metric (accuracy, or MAE) per epoch."""
     epochs = [row["epoch"] for row in history]
     names = list(history[0]["valid"]) if history else []
-    figure, axes = plt.subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.4), squeeze=False)
+    figure, axes = _pyplot().subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.4), squeeze=False)
     axes[0][0].plot(epochs, [r["train_loss"] for r in history], "o-")
     axes[0][0].set(xlabel="epoch", title="training loss (weighted)")
     for axis, name in zip(axes[0][1:], names):

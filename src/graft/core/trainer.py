@@ -15,7 +15,6 @@ again, and continues from ``checkpoint.safetensors``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from datetime import datetime, timezone
@@ -24,7 +23,6 @@ from typing import Any, Protocol
 from torch import nn
 
 from graft.core import report
-from graft.image.backbones import create_backbone
 from graft.console import progress as make_progress
 from graft.console import stderr, table
 from graft.core.callbacks import ProgressBars
@@ -37,8 +35,8 @@ from graft.core.runtime import Runtime
 from graft.errors import RunFolderError, TrainingError
 from graft.core.freeze import FreezePlan, parameter_counts
 from graft.core.inputs import Inputs, build_inputs, check_workers
+from graft.core.modality import Modality, modality_for, modality_of
 from graft.core.model import TransferModel
-from graft.image.preprocessing import Preprocessing
 from graft.core.reproducibility import seed_everything
 from graft.core.runs import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.strategies import AUTO, plan_for_mode
@@ -49,16 +47,16 @@ class RunKind(Protocol):
 
     name: str
 
-    def scan(self, config: RunConfig) -> Any:
+    def scan(self, config: RunConfig, modality: Modality) -> Any:
         """The labelled data, split (train/valid[/test]), with what was skipped."""
 
-    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> Any:
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig, modality: Modality) -> Any:
         """The data a run started with (for ``--resume``), or a clear error if it changed."""
 
     def advice_view(self, dataset: Any) -> Any:
         """A one-label view of the data for the advisor (``--mode auto``)."""
 
-    def build_model(self, config: RunConfig, make_backbone, dataset: Any, input_size: int) -> nn.Module:
+    def build_model(self, config: RunConfig, modality: Modality, make_backbone, dataset: Any, input_size: int | None) -> nn.Module:
         """The model: pretrained stages and the new heads (``make_backbone()`` gives a fresh backbone)."""
 
     def frozen_trunk(self, model: nn.Module) -> TransferModel:
@@ -96,26 +94,27 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
     check_workers(num_workers)
     runtime = Runtime.create(config.device)
     kind: RunKind = run_kind(config.kind)
+    source = modality_for(config.data, config.backbone)
     run = RunFolder(out)
     run.prepare()
     run.refuse_unfinished()
-    dataset = kind.scan(config)
+    dataset = kind.scan(config, source)
     seed_everything(config.seed, config.deterministic)
-    loaded = create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
+    loaded = source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
     advice = None
     if config.mode == AUTO:
         from graft.core.advisor import advise_scanned
 
-        advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, seed=config.seed)
+        advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, source, seed=config.seed)
     config = config.resolved(advice.plan.to_dict() if advice is not None else None)
     validate(config)  # what config.json will hold, and --resume will check again
-    preprocessing = loaded.preprocessing if config.image_size is None else dataclasses.replace(loaded.preprocessing, input_size=config.image_size)
+    preprocessing = loaded.preprocessing if config.image_size is None else source.with_input_size(loaded.preprocessing, config.image_size)
     first = [loaded.model]  # the backbone just loaded serves the first tower; more towers load fresh copies
 
     def make_backbone() -> nn.Module:
-        return first.pop() if first else create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
+        return first.pop() if first else source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
 
-    model = kind.build_model(config, make_backbone, dataset, preprocessing.input_size)
+    model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
     plan = plan_for_mode(config.mode, model.stage_names, lr=config.lr, unfreeze=config.unfreeze, backbone_lr_mult=config.backbone_lr_mult,
                          bn_policy=config.bn)
     apply_plan(plan, model)
@@ -123,6 +122,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
     run.require_space(model)
     saved = {
         "kind": kind.name,
+        "modality": source.name,
         "graft_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"root": config.data, "layout": getattr(dataset, "layout", kind.name), "counts": {k: len(v) for k, v in dataset.splits.items()},
@@ -149,7 +149,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
     run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
-    summary = _execute(run, saved, config, kind, dataset, model, plan, objective, runtime, False, num_workers, quiet, began)
+    summary = _execute(run, saved, config, kind, source, dataset, model, plan, objective, runtime, False, num_workers, quiet, began)
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     return summary
@@ -164,37 +164,42 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     config = RunConfig.from_dict(saved["options"], source=str(run / CONFIG))
     runtime = Runtime.create(config.device)
     kind: RunKind = run_kind(kind_of(saved))
+    source = modality_of(saved)
     run.prepare()
-    dataset = kind.reload(run, saved, config)
+    dataset = kind.reload(run, saved, config, source)
     seed_everything(config.seed, config.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
 
     def make_backbone() -> nn.Module:  # the checkpoint holds every weight: no need to read pretrained ones
-        return create_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained and not has_checkpoint).model
+        return source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained and not has_checkpoint).model
 
-    try:
-        input_size = Preprocessing.from_dict(saved["preprocessing"]).input_size
-    except (KeyError, TypeError) as error:
-        raise RunFolderError(f"'{run / CONFIG}' has no valid preprocessing ({type(error).__name__}: {error})") from None
-    model = kind.build_model(config, make_backbone, dataset, input_size)
+    preprocessing = _saved_preprocessing(run, saved, source)
+    model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
     plan = load_plan(run.path)
     apply_plan(plan, model)
     objective = kind.objective(config, dataset)
     if not quiet:
         stderr.print(f"[bold]graft train --resume[/] {run.path}: " + ("continuing after the last completed epoch" if has_checkpoint else "starting over (no epoch had finished)"))
-    return _execute(run, saved, config, kind, dataset, model, plan, objective, runtime, has_checkpoint, num_workers, quiet, began)
+    return _execute(run, saved, config, kind, source, dataset, model, plan, objective, runtime, has_checkpoint, num_workers, quiet, began)
 
 
-def _execute(run: RunFolder, saved: dict, config: RunConfig, kind: RunKind, dataset, model: nn.Module, plan: FreezePlan, objective: Objective,
-             runtime: Runtime, resuming: bool, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
-    preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality) -> Any:
+    try:
+        return source.preprocessing(saved["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunFolderError(f"'{run / CONFIG}' has no valid preprocessing ({type(error).__name__}: {error})") from None
+
+
+def _execute(run: RunFolder, saved: dict, config: RunConfig, kind: RunKind, source: Modality, dataset, model: nn.Module, plan: FreezePlan,
+             objective: Objective, runtime: Runtime, resuming: bool, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
+    preprocessing = _saved_preprocessing(run, saved, source)
     title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
     objective.to(runtime.device)
     saver = SaveEveryEpoch(run, lambda history: kind.plot_history(history, run / LEARNING_CURVE, title))
     try:
         with make_progress(quiet) as progress:
-            inputs = build_inputs(kind.frozen_trunk(model), dataset, preprocessing, architecture=saved["backbone"]["architecture"],
+            inputs = build_inputs(source, kind.frozen_trunk(model), dataset, preprocessing, architecture=saved["backbone"]["architecture"],
                                   trainable_from=plan.trainable_from, augment=config.augment, views=config.views or 0, seed=config.seed,
                                   batch_size=config.batch_size, workers=num_workers, cache=config.cache, cache_dir=config.cache_dir,
                                   progress=progress, device=runtime.device)

@@ -8,7 +8,6 @@ every file that is not used is listed in the manifest's ``skipped`` with the rea
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,59 +16,15 @@ import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from graft.image import checking
-from graft.errors import DataError
-from graft.fileio import KnownDigests, sha256_file
+from graft.core.dataset import Dataset
 from graft.core.reproducibility import item_seed, seeded
+from graft.errors import DataError
+from graft.fileio import sha256_file
+from graft.image import checking
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_ALIASES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"), "test": ("test", "testing")}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "LICENSE", "LICENSE.txt", "README.md", "SOURCE.md"}
-
-
-@dataclass
-class Dataset(KnownDigests):
-    """Labelled image files per split, the class names, and what was skipped."""
-
-    root: str
-    layout: str
-    classes: list[str]
-    splits: dict[str, list[tuple[str, int]]]
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    warnings: list[dict[str, str]] = field(default_factory=list)
-    sha256: dict[str, str] = field(default_factory=dict)  # content hash by path (keys the activation cache)
-
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "root": self.root,
-            "layout": self.layout,
-            "classes": self.classes,
-            "counts": {name: len(items) for name, items in self.splits.items()},
-            "splits": {name: [[path, label] for path, label in items] for name, items in self.splits.items()},
-            "skipped": self.skipped,
-            "warnings": self.warnings,
-            "sha256": self.sha256,
-        }
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "Dataset":
-        """The dataset a run was trained on, from its ``manifest.json``; each file must still hold the same bytes."""
-        dataset = cls(root=manifest["root"], layout=manifest["layout"], classes=list(manifest["classes"]),
-                      splits={name: [(path, int(label)) for path, label in items] for name, items in manifest["splits"].items()},
-                      skipped=list(manifest["skipped"]), warnings=list(manifest["warnings"]))
-        recorded = manifest.get("sha256", {})
-        for name, items in dataset.splits.items():
-            for path, _ in items:
-                if not Path(path).is_file():
-                    raise DataError(f"'{path}' (in the run's {name} split) is gone", hint="resume needs the same data the run started with")
-                digest = sha256_file(path)
-                if recorded.get(path, digest) != digest:
-                    raise DataError(f"'{path}' (in the run's {name} split) has changed since the run started", hint="resume needs the same data; start a new run instead")
-                dataset.sha256[path] = digest
-        return dataset
-
-    def split(self, name: str) -> list[tuple[str, int]]:
-        return self.splits.get(name, [])
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

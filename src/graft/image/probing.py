@@ -13,12 +13,13 @@ of evidence about how far the target domain is from the backbone's source domain
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from graft.core.advisor import Probe
 from graft.image.backbones import Backbone, split_into_stages
 from graft.image.data import ImageDataset
 
@@ -48,18 +49,6 @@ class _ChannelMoments:
         source_var = self.layer.running_var.double() + self.layer.eps
         kl = 0.5 * (torch.log(source_var / var) + (var + (mean - source_mean) ** 2) / source_var - 1)
         return float(kl.mean())
-
-
-@dataclass
-class Probe:
-    """What one pass over the sample saw: per-stage pooled features and BN drift, head outputs."""
-
-    stage_names: list[str]
-    labels: np.ndarray
-    features: dict[str, np.ndarray] = field(default_factory=dict)
-    bn_shift: dict[str, float] = field(default_factory=dict)
-    head_max_prob: np.ndarray | None = None
-    head_entropy: np.ndarray | None = None  # normalised by log(number of source classes), in [0, 1]
 
 
 def _source_classifier(model: nn.Module) -> nn.Module | None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from graft.errors import ConfigError
 from graft.core.heads import make_head
-from graft.core.model import TransferModel, wrap_backbone
+from graft.core.model import TransferModel
 from graft.multitask.tasks import Task
 
 SHARING = ("hard", "soft")
@@ -80,9 +80,13 @@ class MultiTaskModel(nn.Module):
 
 
 def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2,
-                          input_size: int | None = None) -> MultiTaskModel:
-    """``make_backbone()`` returns a fresh timm model with the pretrained weights (called once per tower);
-    each tower is built like a single-task model (:func:`graft.core.model.wrap_backbone`)."""
+                          input_size: int | None = None, modality=None) -> MultiTaskModel:
+    """``make_backbone()`` returns a fresh backbone with the pretrained weights (called once per tower);
+    each tower is built like a single-task model, by ``modality`` (default: images)."""
+    if modality is None:
+        from graft.core.modality import modality as registered
+
+        modality = registered("image")
     if sharing not in SHARING:
         raise ConfigError(f"--sharing must be one of {', '.join(SHARING)}; got '{sharing}'")
     if len(tasks) < 1:
@@ -90,5 +94,5 @@ def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, he
     groups = [("shared", list(tasks))] if sharing == "hard" else [(task.name, [task]) for task in tasks]
     towers = OrderedDict()
     for name, members in groups:
-        towers[name] = wrap_backbone(make_backbone(), lambda features, members=members: MultiHead(members, head, features, dropout), input_size)
+        towers[name] = modality.transfer_model(make_backbone(), lambda features, members=members: MultiHead(members, head, features, dropout), input_size)
     return MultiTaskModel(towers, sharing)

@@ -22,17 +22,16 @@ import numpy as np
 import torch
 
 from graft.core import plots
-from graft.image.backbones import create_backbone
 from graft.core.config import RunConfig
 from graft.core.evaluation import collect_outputs
-from graft.image.data import Dataset, ImageDataset, collect_image_paths
+from graft.core.dataset import Dataset
+from graft.core.modality import Modality, modality_of
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.core.inputs import default_workers, image_loader
+from graft.core.inputs import default_workers, make_loader
 from graft.core.model import TransferModel
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
-from graft.image.preprocessing import Preprocessing
 from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 from graft.multitask.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
 
@@ -46,13 +45,13 @@ class MultiTaskKind:
 
     name = "multitask"
 
-    def scan(self, config: RunConfig) -> MultiTaskDataset:
+    def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
         if config.domains is not None:
             return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
         return scan_multitask(config.data, config.labels, config.tasks, config.valid_fraction, config.test_fraction, config.seed, config.limit)
 
-    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig) -> MultiTaskDataset:
-        dataset = self.scan(config)
+    def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig, source: Modality) -> MultiTaskDataset:
+        dataset = self.scan(config, source)
         if json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
             raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
                                  hint="restore the data, or train again with another --out")
@@ -73,8 +72,8 @@ class MultiTaskKind:
             splits = {name: [(path, int(np.searchsorted(edges, value))) for path, value in items] for name, items in labelled.items()}
         return Dataset(root=dataset.root, layout="multitask", classes=classes, splits=splits, sha256=dataset.sha256)
 
-    def build_model(self, config: RunConfig, make_backbone, dataset: MultiTaskDataset, input_size: int) -> MultiTaskModel:
-        return build_multitask_model(make_backbone, dataset.tasks, config.sharing, config.head, input_size=input_size)
+    def build_model(self, config: RunConfig, source: Modality, make_backbone, dataset: MultiTaskDataset, input_size: int | None) -> MultiTaskModel:
+        return build_multitask_model(make_backbone, dataset.tasks, config.sharing, config.head, input_size=input_size, modality=source)
 
     def frozen_trunk(self, model: MultiTaskModel) -> TransferModel:
         # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
@@ -149,21 +148,24 @@ class MultiTaskTrainedModel:
     model: MultiTaskModel
     tasks: list[Task]
     scales: dict[str, TargetScale]
-    preprocessing: Preprocessing
+    preprocessing: Any
     config: dict[str, Any]
     path: Path
+    modality: Modality
 
     @property
     def classes(self) -> dict[str, list[str]]:
         return {t.name: list(t.classes) for t in self.tasks if t.is_classification}
 
     def _outputs(self, items, batch_size: int):
-        outputs, targets = collect_outputs(self.model, image_loader(ImageDataset(items, self.preprocessing.eval_transform()), batch_size, default_workers()))
+        examples = self.modality.examples(items, self.preprocessing, augment=False)
+        outputs, targets = collect_outputs(self.model, make_loader(examples, batch_size, default_workers()))
         return outputs, targets.astype(np.float64)
 
     def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
-        """For each image: ``{"image", "tasks": {name: {"label", "prob", "probs"} or {"value"}}}``."""
-        paths = collect_image_paths(images)
+        """For each input: ``{"image": path, "tasks": {name: {"label", "prob", "probs"} or {"value"}}}`` (the
+        modality's name as the key)."""
+        paths = self.modality.expand(images)
         outputs, _ = self._outputs([(p, [float("nan")] * len(self.tasks)) for p in paths], batch_size)
         decoded = {t.name: decode(t, outputs[t.name], self.scales) for t in self.tasks}
         results = []
@@ -176,7 +178,7 @@ class MultiTaskTrainedModel:
                                         "probs": {name: float(p) for name, p in zip(task.classes, value)}}
                 else:
                     entry[task.name] = {"value": float(value)}
-            results.append({"image": path, "tasks": entry})
+            results.append({self.modality.name: path, "tasks": entry})
         return results
 
     def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
@@ -203,26 +205,26 @@ class MultiTaskTrainedModel:
         metrics = task_metrics(self.tasks, outputs, targets, self.scales, detail=True)
         return {"kind": "multitask", "evaluated_on": evaluated_on, "n": len(items), **metrics, "skipped": skipped}
 
-    def example_input(self) -> torch.Tensor:
-        """One normalised image-shaped batch, as the model takes it."""
-        size = self.preprocessing.input_size
-        return torch.zeros(1, 3, size, size)
+    def example_input(self) -> Any:
+        """One batch shaped as the model takes it."""
+        return self.modality.example_input(self.preprocessing)
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
     """The "multitask" run kind's loader (see :func:`graft.core.runs.load_run`)."""
+    source = modality_of(config)
     try:
         section = config["multitask"]
         tasks = [Task.from_dict(t) for t in section["tasks"]]
         scales = {name: TargetScale(**values) for name, values in section["scales"].items()}
-        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+        preprocessing = source.preprocessing(config["preprocessing"])
         name = config["backbone"]["name"]
-        model = build_multitask_model(lambda: create_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"],
-                                      input_size=preprocessing.input_size)
+        model = build_multitask_model(lambda: source.load_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"],
+                                      input_size=getattr(preprocessing, "input_size", None), modality=source)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft multi-task config ({type(error).__name__}: {error})") from None
     load_weights(model, folder)
-    return MultiTaskTrainedModel(model=model.eval(), tasks=tasks, scales=scales, preprocessing=preprocessing, config=config, path=folder)
+    return MultiTaskTrainedModel(model=model.eval(), tasks=tasks, scales=scales, preprocessing=preprocessing, config=config, path=folder, modality=source)
 
 
 KIND = MultiTaskKind()

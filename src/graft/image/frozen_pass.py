@@ -1,0 +1,105 @@
+"""The image frozen pass: decode, normalise and run the frozen stages, whole batches at a time, in
+worker processes (one single-threaded process per core), with BatchNorm folded into the convolutions.
+The activation cache (:func:`graft.core.inputs.frozen_rows`) stores what it returns."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from graft.core.inputs import make_loader, whole_batches
+from graft.core.model import TransferModel
+from graft.core.reproducibility import EpochSampler
+from graft.image.backbones.folding import fold_batchnorm
+from graft.image.data import ImageDataset
+from graft.image.preprocessing import Preprocessing
+from graft.perf import usable_cores
+
+# Images per call of the frozen part's forward pass, in each worker process. From 16 images on, torch runs
+# 1x1 convolutions on one thread through oneDNN instead of its slower native path (folded
+# EfficientNet-Lite0: 12.8 ms an image at 8, 11.4 at 16); the cost is ~100 MB more per worker.
+FORWARD_BATCH = 16
+# Worker processes of the frozen pass, at most: each holds its own activations.
+MAX_FORWARD_WORKERS = 8
+
+
+def forward_workers() -> int:
+    """Worker processes for the frozen pass, one per core, each decoding its own batches and running
+    the frozen stages on one thread. Whole batches in parallel beat one batch split over threads:
+    an EfficientNet's many small layers leave threads waiting on each other (two single-threaded
+    processes: 142 img/s; one process with two threads: 132), and the decoding of one worker overlaps
+    the other's forward pass instead of stalling both cores. One thread each, because GNU OpenMP
+    deadlocks in a forked child that asks for more threads after its parent used them."""
+    cores = usable_cores()
+    return 0 if cores < 2 else min(cores, MAX_FORWARD_WORKERS)
+
+
+class FrozenForward(torch.utils.data.Dataset):
+    """The frozen pass as a dataset: a list of image keys in, the activations of stages ``[0, stop)``
+    for those images out (pooled features when ``stop`` is past the last stage). A DataLoader over
+    it runs whole batches, decoding included, in its worker processes. ``pixels`` gives uint8 images
+    (a transform with ``normalize=False``), normalised a batch at a time by ``preprocessing``. The
+    stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.image.backbones.folding`);
+    ``model`` is untouched."""
+
+    def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, device: torch.device | None = None):
+        self.pixels = pixels
+        self.preprocessing = preprocessing
+        self.device = torch.device("cpu") if device is None else device
+        self.frozen, self.folded = model.prefix(stop).eval(), 0
+        if len(pixels):
+            self.frozen, self.folded = fold_batchnorm(self.frozen, self.inputs([0]).to(self.device))
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def inputs(self, keys: Sequence) -> torch.Tensor:
+        """The normalised batch of images ``keys``."""
+        pixels = [self.pixels[key][0] for key in keys]
+        if pixels[0].dtype != torch.uint8:
+            raise TypeError(f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {pixels[0].dtype}")
+        return self.preprocessing.normalize_batch(torch.stack(pixels))
+
+    def __getitem__(self, keys: Sequence) -> np.ndarray:
+        inputs = self.inputs(keys).to(self.device)
+        with torch.inference_mode():
+            return self.frozen(inputs).float().cpu().contiguous().numpy()
+
+
+def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, *, workers: int,
+                    sampler: torch.utils.data.Sampler | None = None, progress=None, description: str = "frozen stages",
+                    device: torch.device | None = None) -> Iterator[np.ndarray]:
+    """Activations of stages ``[0, stop)`` of ``model`` for ``pixels`` (uint8 images, see :class:`FrozenForward`;
+    in ``sampler``'s order), batch by batch, computed by ``workers`` processes of one thread each (0: in
+    this process, on torch's threads). On a CUDA ``device`` the stages run in this process on the GPU
+    (a forked worker cannot use CUDA)."""
+    if device is not None and device.type == "cuda":
+        workers = 0
+    batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False)
+    loader = make_loader(FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches)
+    task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
+    for outputs in loader:
+        yield outputs
+        if task is not None:
+            progress.advance(task, len(outputs))
+    if task is not None:
+        progress.remove_task(task)
+
+
+def frozen_pass(model: TransferModel, items: Sequence[tuple[str, Any]], stop: int, preprocessing: Preprocessing, *, round_: int | None,
+                seed: int | None, keys: Sequence[int] | None, workers: int | None, device: torch.device | None, progress: Any,
+                description: str) -> Iterator[np.ndarray]:
+    """Activations of stages ``[0, stop)`` for the images ``items`` in order: the clean view
+    (``preprocessing.eval_transform``), or augmented view number ``round_`` (``train_transform``,
+    seeded per image from ``(seed, round_, key)``). ``workers``: processes (default :func:`forward_workers`)."""
+    workers = forward_workers() if workers is None else workers
+    transform = preprocessing.eval_transform(normalize=False) if round_ is None else preprocessing.train_transform(normalize=False)
+    subset = ImageDataset(list(items), transform, seed=None if round_ is None else seed, image_keys=keys)
+    sampler = None
+    if round_ is not None:
+        sampler = EpochSampler(len(subset), seed, shuffle=False)
+        sampler.set_epoch(round_)
+    return forward_batches(model, subset, stop, preprocessing, workers=workers, sampler=sampler, progress=progress, description=description,
+                           device=device)

@@ -1,0 +1,70 @@
+"""Images as a modality (:class:`graft.core.modality.Modality`): timm backbones with offline weights,
+folders of class folders, seeded augmentation, and the frozen pass in worker processes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.core.dataset import Dataset
+from graft.image.backbones import Backbone, create_backbone
+from graft.image.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
+from graft.image.frozen_pass import frozen_pass
+from graft.image.model import wrap_backbone
+from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing
+
+
+class ImageModality:
+    name = "image"
+    augmentation_recipe = AUGMENTATION_RECIPE
+
+    def claims(self, data: str | None, backbone: str) -> bool:
+        return True  # the first modality: whatever no more specific one claims
+
+    def load_backbone(self, name: str, *, weights: str | None = None, pretrained: bool = True) -> Backbone:
+        return create_backbone(name, weights=weights, pretrained=pretrained)
+
+    def transfer_model(self, backbone: nn.Module, make_head: Callable[[int], nn.Module], input_size: int | None) -> nn.Module:
+        return wrap_backbone(backbone, make_head, input_size)
+
+    def preprocessing(self, saved: dict[str, Any]) -> Preprocessing:
+        return Preprocessing.from_dict(saved)
+
+    def with_input_size(self, preprocessing: Preprocessing, size: int) -> Preprocessing:
+        return dataclasses.replace(preprocessing, input_size=size)
+
+    def example_input(self, preprocessing: Preprocessing, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, 3, preprocessing.input_size, preprocessing.input_size)
+
+    def scan(self, location: str, *, valid_fraction: float, seed: int) -> Dataset:
+        return scan_folder(location, valid_fraction=valid_fraction, seed=seed)
+
+    def scan_for_evaluation(self, location: str, classes: Sequence[str]):
+        return scan_for_evaluation(location, classes)
+
+    def expand(self, inputs: Sequence[str]) -> list[str]:
+        return collect_image_paths(inputs)
+
+    def examples(self, items, preprocessing: Preprocessing, *, augment: bool, seed: int | None = None,
+                 keys: Sequence[int] | None = None) -> torch.utils.data.Dataset:
+        if augment:
+            return ImageDataset(items, preprocessing.train_transform(), seed=seed, image_keys=keys)
+        return ImageDataset(items, preprocessing.eval_transform())
+
+    def frozen_pass(self, model, items, stop: int, preprocessing: Preprocessing, *, round_, seed, keys, workers, device, progress,
+                    description: str) -> Iterator[np.ndarray]:
+        return frozen_pass(model, items, stop, preprocessing, round_=round_, seed=seed, keys=keys, workers=workers, device=device,
+                           progress=progress, description=description)
+
+
+    def probe(self, loaded: Backbone, items, batch_size: int = 16):
+        from graft.image.probing import probe
+
+        return probe(loaded, items, batch_size=batch_size)
+
+
+IMAGE = ImageModality()
