@@ -42,8 +42,15 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _split_folder_items(root: Path) -> dict[str, dict[str, list[Path]]]:
-    return {split: {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted((root / split).iterdir()) if c.is_dir()}
-            for split in ("train", "valid", "test") if (root / split).is_dir()}
+    return {
+        split: {
+            c.name: sorted(p for p in c.iterdir() if p.is_file())
+            for c in sorted((root / split).iterdir())
+            if c.is_dir()
+        }
+        for split in ("train", "valid", "test")
+        if (root / split).is_dir()
+    }
 
 
 def utkface_gender(max_train_per_class: int, max_valid_per_class: int, max_test_per_class: int) -> tuple[dict, dict]:
@@ -58,7 +65,7 @@ def utkface_gender(max_train_per_class: int, max_valid_per_class: int, max_test_
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         by_hash[digest].append((path, "male" if fields[1] == "0" else "female"))
     conflicting, groups = [], []
-    for digest, members in sorted(by_hash.items()):
+    for _digest, members in sorted(by_hash.items()):
         if len({label for _, label in members}) > 1:
             conflicting.extend(p.name for p, _ in members)
             continue
@@ -71,10 +78,13 @@ def utkface_gender(max_train_per_class: int, max_valid_per_class: int, max_test_
     splits: dict[str, dict[str, list[Path]]] = {"train": {}, "valid": {}, "test": {}}
     for label, paths in sorted(per_class.items()):
         splits["test"][label] = paths[:max_test_per_class]
-        splits["valid"][label] = paths[max_test_per_class:max_test_per_class + max_valid_per_class]
-        splits["train"][label] = paths[max_test_per_class + max_valid_per_class:][:max_train_per_class]
-    report = {"malformed_names": malformed, "identical_with_conflicting_labels": conflicting,
-              "duplicates_dropped": sum(len(m) - 1 for m in by_hash.values() if len({l for _, l in m}) == 1)}
+        splits["valid"][label] = paths[max_test_per_class : max_test_per_class + max_valid_per_class]
+        splits["train"][label] = paths[max_test_per_class + max_valid_per_class :][:max_train_per_class]
+    report = {
+        "malformed_names": malformed,
+        "identical_with_conflicting_labels": conflicting,
+        "duplicates_dropped": sum(len(m) - 1 for m in by_hash.values() if len({label for _, label in m}) == 1),
+    }
     return splits, report
 
 
@@ -109,7 +119,9 @@ def build_views(test_per_class: int) -> tuple[dict[str, Path], dict]:
     views, notes = {}, {}
     signs = _split_folder_items(DATASETS / "sign-language-digits")
     dogs = cap_test(_split_folder_items(DATASETS / "dogs-vs-cats-small"), test_per_class)
-    faces, notes["utkface"] = utkface_gender(max_train_per_class=600, max_valid_per_class=100, max_test_per_class=test_per_class)
+    faces, notes["utkface"] = utkface_gender(
+        max_train_per_class=600, max_valid_per_class=100, max_test_per_class=test_per_class
+    )
     for name, splits in (("signs", signs), ("dogs-cats", dogs), ("utk-gender", faces)):
         views[name] = write_view(name, splits)
         for k in (10, 50):
@@ -135,7 +147,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated view names (default: all)")
     parser.add_argument("--plans", default="extract,auto,third,half,all")
     parser.add_argument("--epochs", type=int, default=4, help="epoch budget of every plan (auto included)")
-    parser.add_argument("--test-per-class", type=int, default=100, help="cap on test images per class (dogs-cats, UTKFace)")
+    parser.add_argument(
+        "--test-per-class", type=int, default=100, help="cap on test images per class (dogs-cats, UTKFace)"
+    )
     parser.add_argument("--advise-only", action="store_true")
     parser.add_argument("--report", action="store_true", help="only print the Markdown tables of bench/out/advise.json")
     args = parser.parse_args()
@@ -154,35 +168,73 @@ def main() -> None:
             entry["advice"] = graft("advise", data, "--seed", str(SEED))
             results_path.write_text(json.dumps(results, indent=2))
         advice = entry["advice"]
-        print(f"{name}: scenario {advice['scenario']} similarity {advice['similarity']:.3f} plan {advice['plan']} ({advice['seconds']:.1f}s)", flush=True)
+        print(
+            f"{name}: scenario {advice['scenario']} similarity {advice['similarity']:.3f} plan {advice['plan']} "
+            f"({advice['seconds']:.1f}s)",
+            flush=True,
+        )
         if args.advise_only:
             continue
         stages = len(advice["evidence"]["stages"])
-        fixed = {"extract": ["--mode", "extract"], "third": ["--mode", "finetune", "--unfreeze", str(max(1, round(stages / 3)))],
-                 "half": ["--mode", "finetune", "--unfreeze", str(math.ceil(stages / 2))], "all": ["--mode", "finetune", "--unfreeze", str(stages)]}
+        fixed = {
+            "extract": ["--mode", "extract"],
+            "third": ["--mode", "finetune", "--unfreeze", str(max(1, round(stages / 3)))],
+            "half": ["--mode", "finetune", "--unfreeze", str(math.ceil(stages / 2))],
+            "all": ["--mode", "finetune", "--unfreeze", str(stages)],
+        }
         for plan in args.plans.split(","):
             key = f"{plan}@{args.epochs}"
             if key in entry:
                 continue
             options = ["--mode", "auto"] if plan == "auto" else fixed[plan]
-            summary = graft("train", data, "--out", str(OUT / "runs" / name / key), *options, "--epochs", str(args.epochs), "--seed", str(SEED))
-            entry[key] = {k: summary.get(k) for k in ("test_accuracy", "valid_accuracy", "best_epoch", "seconds", "mode", "unfreeze", "advice")}
+            summary = graft(
+                "train",
+                data,
+                "--out",
+                str(OUT / "runs" / name / key),
+                *options,
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(SEED),
+            )
+            entry[key] = {
+                k: summary.get(k)
+                for k in ("test_accuracy", "valid_accuracy", "best_epoch", "seconds", "mode", "unfreeze", "advice")
+            }
             results_path.write_text(json.dumps(results, indent=2))
             print(f"  {key}: test {summary['test_accuracy']:.4f} in {summary['seconds']:.0f}s", flush=True)
 
 
 def report(results: dict) -> str:
     """Advice per dataset, then test accuracy of every plan per epoch budget, auto's gap to the best fixed plan."""
-    lines = ["| data | images (train+valid) | min/class | similarity | scenario | advised plan | advise s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | images (train+valid) | min/class | similarity | scenario | advised plan | advise s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, entry in results["runs"].items():
         advice = entry["advice"]
         plan = advice["plan"]
-        text = "extract" if plan["mode"] == "extract" else f"finetune last {plan['unfreeze']}, backbone lr x{plan['backbone_lr_mult']:g}, {plan['head_epochs']} head epoch(s) first"
-        lines.append(f"| {name} | {advice['size']['images']} | {advice['size']['min_per_class']} | {advice['similarity']:.3f} | {advice['scenario']} | {text} | {advice['seconds']:.1f} |")
+        text = (
+            "extract"
+            if plan["mode"] == "extract"
+            else f"finetune last {plan['unfreeze']}, backbone lr x{plan['backbone_lr_mult']:g}, {plan['head_epochs']} "
+            "head epoch(s) first"
+        )
+        lines.append(
+            f"| {name} | {advice['size']['images']} | {advice['size']['min_per_class']} | {advice['similarity']:.3f} "
+            f"| {advice['scenario']} | {text} | {advice['seconds']:.1f} |"
+        )
     budgets = sorted({int(key.split("@")[1]) for entry in results["runs"].values() for key in entry if "@" in key})
     for epochs in budgets:
-        lines += ["", f"Test accuracy, {epochs} epochs for every plan (training seconds in brackets):", "",
-                  "| data | auto | extract | last third | last half | all | best fixed | auto - best | advising / auto's run |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Test accuracy, {epochs} epochs for every plan (training seconds in brackets):",
+            "",
+            "| data | auto | extract | last third | last half | all | best fixed | auto - best | advising / auto's "
+            "run |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, entry in results["runs"].items():
             runs = {plan: entry.get(f"{plan}@{epochs}") for plan in ("auto", "extract", "third", "half", "all")}
             if not runs["auto"]:
@@ -191,9 +243,14 @@ def report(results: dict) -> str:
             fixed = {plan: r["test_accuracy"] for plan, r in runs.items() if r and plan != "auto"}
             best = max(fixed.values()) if fixed else None
             gap = f"{(runs['auto']['test_accuracy'] - best) * 100:+.1f}" if best is not None else ""
-            # what advising cost the auto run (probe only since auto reuses the scan and the backbone), else standalone advise
-            share = ((runs["auto"].get("advice") or {}).get("seconds") or entry["advice"]["seconds"]) / runs["auto"]["seconds"]
-            best_text = f"{best * 100:.1f}% ({', '.join(p for p, a in fixed.items() if a == best)})" if best is not None else ""
+            # what advising cost the auto run (the probe only: auto reuses the scan and the backbone),
+            # else a standalone advise
+            share = ((runs["auto"].get("advice") or {}).get("seconds") or entry["advice"]["seconds"]) / runs["auto"][
+                "seconds"
+            ]
+            best_text = (
+                f"{best * 100:.1f}% ({', '.join(p for p, a in fixed.items() if a == best)})" if best is not None else ""
+            )
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {best_text} | {gap} | {share * 100:.0f}% |")
     return "\n".join(lines)
 

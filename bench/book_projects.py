@@ -43,7 +43,18 @@ PROJECTS = {
 def run_project(key: str, out: Path, extra: list[str]) -> dict:
     project = PROJECTS[key]
     run = out / key
-    command = [sys.executable, "-m", "graft", "train", str(project["data"]), "--out", str(run), "--json", *project["args"], *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "graft",
+        "train",
+        str(project["data"]),
+        "--out",
+        str(run),
+        "--json",
+        *project["args"],
+        *extra,
+    ]
     began = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - began
@@ -53,7 +64,11 @@ def run_project(key: str, out: Path, extra: list[str]) -> dict:
     history = json.loads((run / "history.json").read_text())
     config = json.loads((run / "config.json").read_text())
     counts = config["data"]["counts"]
-    images_seen = sum(counts.get(s, 0) for s in ("train", "valid")) * len(history) + counts.get("test", 0) + counts.get("valid", 0)
+    images_seen = (
+        sum(counts.get(s, 0) for s in ("train", "valid")) * len(history)
+        + counts.get("test", 0)
+        + counts.get("valid", 0)
+    )
     return {
         "project": project["title"],
         "command": "graft train " + " ".join(str(c) for c in command[4:] if c != "--json"),
@@ -86,9 +101,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "book_projects.json").write_text(json.dumps(results, indent=2))
     for row in results["runs"]:
-        print(f"{row['project']}: test {row['test_accuracy']:.4f} valid {row['valid_accuracy']:.4f} "
-              f"wall {row['wall_seconds']:.0f}s epochs {row['epochs_run']} {row['images_per_second']:.0f} img/s "
-              f"target {'met' if row['met_target'] else 'MISSED'}")
+        print(
+            f"{row['project']}: test {row['test_accuracy']:.4f} valid {row['valid_accuracy']:.4f} "
+            f"wall {row['wall_seconds']:.0f}s epochs {row['epochs_run']} {row['images_per_second']:.0f} img/s "
+            f"target {'met' if row['met_target'] else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

@@ -73,11 +73,18 @@ def run_fastai(data: Path, mode: str, epochs: int, weights: Path) -> dict:
         def after_epoch(self):
             names = list(self.recorder.metric_names)
             value = self.recorder.log[names.index("accuracy")] if "accuracy" in names else None
-            self.rows.append({"seconds_since_start": time.perf_counter() - began, "valid_accuracy": None if value is None else float(value)})
+            self.rows.append(
+                {
+                    "seconds_since_start": time.perf_counter() - began,
+                    "valid_accuracy": None if value is None else float(value),
+                }
+            )
             print(f"fastai epoch {len(self.rows)}: {self.rows[-1]}", file=sys.stderr, flush=True)
 
     began = time.perf_counter()
-    dls = ImageDataLoaders.from_folder(data, train="train", valid="valid", item_tfms=Resize(224), batch_tfms=aug_transforms(), bs=32)
+    dls = ImageDataLoaders.from_folder(
+        data, train="train", valid="valid", item_tfms=Resize(224), batch_tfms=aug_transforms(), bs=32
+    )
     learn = vision_learner(dls, ARCH, metrics=accuracy, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     timer = EpochTimes()
     learn.add_cb(timer)
@@ -96,7 +103,12 @@ def run_fastai(data: Path, mode: str, epochs: int, weights: Path) -> dict:
     predictions, _ = learn.get_preds(dl=test_dl)
     vocab = list(learn.dls.vocab)
     correct = sum(vocab[int(i)] == label for i, (_, label) in zip(predictions.argmax(1), test))
-    return {"epochs": rows, "seconds": time.perf_counter() - began, "fit_seconds": fit_seconds, "test_accuracy": correct / len(test)}
+    return {
+        "epochs": rows,
+        "seconds": time.perf_counter() - began,
+        "fit_seconds": fit_seconds,
+        "test_accuracy": correct / len(test),
+    }
 
 
 def run_plain(data: Path, mode: str, epochs: int, weights: Path) -> dict:
@@ -109,11 +121,18 @@ def run_plain(data: Path, mode: str, epochs: int, weights: Path) -> dict:
     torch.manual_seed(0)
     began = time.perf_counter()
     normalize = transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+    )
     eval_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])
-    sets = {"train": datasets.ImageFolder(data / "train", train_tf), "valid": datasets.ImageFolder(data / "valid", eval_tf),
-            "test": datasets.ImageFolder(data / "test", eval_tf)}
-    loaders = {k: torch.utils.data.DataLoader(v, batch_size=32, shuffle=k == "train", num_workers=2) for k, v in sets.items()}
+    sets = {
+        "train": datasets.ImageFolder(data / "train", train_tf),
+        "valid": datasets.ImageFolder(data / "valid", eval_tf),
+        "test": datasets.ImageFolder(data / "test", eval_tf),
+    }
+    loaders = {
+        k: torch.utils.data.DataLoader(v, batch_size=32, shuffle=k == "train", num_workers=2) for k, v in sets.items()
+    }
     model = timm.create_model(ARCH, pretrained=False)
     model.load_state_dict(load_file(str(weights)))
     if mode == "extract":
@@ -149,13 +168,32 @@ def run_plain(data: Path, mode: str, epochs: int, weights: Path) -> dict:
         if valid > best:
             best, best_state = valid, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return {"epochs": rows, "seconds": time.perf_counter() - began, "fit_seconds": time.perf_counter() - fit_began, "test_accuracy": accuracy("test")}
+    return {
+        "epochs": rows,
+        "seconds": time.perf_counter() - began,
+        "fit_seconds": time.perf_counter() - fit_began,
+        "test_accuracy": accuracy("test"),
+    }
 
 
 def run_graft(data: Path, mode: str, epochs: int, scratch: Path) -> dict:
     run = scratch / f"graft-{data.name}"
-    command = [sys.executable, "-m", "graft", "train", str(data), "--out", str(run), "--mode", mode, "--epochs", str(epochs),
-               "--cache-dir", str(scratch / "graft-cache"), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "graft",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--mode",
+        mode,
+        "--epochs",
+        str(epochs),
+        "--cache-dir",
+        str(scratch / "graft-cache"),
+        "--json",
+    ]
     began = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - began
@@ -168,8 +206,15 @@ def run_graft(data: Path, mode: str, epochs: int, scratch: Path) -> dict:
     for record in history:
         elapsed += record["seconds"]
         rows.append({"seconds_since_start": elapsed, "valid_accuracy": record["valid_accuracy"]})
-    return {"epochs": rows, "seconds": wall, "fit_seconds": summary["seconds"], "test_accuracy": summary["test_accuracy"],
-            "best_epoch": summary["best_epoch"], "phase_seconds": summary["phase_seconds"], "command": " ".join(command[3:])}
+    return {
+        "epochs": rows,
+        "seconds": wall,
+        "fit_seconds": summary["seconds"],
+        "test_accuracy": summary["test_accuracy"],
+        "best_epoch": summary["best_epoch"],
+        "phase_seconds": summary["phase_seconds"],
+        "command": " ".join(command[3:]),
+    }
 
 
 def _inner(contender: str, project: str, epochs: int, scratch: Path) -> None:
@@ -202,7 +247,12 @@ def main() -> None:
     environ = {**os.environ, **TUNED, "GRAFT_ALLOCATOR": "system"}
     path = OUT / "compare.json"
     results = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    results.update({"date": date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"})
+    results.update(
+        {
+            "date": date.today().isoformat(),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        }
+    )
     for project in [args.only] if args.only else PROJECTS:
         spec = PROJECTS[project]
         epochs = args.epochs or spec["epochs"]
@@ -211,20 +261,41 @@ def main() -> None:
             if contender == "graft":
                 result = run_graft(spec["data"], spec["mode"], epochs, scratch)
             else:
-                completed = subprocess.run([sys.executable, __file__, "--inner", contender, project, str(epochs), "--scratch", str(scratch)],
-                                           stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE, text=True, env=environ, cwd=ROOT)
+                completed = subprocess.run(
+                    [sys.executable, __file__, "--inner", contender, project, str(epochs), "--scratch", str(scratch)],
+                    stdout=subprocess.PIPE,
+                    stderr=None if args.verbose else subprocess.PIPE,
+                    text=True,
+                    env=environ,
+                    cwd=ROOT,
+                )
                 if completed.returncode != 0:
                     print(f"{contender} on {project} failed:\n{(completed.stderr or '')[-3000:]}", file=sys.stderr)
                     continue
                 result = json.loads(completed.stdout.strip().splitlines()[-1])
                 result["seconds"] = time.perf_counter() - began  # whole process, like graft's
             to_best, best_valid = _time_to_best(result)
-            row = {"project": project, "mode": spec["mode"], "contender": contender, "epochs": epochs, "wall_seconds": result["seconds"],
-                   "seconds_to_best_valid": to_best, "best_valid_accuracy": best_valid, "test_accuracy": result["test_accuracy"], "detail": result}
-            results["runs"] = [r for r in results["runs"] if (r["project"], r["contender"]) != (project, contender)] + [row]
+            row = {
+                "project": project,
+                "mode": spec["mode"],
+                "contender": contender,
+                "epochs": epochs,
+                "wall_seconds": result["seconds"],
+                "seconds_to_best_valid": to_best,
+                "best_valid_accuracy": best_valid,
+                "test_accuracy": result["test_accuracy"],
+                "detail": result,
+            }
+            results["runs"] = [r for r in results["runs"] if (r["project"], r["contender"]) != (project, contender)] + [
+                row
+            ]
             OUT.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2))
-            print(f"{project} {contender}: wall {row['wall_seconds']:.0f}s, best valid {best_valid:.4f} at {to_best:.0f}s, test {row['test_accuracy']:.4f}", flush=True)
+            print(
+                f"{project} {contender}: wall {row['wall_seconds']:.0f}s, best valid {best_valid:.4f} at "
+                f"{to_best:.0f}s, test {row['test_accuracy']:.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

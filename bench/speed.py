@@ -109,7 +109,15 @@ def _onnx_rate(batch: int, seconds: float) -> dict:
     # a graph whose features were off by up to their own size; the prefix agrees to ~1e-5).
     prefix = model.prefix(len(model.stages)).eval()
     path = Path(tempfile.mkdtemp()) / "features.onnx"
-    torch.onnx.export(prefix, (torch.randn(batch, 3, size, size),), str(path), input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+    torch.onnx.export(
+        prefix,
+        (torch.randn(batch, 3, size, size),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamo=False,
+        opset_version=17,
+    )
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -124,7 +132,12 @@ def _onnx_rate(batch: int, seconds: float) -> dict:
         session.run(None, {"x": inputs})
         done += batch
     elapsed = time.perf_counter() - began
-    return {"variant": "onnxruntime", "batch": batch, "images_per_second": done / elapsed, "max_abs_difference_vs_torch": float(np.abs(output - reference).max())}
+    return {
+        "variant": "onnxruntime",
+        "batch": batch,
+        "images_per_second": done / elapsed,
+        "max_abs_difference_vs_torch": float(np.abs(output - reference).max()),
+    }
 
 
 def _pipeline_rate(folder: Path, workers: int) -> dict:
@@ -139,18 +152,38 @@ def _pipeline_rate(folder: Path, workers: int) -> dict:
     dataset = scan_folder(folder)
     items = [item for split in dataset.splits.values() for item in split]
     loaded = create_backbone(BACKBONE)
-    model = build_transfer_model(loaded.model, "linear", len(dataset.classes), input_size=loaded.preprocessing.input_size).to(memory_format=torch.channels_last)
+    model = build_transfer_model(
+        loaded.model, "linear", len(dataset.classes), input_size=loaded.preprocessing.input_size
+    ).to(memory_format=torch.channels_last)
     pixels = ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False))
     began = time.perf_counter()
-    rows = sum(len(batch) for batch in forward_batches(model, pixels, len(model.stages), loaded.preprocessing, workers=workers))
+    rows = sum(
+        len(batch) for batch in forward_batches(model, pixels, len(model.stages), loaded.preprocessing, workers=workers)
+    )
     elapsed = time.perf_counter() - began
-    return {"folder": folder.name, "workers": workers, "images": rows, "seconds": elapsed, "images_per_second": rows / elapsed}
+    return {
+        "folder": folder.name,
+        "workers": workers,
+        "images": rows,
+        "seconds": elapsed,
+        "images_per_second": rows / elapsed,
+    }
 
 
 def _subprocess(task: str, argument: str, tuned: bool = True) -> dict:
-    completed = subprocess.run([sys.executable, __file__, "--inner", task, argument], capture_output=True, text=True, env=_environment(tuned), cwd=ROOT)
+    completed = subprocess.run(
+        [sys.executable, __file__, "--inner", task, argument],
+        capture_output=True,
+        text=True,
+        env=_environment(tuned),
+        cwd=ROOT,
+    )
     if completed.returncode != 0:
-        return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else f"exit {completed.returncode}"}
+        return {
+            "error": completed.stderr.strip().splitlines()[-1]
+            if completed.stderr.strip()
+            else f"exit {completed.returncode}"
+        }
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -167,8 +200,12 @@ def _processes_rate(processes: int, argument: str) -> dict:
     for thread in threads:
         thread.join()
     variant, batch, _ = argument.split(":")
-    return {"variant": f"{variant} x{processes} processes", "batch": int(batch), "images_per_second": sum(r.get("images_per_second", 0.0) for r in results),
-            "per_process": [r.get("images_per_second") for r in results]}
+    return {
+        "variant": f"{variant} x{processes} processes",
+        "batch": int(batch),
+        "images_per_second": sum(r.get("images_per_second", 0.0) for r in results),
+        "per_process": [r.get("images_per_second") for r in results],
+    }
 
 
 def raw_rates(quick: bool) -> list[dict]:
@@ -176,7 +213,12 @@ def raw_rates(quick: bool) -> list[dict]:
     rows = []
     for tuned in (False, True):
         for variant in ("eager", "channels_last+static"):
-            rows.append({"allocator": "tuned" if tuned else "glibc default", **_subprocess("raw", f"{variant}:32:{seconds}", tuned)})
+            rows.append(
+                {
+                    "allocator": "tuned" if tuned else "glibc default",
+                    **_subprocess("raw", f"{variant}:32:{seconds}", tuned),
+                }
+            )
             print(rows[-1], flush=True)
     for variant in ("channels_last", "static"):
         rows.append({"allocator": "tuned", **_subprocess("raw", f"{variant}:32:{seconds}")})
@@ -200,7 +242,9 @@ def floors(raw: list[dict]) -> dict:
     """The floors a pipeline is compared with: the best raw rate of the backbone as timm builds it
     ("raw_floor", the issue's yardstick; channels-last and static padding are exact, so they count),
     and the best with BatchNorm folded as graft's frozen pass runs it ("raw_floor_folded", stricter)."""
-    exact = [r for r in raw if r.get("variant", "").startswith(("eager", "channels", "static")) and "images_per_second" in r]
+    exact = [
+        r for r in raw if r.get("variant", "").startswith(("eager", "channels", "static")) and "images_per_second" in r
+    ]
 
     def best(rows: list[dict]) -> dict:
         top = max(rows, key=lambda r: r["images_per_second"])
@@ -231,18 +275,36 @@ def _tree_rss(pid: int) -> int:
 def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), allocator: str = "graft") -> dict:
     """``graft train`` as a user runs it (the graft command sets its own allocator unless ``allocator="system"``),
     wall time and peak memory of the process tree."""
-    command = [sys.executable, "-m", "graft", "train", str(data), "--out", str(run), "--mode", "extract", "--cache-dir", str(cache), "--json", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "graft",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--mode",
+        "extract",
+        "--cache-dir",
+        str(cache),
+        "--json",
+        *extra,
+    ]
     environ = {k: v for k, v in os.environ.items() if k not in TUNED and k != "GRAFT_ALLOCATOR"}
     if allocator == "system":
         environ["GRAFT_ALLOCATOR"] = "system"
     peak = [0]
     began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=ROOT)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=ROOT
+    )
 
     def sample():
         while process.poll() is None:
             peak[0] = max(peak[0], _tree_rss(process.pid))
-            time.sleep(0.5)  # each sample reads smaps of every process (~4 ms of CPU each): sparse, to leave the 2 cores to the run
+            time.sleep(
+                0.5
+            )  # each sample reads smaps of every process (~4 ms of CPU each): sparse, to leave the 2 cores to the run
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -252,8 +314,14 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
     if process.returncode != 0:
         raise SystemExit(f"graft train failed on {data}:\n{stderr[-3000:]}")
     summary = json.loads(stdout)
-    return {"wall_seconds": wall, "train_seconds": summary["seconds"], "phase_seconds": summary["phase_seconds"],
-            "valid_accuracy": summary["valid_accuracy"], "test_accuracy": summary["test_accuracy"], "peak_pss_mb": peak[0] / 1e6}
+    return {
+        "wall_seconds": wall,
+        "train_seconds": summary["seconds"],
+        "phase_seconds": summary["phase_seconds"],
+        "valid_accuracy": summary["valid_accuracy"],
+        "test_accuracy": summary["test_accuracy"],
+        "peak_pss_mb": peak[0] / 1e6,
+    }
 
 
 def count_images(data: Path) -> int:
@@ -272,19 +340,32 @@ def extract_wall_times(raw_rate: float, scratch: Path) -> list[dict]:
         cold = timed_train(data, scratch / f"run-{name}-cold", cache)
         warm = timed_train(data, scratch / f"run-{name}-warm", cache)
         floor = images / raw_rate
-        rows.append({"dataset": name, "images": images, "one_forward_pass_seconds": floor, "cold_glibc_default_allocator": system, "cold": cold, "warm": warm,
-                     "cold_ratio_wall": cold["wall_seconds"] / floor, "cold_ratio_in_process": cold["train_seconds"] / floor})
+        rows.append(
+            {
+                "dataset": name,
+                "images": images,
+                "one_forward_pass_seconds": floor,
+                "cold_glibc_default_allocator": system,
+                "cold": cold,
+                "warm": warm,
+                "cold_ratio_wall": cold["wall_seconds"] / floor,
+                "cold_ratio_in_process": cold["train_seconds"] / floor,
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
 
 def make_10k(target: Path, count: int = 10_000, seed: int = 0) -> Path:
-    """10,000 JPEGs in 10 class folders, resampled (random crop, scale, flip) from the real sign-language and dogs/cats images."""
+    """10,000 JPEGs in 10 class folders, resampled (random crop, scale, flip) from the real sign-language
+    and dogs/cats images."""
     from PIL import Image, ImageOps
 
     if target.is_dir() and sum(1 for _ in target.rglob("*.jpg")) == count:
         return target
-    sources = sorted((DATASETS / "sign-language-digits" / "train").rglob("*.JPG")) + sorted((DATASETS / "dogs-vs-cats-small" / "train").rglob("*.jpg"))
+    sources = sorted((DATASETS / "sign-language-digits" / "train").rglob("*.JPG")) + sorted(
+        (DATASETS / "dogs-vs-cats-small" / "train").rglob("*.jpg")
+    )
     rng = random.Random(seed)
     for index in range(count):
         source = rng.choice(sources)
@@ -309,9 +390,22 @@ def _floor_rate(cores: int) -> dict:
     runs it ("best_folded", the stricter floor)."""
     rates = {}
     for name, suffix in (("", ""), ("_folded", "+folded")):
-        one_process = max(_subprocess("raw", f"{variant}{suffix}:32:8")["images_per_second"] for variant in ("eager", "channels_last+static"))
-        processes = _processes_rate(cores, f"channels_last+static{suffix}@1thread:16:8")["images_per_second"] if cores > 1 else 0.0
-        rates.update({f"one_process{name}": one_process, f"processes{name}": processes, f"best{name}": max(one_process, processes)})
+        one_process = max(
+            _subprocess("raw", f"{variant}{suffix}:32:8")["images_per_second"]
+            for variant in ("eager", "channels_last+static")
+        )
+        processes = (
+            _processes_rate(cores, f"channels_last+static{suffix}@1thread:16:8")["images_per_second"]
+            if cores > 1
+            else 0.0
+        )
+        rates.update(
+            {
+                f"one_process{name}": one_process,
+                f"processes{name}": processes,
+                f"best{name}": max(one_process, processes),
+            }
+        )
     return rates
 
 
@@ -328,12 +422,23 @@ def repeat_ten_thousand(rounds: int) -> None:
         after = _floor_rate(cores)
         floor = 10_000 / ((before["best"] + after["best"]) / 2)
         folded_floor = 10_000 / ((before["best_folded"] + after["best_folded"]) / 2)
-        rows.append({"round": number + 1, "floor_before": before, "floor_after": after, "one_forward_pass_seconds": floor,
-                     "one_folded_forward_pass_seconds": folded_floor, **run, "ratio_wall": run["wall_seconds"] / floor,
-                     "ratio_wall_folded_floor": run["wall_seconds"] / folded_floor})
+        rows.append(
+            {
+                "round": number + 1,
+                "floor_before": before,
+                "floor_after": after,
+                "one_forward_pass_seconds": floor,
+                "one_folded_forward_pass_seconds": folded_floor,
+                **run,
+                "ratio_wall": run["wall_seconds"] / floor,
+                "ratio_wall_folded_floor": run["wall_seconds"] / folded_floor,
+            }
+        )
         print(rows[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "speed_10k_repeats.json").write_text(json.dumps({"date": date.today().isoformat(), "rounds": rows}, indent=2))
+    (OUT / "speed_10k_repeats.json").write_text(
+        json.dumps({"date": date.today().isoformat(), "rounds": rows}, indent=2)
+    )
     print(f"wrote {OUT / 'speed_10k_repeats.json'}")
 
 
@@ -342,8 +447,13 @@ def main() -> None:
     parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="shorter timing windows")
     parser.add_argument("--skip-10k", action="store_true", help="skip the 10,000-image memory run")
-    parser.add_argument("--repeat-10k", type=int, metavar="N", help="only the 10,000-image ratio: N rounds of (raw floor, the run, raw floor), "
-                        "back to back, so that each ratio compares measurements minutes apart on this noisy machine")
+    parser.add_argument(
+        "--repeat-10k",
+        type=int,
+        metavar="N",
+        help="only the 10,000-image ratio: N rounds of (raw floor, the run, raw floor), "
+        "back to back, so that each ratio compares measurements minutes apart on this noisy machine",
+    )
     args = parser.parse_args()
     if args.inner:
         _inner(*args.inner)
@@ -352,8 +462,11 @@ def main() -> None:
         repeat_ten_thousand(args.repeat_10k)
         return
     scratch = Path(tempfile.mkdtemp(prefix="graft-speed-"))
-    results: dict = {"date": date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-                     "backbone": BACKBONE}
+    results: dict = {
+        "date": date.today().isoformat(),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "backbone": BACKBONE,
+    }
     results["raw"] = raw_rates(args.quick)
     results.update(floors(results["raw"]))
     best = results["raw_floor"]
@@ -369,8 +482,13 @@ def main() -> None:
         data = make_10k(Path(tempfile.gettempdir()) / "graft-10k")
         run = timed_train(data, scratch / "run-10k", scratch / "cache-10k")
         floor = 10_000 / best["images_per_second"]
-        results["ten_thousand"] = {**run, "images": 10_000, "one_forward_pass_seconds": floor, "ratio_wall": run["wall_seconds"] / floor,
-                                   "ratio_wall_folded_floor": run["wall_seconds"] * results["raw_floor_folded"]["images_per_second"] / 10_000}
+        results["ten_thousand"] = {
+            **run,
+            "images": 10_000,
+            "one_forward_pass_seconds": floor,
+            "ratio_wall": run["wall_seconds"] / floor,
+            "ratio_wall_folded_floor": run["wall_seconds"] * results["raw_floor_folded"]["images_per_second"] / 10_000,
+        }
         print(results["ten_thousand"], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "speed.json").write_text(json.dumps(results, indent=2))

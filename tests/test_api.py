@@ -19,8 +19,17 @@ def test_train_writes_a_complete_run_folder(class_folder, tmp_path):
     summary = _train(class_folder, tmp_path / "run", mode="finetune", unfreeze=2)
     assert set(summary) >= {"run", "best_epoch", "valid_accuracy", "seconds", "test_accuracy", "params"}
     run = tmp_path / "run"
-    for name in ("config.json", "freeze_plan.json", "model.safetensors", "history.json", "metrics.json", "manifest.json",
-                 "learning_curve.png", "confusion_matrix.png", "report.html"):
+    for name in (
+        "config.json",
+        "freeze_plan.json",
+        "model.safetensors",
+        "history.json",
+        "metrics.json",
+        "manifest.json",
+        "learning_curve.png",
+        "confusion_matrix.png",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["classes"] == ["blue", "green", "red"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.image.backbones import create_backbone, get_spec, list_backbones, read_state_dict
 from graft.errors import BackboneError
+from graft.image.backbones import create_backbone, get_spec, list_backbones, read_state_dict
 
 pytestmark = pytest.mark.weights
 
@@ -82,7 +82,9 @@ def test_offline_hub_model_without_weights_gets_a_hint(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time; skip the network retries
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_OFFLINE", True
+    )  # read at import time; skip the network retries
     with pytest.raises(BackboneError) as error:
         create_backbone("resnet18")
     assert "--weights" in error.value.hint
@@ -99,7 +101,9 @@ def test_coffee_photo_is_espresso():
 
 
 def test_every_builtin_backbone_is_listed():
-    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(list_backbones())
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(
+        list_backbones()
+    )
 
 
 def test_static_padding_gives_the_same_outputs_and_falls_back_for_other_sizes():
@@ -116,7 +120,11 @@ def test_static_padding_gives_the_same_outputs_and_falls_back_for_other_sizes():
     assert sum(isinstance(m, StaticPadConv2d) for m in static.modules()) == 5
     assert static.state_dict().keys() == dynamic.state_dict().keys()
     with torch.no_grad():
-        for size, batch in ((224, 2), (224, 16), (200, 2)):  # 16: the 1x1 convolutions take oneDNN's path on one thread too
+        for size, batch in (
+            (224, 2),
+            (224, 16),
+            (200, 2),
+        ):  # 16: the 1x1 convolutions take oneDNN's path on one thread too
             for memory_format in (torch.contiguous_format, torch.channels_last):
                 x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
                 assert_equal_up_to_rounding(static(x), dynamic(x), (size, batch, memory_format))
@@ -165,8 +173,12 @@ def test_folding_batchnorm_removes_every_batchnorm_and_keeps_the_features(name):
     folded, count = fold_batchnorm(frozen, torch.randn(1, 3, size, size))
     assert count == batchnorms > 40
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last
+    )
     with torch.no_grad():
         expected, actual = model.forward_features(x), folded(x)
     assert (expected - actual).abs().max() < 1e-4 * expected.abs().max()
-    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # the model itself is untouched
+    assert all(
+        torch.equal(before[key], value) for key, value in model.state_dict().items()
+    )  # the model itself is untouched

@@ -23,6 +23,7 @@ def _computer(calls):
         calls.append(list(positions))
         for position in positions:
             yield np.full((1, 2, 3), float(position), dtype=np.float32)
+
     return compute
 
 
@@ -45,7 +46,16 @@ def test_only_missing_rows_are_computed_and_duplicates_once(tmp_path):
     assert len(rows) == 4 and float(rows[2][0, 0]) == 1.0
 
 
-@pytest.mark.parametrize("change", [{"weights": "x" * 64}, {"preprocessing": {"input_size": 9}}, {"stop": 2}, {"view": "augmented:1:seed0:r"}, {"architecture": "b"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights": "x" * 64},
+        {"preprocessing": {"input_size": 9}},
+        {"stop": 2},
+        {"view": "augmented:1:seed0:r"},
+        {"architecture": "b"},
+    ],
+)
 def test_anything_in_the_key_invalidates(tmp_path, change):
     calls = []
     cached_rows(ActivationStore(tmp_path, _key()), ["d0"], _computer(calls))
@@ -74,7 +84,16 @@ def test_usage_and_clear(tmp_path):
 
 
 def _train(data, out, **kwargs):
-    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=3, num_workers=0, quiet=True, batch_size=8, seed=1, deterministic=True)
+    options = dict(
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=3,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+        seed=1,
+        deterministic=True,
+    )
     options.update(kwargs)
     return graft.train(data, out, **options)
 
@@ -85,7 +104,9 @@ def _history(run):
 
 @pytest.mark.parametrize("mode,unfreeze", [("extract", None), ("finetune", 2)])
 def test_training_from_the_cache_equals_training_through_the_frozen_stages(class_folder, tmp_path, mode, unfreeze):
-    cached = _train(class_folder, tmp_path / "cached", mode=mode, unfreeze=unfreeze, augment=False, cache_dir=tmp_path / "cache")
+    cached = _train(
+        class_folder, tmp_path / "cached", mode=mode, unfreeze=unfreeze, augment=False, cache_dir=tmp_path / "cache"
+    )
     direct = _train(class_folder, tmp_path / "direct", mode=mode, unfreeze=unfreeze, augment=False, cache=False)
     assert cached["cached"] and not direct["cached"]
     for a, b in zip(_history(tmp_path / "cached"), _history(tmp_path / "direct")):
@@ -103,18 +124,22 @@ def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(c
     chunks = sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy"))
     _train(class_folder, tmp_path / "b", mode="finetune", unfreeze=2, augment=True, views=2, cache_dir=cache)
     assert sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy")) == chunks  # nothing recomputed
-    assert _history(tmp_path / "a") == [dict(r, seconds=a["seconds"]) for r, a in zip(_history(tmp_path / "b"), _history(tmp_path / "a"))]
+    assert _history(tmp_path / "a") == [
+        dict(r, seconds=a["seconds"]) for r, a in zip(_history(tmp_path / "b"), _history(tmp_path / "a"))
+    ]
     _train(class_folder, tmp_path / "c", mode="finetune", unfreeze=1, augment=True, views=2, cache_dir=cache)
     assert len(cache_usage(cache)["namespaces"]) == 6  # another freeze boundary: new rows
 
 
 @pytest.mark.parametrize("round_", [None, 1])
-def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(class_folder, tmp_path, round_, monkeypatch):
+def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(
+    class_folder, tmp_path, round_, monkeypatch
+):
     import os
 
+    from graft.core.inputs import frozen_key, frozen_rows
     from graft.image.backbones import create_backbone
     from graft.image.data import scan_folder
-    from graft.core.inputs import frozen_key, frozen_rows
     from graft.image.frozen_pass import FrozenForward
     from graft.image.modality import IMAGE
     from graft.image.model import build_transfer_model
@@ -138,12 +163,25 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
     rows = {}
     for workers in (0, 2):
         where.write_text("")  # keeps the pids of the last pass only
-        rows[workers] = frozen_rows(IMAGE, model, items, digests, loaded.preprocessing, base=base, root=tmp_path / f"cache{workers}", workers=workers,
-                                    seed=4, round_=round_, keys=list(range(len(items)))).materialize()
+        rows[workers] = frozen_rows(
+            IMAGE,
+            model,
+            items,
+            digests,
+            loaded.preprocessing,
+            base=base,
+            root=tmp_path / f"cache{workers}",
+            workers=workers,
+            seed=4,
+            round_=round_,
+            keys=list(range(len(items))),
+        ).materialize()
     pids = {int(pid) for pid in where.read_text().split()}
     assert len(pids) == 2 and os.getpid() not in pids  # the second pass really ran in two other processes
     assert rows[0].shape[0] == len(items) == rows[2].shape[0]
-    assert torch.allclose(rows[0], rows[2], atol=1e-5)  # same images, same order, same views; threads may round differently
+    assert torch.allclose(
+        rows[0], rows[2], atol=1e-5
+    )  # same images, same order, same views; threads may round differently
 
 
 def test_the_frozen_pass_runs_one_process_per_core(monkeypatch):
@@ -171,10 +209,14 @@ def test_a_batch_of_cached_views_shows_each_image_its_view_of_the_epoch(tmp_path
 
     views = []
     for view in range(3):
+
         def compute(positions, view=view):
             for position in positions:
                 yield np.full((1, 2), 10.0 * view + position, dtype=np.float32)
-        views.append(cached_rows(ActivationStore(tmp_path, _key(view=f"v{view}")), [f"d{i}" for i in range(6)], compute))
+
+        views.append(
+            cached_rows(ActivationStore(tmp_path, _key(view=f"v{view}")), [f"d{i}" for i in range(6)], compute)
+        )
     dataset = CachedViews(views, labels=[0, 1, 0, 1, 0, 1], seed=3, image_keys=[11, 12, 13, 14, 15, 16])
     keys = [(epoch, index) for epoch in (1, 2) for index in (5, 0, 3)]
     rows, labels = dataset[keys]
@@ -220,12 +262,19 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size).eval()
     generator = torch.Generator().manual_seed(0)
-    for batchnorm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics that folding must carry over
+    for batchnorm in (
+        m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ):  # statistics that folding must carry over
         batchnorm.running_mean.copy_(torch.randn(batchnorm.num_features, generator=generator) * 0.1)
         batchnorm.running_var.copy_(torch.rand(batchnorm.num_features, generator=generator) + 0.5)
     items = scan_folder(class_folder).split("train")
     images = ImageDataset(items, loaded.preprocessing.eval_transform())
-    frozen = FrozenForward(model, ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False)), len(model.stages), loaded.preprocessing)
+    frozen = FrozenForward(
+        model,
+        ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False)),
+        len(model.stages),
+        loaded.preprocessing,
+    )
     assert frozen.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.stages.modules()) > 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.frozen.modules())
     rows = frozen[[0, 1, 2]]

@@ -17,8 +17,23 @@ runner = CliRunner()
 
 def test_train_json_then_predict_and_evaluate_json(split_folder, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(split_folder), "--out", str(run), "--backbone", TINY_BACKBONE, "--from-scratch",
-                                 "--epochs", "1", "--workers", "0", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(split_folder),
+            "--out",
+            str(run),
+            "--backbone",
+            TINY_BACKBONE,
+            "--from-scratch",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["run"] == str(run) and summary["best_epoch"] == 1
@@ -37,8 +52,12 @@ def test_train_json_then_predict_and_evaluate_json(split_folder, tmp_path):
 
 def test_bad_data_folder_is_a_message_not_a_traceback(tmp_path):
     env = {**os.environ, "GRAFT_ALLOCATOR": "system"}
-    completed = subprocess.run([sys.executable, "-m", "graft", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")],
-                               capture_output=True, text=True, env=env)
+    completed = subprocess.run(
+        [sys.executable, "-m", "graft", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert completed.returncode == 3
     assert "does not exist" in completed.stderr and "Traceback" not in completed.stderr
     assert completed.stdout == ""
@@ -54,8 +73,20 @@ def test_negative_workers_is_a_message_before_any_work(class_folder, tmp_path):
     import graft
     from graft.errors import ConfigError
 
-    result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", TINY_BACKBONE, "--from-scratch",
-                                 "--workers", "-1"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(class_folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone",
+            TINY_BACKBONE,
+            "--from-scratch",
+            "--workers",
+            "-1",
+        ],
+    )
     assert result.exit_code != 0 and "--workers must be 0 or more" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()  # refused before the run folder or the data were touched
     with pytest.raises(ConfigError, match="--workers"):
@@ -67,8 +98,22 @@ def test_negative_workers_is_a_message_before_any_work(class_folder, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_cuda_device_on_a_machine_without_one_is_a_message_before_any_work(class_folder, tmp_path):
     for args in (["--device", "cuda"], ["--device", "cuda:1", "--labels", "utkface", "--tasks", "gender"]):
-        result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "run"), "--backbone", TINY_BACKBONE, "--from-scratch", *args])
-        assert result.exit_code == 2 and "sees no CUDA GPU" in result.output and "Traceback" not in result.output, result.output
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                str(class_folder),
+                "--out",
+                str(tmp_path / "run"),
+                "--backbone",
+                TINY_BACKBONE,
+                "--from-scratch",
+                *args,
+            ],
+        )
+        assert result.exit_code == 2 and "sees no CUDA GPU" in result.output and "Traceback" not in result.output, (
+            result.output
+        )
         assert not (tmp_path / "run").exists()
 
 
@@ -84,11 +129,19 @@ def test_cli_reexecs_with_allocator_thresholds(tmp_path):
     assert should_reexec({**env, "GRAFT_ALLOCATOR": "system"}) is False
 
 
-@pytest.mark.parametrize("code, expected_status, expected_stderr", [(None, 0, ""), (3, 3, ""), ("stopped: reason", 1, "stopped: reason\n")])
+@pytest.mark.parametrize(
+    "code, expected_status, expected_stderr", [(None, 0, ""), (3, 3, ""), ("stopped: reason", 1, "stopped: reason\n")]
+)
 def test_the_command_ends_without_teardown_keeping_its_exit_status_and_output(code, expected_status, expected_stderr):
     """graft's process ends with os._exit after a command (no 1.7 s of module teardown): buffered
     output must still arrive and SystemExit's code must become the exit status."""
-    script = ("import sys; from graft.perf import exit_without_teardown; sys.stdout.write('buffered, no newline'); "
-              f"exit_without_teardown({code!r})")
+    script = (
+        "import sys; from graft.perf import exit_without_teardown; sys.stdout.write('buffered, no newline'); "
+        f"exit_without_teardown({code!r})"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert (completed.returncode, completed.stdout, completed.stderr) == (expected_status, "buffered, no newline", expected_stderr)
+    assert (completed.returncode, completed.stdout, completed.stderr) == (
+        expected_status,
+        "buffered, no newline",
+        expected_stderr,
+    )

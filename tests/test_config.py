@@ -19,24 +19,33 @@ def _cli(*args):
     return runner.invoke(app, ["train", *args])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--seed", "-1"], "--seed (runtime.seed) must be in [0, 4.29497e+09]"),
-    (["--views", "100000000", "--mode", "finetune"], "--views (inputs.views) must be in [0, 64]"),
-    (["--head-epochs", "-2", "--mode", "finetune"], "--head-epochs (transfer.head_epochs) must be in [0, 10000]"),
-    (["--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10000]"),
-    (["--lr", "inf"], "--lr (transfer.lr) must be a finite number"),
-    (["--backbone-lr-mult", "nan", "--mode", "finetune"], "--backbone-lr-mult (transfer.backbone_lr_mult) must be a finite number"),
-    (["--image-size", "100000"], "--image-size (inputs.image_size) must be in [32, 1024]"),
-    (["--tie", "1", "--labels", "utkface"], "--tie (transfer.tie) only applies to --sharing soft"),
-    (["--sharing", "soft"], "--sharing (transfer.sharing) only applies to multi-task or multi-domain runs"),
-    (["--tasks", "gender"], "--tasks (data.tasks) only applies to multi-task"),
-    (["--head-epochs", "2"], "--head-epochs (transfer.head_epochs) only applies to --mode finetune"),
-    (["--unfreeze", "2"], "--unfreeze (transfer.unfreeze) only applies to --mode finetune"),
-    (["--views", "2"], "--views (inputs.views) only applies to cached, augmented training"),
-    (["--views", "2", "--mode", "finetune", "--no-augment"], "--views (inputs.views) only applies to cached, augmented training"),
-    (["--cache-dir", "/tmp/x", "--no-cache"], "--cache-dir (inputs.cache_dir) does not apply with --no-cache"),
-    (["--limit", "5"], "--limit (data.limit) only applies to multi-task"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--seed", "-1"], "--seed (runtime.seed) must be in [0, 4.29497e+09]"),
+        (["--views", "100000000", "--mode", "finetune"], "--views (inputs.views) must be in [0, 64]"),
+        (["--head-epochs", "-2", "--mode", "finetune"], "--head-epochs (transfer.head_epochs) must be in [0, 10000]"),
+        (["--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10000]"),
+        (["--lr", "inf"], "--lr (transfer.lr) must be a finite number"),
+        (
+            ["--backbone-lr-mult", "nan", "--mode", "finetune"],
+            "--backbone-lr-mult (transfer.backbone_lr_mult) must be a finite number",
+        ),
+        (["--image-size", "100000"], "--image-size (inputs.image_size) must be in [32, 1024]"),
+        (["--tie", "1", "--labels", "utkface"], "--tie (transfer.tie) only applies to --sharing soft"),
+        (["--sharing", "soft"], "--sharing (transfer.sharing) only applies to multi-task or multi-domain runs"),
+        (["--tasks", "gender"], "--tasks (data.tasks) only applies to multi-task"),
+        (["--head-epochs", "2"], "--head-epochs (transfer.head_epochs) only applies to --mode finetune"),
+        (["--unfreeze", "2"], "--unfreeze (transfer.unfreeze) only applies to --mode finetune"),
+        (["--views", "2"], "--views (inputs.views) only applies to cached, augmented training"),
+        (
+            ["--views", "2", "--mode", "finetune", "--no-augment"],
+            "--views (inputs.views) only applies to cached, augmented training",
+        ),
+        (["--cache-dir", "/tmp/x", "--no-cache"], "--cache-dir (inputs.cache_dir) does not apply with --no-cache"),
+        (["--limit", "5"], "--limit (data.limit) only applies to multi-task"),
+    ],
+)
 def test_a_bad_or_inapplicable_option_is_refused_before_any_work(class_folder, tmp_path, args, message):
     result = _cli(str(class_folder), "--out", str(tmp_path / "run"), "--backbone", TINY_BACKBONE, *args)
     assert result.exit_code == 2, result.output
@@ -77,12 +86,24 @@ def test_a_resolved_config_round_trips_through_config_json_and_is_checked_again(
 
 def test_resume_checks_the_runs_config_again_and_refuses_new_options(class_folder, tmp_path):
     run = tmp_path / "run"
-    graft.train(class_folder, run, backbone=TINY_BACKBONE, pretrained=False, epochs=2, num_workers=0, quiet=True, batch_size=8, cache=False)
+    graft.train(
+        class_folder,
+        run,
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+        cache=False,
+    )
     (run / "metrics.json").unlink()  # as if killed before it finished (no checkpoint: resume starts over)
     config = json.loads((run / "config.json").read_text())
     config["options"]["inputs"]["batch_size"] = 0
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"config.json: --batch-size \(inputs.batch_size\) must be in \[1, 4096\]; got 0"):
+    with pytest.raises(
+        ConfigError, match=r"config.json: --batch-size \(inputs.batch_size\) must be in \[1, 4096\]; got 0"
+    ):
         graft.resume(run)
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "5"])
     assert result.exit_code == 2 and "--epochs cannot be changed" in " ".join(result.output.split())

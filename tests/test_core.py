@@ -10,11 +10,11 @@ from torch import nn
 
 from graft.core.callbacks import Callback
 from graft.core.fit import fit
+from graft.core.freeze import FreezePlan
+from graft.core.model import TransferModel
 from graft.core.objectives import Classification
 from graft.core.runtime import Runtime, resolve_device
 from graft.errors import ConfigError
-from graft.core.freeze import FreezePlan
-from graft.core.model import TransferModel
 
 
 def test_importing_the_core_loads_no_image_library():
@@ -24,10 +24,14 @@ def test_importing_the_core_loads_no_image_library():
 
     import graft.core
 
-    modules = sorted(f"graft.core.{path.stem}" for path in Path(graft.core.__file__).parent.glob("*.py") if path.stem != "__init__")
+    modules = sorted(
+        f"graft.core.{path.stem}" for path in Path(graft.core.__file__).parent.glob("*.py") if path.stem != "__init__"
+    )
     assert len(modules) > 20
-    code = (f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
-            "print(','.join(m for m in ('PIL', 'torchvision', 'timm') if m in sys.modules))")
+    code = (
+        f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(','.join(m for m in ('PIL', 'torchvision', 'timm') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"graft.core imported {loaded}"
 
@@ -47,7 +51,9 @@ def test_the_runtime_moves_nested_batches():
     runtime = Runtime(torch.device("meta"))
     batch = {"ids": torch.zeros(2, 3), "parts": [torch.ones(1), "label"]}
     moved = runtime.put(batch)
-    assert moved["ids"].device.type == "meta" and moved["parts"][0].device.type == "meta" and moved["parts"][1] == "label"
+    assert (
+        moved["ids"].device.type == "meta" and moved["parts"][0].device.type == "meta" and moved["parts"][1] == "label"
+    )
 
 
 def _tiny_model() -> TransferModel:
@@ -92,12 +98,29 @@ def test_callbacks_see_every_step_and_after_loss_can_change_the_loss():
     plan = FreezePlan(stages=("a", "b"), trainable_from=0, lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     recorder = Recorder()
-    state = fit(model, Classification(label_smoothing=0.0), plan, _loader(), _loader(1), epochs=2, weight_decay=0.0, callbacks=[recorder])
+    state = fit(
+        model,
+        Classification(label_smoothing=0.0),
+        plan,
+        _loader(),
+        _loader(1),
+        epochs=2,
+        weight_decay=0.0,
+        callbacks=[recorder],
+    )
     assert recorder.calls[0] == "before_fit" and recorder.calls[-1] == "after_fit"
     assert recorder.calls.count("before_epoch") == recorder.calls.count("after_epoch") == 2
     assert recorder.calls.count("after_loss") == recorder.calls.count("after_batch") == 8
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # zero loss, no weight decay: nothing moved
-    assert [r["epoch"] for r in state.history] == [1, 2] and {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "valid_score"} <= set(state.history[0])
+    assert all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )  # zero loss, no weight decay: nothing moved
+    assert [r["epoch"] for r in state.history] == [1, 2] and {
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "valid_score",
+    } <= set(state.history[0])
 
 
 def test_the_time_budget_stops_after_the_epoch_that_passes_it():
@@ -114,3 +137,28 @@ def test_the_classification_objective_ranks_by_accuracy_then_loss():
     assert record["valid_accuracy"] == pytest.approx(2 / 3) and record["valid_score"] == record["valid_accuracy"]
     better_loss = {**record, "valid_loss": record["valid_loss"] - 0.1}
     assert objective.rank(better_loss) > objective.rank(record)
+
+
+def test_log_tensorboard_writes_every_epochs_scalars_and_the_confusion_matrix(class_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import graft
+    from tests.conftest import TINY_BACKBONE
+
+    graft.train(
+        class_folder,
+        tmp_path / "run",
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=3,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+        log="tensorboard",
+    )
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/accuracy", "valid/loss", "valid/accuracy", "lr"} <= set(tags["scalars"])
+    assert [event.step for event in events.Scalars("valid/accuracy")] == [1, 2, 3]
+    assert "confusion_matrix/valid" in tags["images"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from graft.image.data import scan_folder
 from graft.errors import DataError
+from graft.image.data import scan_folder
 from tests.conftest import make_image
 
 

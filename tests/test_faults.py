@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 import graft
+from graft.errors import DataError
 from graft.image import checking
 from graft.image.data import IMAGE_EXTENSIONS, load_image, scan_folder
-from graft.errors import DataError
 from tests.conftest import COLOURS, SHARED_DATASETS, TINY_BACKBONE, make_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -46,7 +46,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb_png(path: Path, side: int) -> Path:
     """A tiny file whose header claims ``side`` x ``side`` RGB pixels (a decompression bomb)."""
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + _png_chunk(b"IEND", b"")
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + _png_chunk(b"IEND", b"")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -92,26 +97,58 @@ FILE_CASES = {
     "truncated_jpeg": (lambda p: _truncated(p, "JPEG"), "truncated.jpg", ("skipped", "truncated or corrupt")),
     "truncated_png": (lambda p: _truncated(p, "PNG"), "truncated.png", ("skipped", "truncated or corrupt")),
     "corrupt_jpeg": (_corrupt_jpeg, "corrupt.jpg", ("skipped", "")),
-    "zero_bytes": (lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_bytes(b"")), "empty.jpg", ("skipped", "empty file (0 bytes)")),
-    "text_named_jpg": (lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_text("<html>not an image</html>")), "page.jpg", ("skipped", "not an image")),
-    "text_file": (lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_text("notes")), "notes.txt", ("skipped", "not an image")),
-    "no_extension": (lambda p: _save(p, Image.fromarray(_pixels()), "PNG"), "photo_without_extension", ("warning", "no file extension; read by content as PNG")),
+    "zero_bytes": (
+        lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_bytes(b"")),
+        "empty.jpg",
+        ("skipped", "empty file (0 bytes)"),
+    ),
+    "text_named_jpg": (
+        lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_text("<html>not an image</html>")),
+        "page.jpg",
+        ("skipped", "not an image"),
+    ),
+    "text_file": (
+        lambda p: (p.parent.mkdir(parents=True, exist_ok=True), p.write_text("notes")),
+        "notes.txt",
+        ("skipped", "not an image"),
+    ),
+    "no_extension": (
+        lambda p: _save(p, Image.fromarray(_pixels()), "PNG"),
+        "photo_without_extension",
+        ("warning", "no file extension; read by content as PNG"),
+    ),
     "wrong_extension": (lambda p: _save(p, Image.fromarray(_pixels()), "PNG"), "really_png.jpg", "usable"),
     "gif_animated": (_animated_gif, "anim.gif", "usable"),
     "webp": (lambda p: _save(p, Image.fromarray(_pixels()), "WEBP"), "a.webp", "usable"),
     "bmp": (lambda p: _save(p, Image.fromarray(_pixels()), "BMP"), "a.bmp", "usable"),
     "tiff": (lambda p: _save(p, Image.fromarray(_pixels()), "TIFF"), "a.tiff", "usable"),
     "cmyk_jpeg": (lambda p: _save(p, Image.fromarray(_pixels()).convert("CMYK"), "JPEG"), "cmyk.jpg", "usable"),
-    "gray16_png": (lambda p: _save(p, Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)), "PNG"), "gray16.png", "usable"),
+    "gray16_png": (
+        lambda p: _save(p, Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)), "PNG"),
+        "gray16.png",
+        "usable",
+    ),
     "palette_png": (lambda p: _save(p, Image.fromarray(_pixels()).convert("P"), "PNG"), "palette.png", "usable"),
     "palette_transparent_png": (_palette_transparent, "palette_t.png", "usable"),
-    "rgba_png": (lambda p: _save(p, Image.fromarray(np.dstack([_pixels(), np.full((32, 32), 128, np.uint8)]), "RGBA"), "PNG"), "rgba.png", "usable"),
+    "rgba_png": (
+        lambda p: _save(p, Image.fromarray(np.dstack([_pixels(), np.full((32, 32), 128, np.uint8)]), "RGBA"), "PNG"),
+        "rgba.png",
+        "usable",
+    ),
     "grayscale_jpeg": (lambda p: _save(p, Image.fromarray(_pixels()).convert("L"), "JPEG"), "gray.jpg", "usable"),
     "exif_rotated_jpeg": (_exif_rotated, "rotated.jpg", "usable"),
     "decompression_bomb": (lambda p: _bomb_png(p, 30000), "bomb.png", ("skipped", "decompression-bomb limit")),
     "over_pixel_limit": (lambda p: _bomb_png(p, 12000), "huge.png", ("skipped", "decompression-bomb limit")),
-    "hidden_file": (lambda p: _save(p, Image.fromarray(_pixels()), "PNG"), "._resource_fork.png", ("skipped", "hidden file")),
-    "non_utf8_name": (lambda p: _save(p, Image.fromarray(_pixels()), "PNG"), os.fsdecode(b"caf\xe9_latin1.png"), ("warning", "not valid UTF-8")),
+    "hidden_file": (
+        lambda p: _save(p, Image.fromarray(_pixels()), "PNG"),
+        "._resource_fork.png",
+        ("skipped", "hidden file"),
+    ),
+    "non_utf8_name": (
+        lambda p: _save(p, Image.fromarray(_pixels()), "PNG"),
+        os.fsdecode(b"caf\xe9_latin1.png"),
+        ("warning", "not valid UTF-8"),
+    ),
 }
 
 
@@ -152,7 +189,9 @@ def test_conversions_look_right(tmp_path):
     gray16 = Image.fromarray(np.full((8, 8), 30000, dtype=np.uint16))
     value = load_image(_save(tmp_path / "g.png", gray16)).getpixel((0, 0))
     assert value == (117, 117, 117), value  # 30000/257, not clipped to 255
-    red = load_image(_save(tmp_path / "c.jpg", Image.new("RGB", (8, 8), (220, 20, 20)).convert("CMYK"), "JPEG")).getpixel((4, 4))
+    red = load_image(
+        _save(tmp_path / "c.jpg", Image.new("RGB", (8, 8), (220, 20, 20)).convert("CMYK"), "JPEG")
+    ).getpixel((4, 4))
     assert red[0] > 180 and red[1] < 80 and red[2] < 80, red
     assert load_image(_exif_rotated(tmp_path / "r.jpg")).size == (20, 40)
 
@@ -185,7 +224,9 @@ def test_classes_missing_from_valid_or_test_are_reported(tmp_path):
             if (split, name) in {("valid", "c"), ("test", "b")}:
                 continue
             for i in range(3):
-                make_image(root / split / name / f"{i}.png", list(COLOURS.values())[index], seed=hash((split, name, i)) % 1000)
+                make_image(
+                    root / split / name / f"{i}.png", list(COLOURS.values())[index], seed=hash((split, name, i)) % 1000
+                )
     make_image(root / "test" / "zebra" / "0.png", (1, 2, 3), seed=5)
     dataset = scan_folder(root)
     messages = [entry["message"] for entry in dataset.warnings]
@@ -229,7 +270,16 @@ def test_non_utf8_class_folder_trains_and_is_reported(tmp_path):
     assert "k\ufffdnig" in report["classes"] and report["usable"] == 12
     assert any("not valid UTF-8" in w["message"] for w in report["warnings"])
     json.dumps(report)  # serialisable
-    summary = graft.train(root, tmp_path / "run", backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=4)
+    summary = graft.train(
+        root,
+        tmp_path / "run",
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=1,
+        num_workers=0,
+        quiet=True,
+        batch_size=4,
+    )
     assert summary["skipped"] == 0
     assert graft.load(tmp_path / "run").classes == ["k\ufffdnig", "plain"]
 
@@ -239,15 +289,21 @@ def test_cli_check_json_lists_every_case_without_traceback(tmp_path):
     for builder, filename, _ in FILE_CASES.values():
         builder(root / "red" / filename)
     (root / "empty_class").mkdir()
-    result = subprocess.run([sys.executable, "-m", "graft", "check", str(root), "--json"], capture_output=True,
-                            env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "graft", "check", str(root), "--json"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=300,
+    )
     assert b"Traceback" not in result.stderr, result.stderr.decode(errors="replace")
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     report = json.loads(result.stdout)
     assert {"images", "usable", "skipped", "warnings"} <= set(report)
     assert all(set(entry) == {"file", "reason"} for entry in report["skipped"])
     assert all(set(entry) == {"file", "message"} for entry in report["warnings"])
-    expected_skipped = sum(1 for *_, expected in FILE_CASES.values() if expected != "usable" and expected[0] == "skipped")
+    expected_skipped = sum(
+        1 for *_, expected in FILE_CASES.values() if expected != "usable" and expected[0] == "skipped"
+    )
     assert len([e for e in report["skipped"] if Path(e["file"]).is_file()]) == expected_skipped
     assert report["images"] == 12 + len(FILE_CASES)
     assert report["usable"] == report["images"] - expected_skipped
@@ -258,7 +314,16 @@ def test_train_records_skipped_files_in_the_manifest(tmp_path):
     root = _good_dataset(tmp_path / "data")
     _truncated(root / "red" / "bad.jpg", "JPEG")
     (root / "green" / "empty.png").write_bytes(b"")
-    graft.train(root, tmp_path / "run", backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=4)
+    graft.train(
+        root,
+        tmp_path / "run",
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=1,
+        num_workers=0,
+        quiet=True,
+        batch_size=4,
+    )
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     reasons = {Path(entry["file"]).name: entry["reason"] for entry in manifest["skipped"]}
     assert "truncated" in reasons["bad.jpg"] and "0 bytes" in reasons["empty.png"]
@@ -266,7 +331,16 @@ def test_train_records_skipped_files_in_the_manifest(tmp_path):
 
 
 def test_predict_on_a_corrupt_file_names_it(split_folder, tmp_path):
-    graft.train(split_folder, tmp_path / "run", backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=8)
+    graft.train(
+        split_folder,
+        tmp_path / "run",
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=1,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+    )
     bad = _truncated(tmp_path / "bad.jpg", "JPEG")
     with pytest.raises(DataError, match="bad.jpg"):
         graft.predict(tmp_path / "run", [bad])
@@ -303,4 +377,8 @@ def test_checking_in_processes_gives_the_verdicts_of_checking_one_by_one(tmp_pat
     assert in_processes == one_by_one
     rejected = {Path(v.path).name.split("_")[0] for v in one_by_one if not v.usable}
     # hidden files are left out by the scan, not by the check
-    assert rejected == {case.split("_")[0] for case, (*_, expected) in FILE_CASES.items() if expected != "usable" and expected[0] == "skipped" and case != "hidden_file"}
+    assert rejected == {
+        case.split("_")[0]
+        for case, (*_, expected) in FILE_CASES.items()
+        if expected != "usable" and expected[0] == "skipped" and case != "hidden_file"
+    }

@@ -4,10 +4,10 @@ import pytest
 import timm
 import torch
 
-from graft.errors import ConfigError
 from graft.core.freeze import FreezePlan
-from graft.image.model import build_transfer_model
 from graft.core.strategies import plan_for_mode
+from graft.errors import ConfigError
+from graft.image.model import build_transfer_model
 
 
 def _model():
@@ -33,7 +33,11 @@ def test_frozen_stages_do_not_change_and_trainable_ones_do(mode, unfreeze):
     _one_training_step(model, plan)
     after = model.state_dict()
     for index, name in enumerate(model.stage_names):
-        changed = any(not torch.equal(before[k], after[k]) for k in after if k.startswith(f"stages.{name}.") and after[k].is_floating_point())
+        changed = any(
+            not torch.equal(before[k], after[k])
+            for k in after
+            if k.startswith(f"stages.{name}.") and after[k].is_floating_point()
+        )
         assert changed == (index >= plan.trainable_from), f"stage {name}: changed={changed}"
     assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
 
@@ -84,6 +88,8 @@ def test_stages_reproduce_the_timm_forward():
     model = build_transfer_model(backbone, "linear", 3).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model.forward_features(x), backbone.forward_head(backbone.forward_features(x), pre_logits=True), atol=1e-6)
+        assert torch.allclose(
+            model.forward_features(x), backbone.forward_head(backbone.forward_features(x), pre_logits=True), atol=1e-6
+        )
         middle = model.forward_stages(x, 0, 3)
         assert torch.allclose(model(middle, start=3), model(x), atol=1e-6)

@@ -67,7 +67,11 @@ class VectorModality:
 
     def load_backbone(self, name, *, weights=None, pretrained=True):
         torch.manual_seed(123)  # "pretrained": the same weights every time
-        model = nn.Sequential(OrderedDict(first=nn.Sequential(nn.Linear(4, 16), nn.ReLU()), second=nn.Sequential(nn.Linear(16, 16), nn.ReLU())))
+        model = nn.Sequential(
+            OrderedDict(
+                first=nn.Sequential(nn.Linear(4, 16), nn.ReLU()), second=nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+            )
+        )
         return VectorBackbone(model, VectorPreprocessing(), VectorReport())
 
     def transfer_model(self, backbone, make_head, input_size):
@@ -87,19 +91,28 @@ class VectorModality:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         items = sorted((str(f), classes.index(f.parent.name)) for f in root.glob("*/*.npy"))
         valid = items[::4]
-        return Dataset(root=str(root), layout="vectors", classes=classes, splits={"train": [i for i in items if i not in valid], "valid": valid})
+        return Dataset(
+            root=str(root),
+            layout="vectors",
+            classes=classes,
+            splits={"train": [i for i in items if i not in valid], "valid": valid},
+        )
 
     def scan_for_evaluation(self, location, classes):
         dataset = self.scan(location, valid_fraction=0.2, seed=0)
         return dataset.split("train") + dataset.split("valid"), [], str(location)
 
     def expand(self, inputs):
-        return sorted(str(f) for item in inputs for f in (Path(item).rglob("*.npy") if Path(item).is_dir() else [Path(item)]))
+        return sorted(
+            str(f) for item in inputs for f in (Path(item).rglob("*.npy") if Path(item).is_dir() else [Path(item)])
+        )
 
     def examples(self, items, preprocessing, *, augment, seed=None, keys=None):
         return Vectors(items, preprocessing)
 
-    def frozen_pass(self, model, items, stop, preprocessing, *, round_, seed, keys, workers, device, progress, description):
+    def frozen_pass(
+        self, model, items, stop, preprocessing, *, round_, seed, keys, workers, device, progress, description
+    ):
         prefix = model.prefix(stop).eval()
         for inputs, _ in make_loader(Vectors(items, preprocessing), 8):
             with torch.inference_mode():
@@ -118,7 +131,9 @@ def vectors(tmp_path):
     for label, centre in (("low", -1.0), ("high", 1.0)):
         for i in range(12):
             (tmp_path / "vectors" / label).mkdir(parents=True, exist_ok=True)
-            np.save(tmp_path / "vectors" / label / f"{i}.npy", (centre + 0.3 * rng.standard_normal(4)).astype(np.float32))
+            np.save(
+                tmp_path / "vectors" / label / f"{i}.npy", (centre + 0.3 * rng.standard_normal(4)).astype(np.float32)
+            )
     return tmp_path / "vectors"
 
 
@@ -130,12 +145,26 @@ def registered():
 
 
 def test_a_registered_modality_trains_caches_loads_and_predicts_through_the_core(vectors, tmp_path, registered):
-    summary = graft.train(vectors, tmp_path / "run", backbone="toy-mlp", mode="finetune", unfreeze=1, augment=False, epochs=3, lr=3e-2,
-                          batch_size=4, quiet=True, num_workers=0, cache_dir=tmp_path / "cache")
+    summary = graft.train(
+        vectors,
+        tmp_path / "run",
+        backbone="toy-mlp",
+        mode="finetune",
+        unfreeze=1,
+        augment=False,
+        epochs=3,
+        lr=3e-2,
+        batch_size=4,
+        quiet=True,
+        num_workers=0,
+        cache_dir=tmp_path / "cache",
+    )
     assert summary["kind"] == "classifier" and summary["cached"] and summary["valid_accuracy"] == 1.0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["modality"] == "vector" and config["preprocessing"] == {"scale": 1.0}
-    assert list((tmp_path / "cache").rglob("chunk-*.npy"))  # the frozen first stage ran once, through the activation cache
+    assert list(
+        (tmp_path / "cache").rglob("chunk-*.npy")
+    )  # the frozen first stage ran once, through the activation cache
     trained = graft.load(tmp_path / "run")
     predictions = trained.predict([vectors / "high"])
     assert {p["label"] for p in predictions} == {"high"} and set(predictions[0]) == {"vector", "label", "prob", "probs"}
@@ -144,7 +173,9 @@ def test_a_registered_modality_trains_caches_loads_and_predicts_through_the_core
 
 
 def test_a_run_of_an_unregistered_modality_is_a_clear_error(vectors, tmp_path, registered):
-    graft.train(vectors, tmp_path / "run", backbone="toy-mlp", epochs=1, batch_size=4, quiet=True, num_workers=0, cache=False)
+    graft.train(
+        vectors, tmp_path / "run", backbone="toy-mlp", epochs=1, batch_size=4, quiet=True, num_workers=0, cache=False
+    )
     del MODALITIES["vector"]
     try:
         with pytest.raises(graft.RunFolderError, match="the run was trained with unknown modality .vector."):

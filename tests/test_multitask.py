@@ -9,13 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 import graft
-from graft.image.backbones import create_backbone
 from graft.cli import app
-from graft.errors import ConfigError, RunFolderError
 from graft.core.fit import fit
+from graft.core.strategies import plan_for_mode
+from graft.errors import ConfigError, RunFolderError
+from graft.image.backbones import create_backbone
 from graft.multitask import MultiTaskObjective, build_multitask_model
 from graft.multitask.objective import target_scales
-from graft.core.strategies import plan_for_mode
 from graft.multitask.tasks import Task
 from tests.conftest import COLOURS, TINY_BACKBONE, make_image
 
@@ -29,12 +29,26 @@ def faces(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(36):
         age, gender, race = int(rng.integers(5, 80)), i % 2, i % 3
-        make_image(root / f"{age}_{gender}_{race}_20170101{i:04d}.jpg.chip.jpg", (200 * gender + 20, 2 * age, 200 * (1 - gender)), seed=i, size=32)
+        make_image(
+            root / f"{age}_{gender}_{race}_20170101{i:04d}.jpg.chip.jpg",
+            (200 * gender + 20, 2 * age, 200 * (1 - gender)),
+            seed=i,
+            size=32,
+        )
     return root
 
 
 def _options(**kwargs):
-    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=2, num_workers=0, quiet=True, batch_size=8, image_size=64, augment=False)
+    options = dict(
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+        image_size=64,
+        augment=False,
+    )
     options.update(kwargs)
     return options
 
@@ -47,13 +61,17 @@ def _soft_model(tasks, tie_source=None):
 def _batches(n=24, seed=0):
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(n, 3, 24, 24, generator=generator)
-    targets = torch.stack([torch.rand(n, generator=generator) * 50 + 10, (torch.rand(n, generator=generator) > 0.5).float()], dim=1)
+    targets = torch.stack(
+        [torch.rand(n, generator=generator) * 50 + 10, (torch.rand(n, generator=generator) > 0.5).float()], dim=1
+    )
     return list(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), batch_size=8))
 
 
 def _fit(model, tasks, loader, tie):
     plan = plan_for_mode("finetune", model.stage_names, lr=1e-2, unfreeze=2)
-    objective = MultiTaskObjective(tasks, target_scales(tasks, torch.cat([t for _, t in loader]).numpy()), weighting="equal", tie=tie)
+    objective = MultiTaskObjective(
+        tasks, target_scales(tasks, torch.cat([t for _, t in loader]).numpy()), weighting="equal", tie=tie
+    )
     return fit(model, objective, plan, loader, loader, epochs=3, patience=10)
 
 
@@ -90,9 +108,14 @@ def test_missing_labels_add_nothing_and_regression_is_standardised():
     scales = target_scales(tasks, targets.numpy())
     assert scales["age"].mean == 40.0 and scales["age"].std == 10.0
     loss = MultiTaskObjective(tasks, scales, weighting="uncertainty", label_smoothing=0.0)
-    outputs = {"age": torch.tensor([[-1.0], [123.0], [1.0]]), "gender": torch.tensor([[9.0, -9.0], [-5.0, 5.0], [5.0, -5.0]])}
+    outputs = {
+        "age": torch.tensor([[-1.0], [123.0], [1.0]]),
+        "gender": torch.tensor([[9.0, -9.0], [-5.0, 5.0], [5.0, -5.0]]),
+    }
     total, parts = loss(outputs, targets)
-    assert parts["age"].item() == pytest.approx(0.0)  # (30-40)/10 = -1 and (50-40)/10 = 1 predicted exactly; row 2 ignored
+    assert parts["age"].item() == pytest.approx(
+        0.0
+    )  # (30-40)/10 = -1 and (50-40)/10 = 1 predicted exactly; row 2 ignored
     assert parts["gender"].item() < 1e-3
     assert loss.log_vars.requires_grad
     with pytest.raises(ConfigError, match="task-weighting"):
@@ -101,11 +124,28 @@ def test_missing_labels_add_nothing_and_regression_is_standardised():
 
 @pytest.mark.parametrize("sharing,mode", [("hard", "extract"), ("soft", "finetune")])
 def test_train_save_load_round_trip(faces, tmp_path, sharing, mode):
-    summary = graft.train_multitask(faces, tmp_path / "run", labels="utkface", tasks="age,gender,race", sharing=sharing, mode=mode,
-                                    tie=0.5 if sharing == "soft" else 0.0, **({"unfreeze": 1} if mode == "finetune" else {}), **_options())
+    summary = graft.train_multitask(
+        faces,
+        tmp_path / "run",
+        labels="utkface",
+        tasks="age,gender,race",
+        sharing=sharing,
+        mode=mode,
+        tie=0.5 if sharing == "soft" else 0.0,
+        **({"unfreeze": 1} if mode == "finetune" else {}),
+        **_options(),
+    )
     assert set(summary["test"]["tasks"]) == {"age", "gender", "race"}
     assert summary["test"]["tasks"]["age"]["kind"] == "regression" and "mae" in summary["test"]["tasks"]["age"]
-    for name in ("config.json", "freeze_plan.json", "model.safetensors", "manifest.json", "metrics.json", "learning_curve.png", "confusion_matrix_race.png"):
+    for name in (
+        "config.json",
+        "freeze_plan.json",
+        "model.safetensors",
+        "manifest.json",
+        "metrics.json",
+        "learning_curve.png",
+        "confusion_matrix_race.png",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 2 and set(history[0]["valid"]) == {"age", "gender", "race"}
@@ -124,8 +164,29 @@ def test_train_save_load_round_trip(faces, tmp_path, sharing, mode):
 def test_cli_multitask_train_evaluate_predict_json(faces, tmp_path):
     runner = CliRunner()
     run = tmp_path / "cli-run"
-    result = runner.invoke(app, ["train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender", "--backbone", TINY_BACKBONE,
-                                 "--from-scratch", "--epochs", "1", "--workers", "0", "--image-size", "64", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(faces),
+            "--out",
+            str(run),
+            "--labels",
+            "utkface",
+            "--tasks",
+            "age,gender",
+            "--backbone",
+            TINY_BACKBONE,
+            "--from-scratch",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--image-size",
+            "64",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["kind"] == "multi-task" and summary["tasks"] == ["age", "gender"]
@@ -134,7 +195,22 @@ def test_cli_multitask_train_evaluate_predict_json(faces, tmp_path):
     assert set(json.loads(result.stdout)["tasks"]) == {"age", "gender"}
     result = runner.invoke(app, ["predict", str(run), str(faces), "--json"])
     assert result.exit_code == 0 and len(json.loads(result.stdout)) == 36
-    result = runner.invoke(app, ["train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender", "--tie", "1", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(faces),
+            "--out",
+            str(run),
+            "--labels",
+            "utkface",
+            "--tasks",
+            "age,gender",
+            "--tie",
+            "1",
+            "--json",
+        ],
+    )
     assert result.exit_code == 2 and "--tie (transfer.tie) only applies to --sharing soft" in result.output
 
 
@@ -143,13 +219,17 @@ def test_multi_domain_one_backbone_a_head_per_domain(tmp_path, faces):
     for index, (name, colour) in enumerate(COLOURS.items()):
         for i in range(8):
             make_image(colours / name / f"{i}.png", colour, seed=index * 50 + i, size=32)
-    summary = graft.train_multitask(None, tmp_path / "run", domains={"colours": str(colours), "faces": f"{faces}:utkface:gender"}, **_options())
+    summary = graft.train_multitask(
+        None, tmp_path / "run", domains={"colours": str(colours), "faces": f"{faces}:utkface:gender"}, **_options()
+    )
     tasks = summary["test"]["tasks"]
     assert set(tasks) == {"colours", "faces"}
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     test_rows = manifest["splits"]["test"]
     assert tasks["colours"]["n"] == sum(1 for _, labels in test_rows if labels[0] is not None)
-    assert all((labels[0] is None) != (labels[1] is None) for _, labels in test_rows)  # each image has its own domain's label only
+    assert all(
+        (labels[0] is None) != (labels[1] is None) for _, labels in test_rows
+    )  # each image has its own domain's label only
     loaded = graft.load(tmp_path / "run")
     assert len(loaded.model.towers) == 1 and set(loaded.classes) == {"colours", "faces"}
     assert set(graft.evaluate(loaded)["tasks"]) == {"colours", "faces"}
@@ -157,17 +237,32 @@ def test_multi_domain_one_backbone_a_head_per_domain(tmp_path, faces):
 
 def test_activation_cache_is_reused_and_gives_the_same_results(faces, tmp_path):
     cache = tmp_path / "cache"
-    graft.train_multitask(faces, tmp_path / "a", labels="utkface", tasks="gender", mode="finetune", unfreeze=1, cache_dir=cache, **_options(epochs=1))
-    cached = graft.train_multitask(faces, tmp_path / "b", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
+    graft.train_multitask(
+        faces,
+        tmp_path / "a",
+        labels="utkface",
+        tasks="gender",
+        mode="finetune",
+        unfreeze=1,
+        cache_dir=cache,
+        **_options(epochs=1),
+    )
+    cached = graft.train_multitask(
+        faces, tmp_path / "b", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1)
+    )
     from graft.core.cache import cache_usage
 
     namespaces = cache_usage(cache)["namespaces"]
     assert sorted(entry["stop"] for entry in namespaces) == [6, 7]  # the fine-tuning boundary, and pooled features
     chunks = sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy"))
-    again = graft.train_multitask(faces, tmp_path / "b2", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1))
+    again = graft.train_multitask(
+        faces, tmp_path / "b2", labels="utkface", tasks="gender", mode="extract", cache_dir=cache, **_options(epochs=1)
+    )
     assert sorted(p.stat().st_mtime_ns for p in cache.rglob("chunk-*.npy")) == chunks  # read back, not recomputed
     assert again["valid_score"] == cached["valid_score"]
-    direct = graft.train_multitask(faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", cache=False, **_options(epochs=1))
+    direct = graft.train_multitask(
+        faces, tmp_path / "c", labels="utkface", tasks="gender", mode="extract", cache=False, **_options(epochs=1)
+    )
     assert cached["test"]["tasks"]["gender"]["accuracy"] == direct["test"]["tasks"]["gender"]["accuracy"]
     assert cached["valid_score"] == pytest.approx(direct["valid_score"], abs=1e-6)
 
@@ -182,8 +277,8 @@ def test_resuming_after_the_data_changed_is_refused(faces, tmp_path):
 
 
 def test_interrupting_a_multitask_run_says_how_to_resume_and_resume_finishes_it(faces, tmp_path, monkeypatch):
-    from graft.errors import TrainingInterrupted
     from graft.core import fit
+    from graft.errors import TrainingInterrupted
 
     original = fit._train_one_epoch
     calls = []

@@ -30,9 +30,38 @@ def slow_folder(tmp_path):
 
 
 def _command(data, run, cache):
-    return [sys.executable, "-m", "graft", "train", str(data), "--out", str(run), "--backbone", TINY_BACKBONE, "--from-scratch",
-            "--mode", "finetune", "--unfreeze", "3", "--head-epochs", "2", "--epochs", "6", "--batch-size", "8", "--views", "2",
-            "--seed", "3", "--deterministic", "--workers", "0", "--cache-dir", str(cache), "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "graft",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--backbone",
+        TINY_BACKBONE,
+        "--from-scratch",
+        "--mode",
+        "finetune",
+        "--unfreeze",
+        "3",
+        "--head-epochs",
+        "2",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "8",
+        "--views",
+        "2",
+        "--seed",
+        "3",
+        "--deterministic",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(cache),
+        "--json",
+    ]
 
 
 def _epochs_done(run) -> int:
@@ -45,8 +74,12 @@ def _epochs_done(run) -> int:
 def _final(run):
     metrics = json.loads((run / "metrics.json").read_text())
     history = json.loads((run / "history.json").read_text())
-    return ([{k: v for k, v in r.items() if k != "seconds"} for r in history], metrics["valid"], metrics["best_epoch"],
-            (run / "model.safetensors").read_bytes())
+    return (
+        [{k: v for k, v in r.items() if k != "seconds"} for r in history],
+        metrics["valid"],
+        metrics["best_epoch"],
+        (run / "model.safetensors").read_bytes(),
+    )
 
 
 def _kill_then_resume(command, run, epochs_before_kill: int, epochs: int, label: str) -> None:
@@ -63,8 +96,12 @@ def _kill_then_resume(command, run, epochs_before_kill: int, epochs: int, label:
     process.wait()
     assert process.returncode == -signal.SIGKILL, f"{label}: the run finished before it could be killed"
     assert _epochs_done(run) < epochs
-    resumed = subprocess.run([sys.executable, "-m", "graft", "train", "--resume", str(run), "--json", "--workers", "0"],
-                             env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "graft", "train", "--resume", str(run), "--json", "--workers", "0"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not (run / "checkpoint.safetensors").exists()
 
@@ -83,21 +120,63 @@ def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(slow_f
 
 
 def test_a_killed_multitask_run_resumes_to_the_uninterrupted_result(tmp_path):
-    """Soft sharing (three towers, learned task weights) with augmentation: order, augmentation and loss weights all resume."""
+    """Soft sharing (three towers, learned task weights) with augmentation: order, augmentation and loss
+    weights all resume."""
     faces = tmp_path / "faces"
     for i in range(60):
         age, gender = 5 + (i * 7) % 70, i % 2
-        make_image(faces / f"{age}_{gender}_{i % 3}_20170101{i:04d}.jpg.chip.jpg", (200 * gender + 20, 2 * age, 200 * (1 - gender)), seed=i, size=96)
+        make_image(
+            faces / f"{age}_{gender}_{i % 3}_20170101{i:04d}.jpg.chip.jpg",
+            (200 * gender + 20, 2 * age, 200 * (1 - gender)),
+            seed=i,
+            size=96,
+        )
 
     def command(run):
-        return [sys.executable, "-m", "graft", "train", str(faces), "--out", str(run), "--labels", "utkface", "--tasks", "age,gender",
-                "--sharing", "soft", "--tie", "0.1", "--mode", "finetune", "--unfreeze", "2", "--epochs", "5", "--batch-size", "8",
-                "--backbone", TINY_BACKBONE, "--from-scratch", "--image-size", "96", "--seed", "2", "--deterministic", "--workers", "0", "--json"]
+        return [
+            sys.executable,
+            "-m",
+            "graft",
+            "train",
+            str(faces),
+            "--out",
+            str(run),
+            "--labels",
+            "utkface",
+            "--tasks",
+            "age,gender",
+            "--sharing",
+            "soft",
+            "--tie",
+            "0.1",
+            "--mode",
+            "finetune",
+            "--unfreeze",
+            "2",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "8",
+            "--backbone",
+            TINY_BACKBONE,
+            "--from-scratch",
+            "--image-size",
+            "96",
+            "--seed",
+            "2",
+            "--deterministic",
+            "--workers",
+            "0",
+            "--json",
+        ]
 
     def final(run):
         history = json.loads((run / "history.json").read_text())
-        return ([{k: v for k, v in r.items() if k != "seconds"} for r in history], json.loads((run / "metrics.json").read_text())["test"],
-                (run / "model.safetensors").read_bytes())
+        return (
+            [{k: v for k, v in r.items() if k != "seconds"} for r in history],
+            json.loads((run / "metrics.json").read_text())["test"],
+            (run / "model.safetensors").read_bytes(),
+        )
 
     subprocess.run(command(tmp_path / "reference"), check=True, env=ENV, capture_output=True)
     expected = final(tmp_path / "reference")
@@ -123,14 +202,25 @@ def test_train_refuses_to_overwrite_an_unfinished_run(class_folder, tmp_path):
 
 
 def _train(data, out, **kwargs):
-    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=2, num_workers=0, quiet=True, batch_size=8, cache=False)
+    options = dict(
+        backbone=TINY_BACKBONE, pretrained=False, epochs=2, num_workers=0, quiet=True, batch_size=8, cache=False
+    )
     options.update(kwargs)
     return graft.train(data, out, **options)
 
 
 def test_deterministic_reruns_give_bit_identical_metrics_and_weights(class_folder, tmp_path):
     for name in ("a", "b"):
-        _train(class_folder, tmp_path / name, mode="finetune", unfreeze=2, augment=True, seed=5, deterministic=True, num_workers=2)
+        _train(
+            class_folder,
+            tmp_path / name,
+            mode="finetune",
+            unfreeze=2,
+            augment=True,
+            seed=5,
+            deterministic=True,
+            num_workers=2,
+        )
     for name in ("history.json", "model.safetensors"):
         a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         if name == "history.json":

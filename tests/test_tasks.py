@@ -14,7 +14,12 @@ from tests.conftest import make_image
 def faces(tmp_path):
     root = tmp_path / "faces"
     for i in range(12):
-        make_image(root / f"{20 + i}_{i % 2}_{i % 5}_2017010{i:02d}.jpg.chip.jpg", (40 * (i % 5), 100, 200 * (i % 2)), seed=i, size=24)
+        make_image(
+            root / f"{20 + i}_{i % 2}_{i % 5}_2017010{i:02d}.jpg.chip.jpg",
+            (40 * (i % 5), 100, 200 * (i % 2)),
+            seed=i,
+            size=24,
+        )
     make_image(root / "61_3_20170109150557335.jpg.chip.jpg", (0, 0, 0), seed=99, size=24)  # a field missing
     make_image(root / "30_7_1_20170101.jpg.chip.jpg", (0, 0, 0), seed=98, size=24)  # gender 7 does not exist
     (root / "40_1_1_20170102.jpg.chip.jpg").write_bytes(b"not a jpeg")  # well named, not an image
@@ -44,7 +49,9 @@ def test_csv_labels_with_missing_cells_and_inferred_classes(tmp_path):
     for i in range(4):
         make_image(root / f"{i}.png", (i * 60, 0, 0), seed=i, size=16)
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("file,size,kind\n0.png,1.5,cat\n1.png,,dog\n2.png,abc,cat\n3.png,2,\nmissing.png,1,cat\n4.png,,\n")
+    csv_path.write_text(
+        "file,size,kind\n0.png,1.5,cat\n1.png,,dog\n2.png,abc,cat\n3.png,2,\nmissing.png,1,cat\n4.png,,\n"
+    )
     tasks, items, skipped, _ = read_labels(root, str(csv_path), "size:regression,kind:classification")
     assert tasks[1].classes == ("cat", "dog")
     by_name = {p.rsplit("/", 1)[1]: labels for p, labels in items}
@@ -69,8 +76,15 @@ def test_csv_errors_name_the_file(tmp_path):
 
 def test_task_specs():
     tasks = parse_tasks("age:regression,gender:male/female,kind:cls")
-    assert tasks == [Task("age", "regression"), Task("gender", "classification", ("male", "female")), Task("kind", "classification")]
-    assert Task("g", "classification", ("m", "f")).encode("f") == 1.0 and Task("g", "classification", ("m", "f")).encode("0") == 0.0
+    assert tasks == [
+        Task("age", "regression"),
+        Task("gender", "classification", ("male", "female")),
+        Task("kind", "classification"),
+    ]
+    assert (
+        Task("g", "classification", ("m", "f")).encode("f") == 1.0
+        and Task("g", "classification", ("m", "f")).encode("0") == 0.0
+    )
     for bad in ("age", "age:regression,age:regression", "g:onlyone"):
         with pytest.raises(ConfigError):
             parse_tasks(bad)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from graft.errors import DataError
 from graft.core.transferability import logme
+from graft.errors import DataError
 
 
 def _reference_logme(features, labels):
@@ -29,8 +29,14 @@ def _reference_logme(features, labels):
                 break
         a_inv = v @ np.diag(1 / (alpha + beta * s)) @ v.T
         m = beta * a_inv @ f.T @ y
-        evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
-                    - beta / 2 * np.sum((f @ m - y) ** 2) - alpha / 2 * m @ m - 0.5 * np.sum(np.log(alpha + beta * s)))
+        evidence = (
+            n / 2 * np.log(beta)
+            + d / 2 * np.log(alpha)
+            - n / 2 * np.log(2 * np.pi)
+            - beta / 2 * np.sum((f @ m - y) ** 2)
+            - alpha / 2 * m @ m
+            - 0.5 * np.sum(np.log(alpha + beta * s))
+        )
         scores.append(evidence / n)
     return float(np.mean(scores))
 
@@ -40,7 +46,9 @@ def test_logme_matches_the_papers_algorithm(n, d):
     rng = np.random.default_rng(n + d)
     labels = rng.integers(0, 3, n)
     features = rng.normal(size=(n, d)) + labels[:, None] * rng.normal(size=d) + 1.0
-    assert logme(features, labels, iterations=200) == pytest.approx(_reference_logme(features, labels), rel=1e-4, abs=1e-4)
+    assert logme(features, labels, iterations=200) == pytest.approx(
+        _reference_logme(features, labels), rel=1e-4, abs=1e-4
+    )
 
 
 def test_logme_prefers_features_that_separate_the_classes():

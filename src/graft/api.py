@@ -7,18 +7,19 @@ calls exactly these and adds nothing but formatting.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.data import ImageNetInfo
 
 from graft.core import trainer
-from graft.image.backbones import create_backbone
-from graft.image.data import ImageDataset, collect_image_paths, scan_folder
-from graft.errors import ConfigError
+from graft.core.config import DEFAULT_BACKBONE, RunConfig
 from graft.core.inputs import check_workers
 from graft.core.runs import TrainedRun, load_run
-from graft.core.config import DEFAULT_BACKBONE, RunConfig
+from graft.errors import ConfigError
+from graft.image.backbones import create_backbone
+from graft.image.data import ImageDataset, collect_image_paths, scan_folder
 
 __all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
 
@@ -38,14 +39,18 @@ def check(data: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -
     return check_report(dataset, errors)
 
 
-def classify(images: Sequence[str | os.PathLike], backbone: str = DEFAULT_BACKBONE, top: int = 5, weights: str | None = None) -> list[dict[str, Any]]:
+def classify(
+    images: Sequence[str | os.PathLike], backbone: str = DEFAULT_BACKBONE, top: int = 5, weights: str | None = None
+) -> list[dict[str, Any]]:
     """Use the pretrained ImageNet classifier as is: the ``top`` labels with probabilities for each image."""
     if top < 1:
         raise ConfigError(f"--top must be at least 1; got {top}")
     paths = collect_image_paths(images)
     loaded = create_backbone(backbone, weights=weights)
     info = ImageNetInfo()
-    loader = torch.utils.data.DataLoader(ImageDataset([(p, -1) for p in paths], loaded.preprocessing.eval_transform()), batch_size=16)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset([(p, -1) for p in paths], loaded.preprocessing.eval_transform()), batch_size=16
+    )
     results = []
     with torch.inference_mode():
         for inputs, _ in loader:
@@ -90,6 +95,7 @@ def train(
     seed: int = 0,
     deterministic: bool = False,
     device: str = "auto",
+    log: str | None = None,
     labels: str | None = None,
     tasks: str | Sequence[str] | None = None,
     domains: dict[str, str] | None = None,
@@ -133,18 +139,46 @@ def train(
         epochs (default 10), patience (epochs without a better validation score), time_budget (seconds).
         seed, deterministic (identical numbers on a rerun on the same CPU), device (``"auto"``: CUDA when
             torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), num_workers (processes of the frozen pass
-            and of image decoding), quiet.
+            and of image decoding), quiet; log: ``"tensorboard"`` writes every epoch's scalars and the
+            confusion matrices to ``RUN/tensorboard/`` (``tensorboard --logdir RUN``).
 
     Every option is checked before any work (:mod:`graft.core.config`); one that does not apply to the
     run (e.g. ``tie`` without soft sharing, ``unfreeze`` with ``mode="extract"``) is refused.
     """
     config = RunConfig(
-        data=_text(data), labels=labels, tasks=",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks, domains=domains,
-        valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit, mode=mode, backbone=backbone, weights=_text(weights),
-        pretrained=pretrained, unfreeze=unfreeze, lr=lr, backbone_lr_mult=backbone_lr_mult, bn=bn, head=head, head_epochs=head_epochs,
-        sharing=sharing, tie=tie, task_weighting=task_weighting, batch_size=batch_size, augment=augment, views=views, cache=cache,
-        cache_dir=_text(cache_dir), image_size=image_size, epochs=epochs, patience=patience, time_budget=time_budget, seed=seed,
-        deterministic=deterministic, device=device,
+        data=_text(data),
+        labels=labels,
+        tasks=",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks,
+        domains=domains,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        limit=limit,
+        mode=mode,
+        backbone=backbone,
+        weights=_text(weights),
+        pretrained=pretrained,
+        unfreeze=unfreeze,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        bn=bn,
+        head=head,
+        head_epochs=head_epochs,
+        sharing=sharing,
+        tie=tie,
+        task_weighting=task_weighting,
+        batch_size=batch_size,
+        augment=augment,
+        views=views,
+        cache=cache,
+        cache_dir=_text(cache_dir),
+        image_size=image_size,
+        epochs=epochs,
+        patience=patience,
+        time_budget=time_budget,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
+        log=log,
     )
     return trainer.train(config, out, num_workers=num_workers, quiet=quiet)
 
@@ -153,7 +187,10 @@ def train_multitask(data: str | os.PathLike | None, out: str | os.PathLike, **op
     """:func:`train` for several tasks (``labels=...``) or domains (``domains=...``): the same options,
     and a clear error when neither is given."""
     if options.get("labels") is None and options.get("domains") is None:
-        raise ConfigError("multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN), or --domain NAME=PATH per domain")
+        raise ConfigError(
+            "multi-task training needs --labels (a preset such as utkface, a CSV file, or re:PATTERN), or --domain "
+            "NAME=PATH per domain"
+        )
     return train(data, out, **options)
 
 
@@ -168,7 +205,9 @@ def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     return trainer.resume(run, num_workers=num_workers, quiet=quiet)
 
 
-def evaluate(run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
+def evaluate(
+    run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32
+) -> dict[str, Any]:
     """Metrics of a run on labelled data: loss, accuracy, per-class precision/recall/F1 and a confusion
     matrix PNG (a multi-task run: every task, accuracy/F1 or MAE). Without ``data``: the run's held-out
     test split (valid if it has none)."""

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from graft import perf
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Transfer learning from pretrained networks, fast on a CPU and offline.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Transfer learning from pretrained networks, fast on a CPU and offline.",
+)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (progress stays on stderr).")]
-BackboneOption = Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (graft backbones lists the offline ones).")]
-WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Weights file (safetensors, or a .pth state dict) for the backbone.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout (progress stays on stderr).")
+]
+BackboneOption = Annotated[
+    str, typer.Option("--backbone", "-b", help="Backbone name (graft backbones lists the offline ones).")
+]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", help="Weights file (safetensors, or a .pth state dict) for the backbone.")
+]
 
 
 def _handle_errors(command: Callable) -> Callable:
@@ -51,8 +62,8 @@ def _default_backbone() -> str:
 @_handle_errors
 def backbones(json_output: JsonOption = False):
     """List the built-in backbones (weights ship in pip packages, so they work offline)."""
-    from graft.image.backbones import get_spec, list_backbones
     from graft.console import emit_json, stderr, table
+    from graft.image.backbones import get_spec, list_backbones
 
     rows = []
     for name in list_backbones():
@@ -62,13 +73,26 @@ def backbones(json_output: JsonOption = False):
             installed = True
         except Exception:
             installed = False
-        rows.append({"name": name, "description": spec.description, "input_size": spec.preprocessing.input_size,
-                     "license": spec.license, "package": spec.weights.pip_name, "installed": installed})
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "input_size": spec.preprocessing.input_size,
+                "license": spec.license,
+                "package": spec.weights.pip_name,
+                "installed": installed,
+            }
+        )
     if json_output:
         emit_json(rows)
     else:
-        stderr.print(table("built-in backbones", ["name", "description", "weights package", "installed"],
-                           [[r["name"], r["description"], r["package"], "yes" if r["installed"] else "no"] for r in rows]))
+        stderr.print(
+            table(
+                "built-in backbones",
+                ["name", "description", "weights package", "installed"],
+                [[r["name"], r["description"], r["package"], "yes" if r["installed"] else "no"] for r in rows],
+            )
+        )
         stderr.print("Any other timm model name works when online, or with --weights FILE.")
 
 
@@ -99,76 +123,280 @@ def classify(
 @_handle_errors
 def train(
     context: typer.Context,
-    data: Annotated[Optional[Path], typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/... (multi-task: a folder of images with --labels).")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="DATA/<class>/... or DATA/{train,valid,test}/<class>/... (multi-task: a folder of images with "
+            "--labels)."
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (required).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="extract (frozen backbone, new head), finetune (also train the last K stages), or auto (graft advise decides; saved as advice.json).")] = "extract",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="extract (frozen backbone, new head), finetune (also train the last K stages), or auto (graft advise "
+            "decides; saved as advice.json).",
+        ),
+    ] = "extract",
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
-    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")] = False,
-    unfreeze: Annotated[Optional[int], typer.Option("--unfreeze", help="finetune: how many of the last stages train (default: a third).")] = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")
+    ] = False,
+    unfreeze: Annotated[
+        Optional[int],
+        typer.Option("--unfreeze", help="finetune: how many of the last stages train (default: a third)."),
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Maximum epochs (default 10).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate; trained backbone stages get lr x --backbone-lr-mult.")] = None,
-    backbone_lr_mult: Annotated[Optional[float], typer.Option("--backbone-lr-mult", help="Learning-rate multiplier of the trained backbone stages (default 0.1).")] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option("--lr", help="Head learning rate; trained backbone stages get lr x --backbone-lr-mult."),
+    ] = None,
+    backbone_lr_mult: Annotated[
+        Optional[float],
+        typer.Option(
+            "--backbone-lr-mult", help="Learning-rate multiplier of the trained backbone stages (default 0.1)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     head: Annotated[str, typer.Option("--head", help="linear or mlp.")] = "linear",
-    bn: Annotated[Optional[str], typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update, default) or frozen.")] = None,
-    head_epochs: Annotated[Optional[int], typer.Option("--head-epochs", help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).")] = None,
-    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")] = 5,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crops, flips and colour jitter while training (default: finetune yes, extract no).", show_default=False)] = None,
-    views: Annotated[Optional[int], typer.Option("--views", help="Augmented views per training image computed through the frozen stages and cached (with --augment; default 4).")] = None,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Compute the frozen stages once per image and view and keep them on disk; --no-cache recomputes them every epoch.")] = True,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or interrupted run folder from its last completed epoch (other options come from the run).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes: those of the frozen pass (default: one per core, each decoding and running the frozen stages) and, without the cache, image decoding (default: 0 on <= 2 cores).")] = None,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N.")] = "auto",
-    labels: Annotated[Optional[str], typer.Option("--labels", help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or re:PATTERN with named groups.", rich_help_panel="Multi-task / multi-domain")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Tasks to learn: age,gender,race (preset names) or age:regression,gender:male/female,kind:classification.", rich_help_panel="Multi-task / multi-domain")] = None,
-    domain: Annotated[Optional[list[str]], typer.Option("--domain", help="Multi-domain: NAME=PATH (class folders) or NAME=PATH:LABELS:TASK; repeat per domain; a head per domain on one backbone.", rich_help_panel="Multi-task / multi-domain")] = None,
-    sharing: Annotated[Optional[str], typer.Option("--sharing", help="hard (one trunk, a head per task; default) or soft (a tower per task, tied by --tie).", rich_help_panel="Multi-task / multi-domain")] = None,
-    tie: Annotated[Optional[float], typer.Option("--tie", help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters (default 0).", rich_help_panel="Multi-task / multi-domain")] = None,
-    task_weighting: Annotated[Optional[str], typer.Option("--task-weighting", help="uncertainty (learned per-task weights; default) or equal (regression targets are standardised either way).", rich_help_panel="Multi-task / multi-domain")] = None,
-    valid_fraction: Annotated[Optional[float], typer.Option("--valid-fraction", help="Share of the images held out for validation when DATA has no valid/ (default 0.2; several tasks 0.15).")] = None,
-    test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Share held out for the final test (default 0.15).", rich_help_panel="Multi-task / multi-domain")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size instead of the backbone's (smaller is faster; small source images lose nothing).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of this many images (per domain: training images).", rich_help_panel="Multi-task / multi-domain")] = None,
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds of training.")] = None,
+    bn: Annotated[
+        Optional[str],
+        typer.Option("--bn", help="BatchNorm statistics of trained stages: train (update, default) or frozen."),
+    ] = None,
+    head_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--head-epochs",
+            help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).",
+        ),
+    ] = None,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")
+    ] = 5,
+    augment: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random crops, flips and colour jitter while training (default: finetune yes, extract no).",
+            show_default=False,
+        ),
+    ] = None,
+    views: Annotated[
+        Optional[int],
+        typer.Option(
+            "--views",
+            help="Augmented views per training image computed through the frozen stages and cached (with --augment; "
+            "default 4).",
+        ),
+    ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Compute the frozen stages once per image and view and keep them on disk; --no-cache recomputes them "
+            "every epoch.",
+        ),
+    ] = True,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft)."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume",
+            help="Continue a killed or interrupted run folder from its last completed epoch (other options come from "
+            "the run).",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            help="Worker processes: those of the frozen pass (default: one per core, each decoding and running the "
+            "frozen stages) and, without the cache, image decoding (default: 0 on <= 2 cores).",
+        ),
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")
+    ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N.")
+    ] = "auto",
+    log: Annotated[
+        Optional[str],
+        typer.Option(
+            "--log",
+            help="tensorboard: every epoch's scalars and the confusion matrices in RUN/tensorboard/ (tensorboard "
+            "--logdir RUN).",
+        ),
+    ] = None,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--labels",
+            help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or "
+            "re:PATTERN with named groups.",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    tasks: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tasks",
+            help="Tasks to learn: age,gender,race (preset names) or "
+            "age:regression,gender:male/female,kind:classification.",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    domain: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--domain",
+            help="Multi-domain: NAME=PATH (class folders) or NAME=PATH:LABELS:TASK; repeat per domain; a head per "
+            "domain on one backbone.",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    sharing: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sharing",
+            help="hard (one trunk, a head per task; default) or soft (a tower per task, tied by --tie).",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    tie: Annotated[
+        Optional[float],
+        typer.Option(
+            "--tie",
+            help="Soft sharing: weight of the squared L2 distance between the towers' trained parameters (default 0).",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    task_weighting: Annotated[
+        Optional[str],
+        typer.Option(
+            "--task-weighting",
+            help="uncertainty (learned per-task weights; default) or equal (regression targets are standardised "
+            "either way).",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    valid_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--valid-fraction",
+            help="Share of the images held out for validation when DATA has no valid/ (default 0.2; several tasks "
+            "0.15).",
+        ),
+    ] = None,
+    test_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--test-fraction",
+            help="Share held out for the final test (default 0.15).",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    image_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--image-size",
+            help="Input size instead of the backbone's (smaller is faster; small source images lose nothing).",
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(
+            "--limit",
+            help="Use a seeded random subset of this many images (per domain: training images).",
+            rich_help_panel="Multi-task / multi-domain",
+        ),
+    ] = None,
+    time_budget: Annotated[
+        Optional[float],
+        typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds of training."),
+    ] = None,
     json_output: JsonOption = False,
 ):
-    """Train a classifier on an image folder by transfer from a pretrained backbone (or several tasks/domains at once)."""
+    """Train a classifier on a folder of class folders by transfer from a pretrained backbone (or several
+    tasks or domains at once)."""
     from graft.api import train as run_train
     from graft.console import emit_json
-
     from graft.errors import ConfigError
 
     if resume is not None:
         from graft.api import resume as run_resume
 
-        given = [name for name in context.params if name not in ("resume", "workers", "json_output")
-                 and getattr(context.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+        given = [
+            name
+            for name in context.params
+            if name not in ("resume", "workers", "json_output")
+            and getattr(context.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+        ]
         if given:
             flags = ", ".join("DATA" if name == "data" else "--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"--resume continues a run with the options it was started with; {flags} cannot be changed",
-                              hint=f"drop {flags} (only --workers and --json go with --resume), or start a new run with --out")
+            raise ConfigError(
+                f"--resume continues a run with the options it was started with; {flags} cannot be changed",
+                hint=f"drop {flags} (only --workers and --json go with --resume), or start a new run with --out",
+            )
         summary = run_resume(resume, num_workers=workers)
         if json_output:
             emit_json(summary)
         return
     if out is None:
-        raise ConfigError("graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME (or --resume RUN)")
+        raise ConfigError(
+            "graft train needs --out RUN_FOLDER", hint="graft train DATA --out runs/NAME (or --resume RUN)"
+        )
     domains = {}
     for entry in domain or []:
         name, sep, path = entry.partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--domain '{entry}' must be NAME=PATH", hint="e.g. --domain signs=data/signs --domain faces=utkface/images:utkface:gender")
+            raise ConfigError(
+                f"--domain '{entry}' must be NAME=PATH",
+                hint="e.g. --domain signs=data/signs --domain faces=utkface/images:utkface:gender",
+            )
         domains[name] = path
     summary = run_train(
-        data, out, mode=mode, backbone=backbone, weights=weights, pretrained=not from_scratch, unfreeze=unfreeze, epochs=epochs, lr=lr,
-        backbone_lr_mult=backbone_lr_mult, bn=bn, head=head, head_epochs=head_epochs, batch_size=batch_size, augment=augment, views=views,
-        cache=cache, cache_dir=cache_dir, image_size=image_size, patience=patience, time_budget=time_budget, seed=seed, deterministic=deterministic,
-        device=device, labels=labels, tasks=tasks, domains=domains or None, sharing=sharing, tie=tie, task_weighting=task_weighting,
-        valid_fraction=valid_fraction, test_fraction=test_fraction, limit=limit, num_workers=workers,
+        data,
+        out,
+        mode=mode,
+        backbone=backbone,
+        weights=weights,
+        pretrained=not from_scratch,
+        unfreeze=unfreeze,
+        epochs=epochs,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        bn=bn,
+        head=head,
+        head_epochs=head_epochs,
+        batch_size=batch_size,
+        augment=augment,
+        views=views,
+        cache=cache,
+        cache_dir=cache_dir,
+        image_size=image_size,
+        patience=patience,
+        time_budget=time_budget,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
+        log=log,
+        labels=labels,
+        tasks=tasks,
+        domains=domains or None,
+        sharing=sharing,
+        tie=tie,
+        task_weighting=task_weighting,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        limit=limit,
+        num_workers=workers,
     )
     if json_output:
         emit_json(summary)
@@ -179,41 +407,91 @@ def train(
 def advise(
     data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
     backbone: BackboneOption = "tf_efficientnet_lite0",
-    backbones: Annotated[Optional[str], typer.Option("--backbones", help="Comma-separated backbones to rank by LogME on frozen features, e.g. tf_efficientnet_lite0,mobilenetv2_100.")] = None,
+    backbones: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backbones",
+            help="Comma-separated backbones to rank by LogME on frozen features, e.g. "
+            "tf_efficientnet_lite0,mobilenetv2_100.",
+        ),
+    ] = None,
     weights: WeightsOption = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image subsample measured.")] = 0,
-    per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class measured (default 8-32, by class count).")] = None,
+    per_class: Annotated[
+        Optional[int], typer.Option("--per-class", help="Images per class measured (default 8-32, by class count).")
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones)."""
-    from graft.core.advisor import LOGME_MEANING, advise as run_advise, rank_backbones
     from graft.console import emit_json, stderr, table
+    from graft.core.advisor import LOGME_MEANING, rank_backbones
+    from graft.core.advisor import advise as run_advise
 
     if backbones:
-        ranking = rank_backbones(data, [name.strip() for name in backbones.split(",") if name.strip()], seed=seed, per_class=per_class)
+        ranking = rank_backbones(
+            data, [name.strip() for name in backbones.split(",") if name.strip()], seed=seed, per_class=per_class
+        )
         if json_output:
             emit_json({"ranking": ranking, "best": ranking[0]["backbone"], "score": "logme", "meaning": LOGME_MEANING})
             return
-        stderr.print(table("backbones ranked by LogME on frozen features (higher is better)", ["rank", "backbone", "LogME", "similarity", "scenario", "seconds"],
-                           [[e["rank"], e["backbone"], f"{e['logme']:.3f}", f"{e['advice']['similarity']:.2f}", e["advice"]["scenario"], f"{e['advice']['seconds']:.1f}"] for e in ranking]))
+        stderr.print(
+            table(
+                "backbones ranked by LogME on frozen features (higher is better)",
+                ["rank", "backbone", "LogME", "similarity", "scenario", "seconds"],
+                [
+                    [
+                        e["rank"],
+                        e["backbone"],
+                        f"{e['logme']:.3f}",
+                        f"{e['advice']['similarity']:.2f}",
+                        e["advice"]["scenario"],
+                        f"{e['advice']['seconds']:.1f}",
+                    ]
+                    for e in ranking
+                ],
+            )
+        )
         stderr.print(LOGME_MEANING)
         return
-    advice = run_advise(data, backbone=backbone, weights=str(weights) if weights else None, seed=seed, per_class=per_class)
+    advice = run_advise(
+        data, backbone=backbone, weights=str(weights) if weights else None, seed=seed, per_class=per_class
+    )
     if json_output:
         emit_json(advice.to_dict())
         return
     evidence = advice.evidence
-    stderr.print(table(f"evidence ({backbone}, {evidence['sample_images']} images measured in {advice.seconds:.1f}s)",
-                       ["stage", "BatchNorm drift (KL)", "LogME of frozen features"],
-                       [[name, f"{evidence['bn_drift'][name]:.3f}" if name in evidence["bn_drift"] else "-", f"{evidence['logme'][name]:.3f}"] for name in evidence["stages"]]))
+    stderr.print(
+        table(
+            f"evidence ({backbone}, {evidence['sample_images']} images measured in {advice.seconds:.1f}s)",
+            ["stage", "BatchNorm drift (KL)", "LogME of frozen features"],
+            [
+                [
+                    name,
+                    f"{evidence['bn_drift'][name]:.3f}" if name in evidence["bn_drift"] else "-",
+                    f"{evidence['logme'][name]:.3f}",
+                ]
+                for name in evidence["stages"]
+            ],
+        )
+    )
     if evidence["head_confidence"] is not None:
-        stderr.print(f"ImageNet head on these images: mean top-1 probability {evidence['head_confidence']:.3f}, normalised entropy {evidence['head_entropy']:.3f}")
-    stderr.print(f"[bold]scenario {advice.scenario}[/]  similarity {advice.similarity:.2f}  "
-                 f"images {advice.size['images']}  classes {advice.size['classes']}  smallest class {advice.size['min_per_class']}")
+        stderr.print(
+            f"ImageNet head on these images: mean top-1 probability {evidence['head_confidence']:.3f}, normalised "
+            f"entropy {evidence['head_entropy']:.3f}"
+        )
+    stderr.print(
+        f"[bold]scenario {advice.scenario}[/]  similarity {advice.similarity:.2f}  "
+        f"images {advice.size['images']}  classes {advice.size['classes']}  smallest class "
+        f"{advice.size['min_per_class']}"
+    )
     for reason in advice.reasons:
         stderr.print(f"- {reason}")
     plan = advice.plan
-    command = f"graft train {data} --out RUN --mode {plan.mode}" + (f" --unfreeze {plan.unfreeze} --head-epochs {plan.head_epochs} --backbone-lr-mult {plan.backbone_lr_mult}" if plan.mode == "finetune" else "")
+    command = f"graft train {data} --out RUN --mode {plan.mode}" + (
+        f" --unfreeze {plan.unfreeze} --head-epochs {plan.head_epochs} --backbone-lr-mult {plan.backbone_lr_mult}"
+        if plan.mode == "finetune"
+        else ""
+    )
     stderr.print(f"plan: {command} --epochs {plan.epochs} --lr {plan.lr:g}   (or simply: --mode auto)")
 
 
@@ -233,12 +511,25 @@ def check(
     if json_output:
         emit_json(result)
     else:
-        stderr.print(f"[bold]graft check[/] {display_name(str(data))}: {result['layout']}; {len(result['classes'])} classes; "
-                     f"{result['images']} files, {result['usable']} usable ("
-                     + ", ".join(f"{name} {count}" for name, count in result["counts"].items()) + ")", highlight=False)
+        stderr.print(
+            f"[bold]graft check[/] {display_name(str(data))}: {result['layout']}; {len(result['classes'])} classes; "
+            f"{result['images']} files, {result['usable']} usable ("
+            + ", ".join(f"{name} {count}" for name, count in result["counts"].items())
+            + ")",
+            highlight=False,
+        )
         if result["skipped"]:
-            stderr.print(table(f"skipped: {len(result['skipped'])} file(s)", ["reason", "files"], list(result["skipped_by_reason"].items())))
-        for kind, entries, key in (("skipped", result["skipped"], "reason"), ("warning", result["warnings"], "message")):
+            stderr.print(
+                table(
+                    f"skipped: {len(result['skipped'])} file(s)",
+                    ["reason", "files"],
+                    list(result["skipped_by_reason"].items()),
+                )
+            )
+        for kind, entries, key in (
+            ("skipped", result["skipped"], "reason"),
+            ("warning", result["warnings"], "message"),
+        ):
             for entry in entries[:50]:
                 stderr.print(f"[yellow]{kind}[/] {display_name(entry['file'])}: {entry[key]}", highlight=False)
             if len(entries) > 50:
@@ -255,7 +546,13 @@ def check(
 @_handle_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
-    data: Annotated[Optional[Path], typer.Argument(help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used). Default: the run's own held-out test split.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Labelled images: DATA/<class>/... (or a split folder: its test/ is used). Default: the run's own "
+            "held-out test split."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG (multi-task: every task)."""
@@ -268,13 +565,39 @@ def evaluate(
         return
     if metrics.get("kind") == "multitask":
         stderr.print(f"evaluated on {metrics['evaluated_on']}: n {metrics['n']}, combined score {metrics['score']:.4f}")
-        stderr.print(table("per task", ["task", "n", "accuracy", "macro F1", "MAE", "RMSE"],
-                           [[name, e["n"], *((f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}", "", "") if e["kind"] == "classification" else ("", "", f"{e['mae']:.3f}", f"{e['rmse']:.3f}"))]
-                            for name, e in metrics["tasks"].items()]))
+        stderr.print(
+            table(
+                "per task",
+                ["task", "n", "accuracy", "macro F1", "MAE", "RMSE"],
+                [
+                    [
+                        name,
+                        e["n"],
+                        *(
+                            (f"{e['accuracy']:.4f}", f"{e['macro_f1']:.4f}", "", "")
+                            if e["kind"] == "classification"
+                            else ("", "", f"{e['mae']:.3f}", f"{e['rmse']:.3f}")
+                        ),
+                    ]
+                    for name, e in metrics["tasks"].items()
+                ],
+            )
+        )
         return
-    stderr.print(f"evaluated on {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n {metrics['n']}")
-    stderr.print(table("per class", ["class", "precision", "recall", "f1", "support"],
-                       [[name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]] for name, v in metrics["per_class"].items()]))
+    stderr.print(
+        f"evaluated on {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n "
+        f"{metrics['n']}"
+    )
+    stderr.print(
+        table(
+            "per class",
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                for name, v in metrics["per_class"].items()
+            ],
+        )
+    )
     stderr.print(f"confusion matrix: {metrics['confusion_matrix_png']}")
 
 
@@ -295,7 +618,10 @@ def predict(
         return
     for result in results:
         if "tasks" in result:  # a multi-task run
-            parts = [f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}" for name, v in result["tasks"].items()]
+            parts = [
+                f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}"
+                for name, v in result["tasks"].items()
+            ]
             stderr.print(f"{result['image']}: {', '.join(parts)}")
             continue
         stderr.print(f"{result['prob']:7.2%}  {result['label']:<16} {result['image']}")
@@ -304,13 +630,15 @@ def predict(
 @app.command()
 @_handle_errors
 def cache(
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Delete every cached activation in the folder.")] = False,
     json_output: JsonOption = False,
 ):
     """Show (or --clear) the activation cache: frozen-stage outputs kept between runs."""
-    from graft.core.cache import cache_usage, clear_cache
     from graft.console import emit_json, stderr, table
+    from graft.core.cache import cache_usage, clear_cache
 
     usage = cache_usage(cache_dir)
     if clear:
@@ -318,8 +646,16 @@ def cache(
     if json_output:
         emit_json(usage)
         return
-    stderr.print(table(f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)", ["namespace", "architecture", "stop", "view", "images", "MB"],
-                       [[e["namespace"], e["architecture"], e["stop"], e["view"], e["images"], f"{e['bytes'] / 1e6:.1f}"] for e in usage["namespaces"]]))
+    stderr.print(
+        table(
+            f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)",
+            ["namespace", "architecture", "stop", "view", "images", "MB"],
+            [
+                [e["namespace"], e["architecture"], e["stop"], e["view"], e["images"], f"{e['bytes'] / 1e6:.1f}"]
+                for e in usage["namespaces"]
+            ],
+        )
+    )
     if clear:
         stderr.print(f"cleared {usage['freed_bytes'] / 1e6:.1f} MB")
 
@@ -336,8 +672,12 @@ def demo(
     from graft.demo import demo_data_path
 
     data = demo_data_path()
-    stderr.print(f"[bold]graft demo[/]: fine-tuning tf_efficientnet_lite0 on the bundled sign-language digits sample ({data})")
-    summary = run_train(data, out, mode="finetune", epochs=10, lr=3e-3, seed=0)  # 3x the default rate: 20 images per class need it (0.58 -> 0.90 valid)
+    stderr.print(
+        f"[bold]graft demo[/]: fine-tuning tf_efficientnet_lite0 on the bundled sign-language digits sample ({data})"
+    )
+    summary = run_train(
+        data, out, mode="finetune", epochs=10, lr=3e-3, seed=0
+    )  # 3x the default rate: 20 images per class need it (0.58 -> 0.90 valid)
     if json_output:
         emit_json(summary)
     else:

@@ -40,7 +40,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Save tensors as safetensors, atomically. Tensors are made contiguous CPU copies first."""
     plain = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     atomic_write_bytes(path, save(plain, metadata=metadata))

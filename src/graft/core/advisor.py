@@ -25,8 +25,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class AdvisedPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AdvisedPlan":
+    def from_dict(cls, data: dict[str, Any]) -> AdvisedPlan:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"advised plan has unknown keys {sorted(unknown)}")
@@ -184,23 +185,32 @@ def make_plan(scenario: int, evidence: dict[str, Any]) -> tuple[AdvisedPlan, lis
     stages = len(evidence["stages"])
     reasons = []
     if scenario == 1:
-        reasons.append("small data, similar domain (scenario 1): the pretrained features already fit; training more layers "
-                       "would overfit, so freeze the whole backbone and train only a new head")
+        reasons.append(
+            "small data, similar domain (scenario 1): the pretrained features already fit; training more layers "
+            "would overfit, so freeze the whole backbone and train only a new head"
+        )
         return AdvisedPlan("extract", 0, 1e-3, 0.1, 10, 0, "frozen"), reasons
     if scenario == 4:
-        reasons.append("large data, different domain (scenario 4): fine-tune the whole network from the pretrained weights "
-                       "(better than from scratch), after one epoch that trains the new head alone")
+        reasons.append(
+            "large data, different domain (scenario 4): fine-tune the whole network from the pretrained weights "
+            "(better than from scratch), after one epoch that trains the new head alone"
+        )
         return AdvisedPlan("finetune", stages, 1e-3, 0.3, 10, 1, "train"), reasons
     if scenario == 2:
         low, high = max(1, round(0.2 * stages)), max(1, round(0.4 * stages))  # freeze roughly 60-80%
         text = "large data, similar domain (scenario 2): fine-tune the top, freezing roughly 60-80% of the stages"
     else:
         low, high = max(1, math.floor(stages / 3)), max(1, math.ceil(stages / 2))  # freeze the first half to two-thirds
-        text = "small data, different domain (scenario 3): fine-tune the back part, freezing the early, general stages (half to two-thirds)"
+        text = (
+            "small data, different domain (scenario 3): fine-tune the back part, "
+            "freezing the early, general stages (half to two-thirds)"
+        )
     count, first = _adapt_count(evidence, low, high)
     if first is not None:
-        text += (f"; the BatchNorm drift stays above {STAGE_DRIFT_ADAPT} from {first} to the end, "
-                 f"so train the last {count} stage(s) (allowed range {low}-{high})")
+        text += (
+            f"; the BatchNorm drift stays above {STAGE_DRIFT_ADAPT} from {first} to the end, "
+            f"so train the last {count} stage(s) (allowed range {low}-{high})"
+        )
     else:
         text += f"; no late stage drifts much, so train the fewest allowed: the last {count}"
     reasons.append(text + "; the new head trains alone first, so its random start does not wreck the pretrained stages")
@@ -216,18 +226,28 @@ def decide(backbone: str, size: dict[str, int], evidence: dict[str, Any], second
     evidence = {**evidence, "similarity_from": source}
     reasons = [
         f"{size['images']} labelled images in {size['classes']} classes (smallest class {size['min_per_class']}): "
-        + ("small" if small else "large") + f" data (the table's line is {SMALL_DATA_IMAGES} images)",
+        + ("small" if small else "large")
+        + f" data (the table's line is {SMALL_DATA_IMAGES} images)",
         f"similarity {similarity:.2f} from {source}"
-        + (f" (mean KL {evidence['bn_drift_mean']:.3f} between the target's activation statistics and the source's stored in BatchNorm)"
-           if source == "bn_drift" else "")
-        + (": close to the source domain" if similar else ": far from the source domain") + f" (line at {SIMILARITY_THRESHOLD})",
+        + (
+            f" (mean KL {evidence['bn_drift_mean']:.3f} between the target's activation statistics and the source's "
+            "stored in BatchNorm)"
+            if source == "bn_drift"
+            else ""
+        )
+        + (": close to the source domain" if similar else ": far from the source domain")
+        + f" (line at {SIMILARITY_THRESHOLD})",
     ]
     if evidence["head_confidence"] is not None:
         agrees = (evidence["head_confidence"] / HEAD_CONFIDENCE_AT_ONE >= SIMILARITY_THRESHOLD) == similar
-        reasons.append(f"second opinion: the ImageNet head's mean top-1 probability is {evidence['head_confidence']:.2f} "
-                       + ("(agrees)" if agrees else "(disagrees: the images may show source-like content in an unusual style)"))
+        reasons.append(
+            f"second opinion: the ImageNet head's mean top-1 probability is {evidence['head_confidence']:.2f} "
+            + ("(agrees)" if agrees else "(disagrees: the images may show source-like content in an unusual style)")
+        )
     plan, plan_reasons = make_plan(scenario, evidence)
-    return Advice(backbone, scenario, round(similarity, 4), size, plan, evidence, tuple(reasons + plan_reasons), round(seconds, 3))
+    return Advice(
+        backbone, scenario, round(similarity, 4), size, plan, evidence, tuple(reasons + plan_reasons), round(seconds, 3)
+    )
 
 
 def advise(
@@ -249,8 +269,15 @@ def advise(
     return dataclasses.replace(advice, seconds=round(time.perf_counter() - began, 3))
 
 
-def advise_scanned(dataset: Dataset, loaded: Any, backbone: str, source: Modality, seed: int = 0, per_class: int | None = None,
-                   batch_size: int = 16) -> Advice:
+def advise_scanned(
+    dataset: Dataset,
+    loaded: Any,
+    backbone: str,
+    source: Modality,
+    seed: int = 0,
+    per_class: int | None = None,
+    batch_size: int = 16,
+) -> Advice:
     """The advice for data already scanned with a backbone already loaded (``--mode auto`` trains with both
     afterwards, so advising costs it only the probe). The process's random state is left as it was."""
     began = time.perf_counter()

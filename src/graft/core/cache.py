@@ -25,9 +25,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,9 +166,11 @@ class ActivationStore:
                 written, array = 0, None
                 for batch in batches:
                     if array is None:
-                        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(digests), *batch.shape[1:]))
+                        array = np.lib.format.open_memmap(
+                            temporary, mode="w+", dtype=np.float32, shape=(len(digests), *batch.shape[1:])
+                        )
                         self._reserve(temporary, len(digests))
-                    array[written:written + len(batch)] = batch
+                    array[written : written + len(batch)] = batch
                     written += len(batch)
                 if array is None or written != len(digests):
                     raise RuntimeError(f"computed {written} activation rows for {len(digests)} images")
@@ -195,9 +198,11 @@ class ActivationStore:
                 if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                     return  # a file system that cannot reserve space: write and hope, as before
                 free = shutil.disk_usage(self.folder).free
-                raise ConfigError(f"the activation cache folder '{self.folder.parent}' is full: {size / 1e6:.0f} MB are needed for "
-                                  f"{images} images, {free / 1e6:.0f} MB are free",
-                                  hint="free some space (graft cache --clear), pass --cache-dir DIR on a larger disk, or --no-cache") from None
+                raise ConfigError(
+                    f"the activation cache folder '{self.folder.parent}' is full: {size / 1e6:.0f} MB are needed for "
+                    f"{images} images, {free / 1e6:.0f} MB are free",
+                    hint="free some space (graft cache --clear), pass --cache-dir DIR on a larger disk, or --no-cache",
+                ) from None
 
     def rows(self, digests: Sequence[str]) -> CachedRows:
         index = self._index()
@@ -232,8 +237,16 @@ def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
             size = sum(f.stat().st_size for f in namespace.iterdir() if f.is_file())
             key = read_json(namespace / KEY) if (namespace / KEY).is_file() else {}
             index = read_json(namespace / INDEX) if (namespace / INDEX).is_file() else {}
-            entries.append({"namespace": namespace.name, "architecture": key.get("architecture"), "stop": key.get("stop"),
-                            "view": key.get("view"), "images": len(index), "bytes": size})
+            entries.append(
+                {
+                    "namespace": namespace.name,
+                    "architecture": key.get("architecture"),
+                    "stop": key.get("stop"),
+                    "view": key.get("view"),
+                    "images": len(index),
+                    "bytes": size,
+                }
+            )
     return {"cache_dir": str(folder), "bytes": sum(e["bytes"] for e in entries), "namespaces": entries}
 
 
@@ -253,6 +266,8 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
             pass
     except OSError as error:
-        raise ConfigError(f"cannot write to the activation cache folder '{folder}': {error.strerror or error}",
-                          hint="pass --cache-dir DIR (or set GRAFT_CACHE_DIR), or --no-cache") from None
+        raise ConfigError(
+            f"cannot write to the activation cache folder '{folder}': {error.strerror or error}",
+            hint="pass --cache-dir DIR (or set GRAFT_CACHE_DIR), or --no-cache",
+        ) from None
     return folder

@@ -20,9 +20,9 @@ from safetensors import safe_open
 
 from graft.core.fit import FitState
 from graft.core.objectives import Objective
+from graft.core.reproducibility import restore_rng_state, rng_state
 from graft.errors import RunFolderError
 from graft.fileio import atomic_save_tensors
-from graft.core.reproducibility import restore_rng_state, rng_state
 
 FORMAT = "graft-checkpoint-2"
 
@@ -45,14 +45,20 @@ def save_checkpoint(path: str | os.PathLike, state: FitState) -> None:
     metadata = {
         "format": FORMAT,
         "position": state.position(),
-        "optimizer": {"param_groups": optimizer_state["param_groups"], "plain_state": plain_state, "param_ids": sorted(optimizer_state["state"])},
+        "optimizer": {
+            "param_groups": optimizer_state["param_groups"],
+            "plain_state": plain_state,
+            "param_ids": sorted(optimizer_state["state"]),
+        },
         "scheduler": state.scheduler.state_dict(),
         "rng": randomness,
     }
     atomic_save_tensors(path, tensors, {"graft": json.dumps(metadata)})
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, objective: Objective) -> tuple[FitState, dict, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, model: torch.nn.Module, objective: Objective
+) -> tuple[FitState, dict, dict]:
     """Load a checkpoint's weights into ``model`` and ``objective`` and restore the process's random state.
     Returns the loop's state and the optimizer's and scheduler's states, for ``fit(resume=...)``."""
     path = Path(path)
@@ -61,14 +67,19 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, objective: 
             metadata = json.loads(handle.metadata()["graft"])
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
-        raise RunFolderError(f"checkpoint '{path}' is damaged or not a graft checkpoint: {error}",
-                             hint="start the run again without --resume") from None
+        raise RunFolderError(
+            f"checkpoint '{path}' is damaged or not a graft checkpoint: {error}",
+            hint="start the run again without --resume",
+        ) from None
     if metadata.get("format") != FORMAT:
-        raise RunFolderError(f"checkpoint '{path}' was written by another version of graft (format {metadata.get('format')!r}, this one reads {FORMAT!r})",
-                             hint="start the run again with another --out")
+        raise RunFolderError(
+            f"checkpoint '{path}' was written by another version of graft (format {metadata.get('format')!r}, this "
+            f"one reads {FORMAT!r})",
+            hint="start the run again with another --out",
+        )
 
     def section(prefix: str) -> dict[str, torch.Tensor]:
-        return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
 
     try:
         model.load_state_dict(section("model."), strict=True)
@@ -83,6 +94,9 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, objective: 
         state.restore(metadata["position"], section("best.") or None)
         restore_rng_state({**metadata["rng"], "torch": tensors["rng.torch"]})
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:
-        raise RunFolderError(f"checkpoint '{path}' does not match the run's model or is damaged: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-                             hint="start the run again without --resume") from None
+        raise RunFolderError(
+            f"checkpoint '{path}' does not match the run's model or is damaged: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}",
+            hint="start the run again without --resume",
+        ) from None
     return state, {"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]}, metadata["scheduler"]

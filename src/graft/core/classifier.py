@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -55,7 +56,9 @@ class TrainedClassifier:
             for path, row in zip(paths, probabilities)
         ]
 
-    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32, out_png: str | os.PathLike | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, data: str | os.PathLike | None = None, batch_size: int = 32, out_png: str | os.PathLike | None = None
+    ) -> dict[str, Any]:
         """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG. ``data=None`` (or the
         training folder): the run's held-out test split (valid if it has none), from its manifest;
         another folder: its test/ (or valid/) split, or all its class folders."""
@@ -67,14 +70,21 @@ class TrainedClassifier:
             items = [(path, int(label)) for path, label in manifest["splits"][split]]
             missing = [path for path, _ in items if not Path(path).is_file()]
             if missing:
-                raise DataError(f"{len(missing)} image(s) of the run's {split} split are gone, e.g. '{missing[0]}'",
-                                hint=f"graft evaluate {self.path} DATA evaluates on another folder")
+                raise DataError(
+                    f"{len(missing)} image(s) of the run's {split} split are gone, e.g. '{missing[0]}'",
+                    hint=f"graft evaluate {self.path} DATA evaluates on another folder",
+                )
             evaluated_on, name = f"{split} split of the run's manifest", split
         else:
             items, skipped, folder = self.modality.scan_for_evaluation(str(data), self.classes)
             evaluated_on, name = folder, Path(folder).name
         probabilities, labels = predict_probabilities(self.model, self._loader(items, batch_size))
-        metrics = {"kind": "classifier", "evaluated_on": evaluated_on, **classification_metrics(probabilities, labels, self.classes), "skipped": skipped}
+        metrics = {
+            "kind": "classifier",
+            "evaluated_on": evaluated_on,
+            **classification_metrics(probabilities, labels, self.classes),
+            "skipped": skipped,
+        }
         target = Path(out_png) if out_png else self.path / "evaluate_confusion_matrix.png"
         plots.confusion_matrix(metrics["confusion_matrix"], self.classes, target, title=f"confusion matrix ({name})")
         metrics["confusion_matrix_png"] = str(target)
@@ -85,7 +95,9 @@ class TrainedClassifier:
         return self.modality.example_input(self.preprocessing)
 
     def _loader(self, items, batch_size: int):
-        return make_loader(self.modality.examples(items, self.preprocessing, augment=False), batch_size, default_workers())
+        return make_loader(
+            self.modality.examples(items, self.preprocessing, augment=False), batch_size, default_workers()
+        )
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
@@ -97,12 +109,18 @@ def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
         backbone = source.load_backbone(config["backbone"]["name"], pretrained=False)
         model = _model(source, backbone.model, config["head"], len(classes), getattr(preprocessing, "input_size", None))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})") from None
+        raise RunFolderError(
+            f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})"
+        ) from None
     load_weights(model, folder)
-    return TrainedClassifier(model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder, modality=source)
+    return TrainedClassifier(
+        model=model.eval(), classes=classes, preprocessing=preprocessing, config=config, path=folder, modality=source
+    )
 
 
-def _model(source: Modality, backbone: torch.nn.Module, head: str, classes: int, input_size: int | None) -> TransferModel:
+def _model(
+    source: Modality, backbone: torch.nn.Module, head: str, classes: int, input_size: int | None
+) -> TransferModel:
     return source.transfer_model(backbone, lambda features: make_head(head, features, classes), input_size)
 
 
@@ -121,12 +139,17 @@ class ClassifierKind:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, DataError):
                 raise
-            raise RunFolderError(f"'{run / MANIFEST}' is damaged ({type(error).__name__}: {error})", hint="train the run again with another --out") from None
+            raise RunFolderError(
+                f"'{run / MANIFEST}' is damaged ({type(error).__name__}: {error})",
+                hint="train the run again with another --out",
+            ) from None
 
     def advice_view(self, dataset: Dataset) -> Dataset:
         return dataset
 
-    def build_model(self, config: RunConfig, source: Modality, make_backbone, dataset: Dataset, input_size: int | None) -> TransferModel:
+    def build_model(
+        self, config: RunConfig, source: Modality, make_backbone, dataset: Dataset, input_size: int | None
+    ) -> TransferModel:
         return _model(source, make_backbone(), config.head, len(dataset.classes), input_size)
 
     def frozen_trunk(self, model: TransferModel) -> TransferModel:
@@ -147,14 +170,23 @@ class ClassifierKind:
     def plot_history(self, history: list[dict], path, title: str) -> None:
         plots.learning_curve(history, path, title=title)
 
-    def finish(self, run: RunFolder, history, metrics, dataset: Dataset, model, objective, title: str) -> dict[str, Any]:
+    def finish(
+        self, run: RunFolder, history, metrics, dataset: Dataset, model, objective, title: str
+    ) -> dict[str, Any]:
         self.plot_history(history, run / LEARNING_CURVE, title)
         final = "test" if "test" in metrics else "valid"
-        plots.confusion_matrix(metrics[final]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final})")
-        return {"valid_accuracy": metrics["valid"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None}
+        plots.confusion_matrix(
+            metrics[final]["confusion_matrix"], dataset.classes, run / CONFUSION, title=f"confusion matrix ({final})"
+        )
+        return {
+            "valid_accuracy": metrics["valid"]["accuracy"],
+            "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None,
+        }
 
     def results(self, metrics: dict[str, Any]) -> str:
-        return f"valid accuracy {metrics['valid']['accuracy']:.4f}" + (f", test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
+        return f"valid accuracy {metrics['valid']['accuracy']:.4f}" + (
+            f", test accuracy {metrics['test']['accuracy']:.4f}" if "test" in metrics else ""
+        )
 
     def load_trained(self, folder: Path, config: dict[str, Any]) -> TrainedClassifier:
         return load_trained(folder, config)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from graft.errors import ConfigError
 
@@ -49,7 +50,9 @@ class Field:
     help: str = ""
 
 
-def _between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Callable[[Any], str | None]:
+def _between(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return "must be a finite number"
@@ -111,6 +114,7 @@ FIELDS: dict[str, Field] = {
     "seed": Field("runtime", "--seed", int, _between(0, MAX_SEED)),
     "deterministic": Field("runtime", "--deterministic", bool),
     "device": Field("runtime", "--device", str),
+    "log": Field("runtime", "--log", str, _one_of(("tensorboard",))),
 }
 SECTIONS = ("data", "transfer", "inputs", "budget", "runtime")
 MULTITASK_ONLY = ("tasks", "sharing", "tie", "task_weighting", "test_fraction", "limit")
@@ -152,6 +156,7 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    log: str | None = None  # "tensorboard": scalars and confusion matrices in RUN/tensorboard/
 
     @property
     def kind(self) -> str:
@@ -161,14 +166,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The sections, for ``config.json`` (every field, given or not)."""
         values = dataclasses.asdict(self)
-        return {section: {name: values[name] for name, field in FIELDS.items() if field.section == section} for section in SECTIONS}
+        return {
+            section: {name: values[name] for name, field in FIELDS.items() if field.section == section}
+            for section in SECTIONS
+        }
 
     @classmethod
-    def from_dict(cls, sections: Any, source: str = "config.json") -> "RunConfig":
-        """A config from :meth:`to_dict`'s shape, checked field by field (types, unknown keys), then :func:`validate`-d."""
+    def from_dict(cls, sections: Any, source: str = "config.json") -> RunConfig:
+        """A config from :meth:`to_dict`'s shape, checked field by field (types, unknown keys), then
+        :func:`validate`-d."""
         if not isinstance(sections, dict) or set(sections) - set(SECTIONS):
-            raise ConfigError(f"{source}: the options must be an object with the sections {', '.join(SECTIONS)}",
-                              hint="was the run written by another version of graft? Train it again with another --out")
+            raise ConfigError(
+                f"{source}: the options must be an object with the sections {', '.join(SECTIONS)}",
+                hint="was the run written by another version of graft? Train it again with another --out",
+            )
         values: dict[str, Any] = {}
         for section, entries in sections.items():
             if not isinstance(entries, dict):
@@ -176,13 +187,15 @@ class RunConfig:
             for name, value in entries.items():
                 field = FIELDS.get(name)
                 if field is None or field.section != section:
-                    raise ConfigError(f"{source}: unknown option '{section}.{name}'", hint="was the run written by a newer graft?")
+                    raise ConfigError(
+                        f"{source}: unknown option '{section}.{name}'", hint="was the run written by a newer graft?"
+                    )
                 values[name] = value
         config = cls(**values)
         validate(config, source=source)
         return config
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     def augments(self) -> bool:
@@ -190,14 +203,16 @@ class RunConfig:
         (Chollet's fast feature extraction is one pass over clean images)."""
         return self.augment if self.augment is not None else self.mode != "extract"
 
-    def with_split_defaults(self) -> "RunConfig":
+    def with_split_defaults(self) -> RunConfig:
         """The held-out fractions filled in (the data is split before ``--mode auto`` can advise)."""
         return self.replace(
             valid_fraction=DEFAULT_VALID_FRACTION[self.kind] if self.valid_fraction is None else self.valid_fraction,
-            test_fraction=(DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction) if self.kind == "multitask" else None,
+            test_fraction=(DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction)
+            if self.kind == "multitask"
+            else None,
         )
 
-    def resolved(self, advised: dict[str, Any] | None = None) -> "RunConfig":
+    def resolved(self, advised: dict[str, Any] | None = None) -> RunConfig:
         """Concrete values for every default that applies to this run (after ``advised``, the plan of
         ``--mode auto``: what the user gave wins); options that do not apply stay None, so a resolved
         config passes :func:`validate` too (``config.json`` holds it, and resume checks it again)."""
@@ -205,8 +220,17 @@ class RunConfig:
         if advised is not None:
             from graft.core.strategies import resolve_auto
 
-            config = config.replace(**resolve_auto(advised, unfreeze=self.unfreeze, epochs=self.epochs, lr=self.lr,
-                                                   backbone_lr_mult=self.backbone_lr_mult, bn=self.bn, head_epochs=self.head_epochs))
+            config = config.replace(
+                **resolve_auto(
+                    advised,
+                    unfreeze=self.unfreeze,
+                    epochs=self.epochs,
+                    lr=self.lr,
+                    backbone_lr_mult=self.backbone_lr_mult,
+                    bn=self.bn,
+                    head_epochs=self.head_epochs,
+                )
+            )
             if config.mode == "extract":
                 config = config.replace(backbone_lr_mult=None, bn=None, head_epochs=None)
         finetune = config.mode == "finetune"
@@ -247,14 +271,37 @@ def _type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
 # Options that only mean something in some runs: (field, applies?, why not). Given (not None) where
 # they do not apply, they are refused rather than silently ignored.
 APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
-    *[(name, lambda c: c.kind == "multitask", "only applies to multi-task or multi-domain runs (with --labels or --domain)") for name in MULTITASK_ONLY],
+    *[
+        (
+            name,
+            lambda c: c.kind == "multitask",
+            "only applies to multi-task or multi-domain runs (with --labels or --domain)",
+        )
+        for name in MULTITASK_ONLY
+    ],
     ("tasks", lambda c: c.labels is not None, "needs --labels (where the tasks' labels come from)"),
     ("tie", lambda c: c.sharing == "soft" or c.tie == 0, "only applies to --sharing soft (hard sharing has one trunk)"),
     ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune (or auto)"),
-    ("head_epochs", lambda c: c.mode != "extract", "only applies to --mode finetune (or auto): extract trains the head alone anyway"),
-    ("backbone_lr_mult", lambda c: c.mode != "extract", "only applies to --mode finetune (or auto): extract trains no backbone stage"),
-    ("bn", lambda c: c.mode != "extract", "only applies to --mode finetune (or auto): extract keeps every BatchNorm frozen"),
-    ("views", lambda c: c.cache and (c.augments() or c.mode == "auto"), "only applies to cached, augmented training (--augment, without --no-cache)"),
+    (
+        "head_epochs",
+        lambda c: c.mode != "extract",
+        "only applies to --mode finetune (or auto): extract trains the head alone anyway",
+    ),
+    (
+        "backbone_lr_mult",
+        lambda c: c.mode != "extract",
+        "only applies to --mode finetune (or auto): extract trains no backbone stage",
+    ),
+    (
+        "bn",
+        lambda c: c.mode != "extract",
+        "only applies to --mode finetune (or auto): extract keeps every BatchNorm frozen",
+    ),
+    (
+        "views",
+        lambda c: c.cache and (c.augments() or c.mode == "auto"),
+        "only applies to cached, augmented training (--augment, without --no-cache)",
+    ),
     ("cache_dir", lambda c: c.cache, "does not apply with --no-cache"),
 ]
 
@@ -268,7 +315,9 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         if value is None:
             continue
         if not _type_ok(value, field.kind):
-            expected = field.kind.__name__ if isinstance(field.kind, type) else " or ".join(k.__name__ for k in field.kind)
+            expected = (
+                field.kind.__name__ if isinstance(field.kind, type) else " or ".join(k.__name__ for k in field.kind)
+            )
             raise ConfigError(f"{where}{describe(name)} must be a {expected}; got {value!r}")
         problem = field.check(value) if field.check else None
         if problem:
@@ -277,16 +326,30 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         if getattr(config, name) is not None and not applies(config):
             raise ConfigError(f"{where}{describe(name)} {why}", hint=f"drop {FIELDS[name].flag}")
     if config.domains is not None and (config.data is not None or config.labels is not None):
-        raise ConfigError(f"{where}give either DATA (with --labels for several tasks) or --domain NAME=PATH (at least two), not both")
+        raise ConfigError(
+            f"{where}give either DATA (with --labels for several tasks) or --domain NAME=PATH (at least two), not both"
+        )
     if config.domains is None and config.data is None:
-        raise ConfigError(f"{where}DATA is required (a folder of class folders, or of images with --labels), or --domain NAME=PATH per domain")
+        raise ConfigError(
+            f"{where}DATA is required (a folder of class folders, or of images with --labels), or --domain NAME=PATH "
+            "per domain"
+        )
     if config.mode == "auto" and not config.pretrained:
-        raise ConfigError(f"{where}--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
-                          hint="pick --mode extract or finetune for a from-scratch baseline")
+        raise ConfigError(
+            f"{where}--mode auto measures the pretrained backbone; it cannot be combined with --from-scratch",
+            hint="pick --mode extract or finetune for a from-scratch baseline",
+        )
     if config.head_epochs is not None and config.epochs is not None and config.head_epochs >= config.epochs:
-        raise ConfigError(f"{where}{describe('head_epochs')} must be below {describe('epochs')}; got {config.head_epochs} and {config.epochs}")
+        raise ConfigError(
+            f"{where}{describe('head_epochs')} must be below {describe('epochs')}; got {config.head_epochs} and "
+            f"{config.epochs}"
+        )
     if (config.valid_fraction or 0) + (config.test_fraction or 0) >= 1:
-        raise ConfigError(f"{where}{describe('valid_fraction')} and {describe('test_fraction')} leave no training images")
+        raise ConfigError(
+            f"{where}{describe('valid_fraction')} and {describe('test_fraction')} leave no training images"
+        )
+    from graft.core.callbacks import check_log
     from graft.core.runtime import resolve_device
 
     resolve_device(config.device)
+    check_log(config.log)

@@ -36,19 +36,30 @@ class Dataset(KnownDigests):
         }
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "Dataset":
+    def from_manifest(cls, manifest: dict[str, Any]) -> Dataset:
         """The dataset a run was trained on, from its ``manifest.json``; each file must still hold the same bytes."""
-        dataset = cls(root=manifest["root"], layout=manifest["layout"], classes=list(manifest["classes"]),
-                      splits={name: [(path, int(label)) for path, label in items] for name, items in manifest["splits"].items()},
-                      skipped=list(manifest["skipped"]), warnings=list(manifest["warnings"]))
+        dataset = cls(
+            root=manifest["root"],
+            layout=manifest["layout"],
+            classes=list(manifest["classes"]),
+            splits={name: [(path, int(label)) for path, label in items] for name, items in manifest["splits"].items()},
+            skipped=list(manifest["skipped"]),
+            warnings=list(manifest["warnings"]),
+        )
         recorded = manifest.get("sha256", {})
         for name, items in dataset.splits.items():
             for path, _ in items:
                 if not Path(path).is_file():
-                    raise DataError(f"'{path}' (in the run's {name} split) is gone", hint="resume needs the same data the run started with")
+                    raise DataError(
+                        f"'{path}' (in the run's {name} split) is gone",
+                        hint="resume needs the same data the run started with",
+                    )
                 digest = sha256_file(path)
                 if recorded.get(path, digest) != digest:
-                    raise DataError(f"'{path}' (in the run's {name} split) has changed since the run started", hint="resume needs the same data; start a new run instead")
+                    raise DataError(
+                        f"'{path}' (in the run's {name} split) has changed since the run started",
+                        hint="resume needs the same data; start a new run instead",
+                    )
                 dataset.sha256[path] = digest
         return dataset
 

@@ -4,7 +4,8 @@ shapes against it."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,8 +15,9 @@ from graft.core.runtime import CPU, Runtime
 
 
 @torch.inference_mode()
-def collect_outputs(model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU,
-                    on_batch: Callable[[], None] | None = None) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
+def collect_outputs(
+    model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU, on_batch: Callable[[], None] | None = None
+) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
     """The model's outputs for every batch of ``loader`` (in order, as float32 numpy arrays: one array,
     or one per key when the model returns a mapping) and the batches' targets."""
     model.eval()
@@ -23,7 +25,11 @@ def collect_outputs(model: torch.nn.Module, loader, start: int = 0, runtime: Run
     targets = []
     for inputs, batch_targets in loader:
         outputs = model(runtime.put(inputs), start=start)
-        parts.append({k: v.float().cpu().numpy() for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float().cpu().numpy())
+        parts.append(
+            {k: v.float().cpu().numpy() for k, v in outputs.items()}
+            if isinstance(outputs, dict)
+            else outputs.float().cpu().numpy()
+        )
         targets.append(np.asarray(batch_targets))
         if on_batch is not None:
             on_batch()
@@ -38,8 +44,9 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
-def predict_probabilities(model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU,
-                          on_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(
+    model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU, on_batch: Callable[[], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of a classifier and the labels, for every batch of ``loader``, in order."""
     logits, labels = collect_outputs(model, loader, start=start, runtime=runtime, on_batch=on_batch)
     return probabilities(logits), labels
@@ -56,7 +63,12 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, classe
         "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)),
         "n": int(len(labels)),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
         },
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),

@@ -20,18 +20,19 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from graft.core.callbacks import Callback, CallbackList
 from graft.core.evaluation import collect_outputs
+from graft.core.freeze import FreezePlan
 from graft.core.objectives import Objective
 from graft.core.runtime import CPU, Runtime
 from graft.errors import TrainingError
-from graft.core.freeze import FreezePlan
 
 MIN_ONE_CYCLE_STEPS = 8
 
@@ -86,13 +87,28 @@ class FitState:
 
     def position(self) -> dict[str, Any]:
         """The JSON-able part of the state (a checkpoint stores tensors separately)."""
-        return {"history": self.history, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "stopped": self.stopped,
-                "phase": self.phase, "phase_epoch": self.phase_epoch, "since_best": self.since_best}
+        return {
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "stopped": self.stopped,
+            "phase": self.phase,
+            "phase_epoch": self.phase_epoch,
+            "since_best": self.since_best,
+        }
 
     def restore(self, position: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
         self.history = list(position["history"])
-        self.best_epoch, self.stopped_early, self.stopped = position["best_epoch"], position["stopped_early"], position["stopped"]
-        self.phase, self.phase_epoch, self.since_best = position["phase"], position["phase_epoch"], position["since_best"]
+        self.best_epoch, self.stopped_early, self.stopped = (
+            position["best_epoch"],
+            position["stopped_early"],
+            position["stopped"],
+        )
+        self.phase, self.phase_epoch, self.since_best = (
+            position["phase"],
+            position["phase_epoch"],
+            position["since_best"],
+        )
         self.best_state = best_state
 
 
@@ -107,7 +123,9 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int):
     constant rate when there are too few steps for one (a handful of batches: OneCycleLR would divide by zero)."""
     if total_steps < MIN_ONE_CYCLE_STEPS:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, pct_start=0.25)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, pct_start=0.25
+    )
 
 
 def apply_plan(plan: FreezePlan, model: nn.Module) -> None:
@@ -170,7 +188,13 @@ def fit(
             optimizer.load_state_dict(optimizer_state)
             scheduler.load_state_dict(scheduler_state)
         else:
-            state.phase, state.phase_epoch, state.since_best, state.stopped_early, state.stopped = phase_index, 0, 0, False, ""
+            state.phase, state.phase_epoch, state.since_best, state.stopped_early, state.stopped = (
+                phase_index,
+                0,
+                0,
+                False,
+                "",
+            )
         state.optimizer, state.scheduler = optimizer, scheduler
         while state.phase_epoch < phase.epochs and not state.stopped:
             _run_epoch(state, phase, train_loader, valid_loader, start, patience, time_budget, epochs, runtime, hooks)
@@ -181,8 +205,18 @@ def fit(
     return state
 
 
-def _run_epoch(state: FitState, phase: Phase, train_loader, valid_loader, start: int, patience: int, time_budget: float | None,
-               total_epochs: int, runtime: Runtime, hooks: CallbackList) -> None:
+def _run_epoch(
+    state: FitState,
+    phase: Phase,
+    train_loader,
+    valid_loader,
+    start: int,
+    patience: int,
+    time_budget: float | None,
+    total_epochs: int,
+    runtime: Runtime,
+    hooks: CallbackList,
+) -> None:
     began = time.perf_counter()
     epoch = state.epoch + 1
     sampler = getattr(train_loader, "sampler", None)
@@ -190,9 +224,17 @@ def _run_epoch(state: FitState, phase: Phase, train_loader, valid_loader, start:
         sampler.set_epoch(epoch)
     train_fields = _train_one_epoch(state, phase.plan, train_loader, start, epoch, runtime, hooks)
     hooks.before_validate(state, len(valid_loader))
-    outputs, targets = collect_outputs(state.model, valid_loader, start=start, runtime=runtime, on_batch=hooks.after_validate_batch)
-    record = {"epoch": epoch, **train_fields, **state.objective.validate(outputs, targets, state.model),
-              "lr": float(state.optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - began, "phase": phase.name}
+    outputs, targets = collect_outputs(
+        state.model, valid_loader, start=start, runtime=runtime, on_batch=hooks.after_validate_batch
+    )
+    record = {
+        "epoch": epoch,
+        **train_fields,
+        **state.objective.validate(outputs, targets, state.model),
+        "lr": float(state.optimizer.param_groups[0]["lr"]),
+        "seconds": time.perf_counter() - began,
+        "phase": phase.name,
+    }
     state.improved = not state.history or state.objective.rank(record) > state.objective.rank(state.best_record)
     state.history.append(record)
     state.phase_epoch += 1
@@ -207,7 +249,9 @@ def _run_epoch(state: FitState, phase: Phase, train_loader, valid_loader, start:
         state.stopped = f"time budget of {time_budget:.0f}s used"
 
 
-def _train_one_epoch(state: FitState, plan: FreezePlan, loader, start: int, epoch: int, runtime: Runtime, hooks: CallbackList) -> dict[str, float]:
+def _train_one_epoch(
+    state: FitState, plan: FreezePlan, loader, start: int, epoch: int, runtime: Runtime, hooks: CallbackList
+) -> dict[str, float]:
     model, objective, optimizer, scheduler = state.model, state.objective, state.optimizer, state.scheduler
     for trunk in model.trunks().values():
         plan.train_mode(trunk)
@@ -219,8 +263,10 @@ def _train_one_epoch(state: FitState, plan: FreezePlan, loader, start: int, epoc
         loss = hooks.after_loss(state, objective.loss(outputs, targets, model))
         value = loss.item()
         if not math.isfinite(value):
-            raise TrainingError(f"the training loss became {value} in epoch {epoch}",
-                                hint="the learning rate is probably too high: try a 10x smaller --lr")
+            raise TrainingError(
+                f"the training loss became {value} in epoch {epoch}",
+                hint="the learning rate is probably too high: try a 10x smaller --lr",
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

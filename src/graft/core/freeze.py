@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from graft.errors import ConfigError
 from graft.core.model import TransferModel
+from graft.errors import ConfigError
 
 BN_POLICIES = ("train", "frozen")
 
@@ -52,7 +52,7 @@ class FreezePlan:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FreezePlan":
+    def from_dict(cls, data: dict[str, Any]) -> FreezePlan:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -81,9 +81,18 @@ class FreezePlan:
     def param_groups(self, model: TransferModel, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the head at ``lr``, trainable stages at ``lr * backbone_lr_mult``."""
         backbone = [p for stage in self.trainable_stages for p in model.stages[stage].parameters() if p.requires_grad]
-        groups = [{"name": "head", "params": list(model.head.parameters()), "lr": self.lr, "weight_decay": weight_decay}]
+        groups = [
+            {"name": "head", "params": list(model.head.parameters()), "lr": self.lr, "weight_decay": weight_decay}
+        ]
         if backbone:
-            groups.append({"name": "backbone", "params": backbone, "lr": self.lr * self.backbone_lr_mult, "weight_decay": weight_decay})
+            groups.append(
+                {
+                    "name": "backbone",
+                    "params": backbone,
+                    "lr": self.lr * self.backbone_lr_mult,
+                    "weight_decay": weight_decay,
+                }
+            )
         return groups
 
     def rows(self, model: TransferModel) -> list[dict[str, Any]]:
@@ -100,7 +109,15 @@ class FreezePlan:
                     "batchnorm": ("updates" if self.bn_policy == "train" else "frozen") if trains else "frozen",
                 }
             )
-        table.append({"part": "head (new)", "status": "trains", "params": sum(p.numel() for p in model.head.parameters()), "lr": self.lr, "batchnorm": "updates"})
+        table.append(
+            {
+                "part": "head (new)",
+                "status": "trains",
+                "params": sum(p.numel() for p in model.head.parameters()),
+                "lr": self.lr,
+                "batchnorm": "updates",
+            }
+        )
         return table
 
 

@@ -12,8 +12,9 @@ augmented: the classic loop. Nothing here knows what an example is (:mod:`graft.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from graft.perf import usable_cores
 
 if TYPE_CHECKING:
     from graft.core.modality import Modality
+
 
 def check_workers(num_workers: int | None) -> None:
     """``--workers`` is checked before any work starts (the DataLoader would only fail at the frozen pass)."""
@@ -44,8 +46,13 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores - 2)
 
 
-def make_loader(dataset: torch.utils.data.Dataset, batch_size: int | None, workers: int = 0, sampler: torch.utils.data.Sampler | None = None,
-                 collate_fn=None) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int | None,
+    workers: int = 0,
+    sampler: torch.utils.data.Sampler | None = None,
+    collate_fn=None,
+) -> torch.utils.data.DataLoader:
     """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
     seed from it each epoch, so merely iterating a loader would change the dropout masks).
     ``batch_size=None``: ``sampler`` yields whole batches of keys and the dataset returns whole batches."""
@@ -113,17 +120,32 @@ class CachedViews(torch.utils.data.Dataset):
         return batch, labels
 
 
-def cached_loader(views: Sequence[CachedRows], items: Sequence[tuple[str, Any]], seed: int, image_keys: Sequence[int], batch_size: int,
-                  shuffle: bool) -> torch.utils.data.DataLoader:
+def cached_loader(
+    views: Sequence[CachedRows],
+    items: Sequence[tuple[str, Any]],
+    seed: int,
+    image_keys: Sequence[int],
+    batch_size: int,
+    shuffle: bool,
+) -> torch.utils.data.DataLoader:
     """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
     a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives."""
-    return make_loader(CachedViews(views, [label for _, label in items], seed, image_keys), None,
-                        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size), collate_fn=whole_batches)
+    return make_loader(
+        CachedViews(views, [label for _, label in items], seed, image_keys),
+        None,
+        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size),
+        collate_fn=whole_batches,
+    )
 
 
 def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Any) -> dict[str, Any]:
     """The parts of an :class:`~graft.core.cache.ActivationKey` shared by every view: what the frozen stages are."""
-    return dict(architecture=architecture, weights=weights_digest(list(model.stages.values())[:stop]), preprocessing=preprocessing.to_dict(), stop=stop)
+    return dict(
+        architecture=architecture,
+        weights=weights_digest(list(model.stages.values())[:stop]),
+        preprocessing=preprocessing.to_dict(),
+        stop=stop,
+    )
 
 
 def frozen_rows(
@@ -149,9 +171,19 @@ def frozen_rows(
     per example with ``seed`` and ``keys``). ``workers``: processes of the frozen pass (default: the modality's)."""
 
     def compute(positions: list[int]):
-        return modality.frozen_pass(model, [items[p] for p in positions], base["stop"], preprocessing, round_=round_, seed=seed,
-                                    keys=None if keys is None else [keys[p] for p in positions], workers=workers, device=device,
-                                    progress=progress, description=description)
+        return modality.frozen_pass(
+            model,
+            [items[p] for p in positions],
+            base["stop"],
+            preprocessing,
+            round_=round_,
+            seed=seed,
+            keys=None if keys is None else [keys[p] for p in positions],
+            workers=workers,
+            device=device,
+            progress=progress,
+            description=description,
+        )
 
     return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
 
@@ -193,22 +225,56 @@ def build_inputs(
     keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
     if not cache or trainable_from == 0:
         workers = default_workers() if workers is None else workers
-        train = make_loader(modality.examples(splits["train"], preprocessing, augment=augment, seed=seed, keys=keys["train"]),
-                            batch_size, workers, EpochSampler(len(splits["train"]), seed))
-        evaluation = {name: make_loader(modality.examples(items, preprocessing, augment=False), batch_size, workers)
-                      for name, items in splits.items() if name != "train"}
-        return Inputs(train, evaluation, 0, {"cached": False, "augment": augment, "views": "fresh every epoch" if augment else 0})
+        train = make_loader(
+            modality.examples(splits["train"], preprocessing, augment=augment, seed=seed, keys=keys["train"]),
+            batch_size,
+            workers,
+            EpochSampler(len(splits["train"]), seed),
+        )
+        evaluation = {
+            name: make_loader(modality.examples(items, preprocessing, augment=False), batch_size, workers)
+            for name, items in splits.items()
+            if name != "train"
+        }
+        return Inputs(
+            train, evaluation, 0, {"cached": False, "augment": augment, "views": "fresh every epoch" if augment else 0}
+        )
 
     root = resolve_cache_dir(cache_dir)
     base = frozen_key(model, trainable_from, architecture, preprocessing)
 
-    def rows(items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str) -> CachedRows:
-        return frozen_rows(modality, model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base, view=view, root=root,
-                           workers=workers, seed=seed, round_=round_, keys=item_keys, progress=progress, description=description, device=device)
+    def rows(
+        items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str
+    ) -> CachedRows:
+        return frozen_rows(
+            modality,
+            model,
+            items,
+            [dataset.digest(path) for path, _ in items],
+            preprocessing,
+            base=base,
+            view=view,
+            root=root,
+            workers=workers,
+            seed=seed,
+            round_=round_,
+            keys=item_keys,
+            progress=progress,
+            description=description,
+            device=device,
+        )
 
     if augment and views > 0:
-        train_views = [rows(splits["train"], keys["train"], f"augmented:{v}:seed{seed}:{modality.augmentation_recipe}", v,
-                            f"frozen stages, train view {v}/{views}") for v in range(1, views + 1)]
+        train_views = [
+            rows(
+                splits["train"],
+                keys["train"],
+                f"augmented:{v}:seed{seed}:{modality.augmentation_recipe}",
+                v,
+                f"frozen stages, train view {v}/{views}",
+            )
+            for v in range(1, views + 1)
+        ]
     else:
         train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]
     train = cached_loader(train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True)
@@ -218,7 +284,18 @@ def build_inputs(
             cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
             evaluation[name] = cached_loader([cached], items, seed, keys[name], batch_size, shuffle=False)
     shape = train_views[0].row_shape
-    return Inputs(train, evaluation, trainable_from, {
-        "cached": True, "cache_dir": str(root), "augment": augment and views > 0, "views": views if augment else 0,
-        "activation_shape": list(shape), "start_stage": model.stage_names[trainable_from] if trainable_from < len(model.stages) else "pooled features",
-    })
+    return Inputs(
+        train,
+        evaluation,
+        trainable_from,
+        {
+            "cached": True,
+            "cache_dir": str(root),
+            "augment": augment and views > 0,
+            "views": views if augment else 0,
+            "activation_shape": list(shape),
+            "start_stage": model.stage_names[trainable_from]
+            if trainable_from < len(model.stages)
+            else "pooled features",
+        },
+    )

@@ -17,7 +17,8 @@ run's modality). A modality bundles three things:
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,9 +34,12 @@ class Modality(Protocol):
 
     # backbone adapter
     def load_backbone(self, name: str, *, weights: str | None = None, pretrained: bool = True) -> Any:
-        """``.model`` (nn.Module), ``.preprocessing`` (``to_dict()``), ``.report`` (``.architecture``, ``to_dict()``)."""
+        """``.model`` (nn.Module), ``.preprocessing`` (``to_dict()``), ``.report`` (``.architecture``,
+        ``to_dict()``)."""
 
-    def transfer_model(self, backbone: nn.Module, make_head: Callable[[int], nn.Module], input_size: int | None) -> nn.Module:
+    def transfer_model(
+        self, backbone: nn.Module, make_head: Callable[[int], nn.Module], input_size: int | None
+    ) -> nn.Module:
         """The backbone's stages and pooling with the head ``make_head(num_features)``."""
 
     def preprocessing(self, saved: dict[str, Any]) -> Any:
@@ -48,24 +52,44 @@ class Modality(Protocol):
     # data source
     def scan(self, location: str, *, valid_fraction: float, seed: int) -> Dataset: ...
 
-    def scan_for_evaluation(self, location: str, classes: Sequence[str]) -> tuple[list[tuple[str, int]], list[dict[str, str]], str]:
+    def scan_for_evaluation(
+        self, location: str, classes: Sequence[str]
+    ) -> tuple[list[tuple[str, int]], list[dict[str, str]], str]:
         """Labelled items to evaluate on (a test/ split if there is one), skipped files, and where they came from."""
 
     def expand(self, inputs: Sequence[str]) -> list[str]:
         """Files and folders given to ``predict`` as a list of example files."""
 
     # inputs
-    def examples(self, items: Sequence[tuple[str, Any]], preprocessing: Any, *, augment: bool, seed: int | None = None,
-                 keys: Sequence[int] | None = None) -> torch.utils.data.Dataset:
+    def examples(
+        self,
+        items: Sequence[tuple[str, Any]],
+        preprocessing: Any,
+        *,
+        augment: bool,
+        seed: int | None = None,
+        keys: Sequence[int] | None = None,
+    ) -> torch.utils.data.Dataset:
         """``(example, target)`` per item, indexed by position or by ``(epoch, position)`` keys; augmented
         (seeded from ``(seed, epoch, key)``) when ``augment``."""
 
-    def frozen_pass(self, model: nn.Module, items: Sequence[tuple[str, Any]], stop: int, preprocessing: Any, *, round_: int | None, seed: int | None,
-                    keys: Sequence[int] | None, workers: int | None, device: torch.device | None, progress: Any,
-                    description: str) -> Iterator[np.ndarray]:
+    def frozen_pass(
+        self,
+        model: nn.Module,
+        items: Sequence[tuple[str, Any]],
+        stop: int,
+        preprocessing: Any,
+        *,
+        round_: int | None,
+        seed: int | None,
+        keys: Sequence[int] | None,
+        workers: int | None,
+        device: torch.device | None,
+        progress: Any,
+        description: str,
+    ) -> Iterator[np.ndarray]:
         """Activations of stages ``[0, stop)`` for ``items`` in order, batch by batch: the clean view, or
         augmented view ``round_``."""
-
 
     # evidence for the advisor
     def probe(self, loaded: Any, items: Sequence[tuple[str, int]], batch_size: int = 16) -> Any:
@@ -91,8 +115,10 @@ def register_modality(name: str, where: str) -> None:
 def modality(name: str = DEFAULT) -> Modality:
     """The modality registered as ``name``."""
     if name not in MODALITIES:
-        raise ConfigError(f"unknown modality '{name}' (this graft knows {', '.join(sorted(MODALITIES))})",
-                          hint="was the run written by a newer graft, or with a plug-in that is not installed?")
+        raise ConfigError(
+            f"unknown modality '{name}' (this graft knows {', '.join(sorted(MODALITIES))})",
+            hint="was the run written by a newer graft, or with a plug-in that is not installed?",
+        )
     module, _, attribute = MODALITIES[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
 

@@ -9,7 +9,7 @@ and how a tensor entering a stage should be laid out (images: channels-last); se
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -19,8 +19,14 @@ class TransferModel(nn.Module):
     """``stages`` (named, in order), ``pool`` (a stage's output to ``(batch, num_features)``), ``head``.
     ``layout``, if given, prepares a tensor before it enters a stage (a plain function, not saved)."""
 
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", head: nn.Module, num_features: int, pool: nn.Module | None = None,
-                 layout: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        stages: OrderedDict[str, nn.Module],
+        head: nn.Module,
+        num_features: int,
+        pool: nn.Module | None = None,
+        layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.stages = nn.ModuleDict(stages)
         self.pool = pool if pool is not None else nn.Identity()
@@ -32,7 +38,7 @@ class TransferModel(nn.Module):
     def stage_names(self) -> list[str]:
         return list(self.stages.keys())
 
-    def trunks(self) -> dict[str, "TransferModel"]:
+    def trunks(self) -> dict[str, TransferModel]:
         """The parts a freeze plan applies to (the training loop's view of a model): this one."""
         return {"": self}
 
@@ -54,7 +60,9 @@ class TransferModel(nn.Module):
 
 
 class _Prefix(nn.Module):
-    def __init__(self, stages: list[nn.Module], pool: nn.Module | None, layout: Callable[[torch.Tensor], torch.Tensor] | None):
+    def __init__(
+        self, stages: list[nn.Module], pool: nn.Module | None, layout: Callable[[torch.Tensor], torch.Tensor] | None
+    ):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.pool = pool

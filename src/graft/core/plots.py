@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 from graft.fileio import atomic_write_bytes
 
@@ -44,7 +44,8 @@ def learning_curve(history: list[dict], path, title: str = "") -> None:
     _save(figure, path)
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "confusion matrix") -> None:
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
+    """A confusion matrix as a matplotlib figure, counts written in the cells."""
     size = max(4.0, 0.55 * len(classes) + 2)
     figure, axis = _pyplot().subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
@@ -55,7 +56,13 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
-    _save(figure, path)
+    return figure
+
+
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "confusion matrix"
+) -> None:
+    _save(confusion_figure(matrix, classes, title), path)
 
 
 def task_curves(history: list[dict], path, title: str = "") -> None:

@@ -38,26 +38,45 @@ def render(run_path: Path, config: dict, plan_rows: list[dict], history: list[di
     summary = [
         {"what": "backbone", "value": f"{config['backbone']['name']} ({config['backbone']['load_report']['source']})"},
         {"what": "mode", "value": config["mode"]},
-        {"what": "tasks" if tasks else "classes", "value": ", ".join(t["name"] for t in tasks) if tasks else ", ".join(config["classes"])},
-        {"what": "images (train / valid / test)", "value": " / ".join(str(config["data"]["counts"].get(s, 0)) for s in ("train", "valid", "test"))},
+        {
+            "what": "tasks" if tasks else "classes",
+            "value": ", ".join(t["name"] for t in tasks) if tasks else ", ".join(config["classes"]),
+        },
+        {
+            "what": "images (train / valid / test)",
+            "value": " / ".join(str(config["data"]["counts"].get(s, 0)) for s in ("train", "valid", "test")),
+        },
         {"what": "skipped files", "value": str(config["data"]["skipped"])},
         {"what": "best epoch", "value": str(metrics.get("best_epoch", ""))},
     ]
     final = "test" if "test" in metrics else "valid"
     if tasks:
-        scores = [{"split": split, "task": name, **{k: v for k, v in entry.items() if isinstance(v, (int, float))}}
-                  for split in ("valid", "test") if split in metrics for name, entry in metrics[split]["tasks"].items()]
-        per_class = [{"task": task["name"], "class": name, **values}
-                     for task in tasks for name, values in metrics[final]["tasks"][task["name"]].get("per_class", {}).items()]
+        scores = [
+            {"split": split, "task": name, **{k: v for k, v in entry.items() if isinstance(v, (int, float))}}
+            for split in ("valid", "test")
+            if split in metrics
+            for name, entry in metrics[split]["tasks"].items()
+        ]
+        per_class = [
+            {"task": task["name"], "class": name, **values}
+            for task in tasks
+            for name, values in metrics[final]["tasks"][task["name"]].get("per_class", {}).items()
+        ]
         confusion = "".join(_image(run_path / f"confusion_matrix_{task['name']}.png") for task in tasks)
     else:
-        scores = [{"split": split, "accuracy": m["accuracy"], "loss": m["loss"], "n": m["n"]} for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
+        scores = [
+            {"split": split, "accuracy": m["accuracy"], "loss": m["loss"], "n": m["n"]}
+            for split, m in metrics.items()
+            if isinstance(m, dict) and "accuracy" in m
+        ]
         per_class = [{"class": name, **values} for name, values in metrics.get(final, {}).get("per_class", {}).items()]
         confusion = _image(run_path / "confusion_matrix.png")
     rows = [{k: v for k, v in record.items() if not isinstance(v, dict)} for record in history]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>graft run {html.escape(run_path.name)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head><body>
+<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}
+</style></head><body>
 <h1>graft run: {html.escape(run_path.name)}</h1>
 {_table(summary)}
 <h2>Scores</h2>{_table(scores)}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
 
 def item_seed(seed: int, round_: int, item: int) -> int:
     """A well-mixed 63-bit seed for one image in one epoch (or one cached view)."""
-    return int(np.random.SeedSequence([seed % 2**63, round_ % 2**63, item % 2**64]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+    return int(np.random.SeedSequence([seed % 2**63, round_ % 2**63, item % 2**64]).generate_state(1, np.uint64)[0]) & (
+        2**63 - 1
+    )
 
 
 @contextlib.contextmanager
@@ -73,12 +76,20 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size if self.batch_size is None else len(torch.utils.data.BatchSampler(range(self.size), self.batch_size, drop_last=False))
+        return (
+            self.size
+            if self.batch_size is None
+            else len(torch.utils.data.BatchSampler(range(self.size), self.batch_size, drop_last=False))
+        )
 
     def __iter__(self):
         """Keys one by one, or with ``batch_size`` lists of them (the last one shorter): the batches a
         DataLoader of that batch size would form, for datasets that read a whole batch at once."""
-        order = np.random.default_rng([self.seed % 2**32, self.epoch]).permutation(self.size) if self.shuffle else range(self.size)
+        order = (
+            np.random.default_rng([self.seed % 2**32, self.epoch]).permutation(self.size)
+            if self.shuffle
+            else range(self.size)
+        )
         keys = [(self.epoch, int(index)) for index in order]
         if self.batch_size is None:
             return iter(keys)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
+from graft.core.freeze import FreezePlan
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_tensors, read_json
-from graft.core.freeze import FreezePlan
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -48,23 +49,36 @@ class RunFolder:
     def config_to_resume(self) -> dict[str, Any]:
         """The config of an unfinished run that ``--resume`` can continue; a clear error for anything else."""
         if not (self / CONFIG).is_file() or not (self / MANIFEST).is_file():
-            raise RunFolderError(f"'{self.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
-                                 hint="start it with graft train DATA --out RUN")
+            raise RunFolderError(
+                f"'{self.path}' is not a graft run folder that can be resumed (no config.json or manifest.json)",
+                hint="start it with graft train DATA --out RUN",
+            )
         config = read_config(self.path)
         if "options" not in config:
-            raise RunFolderError(f"'{self.path}' was written without its training options (an older graft); it cannot be resumed")
+            raise RunFolderError(
+                f"'{self.path}' was written without its training options (an older graft); it cannot be resumed"
+            )
         if not (self / CHECKPOINT).is_file() and (self / METRICS).is_file():
-            raise RunFolderError(f"'{self.path}' is a finished run; there is nothing to resume", hint=f"graft evaluate {self.path}, or train again with another --out")
+            raise RunFolderError(
+                f"'{self.path}' is a finished run; there is nothing to resume",
+                hint=f"graft evaluate {self.path}, or train again with another --out",
+            )
         return config
 
     def refuse_unfinished(self) -> None:
         """Training afresh into a killed run's folder would destroy what ``--resume`` can continue."""
         if (self / CHECKPOINT).is_file():
-            raise RunFolderError(f"'{self.path}' holds an unfinished run", hint=f"continue it with: graft train --resume {self.path} (or choose another --out)")
+            raise RunFolderError(
+                f"'{self.path}' holds an unfinished run",
+                hint=f"continue it with: graft train --resume {self.path} (or choose another --out)",
+            )
 
     def interrupted(self) -> TrainingInterrupted:
         """The error for Ctrl-C during training: every completed epoch is in this folder."""
-        return TrainingInterrupted(f"interrupted; every completed epoch is saved in '{self.path}'", hint=f"continue with: graft train --resume {self.path}")
+        return TrainingInterrupted(
+            f"interrupted; every completed epoch is saved in '{self.path}'",
+            hint=f"continue with: graft train --resume {self.path}",
+        )
 
     def prepare(self) -> None:
         """Create the folder and prove it is writable now, not after an hour of training."""
@@ -74,7 +88,9 @@ class RunFolder:
             probe.write_bytes(b"x" * 65536)
             probe.unlink()
         except OSError as error:
-            raise RunFolderError(f"cannot write to run folder '{self.path}': {error.strerror or error}", hint="choose another --out") from None
+            raise RunFolderError(
+                f"cannot write to run folder '{self.path}': {error.strerror or error}", hint="choose another --out"
+            ) from None
 
     def require_space(self, model: torch.nn.Module) -> None:
         """Fail now if the disk cannot hold the weights and checkpoints this run will write."""
@@ -84,8 +100,10 @@ class RunFolder:
         needed = parameter_bytes * 6 + (16 << 20)  # weights, checkpoint (current + best + two Adam moments), plots
         free = shutil.disk_usage(self.path).free
         if free < needed:
-            raise RunFolderError(f"only {free / 1e6:.0f} MB free where '{self.path}' lives; this run needs about {needed / 1e6:.0f} MB",
-                                 hint="free some space or choose another --out")
+            raise RunFolderError(
+                f"only {free / 1e6:.0f} MB free where '{self.path}' lives; this run needs about {needed / 1e6:.0f} MB",
+                hint="free some space or choose another --out",
+            )
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
@@ -148,8 +166,10 @@ def run_kind(kind: str) -> Any:
     import importlib
 
     if kind not in RUN_KINDS:
-        raise RunFolderError(f"unknown run kind '{kind}' (this graft knows {', '.join(sorted(RUN_KINDS))})",
-                             hint="was the run written by a newer graft, or by a plug-in that is not installed?")
+        raise RunFolderError(
+            f"unknown run kind '{kind}' (this graft knows {', '.join(sorted(RUN_KINDS))})",
+            hint="was the run written by a newer graft, or by a plug-in that is not installed?",
+        )
     module, _, name = RUN_KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -177,7 +197,10 @@ def load_run(path: str | os.PathLike) -> TrainedRun:
         raise RunFolderError(f"run folder '{folder}' does not exist")
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
-            raise RunFolderError(f"run folder '{folder}' has no {name}", hint="is this a folder written by graft train (and did it finish an epoch)?")
+            raise RunFolderError(
+                f"run folder '{folder}' has no {name}",
+                hint="is this a folder written by graft train (and did it finish an epoch)?",
+            )
     config = read_config(folder)
     return run_kind(kind_of(config)).load_trained(folder, config)
 
@@ -191,7 +214,9 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise RunFolderError(f"'{folder / WEIGHTS}' does not match the config's model: {str(error).splitlines()[0]}") from None
+        raise RunFolderError(
+            f"'{folder / WEIGHTS}' does not match the config's model: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def load_plan(path: str | os.PathLike) -> FreezePlan:

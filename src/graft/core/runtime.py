@@ -24,7 +24,9 @@ def resolve_device(name: str | None) -> torch.device:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got '{name}'")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: torch sees no CUDA GPU on this machine", hint="use --device cpu (or auto)")
+            raise ConfigError(
+                f"--device {name}: torch sees no CUDA GPU on this machine", hint="use --device cpu (or auto)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
     return device
@@ -37,7 +39,7 @@ class Runtime:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def create(cls, device: str | None = None) -> "Runtime":
+    def create(cls, device: str | None = None) -> Runtime:
         return cls(resolve_device(device))
 
     @property

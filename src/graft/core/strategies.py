@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from graft.errors import ConfigError
-from graft.core.freeze import FreezePlan
-
 from graft.core.config import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
+from graft.core.freeze import FreezePlan
+from graft.errors import ConfigError
 
 MODES = ("extract", "finetune")
 AUTO = "auto"  # measured by graft.core.advisor, then one of MODES
@@ -30,7 +29,8 @@ def plan_for_mode(
     backbone_lr_mult: float | None = None,
     bn_policy: str | None = None,
 ) -> FreezePlan:
-    """Build the freeze plan for ``mode``: ``extract`` freezes everything; ``finetune`` trains the last ``unfreeze`` stages."""
+    """Build the freeze plan for ``mode``: ``extract`` freezes everything; ``finetune`` trains the last
+    ``unfreeze`` stages."""
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES + (AUTO,))}; got '{mode}'")
     lr = DEFAULT_LR[mode] if lr is None else lr
@@ -38,14 +38,28 @@ def plan_for_mode(
     bn_policy = DEFAULT_BN if bn_policy is None else bn_policy
     if mode == "extract":
         if unfreeze not in (None, 0):
-            raise ConfigError("--unfreeze only applies to --mode finetune", hint="drop --unfreeze or use --mode finetune")
-        return FreezePlan(stages=tuple(stages), trainable_from=len(stages), lr=lr, backbone_lr_mult=backbone_lr_mult, bn_policy="frozen")
+            raise ConfigError(
+                "--unfreeze only applies to --mode finetune", hint="drop --unfreeze or use --mode finetune"
+            )
+        return FreezePlan(
+            stages=tuple(stages),
+            trainable_from=len(stages),
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            bn_policy="frozen",
+        )
     count = default_unfreeze(len(stages)) if unfreeze is None else unfreeze
     if not 1 <= count <= len(stages):
         raise ConfigError(
             f"--unfreeze must be between 1 and {len(stages)} (this backbone's stages: {', '.join(stages)}); got {count}"
         )
-    return FreezePlan(stages=tuple(stages), trainable_from=len(stages) - count, lr=lr, backbone_lr_mult=backbone_lr_mult, bn_policy=bn_policy)
+    return FreezePlan(
+        stages=tuple(stages),
+        trainable_from=len(stages) - count,
+        lr=lr,
+        backbone_lr_mult=backbone_lr_mult,
+        bn_policy=bn_policy,
+    )
 
 
 def resolve_auto(advised: dict[str, Any], **given: Any) -> dict[str, Any]:
@@ -53,7 +67,9 @@ def resolve_auto(advised: dict[str, Any], **given: Any) -> dict[str, Any]:
 
     Returns ``mode, unfreeze, epochs, lr, backbone_lr_mult, bn, head_epochs``.
     """
-    resolved = {key: advised[key] for key in ("mode", "unfreeze", "epochs", "lr", "backbone_lr_mult", "bn", "head_epochs")}
+    resolved = {
+        key: advised[key] for key in ("mode", "unfreeze", "epochs", "lr", "backbone_lr_mult", "bn", "head_epochs")
+    }
     resolved.update({key: value for key, value in given.items() if value is not None})
     if resolved["mode"] == "extract":
         resolved["unfreeze"] = None

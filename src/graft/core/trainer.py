@@ -22,24 +22,39 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from graft.core import report
 from graft.console import progress as make_progress
 from graft.console import stderr, table
-from graft.core.callbacks import ProgressBars
+from graft.core import report
+from graft.core.callbacks import ProgressBars, TensorBoardLog
 from graft.core.checkpoint import load_checkpoint
 from graft.core.config import RunConfig, validate
 from graft.core.evaluation import collect_outputs
 from graft.core.fit import apply_plan, fit
-from graft.core.objectives import Objective
-from graft.core.runtime import Runtime
-from graft.errors import RunFolderError, TrainingError
 from graft.core.freeze import FreezePlan, parameter_counts
 from graft.core.inputs import Inputs, build_inputs, check_workers
 from graft.core.modality import Modality, modality_for, modality_of
 from graft.core.model import TransferModel
+from graft.core.objectives import Objective
 from graft.core.reproducibility import seed_everything
-from graft.core.runs import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS, RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
+from graft.core.runs import (
+    ADVICE,
+    CHECKPOINT,
+    CONFIG,
+    LEARNING_CURVE,
+    MANIFEST,
+    METRICS,
+    PLAN,
+    REPORT,
+    WEIGHTS,
+    RunFolder,
+    SaveEveryEpoch,
+    kind_of,
+    load_plan,
+    run_kind,
+)
+from graft.core.runtime import Runtime
 from graft.core.strategies import AUTO, plan_for_mode
+from graft.errors import RunFolderError, TrainingError
 
 
 class RunKind(Protocol):
@@ -56,7 +71,9 @@ class RunKind(Protocol):
     def advice_view(self, dataset: Any) -> Any:
         """A one-label view of the data for the advisor (``--mode auto``)."""
 
-    def build_model(self, config: RunConfig, modality: Modality, make_backbone, dataset: Any, input_size: int | None) -> nn.Module:
+    def build_model(
+        self, config: RunConfig, modality: Modality, make_backbone, dataset: Any, input_size: int | None
+    ) -> nn.Module:
         """The model: pretrained stages and the new heads (``make_backbone()`` gives a fresh backbone)."""
 
     def frozen_trunk(self, model: nn.Module) -> TransferModel:
@@ -73,8 +90,16 @@ class RunKind(Protocol):
     def metrics(self, outputs: Any, targets: Any, dataset: Any, objective: Objective) -> dict[str, Any]:
         """One split's metrics from the model's outputs."""
 
-    def finish(self, run: RunFolder, history: list[dict], metrics: dict[str, Any], dataset: Any, model: nn.Module, objective: Objective,
-               title: str) -> dict[str, Any]:
+    def finish(
+        self,
+        run: RunFolder,
+        history: list[dict],
+        metrics: dict[str, Any],
+        dataset: Any,
+        model: nn.Module,
+        objective: Objective,
+        title: str,
+    ) -> dict[str, Any]:
         """Plots and the kind's extra metrics (added to ``metrics``); returns the kind's fields of the summary."""
 
     def plot_history(self, history: list[dict], path, title: str) -> None: ...
@@ -86,7 +111,9 @@ class RunKind(Protocol):
         """A finished run loaded for prediction and evaluation (:class:`graft.core.runs.TrainedRun`)."""
 
 
-def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+def train(
+    config: RunConfig, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False
+) -> dict[str, Any]:
     """Train into the run folder ``out`` (never over an unfinished run); returns the ``train`` JSON summary."""
     began = time.perf_counter()
     validate(config)
@@ -108,15 +135,29 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
         advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, source, seed=config.seed)
     config = config.resolved(advice.plan.to_dict() if advice is not None else None)
     validate(config)  # what config.json will hold, and --resume will check again
-    preprocessing = loaded.preprocessing if config.image_size is None else source.with_input_size(loaded.preprocessing, config.image_size)
+    preprocessing = (
+        loaded.preprocessing
+        if config.image_size is None
+        else source.with_input_size(loaded.preprocessing, config.image_size)
+    )
     first = [loaded.model]  # the backbone just loaded serves the first tower; more towers load fresh copies
 
     def make_backbone() -> nn.Module:
-        return first.pop() if first else source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
+        return (
+            first.pop()
+            if first
+            else source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
+        )
 
     model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
-    plan = plan_for_mode(config.mode, model.stage_names, lr=config.lr, unfreeze=config.unfreeze, backbone_lr_mult=config.backbone_lr_mult,
-                         bn_policy=config.bn)
+    plan = plan_for_mode(
+        config.mode,
+        model.stage_names,
+        lr=config.lr,
+        unfreeze=config.unfreeze,
+        backbone_lr_mult=config.backbone_lr_mult,
+        bn_policy=config.bn,
+    )
     apply_plan(plan, model)
     objective = kind.objective(config, dataset)
     run.require_space(model)
@@ -125,31 +166,56 @@ def train(config: RunConfig, out: str | os.PathLike, *, num_workers: int | None 
         "modality": source.name,
         "graft_version": _version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": {"root": config.data, "layout": getattr(dataset, "layout", kind.name), "counts": {k: len(v) for k, v in dataset.splits.items()},
-                 "skipped": len(dataset.skipped)},
-        "backbone": {"name": config.backbone, "architecture": loaded.report.architecture, "load_report": loaded.report.to_dict()},
+        "data": {
+            "root": config.data,
+            "layout": getattr(dataset, "layout", kind.name),
+            "counts": {k: len(v) for k, v in dataset.splits.items()},
+            "skipped": len(dataset.skipped),
+        },
+        "backbone": {
+            "name": config.backbone,
+            "architecture": loaded.report.architecture,
+            "load_report": loaded.report.to_dict(),
+        },
         "preprocessing": preprocessing.to_dict(),
         "mode": config.mode,
         "head": config.head,
         "options": config.to_dict(),
         "hyperparameters": {
-            "epochs": config.epochs, "lr": plan.lr, "backbone_lr_mult": plan.backbone_lr_mult, "batch_size": config.batch_size,
-            "seed": config.seed, "patience": config.patience, "augment": config.augment, "views": config.views, "bn": plan.bn_policy,
-            "unfreeze": len(plan.trainable_stages), "valid_fraction": config.valid_fraction, "deterministic": config.deterministic,
-            "head_epochs": config.head_epochs or 0, "time_budget": config.time_budget,
+            "epochs": config.epochs,
+            "lr": plan.lr,
+            "backbone_lr_mult": plan.backbone_lr_mult,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "patience": config.patience,
+            "augment": config.augment,
+            "views": config.views,
+            "bn": plan.bn_policy,
+            "unfreeze": len(plan.trainable_stages),
+            "valid_fraction": config.valid_fraction,
+            "deterministic": config.deterministic,
+            "head_epochs": config.head_epochs or 0,
+            "time_budget": config.time_budget,
         },
         "params": parameter_counts(model),
         **kind.config_section(config, dataset, objective, model),
     }
     if advice is not None:
-        saved["advice"] = {"file": ADVICE, "scenario": advice.scenario, "similarity": advice.similarity, "plan": advice.plan.to_dict()}
+        saved["advice"] = {
+            "file": ADVICE,
+            "scenario": advice.scenario,
+            "similarity": advice.similarity,
+            "plan": advice.plan.to_dict(),
+        }
         run.write_json(ADVICE, advice.to_dict())
     if not quiet:
         _print_plan(kind, dataset, config, model, plan, advice)
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
     run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
-    summary = _execute(run, saved, config, kind, source, dataset, model, plan, objective, runtime, False, num_workers, quiet, began)
+    summary = _execute(
+        run, saved, config, kind, source, dataset, model, plan, objective, runtime, False, num_workers, quiet, began
+    )
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     return summary
@@ -171,7 +237,9 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     has_checkpoint = (run / CHECKPOINT).is_file()
 
     def make_backbone() -> nn.Module:  # the checkpoint holds every weight: no need to read pretrained ones
-        return source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained and not has_checkpoint).model
+        return source.load_backbone(
+            config.backbone, weights=config.weights, pretrained=config.pretrained and not has_checkpoint
+        ).model
 
     preprocessing = _saved_preprocessing(run, saved, source)
     model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
@@ -179,8 +247,30 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     apply_plan(plan, model)
     objective = kind.objective(config, dataset)
     if not quiet:
-        stderr.print(f"[bold]graft train --resume[/] {run.path}: " + ("continuing after the last completed epoch" if has_checkpoint else "starting over (no epoch had finished)"))
-    return _execute(run, saved, config, kind, source, dataset, model, plan, objective, runtime, has_checkpoint, num_workers, quiet, began)
+        stderr.print(
+            f"[bold]graft train --resume[/] {run.path}: "
+            + (
+                "continuing after the last completed epoch"
+                if has_checkpoint
+                else "starting over (no epoch had finished)"
+            )
+        )
+    return _execute(
+        run,
+        saved,
+        config,
+        kind,
+        source,
+        dataset,
+        model,
+        plan,
+        objective,
+        runtime,
+        has_checkpoint,
+        num_workers,
+        quiet,
+        began,
+    )
 
 
 def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality) -> Any:
@@ -190,54 +280,129 @@ def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality
         raise RunFolderError(f"'{run / CONFIG}' has no valid preprocessing ({type(error).__name__}: {error})") from None
 
 
-def _execute(run: RunFolder, saved: dict, config: RunConfig, kind: RunKind, source: Modality, dataset, model: nn.Module, plan: FreezePlan,
-             objective: Objective, runtime: Runtime, resuming: bool, num_workers: int | None, quiet: bool, began: float) -> dict[str, Any]:
+def _execute(
+    run: RunFolder,
+    saved: dict,
+    config: RunConfig,
+    kind: RunKind,
+    source: Modality,
+    dataset,
+    model: nn.Module,
+    plan: FreezePlan,
+    objective: Objective,
+    runtime: Runtime,
+    resuming: bool,
+    num_workers: int | None,
+    quiet: bool,
+    began: float,
+) -> dict[str, Any]:
     preprocessing = _saved_preprocessing(run, saved, source)
     title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
     objective.to(runtime.device)
     saver = SaveEveryEpoch(run, lambda history: kind.plot_history(history, run / LEARNING_CURVE, title))
+    logger = TensorBoardLog(run / "tensorboard") if config.log == "tensorboard" else None
     try:
         with make_progress(quiet) as progress:
-            inputs = build_inputs(source, kind.frozen_trunk(model), dataset, preprocessing, architecture=saved["backbone"]["architecture"],
-                                  trainable_from=plan.trainable_from, augment=config.augment, views=config.views or 0, seed=config.seed,
-                                  batch_size=config.batch_size, workers=num_workers, cache=config.cache, cache_dir=config.cache_dir,
-                                  progress=progress, device=runtime.device)
+            inputs = build_inputs(
+                source,
+                kind.frozen_trunk(model),
+                dataset,
+                preprocessing,
+                architecture=saved["backbone"]["architecture"],
+                trainable_from=plan.trainable_from,
+                augment=config.augment,
+                views=config.views or 0,
+                seed=config.seed,
+                batch_size=config.batch_size,
+                workers=num_workers,
+                cache=config.cache,
+                cache_dir=config.cache_dir,
+                progress=progress,
+                device=runtime.device,
+            )
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))
             state = optimizer_state = scheduler_state = None
             if resuming:  # last: building the model and inputs must not disturb the random state it restores
                 state, optimizer_state, scheduler_state = load_checkpoint(run / CHECKPOINT, model, objective)
-            state = fit(model, objective, plan, inputs.train, inputs.evaluation["valid"], epochs=config.epochs, head_epochs=config.head_epochs or 0,
-                        patience=config.patience, start=inputs.start, time_budget=config.time_budget, callbacks=[ProgressBars(progress), saver],
-                        runtime=runtime, resume=state, optimizer_state=optimizer_state, scheduler_state=scheduler_state)
+            state = fit(
+                model,
+                objective,
+                plan,
+                inputs.train,
+                inputs.evaluation["valid"],
+                epochs=config.epochs,
+                head_epochs=config.head_epochs or 0,
+                patience=config.patience,
+                start=inputs.start,
+                time_budget=config.time_budget,
+                callbacks=[ProgressBars(progress), saver, *([logger] if logger else [])],
+                runtime=runtime,
+                resume=state,
+                optimizer_state=optimizer_state,
+                scheduler_state=scheduler_state,
+            )
             fitted = time.perf_counter()
             metrics: dict[str, Any] = {}
             for split, loader in inputs.evaluation.items():
                 outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
                 metrics[split] = kind.metrics(outputs, targets, dataset, objective)
+            if logger is not None:
+                logger.log_evaluation(metrics, state.epoch)
     except KeyboardInterrupt:
         raise run.interrupted() from None
     except TrainingError as error:
-        kept = f"the best weights so far are in '{run / WEIGHTS}'" if (run / WEIGHTS).is_file() else "no epoch had finished"
+        kept = (
+            f"the best weights so far are in '{run / WEIGHTS}'"
+            if (run / WEIGHTS).is_file()
+            else "no epoch had finished"
+        )
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None
-    metrics.update({"best_epoch": state.best_epoch, "stopped": state.stopped or f"{len(state.history)} epochs", "inputs": inputs.description})
+    finally:
+        if logger is not None:
+            logger.close()
+    metrics.update(
+        {
+            "best_epoch": state.best_epoch,
+            "stopped": state.stopped or f"{len(state.history)} epochs",
+            "inputs": inputs.description,
+        }
+    )
     own = kind.finish(run, state.history, metrics, dataset, model, objective, title)
     seconds = time.perf_counter() - began
     metrics["seconds"] = seconds
-    metrics["phase_seconds"] = {"prepare": prepared - began, "fit": fitted - prepared, "evaluate": time.perf_counter() - fitted}
+    metrics["phase_seconds"] = {
+        "prepare": prepared - began,
+        "fit": fitted - prepared,
+        "evaluate": time.perf_counter() - fitted,
+    }
     run.write_json(METRICS, metrics)
     run.write_text(REPORT, report.render(run.path, saved, plan.rows(kind.frozen_trunk(model)), state.history, metrics))
     (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     summary = {
-        "run": str(run.path), "kind": kind.name, "mode": config.mode, "backbone": config.backbone, "best_epoch": state.best_epoch,
-        "epochs_run": len(state.history), "stopped": metrics["stopped"], **own, "seconds": seconds, "phase_seconds": metrics["phase_seconds"],
-        "params": saved["params"], "skipped": len(dataset.skipped), "unfreeze": len(plan.trainable_stages), "head_epochs": config.head_epochs or 0,
+        "run": str(run.path),
+        "kind": kind.name,
+        "mode": config.mode,
+        "backbone": config.backbone,
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped": metrics["stopped"],
+        **own,
+        "seconds": seconds,
+        "phase_seconds": metrics["phase_seconds"],
+        "params": saved["params"],
+        "skipped": len(dataset.skipped),
+        "unfreeze": len(plan.trainable_stages),
+        "head_epochs": config.head_epochs or 0,
         "cached": inputs.description["cached"],
     }
     if not quiet:
-        stderr.print(f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, {kind.results(metrics)}; run saved to {run.path}")
+        stderr.print(
+            f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, {kind.results(metrics)}; run saved to "
+            f"{run.path}"
+        )
     return summary
 
 
@@ -245,25 +410,46 @@ def _describe_inputs(inputs: Inputs, seconds: float) -> str:
     described = inputs.description
     if not described["cached"]:
         return f"inputs: images through the whole network every epoch (augmentation: {described['views']})"
-    views = f"{described['views']} augmented view(s) per training image" if described["views"] else "the clean view of each image"
-    return (f"inputs: activations of the frozen stages, cached at '{described['start_stage']}' {tuple(described['activation_shape'])} "
-            f"for {views} ({seconds:.1f}s so far; cache: {described['cache_dir']})")
+    views = (
+        f"{described['views']} augmented view(s) per training image"
+        if described["views"]
+        else "the clean view of each image"
+    )
+    return (
+        f"inputs: activations of the frozen stages, cached at '{described['start_stage']}' "
+        f"{tuple(described['activation_shape'])} "
+        f"for {views} ({seconds:.1f}s so far; cache: {described['cache_dir']})"
+    )
 
 
 def _print_plan(kind: RunKind, dataset, config: RunConfig, model: nn.Module, plan: FreezePlan, advice) -> None:
-    stderr.print(f"[bold]graft train[/]: {kind.headline(dataset)}; "
-                 + ", ".join(f"{name} {len(items)}" for name, items in dataset.splits.items())
-                 + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else "")
-                 + (f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {config.data} lists them)" if getattr(dataset, "warnings", None) else ""))
+    stderr.print(
+        f"[bold]graft train[/]: {kind.headline(dataset)}; "
+        + ", ".join(f"{name} {len(items)}" for name, items in dataset.splits.items())
+        + (f"; [yellow]{len(dataset.skipped)} file(s) skipped (see manifest.json)[/]" if dataset.skipped else "")
+        + (
+            f"; [yellow]{len(dataset.warnings)} warning(s)[/] (graft check {config.data} lists them)"
+            if getattr(dataset, "warnings", None)
+            else ""
+        )
+    )
     trunks = model.trunks()
     rows = plan.rows(next(iter(trunks.values())))
     per = f", {len(trunks)} towers, each" if len(trunks) > 1 else ""
-    stderr.print(table(f"freeze plan ({config.mode}, {config.backbone}{per})", ["part", "status", "params", "lr", "batchnorm"],
-                       [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}", r["batchnorm"]] for r in rows]))
+    stderr.print(
+        table(
+            f"freeze plan ({config.mode}, {config.backbone}{per})",
+            ["part", "status", "params", "lr", "batchnorm"],
+            [[r["part"], r["status"], f"{r['params']:,}", f"{r['lr']:.2g}", r["batchnorm"]] for r in rows],
+        )
+    )
     counts = parameter_counts(model)
     stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")
     if advice is not None:
-        stderr.print(f"[bold]advice[/]: scenario {advice.scenario}, similarity {advice.similarity:.2f}; " + "; ".join(advice.reasons[2:]))
+        stderr.print(
+            f"[bold]advice[/]: scenario {advice.scenario}, similarity {advice.similarity:.2f}; "
+            + "; ".join(advice.reasons[2:])
+        )
 
 
 def _version() -> str:

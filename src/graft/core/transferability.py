@@ -21,7 +21,9 @@ from graft.errors import DataError
 __all__ = ["logme"]
 
 
-def _evidence(projected: np.ndarray, residual_outside: float, eigenvalues: np.ndarray, n: int, d: int, iterations: int) -> float:
+def _evidence(
+    projected: np.ndarray, residual_outside: float, eigenvalues: np.ndarray, n: int, d: int, iterations: int
+) -> float:
     """Maximised log evidence of one target column, from its projection on the feature SVD basis.
 
     ``projected`` = ``U^T y`` (length r), ``residual_outside`` = ``|y|^2 - |U^T y|^2`` (the part of y the
@@ -32,7 +34,9 @@ def _evidence(projected: np.ndarray, residual_outside: float, eigenvalues: np.nd
         shrink = beta * eigenvalues / (alpha + beta * eigenvalues)
         gamma = float(shrink.sum())  # effective number of well-determined parameters
         mean_norm = float(np.sum(beta**2 * eigenvalues * projected**2 / (alpha + beta * eigenvalues) ** 2))  # |m|^2
-        residual = float(np.sum((alpha * projected / (alpha + beta * eigenvalues)) ** 2)) + residual_outside  # |F m - y|^2
+        residual = (
+            float(np.sum((alpha * projected / (alpha + beta * eigenvalues)) ** 2)) + residual_outside
+        )  # |F m - y|^2
         new_alpha = gamma / max(mean_norm, 1e-12)
         new_beta = (n - gamma) / max(residual, 1e-12)
         converged = abs(new_alpha / new_beta - alpha / beta) <= 1e-3 * (alpha / beta)

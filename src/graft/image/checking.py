@@ -15,10 +15,11 @@ import io
 import multiprocessing
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -83,7 +84,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_rgb(source: str | os.PathLike | BinaryIO, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
+def open_rgb(
+    source: str | os.PathLike | BinaryIO, max_pixels: int | None = None, draft: int | None = None
+) -> Image.Image:
     """Decode ``source`` (a path or an open binary file) fully to an upright RGB image. Raises
     :class:`ImageProblem` with the reason."""
     limit = MAX_PIXELS if max_pixels is None else max_pixels
@@ -131,7 +134,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"cannot read '{display_name(str(path))}': {error.strerror or error}") from None
 
 
-def inspect_image(path: str | os.PathLike, image_extensions: Iterable[str] = (), max_pixels: int | None = None) -> Verdict:
+def inspect_image(
+    path: str | os.PathLike, image_extensions: Iterable[str] = (), max_pixels: int | None = None
+) -> Verdict:
     """Check one file: readable, an image, within the pixel limit, decodes completely.
 
     The file is read once: the same bytes are hashed, identified and decoded.
@@ -160,7 +165,8 @@ def inspect_image(path: str | os.PathLike, image_extensions: Iterable[str] = (),
                     raise _decoding_problem(error) from None
     except UnidentifiedImageError:
         known = suffix in set(image_extensions)
-        verdict.reason = f"not an image (content is not a format Pillow reads{', despite the ' + repr(suffix) + ' extension' if known else ''})"
+        despite = f", despite the {suffix!r} extension" if known else ""
+        verdict.reason = f"not an image (content is not a format Pillow reads{despite})"
         return verdict
     except ImageProblem as problem:
         verdict.reason = str(problem)
@@ -170,7 +176,11 @@ def inspect_image(path: str | os.PathLike, image_extensions: Iterable[str] = (),
         return verdict
     verdict.sha256 = hashlib.sha256(data).hexdigest()
     if suffix not in set(image_extensions):
-        verdict.warnings.append(f"unusual extension {suffix!r}; read by content as {detected}" if suffix else f"no file extension; read by content as {detected}")
+        verdict.warnings.append(
+            f"unusual extension {suffix!r}; read by content as {detected}"
+            if suffix
+            else f"no file extension; read by content as {detected}"
+        )
     name = Path(path).name
     if display_name(name) != name:
         verdict.warnings.append("file name is not valid UTF-8; used as is")
@@ -194,7 +204,9 @@ def inspect_files(paths: Sequence[str], image_extensions: Iterable[str], workers
         return list(pool.map(inspect, paths, chunksize=max(1, min(256, len(paths) // (workers * 8)))))
 
 
-def duplicate_warnings(splits: dict[str, list[tuple[str, int]]], classes: Sequence[str], hashes: dict[str, str]) -> list[dict[str, str]]:
+def duplicate_warnings(
+    splits: dict[str, list[tuple[str, int]]], classes: Sequence[str], hashes: dict[str, str]
+) -> list[dict[str, str]]:
     """Warn about byte-identical images in two splits (leakage) or under two labels (label noise)."""
     seen: dict[str, list[tuple[str, str, int]]] = {}
     for split, items in splits.items():
@@ -209,15 +221,31 @@ def duplicate_warnings(splits: dict[str, list[tuple[str, int]]], classes: Sequen
         first_split, first_path, first_label = copies[0]
         for split, path, label in copies[1:]:
             if split != first_split:
-                found.append({"file": path, "message": f"identical to '{first_path}' ({first_split}): the same image in {first_split} and {split} leaks into evaluation"})
+                found.append(
+                    {
+                        "file": path,
+                        "message": f"identical to '{first_path}' ({first_split}): the same image in {first_split} and "
+                        f"{split} leaks into evaluation",
+                    }
+                )
             elif label == first_label:
-                found.append({"file": path, "message": f"identical to '{first_path}' in the same split (the image counts twice)"})
+                found.append(
+                    {"file": path, "message": f"identical to '{first_path}' in the same split (the image counts twice)"}
+                )
             if label != first_label:
-                found.append({"file": path, "message": f"identical to '{first_path}' but labelled '{classes[label]}', not '{classes[first_label]}' (label noise)"})
+                found.append(
+                    {
+                        "file": path,
+                        "message": f"identical to '{first_path}' but labelled '{classes[label]}', not "
+                        f"'{classes[first_label]}' (label noise)",
+                    }
+                )
     return found
 
 
-def keep_duplicates_together(train: list[tuple[str, int]], valid: list[tuple[str, int]], hashes: dict[str, str]) -> tuple[list, list, int]:
+def keep_duplicates_together(
+    train: list[tuple[str, int]], valid: list[tuple[str, int]], hashes: dict[str, str]
+) -> tuple[list, list, int]:
     """Move validation images whose exact copy is in train into train (a random split must not leak)."""
     train_digests = {hashes.get(path) for path, _ in train} - {None}
     moved = [item for item in valid if hashes.get(item[0]) in train_digests]

@@ -8,8 +8,8 @@ every file that is not used is listed in the manifest's ``skipped`` with the rea
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,6 @@ from sklearn.model_selection import train_test_split
 from graft.core.dataset import Dataset
 from graft.core.reproducibility import item_seed, seeded
 from graft.errors import DataError
-from graft.fileio import sha256_file
 from graft.image import checking
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -47,7 +46,9 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _scan_class_folders(folder: Path, skipped: list[dict[str, str]], warnings: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
+def _scan_class_folders(
+    folder: Path, skipped: list[dict[str, str]], warnings: list[dict[str, str]] | None = None
+) -> dict[str, list[str]]:
     """Map class name -> sorted candidate files below ``folder/<class>/`` (recursively).
 
     Every file is a candidate whatever its extension (``_keep_usable`` inspects the content);
@@ -64,7 +65,9 @@ def _scan_class_folders(folder: Path, skipped: list[dict[str, str]], warnings: l
             continue
         name = checking.display_name(entry.name)
         if name != entry.name and warnings is not None:
-            warnings.append({"file": str(entry), "message": f"class folder name is not valid UTF-8; the class is called '{name}'"})
+            warnings.append(
+                {"file": str(entry), "message": f"class folder name is not valid UTF-8; the class is called '{name}'"}
+            )
         files = []
         for path in sorted(p for p in entry.rglob("*") if p.is_file()):
             if path.name in IGNORED_NAMES:
@@ -77,8 +80,11 @@ def _scan_class_folders(folder: Path, skipped: list[dict[str, str]], warnings: l
     return by_class
 
 
-def _keep_usable(per_split: dict[str, dict[str, list[str]]], skipped: list[dict[str, str]], warnings: list[dict[str, str]]) -> dict[str, str]:
-    """Inspect every candidate file (``graft.image.checking``), drop the unusable ones into ``skipped``; return sha256 by path."""
+def _keep_usable(
+    per_split: dict[str, dict[str, list[str]]], skipped: list[dict[str, str]], warnings: list[dict[str, str]]
+) -> dict[str, str]:
+    """Inspect every candidate file (``graft.image.checking``), drop the unusable ones into ``skipped``;
+    return sha256 by path."""
     paths = [path for by_class in per_split.values() for files in by_class.values() for path in files]
     hashes: dict[str, str] = {}
     usable = set()
@@ -95,7 +101,13 @@ def _keep_usable(per_split: dict[str, dict[str, list[str]]], skipped: list[dict[
     return hashes
 
 
-def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0, inspect: bool = True, errors: list[str] | None = None) -> Dataset:
+def scan_folder(
+    root: str | os.PathLike,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    inspect: bool = True,
+    errors: list[str] | None = None,
+) -> Dataset:
     """Find the images and labels under ``root``. Raises :class:`DataError` with what to fix.
 
     ``inspect`` decodes every file first (``graft.image.checking``): unusable ones are skipped with the
@@ -106,7 +118,10 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
     if not root_path.exists():
         raise DataError(f"data folder '{root}' does not exist")
     if not root_path.is_dir():
-        raise DataError(f"'{root}' is a file; DATA must be a folder of class folders", hint="layout: DATA/<class>/image.jpg or DATA/train/<class>/image.jpg")
+        raise DataError(
+            f"'{root}' is a file; DATA must be a folder of class folders",
+            hint="layout: DATA/<class>/image.jpg or DATA/train/<class>/image.jpg",
+        )
     skipped: list[dict[str, str]] = []
     warnings: list[dict[str, str]] = []
     split_dirs = _find_split_dirs(root_path)
@@ -129,9 +144,16 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
             splits[name] = sorted(items)
             missing = sorted(set(classes) - {c for c, f in by_class.items() if f})
             if missing and name != "train":
-                warnings.append({"file": str(split_dirs[name]), "message": f"{name} split has no images of class(es) {', '.join(missing)}"})
+                warnings.append(
+                    {
+                        "file": str(split_dirs[name]),
+                        "message": f"{name} split has no images of class(es) {', '.join(missing)}",
+                    }
+                )
         if "valid" not in splits:
-            splits["train"], splits["valid"] = _stratified_split(splits["train"], valid_fraction, seed, root, hashes, errors)
+            splits["train"], splits["valid"] = _stratified_split(
+                splits["train"], valid_fraction, seed, root, hashes, errors
+            )
             layout = "train+test folders, valid split from train"
         else:
             layout = "split folders"
@@ -140,13 +162,23 @@ def scan_folder(root: str | os.PathLike, valid_fraction: float = 0.2, seed: int 
         hashes = _keep_usable({"all": by_class}, skipped, warnings) if inspect else {}
         classes = sorted(name for name, files in by_class.items() if files)
         _check_classes(root, classes, by_class, skipped, errors)
-        items = sorted((path, classes.index(name)) for name, files in by_class.items() if name in classes for path in files)
+        items = sorted(
+            (path, classes.index(name)) for name, files in by_class.items() if name in classes for path in files
+        )
         train, valid = _stratified_split(items, valid_fraction, seed, root, hashes, errors)
         splits = {"train": train, "valid": valid}
         layout = f"class folders, stratified split (valid {valid_fraction:.0%}, seed {seed})"
     if hashes:
         warnings.extend(checking.duplicate_warnings(splits, classes, hashes))
-    return Dataset(root=str(root_path), layout=layout, classes=classes, splits=splits, skipped=skipped, warnings=warnings, sha256=hashes)
+    return Dataset(
+        root=str(root_path),
+        layout=layout,
+        classes=classes,
+        splits=splits,
+        skipped=skipped,
+        warnings=warnings,
+        sha256=hashes,
+    )
 
 
 def _raise_or_record(error: DataError, errors: list[str] | None) -> None:
@@ -155,24 +187,49 @@ def _raise_or_record(error: DataError, errors: list[str] | None) -> None:
     errors.append(error.message)
 
 
-def _check_classes(root: str | os.PathLike, classes: list[str], by_class: dict[str, list[str]], skipped: list[dict[str, str]], errors: list[str] | None = None) -> None:
+def _check_classes(
+    root: str | os.PathLike,
+    classes: list[str],
+    by_class: dict[str, list[str]],
+    skipped: list[dict[str, str]],
+    errors: list[str] | None = None,
+) -> None:
     for name, files in by_class.items():
         if not files:
-            skipped.append({"file": str(Path(root) / name), "reason": "empty class folder (no usable images): class ignored"})
+            skipped.append(
+                {"file": str(Path(root) / name), "reason": "empty class folder (no usable images): class ignored"}
+            )
     if len(classes) < 2:
-        _raise_or_record(DataError(
-            f"'{root}' has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); a classifier needs at least 2",
-            hint="layout: DATA/<class>/image.jpg, one folder per class",
-        ), errors)
+        _raise_or_record(
+            DataError(
+                f"'{root}' has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); a "
+                "classifier needs at least 2",
+                hint="layout: DATA/<class>/image.jpg, one folder per class",
+            ),
+            errors,
+        )
 
 
-def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, root, hashes: dict[str, str] | None = None, errors: list[str] | None = None) -> tuple[list, list]:
+def _stratified_split(
+    items: list[tuple[str, int]],
+    fraction: float,
+    seed: int,
+    root,
+    hashes: dict[str, str] | None = None,
+    errors: list[str] | None = None,
+) -> tuple[list, list]:
     """Seeded stratified train/valid split; byte-identical images stay on the train side."""
     labels = [label for _, label in items]
     counts = np.bincount(labels) if labels else np.zeros(1, dtype=int)
     if len(counts) < 2 or counts.min() < 2:
         if len(counts) >= 2:
-            _raise_or_record(DataError(f"a class in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 per class"), errors)
+            _raise_or_record(
+                DataError(
+                    f"a class in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 per "
+                    "class"
+                ),
+                errors,
+            )
         return sorted(items), []
     n_valid = max(int(round(len(items) * fraction)), len(counts))
     train, valid = train_test_split(items, test_size=n_valid, stratify=labels, random_state=seed)
@@ -191,7 +248,13 @@ class ImageDataset(torch.utils.data.Dataset):
     content hashes to make a view depend on the image rather than on where it sits in a list.
     """
 
-    def __init__(self, items: Sequence[tuple[str, int]], transform: Callable, seed: int | None = None, image_keys: Sequence[int] | None = None):
+    def __init__(
+        self,
+        items: Sequence[tuple[str, int]],
+        transform: Callable,
+        seed: int | None = None,
+        image_keys: Sequence[int] | None = None,
+    ):
         self.items = list(items)
         self.transform = transform
         self.seed = seed
@@ -228,7 +291,9 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return paths
 
 
-def scan_for_evaluation(root: str | os.PathLike, classes: Sequence[str]) -> tuple[list[tuple[str, int]], list[dict[str, str]], str]:
+def scan_for_evaluation(
+    root: str | os.PathLike, classes: Sequence[str]
+) -> tuple[list[tuple[str, int]], list[dict[str, str]], str]:
     """Labelled images to evaluate a trained model on, labelled with the model's class indices.
 
     A split-layout folder contributes its test split (valid if there is no test); a plain folder of
@@ -246,7 +311,10 @@ def scan_for_evaluation(root: str | os.PathLike, classes: Sequence[str]) -> tupl
     _keep_usable({"eval": by_class}, skipped, [])
     unknown = sorted(name for name, files in by_class.items() if files and name not in classes)
     if unknown:
-        raise DataError(f"'{folder}' has class folder(s) the model was not trained on: {', '.join(unknown)}", hint=f"the model knows: {', '.join(classes)}")
+        raise DataError(
+            f"'{folder}' has class folder(s) the model was not trained on: {', '.join(unknown)}",
+            hint=f"the model knows: {', '.join(classes)}",
+        )
     items = sorted((path, list(classes).index(name)) for name, files in by_class.items() for path in files)
     if not items:
         raise DataError(f"no images found under '{folder}'")

@@ -4,7 +4,8 @@ The activation cache (:func:`graft.core.inputs.frozen_rows`) stores what it retu
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,14 @@ class FrozenForward(torch.utils.data.Dataset):
     stages run as a copy with BatchNorm folded into the convolutions (:mod:`graft.image.backbones.folding`);
     ``model`` is untouched."""
 
-    def __init__(self, model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, device: torch.device | None = None):
+    def __init__(
+        self,
+        model: TransferModel,
+        pixels: ImageDataset,
+        stop: int,
+        preprocessing: Preprocessing,
+        device: torch.device | None = None,
+    ):
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.device = torch.device("cpu") if device is None else device
@@ -59,7 +67,9 @@ class FrozenForward(torch.utils.data.Dataset):
         """The normalised batch of images ``keys``."""
         pixels = [self.pixels[key][0] for key in keys]
         if pixels[0].dtype != torch.uint8:
-            raise TypeError(f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {pixels[0].dtype}")
+            raise TypeError(
+                f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {pixels[0].dtype}"
+            )
         return self.preprocessing.normalize_batch(torch.stack(pixels))
 
     def __getitem__(self, keys: Sequence) -> np.ndarray:
@@ -68,17 +78,30 @@ class FrozenForward(torch.utils.data.Dataset):
             return self.frozen(inputs).float().cpu().contiguous().numpy()
 
 
-def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, preprocessing: Preprocessing, *, workers: int,
-                    sampler: torch.utils.data.Sampler | None = None, progress=None, description: str = "frozen stages",
-                    device: torch.device | None = None) -> Iterator[np.ndarray]:
+def forward_batches(
+    model: TransferModel,
+    pixels: ImageDataset,
+    stop: int,
+    preprocessing: Preprocessing,
+    *,
+    workers: int,
+    sampler: torch.utils.data.Sampler | None = None,
+    progress=None,
+    description: str = "frozen stages",
+    device: torch.device | None = None,
+) -> Iterator[np.ndarray]:
     """Activations of stages ``[0, stop)`` of ``model`` for ``pixels`` (uint8 images, see :class:`FrozenForward`;
     in ``sampler``'s order), batch by batch, computed by ``workers`` processes of one thread each (0: in
     this process, on torch's threads). On a CUDA ``device`` the stages run in this process on the GPU
     (a forked worker cannot use CUDA)."""
     if device is not None and device.type == "cuda":
         workers = 0
-    batches = torch.utils.data.BatchSampler(sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False)
-    loader = make_loader(FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches)
+    batches = torch.utils.data.BatchSampler(
+        sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False
+    )
+    loader = make_loader(
+        FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches
+    )
     task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
     for outputs in loader:
         yield outputs
@@ -88,18 +111,42 @@ def forward_batches(model: TransferModel, pixels: ImageDataset, stop: int, prepr
         progress.remove_task(task)
 
 
-def frozen_pass(model: TransferModel, items: Sequence[tuple[str, Any]], stop: int, preprocessing: Preprocessing, *, round_: int | None,
-                seed: int | None, keys: Sequence[int] | None, workers: int | None, device: torch.device | None, progress: Any,
-                description: str) -> Iterator[np.ndarray]:
+def frozen_pass(
+    model: TransferModel,
+    items: Sequence[tuple[str, Any]],
+    stop: int,
+    preprocessing: Preprocessing,
+    *,
+    round_: int | None,
+    seed: int | None,
+    keys: Sequence[int] | None,
+    workers: int | None,
+    device: torch.device | None,
+    progress: Any,
+    description: str,
+) -> Iterator[np.ndarray]:
     """Activations of stages ``[0, stop)`` for the images ``items`` in order: the clean view
     (``preprocessing.eval_transform``), or augmented view number ``round_`` (``train_transform``,
     seeded per image from ``(seed, round_, key)``). ``workers``: processes (default :func:`forward_workers`)."""
     workers = forward_workers() if workers is None else workers
-    transform = preprocessing.eval_transform(normalize=False) if round_ is None else preprocessing.train_transform(normalize=False)
+    transform = (
+        preprocessing.eval_transform(normalize=False)
+        if round_ is None
+        else preprocessing.train_transform(normalize=False)
+    )
     subset = ImageDataset(list(items), transform, seed=None if round_ is None else seed, image_keys=keys)
     sampler = None
     if round_ is not None:
         sampler = EpochSampler(len(subset), seed, shuffle=False)
         sampler.set_epoch(round_)
-    return forward_batches(model, subset, stop, preprocessing, workers=workers, sampler=sampler, progress=progress, description=description,
-                           device=device)
+    return forward_batches(
+        model,
+        subset,
+        stop,
+        preprocessing,
+        workers=workers,
+        sampler=sampler,
+        progress=progress,
+        description=description,
+        device=device,
+    )

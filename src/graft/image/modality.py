@@ -4,7 +4,8 @@ folders of class folders, seeded augmentation, and the frozen pass in worker pro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ class ImageModality:
     def load_backbone(self, name: str, *, weights: str | None = None, pretrained: bool = True) -> Backbone:
         return create_backbone(name, weights=weights, pretrained=pretrained)
 
-    def transfer_model(self, backbone: nn.Module, make_head: Callable[[int], nn.Module], input_size: int | None) -> nn.Module:
+    def transfer_model(
+        self, backbone: nn.Module, make_head: Callable[[int], nn.Module], input_size: int | None
+    ) -> nn.Module:
         return wrap_backbone(backbone, make_head, input_size)
 
     def preprocessing(self, saved: dict[str, Any]) -> Preprocessing:
@@ -49,17 +52,47 @@ class ImageModality:
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return collect_image_paths(inputs)
 
-    def examples(self, items, preprocessing: Preprocessing, *, augment: bool, seed: int | None = None,
-                 keys: Sequence[int] | None = None) -> torch.utils.data.Dataset:
+    def examples(
+        self,
+        items,
+        preprocessing: Preprocessing,
+        *,
+        augment: bool,
+        seed: int | None = None,
+        keys: Sequence[int] | None = None,
+    ) -> torch.utils.data.Dataset:
         if augment:
             return ImageDataset(items, preprocessing.train_transform(), seed=seed, image_keys=keys)
         return ImageDataset(items, preprocessing.eval_transform())
 
-    def frozen_pass(self, model, items, stop: int, preprocessing: Preprocessing, *, round_, seed, keys, workers, device, progress,
-                    description: str) -> Iterator[np.ndarray]:
-        return frozen_pass(model, items, stop, preprocessing, round_=round_, seed=seed, keys=keys, workers=workers, device=device,
-                           progress=progress, description=description)
-
+    def frozen_pass(
+        self,
+        model,
+        items,
+        stop: int,
+        preprocessing: Preprocessing,
+        *,
+        round_,
+        seed,
+        keys,
+        workers,
+        device,
+        progress,
+        description: str,
+    ) -> Iterator[np.ndarray]:
+        return frozen_pass(
+            model,
+            items,
+            stop,
+            preprocessing,
+            round_=round_,
+            seed=seed,
+            keys=keys,
+            workers=workers,
+            device=device,
+            progress=progress,
+            description=description,
+        )
 
     def probe(self, loaded: Backbone, items, batch_size: int = 16):
         from graft.image.probing import probe

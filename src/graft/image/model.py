@@ -3,7 +3,7 @@ layout and static "same" padding for the input size graft feeds."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -19,7 +19,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def wrap_backbone(backbone: nn.Module, make_head_for: Callable[[int], nn.Module], input_size: int | None = None) -> TransferModel:
+def wrap_backbone(
+    backbone: nn.Module, make_head_for: Callable[[int], nn.Module], input_size: int | None = None
+) -> TransferModel:
     """A timm model's feature stages with the head ``make_head_for(num_features)``, channels-last (the
     ImageNet classifier is dropped). With ``input_size`` (the size preprocessing produces),
     TensorFlow-style dynamic padding is made static for that size (the same windows, no padded copy;
@@ -28,10 +30,14 @@ def wrap_backbone(backbone: nn.Module, make_head_for: Callable[[int], nn.Module]
         make_padding_static(backbone, input_size)
     num_features = int(backbone.num_features)
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-    model = TransferModel(split_into_stages(backbone), make_head_for(num_features), num_features, pool=pool, layout=channels_last)
+    model = TransferModel(
+        split_into_stages(backbone), make_head_for(num_features), num_features, pool=pool, layout=channels_last
+    )
     return model.to(memory_format=torch.channels_last)
 
 
-def build_transfer_model(backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None) -> TransferModel:
+def build_transfer_model(
+    backbone: nn.Module, head: str, num_classes: int, dropout: float = 0.2, input_size: int | None = None
+) -> TransferModel:
     """:func:`wrap_backbone` with a new ``head`` ("linear" or "mlp") for ``num_classes``."""
     return wrap_backbone(backbone, lambda features: make_head(head, features, num_classes, dropout=dropout), input_size)

@@ -31,7 +31,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -70,11 +70,17 @@ def probe(backbone: Backbone, items: list[tuple[str, int]], batch_size: int = 16
     for name, stage in stages.items():
         moments[name] = []
         for module in stage.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and module.running_mean is not None:
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.track_running_stats
+                and module.running_mean is not None
+            ):
                 record = _ChannelMoments(module)
                 moments[name].append(record)
                 hooks.append(module.register_forward_pre_hook(lambda _m, inputs, record=record: record.add(inputs[0])))
-    loader = torch.utils.data.DataLoader(ImageDataset(items, backbone.preprocessing.eval_transform()), batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(items, backbone.preprocessing.eval_transform()), batch_size=batch_size, num_workers=num_workers
+    )
     classifier = _source_classifier(model)
     pooled: dict[str, list[np.ndarray]] = {name: [] for name in stages}
     max_probs, entropies = [], []
@@ -88,13 +94,17 @@ def probe(backbone: Backbone, items: list[tuple[str, int]], batch_size: int = 16
                 if classifier is not None and x.dim() == 4:
                     probabilities = torch.softmax(model.forward_head(x), dim=1)
                     max_probs.append(probabilities.max(1).values.numpy())
-                    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(1) / math.log(probabilities.shape[1])
+                    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(1) / math.log(
+                        probabilities.shape[1]
+                    )
                     entropies.append(entropy.numpy())
     finally:
         for hook in hooks:
             hook.remove()
     result.features = {name: np.concatenate(chunks) for name, chunks in pooled.items()}
-    result.bn_shift = {name: float(np.mean([m.kl_to_source() for m in records])) for name, records in moments.items() if records}
+    result.bn_shift = {
+        name: float(np.mean([m.kl_to_source() for m in records])) for name, records in moments.items() if records
+    }
     if max_probs:
         result.head_max_prob = np.concatenate(max_probs)
         result.head_entropy = np.concatenate(entropies)

@@ -9,14 +9,14 @@ standardised value for a regression task.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from graft.errors import ConfigError
 from graft.core.heads import make_head
 from graft.core.model import TransferModel
+from graft.errors import ConfigError
 from graft.multitask.tasks import Task
 
 SHARING = ("hard", "soft")
@@ -27,7 +27,14 @@ class MultiHead(nn.Module):
 
     def __init__(self, tasks: Sequence[Task], kind: str, in_features: int, dropout: float = 0.2):
         super().__init__()
-        self.heads = nn.ModuleDict({task.name: make_head(kind, in_features, len(task.classes) if task.is_classification else 1, dropout=dropout) for task in tasks})
+        self.heads = nn.ModuleDict(
+            {
+                task.name: make_head(
+                    kind, in_features, len(task.classes) if task.is_classification else 1, dropout=dropout
+                )
+                for task in tasks
+            }
+        )
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(features) for name, head in self.heads.items()}
@@ -36,7 +43,7 @@ class MultiHead(nn.Module):
 class MultiTaskModel(nn.Module):
     """``towers``: ``{"shared": tower}`` (hard sharing) or ``{task: tower}`` (soft sharing)."""
 
-    def __init__(self, towers: "OrderedDict[str, TransferModel]", sharing: str):
+    def __init__(self, towers: OrderedDict[str, TransferModel], sharing: str):
         super().__init__()
         self.towers = nn.ModuleDict(towers)
         self.sharing = sharing
@@ -79,8 +86,15 @@ class MultiTaskModel(nn.Module):
         return sum(p.numel() for p in first.stages.parameters() if p.requires_grad) if len(self.towers) > 1 else 0
 
 
-def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, head: str = "linear", dropout: float = 0.2,
-                          input_size: int | None = None, modality=None) -> MultiTaskModel:
+def build_multitask_model(
+    make_backbone,
+    tasks: Sequence[Task],
+    sharing: str,
+    head: str = "linear",
+    dropout: float = 0.2,
+    input_size: int | None = None,
+    modality=None,
+) -> MultiTaskModel:
     """``make_backbone()`` returns a fresh backbone with the pretrained weights (called once per tower);
     each tower is built like a single-task model, by ``modality`` (default: images)."""
     if modality is None:
@@ -94,5 +108,7 @@ def build_multitask_model(make_backbone, tasks: Sequence[Task], sharing: str, he
     groups = [("shared", list(tasks))] if sharing == "hard" else [(task.name, [task]) for task in tasks]
     towers = OrderedDict()
     for name, members in groups:
-        towers[name] = modality.transfer_model(make_backbone(), lambda features, members=members: MultiHead(members, head, features, dropout), input_size)
+        towers[name] = modality.transfer_model(
+            make_backbone(), lambda features, members=members: MultiHead(members, head, features, dropout), input_size
+        )
     return MultiTaskModel(towers, sharing)

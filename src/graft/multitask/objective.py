@@ -11,8 +11,9 @@ median)`` (regression skill).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ def target_scales(tasks: Sequence[Task], train_targets: np.ndarray) -> dict[str,
         if not task.is_classification:
             values = train_targets[:, index]
             values = values[~np.isnan(values)]
-            scales[task.name] = TargetScale(float(values.mean()), float(max(values.std(), 1e-6)), float(np.median(values)))
+            scales[task.name] = TargetScale(
+                float(values.mean()), float(max(values.std(), 1e-6)), float(np.median(values))
+            )
     return scales
 
 
@@ -52,8 +55,14 @@ class MultiTaskObjective(Objective):
     """Masked per-task losses combined with fixed (``equal``) or learned (``uncertainty``) weights, plus
     ``tie * model.tower_distance()`` for soft sharing. The best epoch has the best combined score."""
 
-    def __init__(self, tasks: Sequence[Task], scales: dict[str, TargetScale], weighting: str = "uncertainty", label_smoothing: float = 0.1,
-                 tie: float = 0.0):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        scales: dict[str, TargetScale],
+        weighting: str = "uncertainty",
+        label_smoothing: float = 0.1,
+        tie: float = 0.0,
+    ):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"--task-weighting must be one of {', '.join(WEIGHTINGS)}; got '{weighting}'")
@@ -75,19 +84,29 @@ class MultiTaskObjective(Objective):
                 continue
             output = outputs[task.name][mask]
             if task.is_classification:
-                losses[task.name] = nn.functional.cross_entropy(output, column[mask].long(), label_smoothing=self.label_smoothing)
+                losses[task.name] = nn.functional.cross_entropy(
+                    output, column[mask].long(), label_smoothing=self.label_smoothing
+                )
             else:
                 scale = self.scales[task.name]
-                losses[task.name] = nn.functional.smooth_l1_loss(output.squeeze(1), (column[mask] - scale.mean) / scale.std)
+                losses[task.name] = nn.functional.smooth_l1_loss(
+                    output.squeeze(1), (column[mask] - scale.mean) / scale.std
+                )
         return losses
 
-    def forward(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted sum of the task losses (without the tie) and each task's loss."""
         losses = self.task_losses(outputs, targets)
         total = self.log_vars.new_zeros(())
         for index, task in enumerate(self.tasks):
             if task.name in losses:
-                total = total + (torch.exp(-self.log_vars[index]) * losses[task.name] + self.log_vars[index] if self.weighting == "uncertainty" else losses[task.name])
+                total = total + (
+                    torch.exp(-self.log_vars[index]) * losses[task.name] + self.log_vars[index]
+                    if self.weighting == "uncertainty"
+                    else losses[task.name]
+                )
         return total, losses
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -96,21 +115,35 @@ class MultiTaskObjective(Objective):
 
     def validate(self, outputs: dict[str, np.ndarray], targets: np.ndarray, model: nn.Module) -> dict[str, Any]:
         metrics = task_metrics(self.tasks, outputs, targets.astype(np.float64), self.scales)
-        return {"valid_score": metrics["score"], "valid": metrics["tasks"], "task_weights": self.weights(),
-                "tower_distance": float(model.tower_distance().detach())}
+        return {
+            "valid_score": metrics["score"],
+            "valid": metrics["tasks"],
+            "task_weights": self.weights(),
+            "tower_distance": float(model.tower_distance().detach()),
+        }
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        return [{"name": "task_weights", "params": [self.log_vars], "lr": lr, "weight_decay": 0.0}] if self.weighting == "uncertainty" else []
+        return (
+            [{"name": "task_weights", "params": [self.log_vars], "lr": lr, "weight_decay": 0.0}]
+            if self.weighting == "uncertainty"
+            else []
+        )
 
     def status(self, record: dict[str, Any]) -> str:
-        return f"score {record['valid_score']:.3f} (" + ", ".join(_short(name, entry) for name, entry in record["valid"].items()) + ")"
+        return (
+            f"score {record['valid_score']:.3f} ("
+            + ", ".join(_short(name, entry) for name, entry in record["valid"].items())
+            + ")"
+        )
 
     def weights(self) -> dict[str, float]:
         return {task.name: float(torch.exp(-self.log_vars[i].detach())) for i, task in enumerate(self.tasks)}
 
 
 def _short(name: str, entry: dict[str, Any]) -> str:
-    return f"{name} acc {entry['accuracy']:.3f}" if entry["kind"] == "classification" else f"{name} MAE {entry['mae']:.2f}"
+    return (
+        f"{name} acc {entry['accuracy']:.3f}" if entry["kind"] == "classification" else f"{name} MAE {entry['mae']:.2f}"
+    )
 
 
 def decode(task: Task, output: np.ndarray, scales: dict[str, TargetScale]) -> np.ndarray:
@@ -121,7 +154,13 @@ def decode(task: Task, output: np.ndarray, scales: dict[str, TargetScale]) -> np
     return output[:, 0] * scale.std + scale.mean
 
 
-def task_metrics(tasks: Sequence[Task], outputs: dict[str, np.ndarray], targets: np.ndarray, scales: dict[str, TargetScale], detail: bool = False) -> dict[str, Any]:
+def task_metrics(
+    tasks: Sequence[Task],
+    outputs: dict[str, np.ndarray],
+    targets: np.ndarray,
+    scales: dict[str, TargetScale],
+    detail: bool = False,
+) -> dict[str, Any]:
     """Per-task metrics on the labelled rows of each task, and the combined score."""
     result: dict[str, Any] = {}
     scores = []
@@ -144,9 +183,18 @@ def task_metrics(tasks: Sequence[Task], outputs: dict[str, np.ndarray], targets:
                 "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)),
             }
             if detail:
-                precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
-                entry["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-                                      for i, name in enumerate(task.classes)}
+                precision, recall, f1, support = precision_recall_fscore_support(
+                    labels, predicted, labels=indices, zero_division=0
+                )
+                entry["per_class"] = {
+                    name: {
+                        "precision": float(precision[i]),
+                        "recall": float(recall[i]),
+                        "f1": float(f1[i]),
+                        "support": int(support[i]),
+                    }
+                    for i, name in enumerate(task.classes)
+                }
                 entry["confusion_matrix"] = confusion_matrix(labels, predicted, labels=indices).tolist()
             scores.append(entry["accuracy"])
         else:

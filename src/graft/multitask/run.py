@@ -14,25 +14,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from graft.core import plots
 from graft.core.config import RunConfig
-from graft.core.evaluation import collect_outputs
 from graft.core.dataset import Dataset
+from graft.core.evaluation import collect_outputs
+from graft.core.inputs import default_workers, make_loader
 from graft.core.modality import Modality, modality_of
+from graft.core.model import TransferModel
+from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 from graft.errors import DataError, RunFolderError
 from graft.fileio import read_json
-from graft.core.inputs import default_workers, make_loader
-from graft.core.model import TransferModel
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
-from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
 from graft.multitask.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
 
 
@@ -48,13 +49,23 @@ class MultiTaskKind:
     def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
         if config.domains is not None:
             return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
-        return scan_multitask(config.data, config.labels, config.tasks, config.valid_fraction, config.test_fraction, config.seed, config.limit)
+        return scan_multitask(
+            config.data,
+            config.labels,
+            config.tasks,
+            config.valid_fraction,
+            config.test_fraction,
+            config.seed,
+            config.limit,
+        )
 
     def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig, source: Modality) -> MultiTaskDataset:
         dataset = self.scan(config, source)
         if json.loads(json.dumps(dataset.manifest())) != read_json(run / MANIFEST):
-            raise RunFolderError(f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
-                                 hint="restore the data, or train again with another --out")
+            raise RunFolderError(
+                f"the data of '{run.path}' changed since the run started (its split no longer matches manifest.json)",
+                hint="restore the data, or train again with another --out",
+            )
         return dataset
 
     def advice_view(self, dataset: MultiTaskDataset) -> Dataset:
@@ -62,37 +73,60 @@ class MultiTaskKind:
         quartiles when there is none), on the images that carry it."""
         index = next((i for i, task in enumerate(dataset.tasks) if task.is_classification), 0)
         task = dataset.tasks[index]
-        labelled = {name: [(path, labels[index]) for path, labels in items if not math.isnan(labels[index])] for name, items in dataset.splits.items()}
+        labelled = {
+            name: [(path, labels[index]) for path, labels in items if not math.isnan(labels[index])]
+            for name, items in dataset.splits.items()
+        }
         if task.is_classification:
             classes = list(task.classes)
             splits = {name: [(path, int(value)) for path, value in items] for name, items in labelled.items()}
         else:
             edges = np.quantile([value for _, value in labelled["train"]], [0.25, 0.5, 0.75])
             classes = [f"{task.name} quartile {q}" for q in range(1, 5)]
-            splits = {name: [(path, int(np.searchsorted(edges, value))) for path, value in items] for name, items in labelled.items()}
+            splits = {
+                name: [(path, int(np.searchsorted(edges, value))) for path, value in items]
+                for name, items in labelled.items()
+            }
         return Dataset(root=dataset.root, layout="multitask", classes=classes, splits=splits, sha256=dataset.sha256)
 
-    def build_model(self, config: RunConfig, source: Modality, make_backbone, dataset: MultiTaskDataset, input_size: int | None) -> MultiTaskModel:
-        return build_multitask_model(make_backbone, dataset.tasks, config.sharing, config.head, input_size=input_size, modality=source)
+    def build_model(
+        self, config: RunConfig, source: Modality, make_backbone, dataset: MultiTaskDataset, input_size: int | None
+    ) -> MultiTaskModel:
+        return build_multitask_model(
+            make_backbone, dataset.tasks, config.sharing, config.head, input_size=input_size, modality=source
+        )
 
     def frozen_trunk(self, model: MultiTaskModel) -> TransferModel:
-        # the frozen stages are the same in every tower (same pretrained weights, never trained): one tower computes them
+        # the frozen stages are the same in every tower (same pretrained weights, never trained):
+        # one tower computes them
         return next(iter(model.towers.values()))
 
     def objective(self, config: RunConfig, dataset: MultiTaskDataset) -> MultiTaskObjective:
         scales = target_scales(dataset.tasks, _targets(dataset.split("train")).numpy())
         return MultiTaskObjective(dataset.tasks, scales, config.task_weighting, tie=config.tie or 0.0)
 
-    def config_section(self, config: RunConfig, dataset: MultiTaskDataset, objective: MultiTaskObjective, model: MultiTaskModel) -> dict[str, Any]:
-        return {"classes": [], "multitask": {
-            "sharing": config.sharing, "tie": config.tie or 0.0, "weighting": config.task_weighting, "labels": dataset.source,
-            "tasks": [t.to_dict() for t in dataset.tasks], "scales": {k: v.to_dict() for k, v in objective.scales.items()},
-            "towers": list(model.towers.keys()), "domains": config.domains is not None,
-        }}
+    def config_section(
+        self, config: RunConfig, dataset: MultiTaskDataset, objective: MultiTaskObjective, model: MultiTaskModel
+    ) -> dict[str, Any]:
+        return {
+            "classes": [],
+            "multitask": {
+                "sharing": config.sharing,
+                "tie": config.tie or 0.0,
+                "weighting": config.task_weighting,
+                "labels": dataset.source,
+                "tasks": [t.to_dict() for t in dataset.tasks],
+                "scales": {k: v.to_dict() for k, v in objective.scales.items()},
+                "towers": list(model.towers.keys()),
+                "domains": config.domains is not None,
+            },
+        }
 
     def headline(self, dataset: MultiTaskDataset) -> str:
         return f"{_kind_label(dataset)}: " + ", ".join(
-            f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})" for t in dataset.tasks)
+            f"{t.name} ({t.kind}{', ' + str(len(t.classes)) + ' classes' if t.is_classification else ''})"
+            for t in dataset.tasks
+        )
 
     def metrics(self, outputs, targets, dataset: MultiTaskDataset, objective: MultiTaskObjective) -> dict[str, Any]:
         return task_metrics(dataset.tasks, outputs, targets.astype(np.float64), objective.scales, detail=True)
@@ -100,29 +134,53 @@ class MultiTaskKind:
     def plot_history(self, history: list[dict], path, title: str) -> None:
         plots.task_curves(history, path, title=title)
 
-    def finish(self, run: RunFolder, history, metrics, dataset: MultiTaskDataset, model: MultiTaskModel, objective: MultiTaskObjective,
-               title: str) -> dict[str, Any]:
-        metrics.update({"tower_distance": float(model.tower_distance().detach()), "tied_parameters": model.tied_parameter_count(),
-                        "task_weights": objective.weights()})
+    def finish(
+        self,
+        run: RunFolder,
+        history,
+        metrics,
+        dataset: MultiTaskDataset,
+        model: MultiTaskModel,
+        objective: MultiTaskObjective,
+        title: str,
+    ) -> dict[str, Any]:
+        metrics.update(
+            {
+                "tower_distance": float(model.tower_distance().detach()),
+                "tied_parameters": model.tied_parameter_count(),
+                "task_weights": objective.weights(),
+            }
+        )
         self.plot_history(history, run / LEARNING_CURVE, title)
         final = "test" if "test" in metrics else "valid"
         for task in dataset.tasks:
             if task.is_classification:
-                plots.confusion_matrix(metrics[final]["tasks"][task.name]["confusion_matrix"], task.classes, run / f"confusion_matrix_{task.name}.png",
-                                       title=f"{task.name} ({final})")
+                plots.confusion_matrix(
+                    metrics[final]["tasks"][task.name]["confusion_matrix"],
+                    task.classes,
+                    run / f"confusion_matrix_{task.name}.png",
+                    title=f"{task.name} ({final})",
+                )
         return {
-            "kind": _kind_label(dataset), "sharing": model.sharing, "tie": objective.tie, "weighting": objective.weighting,
+            "kind": _kind_label(dataset),
+            "sharing": model.sharing,
+            "tie": objective.tie,
+            "weighting": objective.weighting,
             "tasks": [t.name for t in dataset.tasks],
-            "valid_score": metrics["valid"]["score"], "test_score": metrics["test"]["score"] if "test" in metrics else None,
-            "valid": _brief(metrics["valid"]), "test": _brief(metrics["test"]) if "test" in metrics else None,
+            "valid_score": metrics["valid"]["score"],
+            "test_score": metrics["test"]["score"] if "test" in metrics else None,
+            "valid": _brief(metrics["valid"]),
+            "test": _brief(metrics["test"]) if "test" in metrics else None,
             "tower_distance": metrics["tower_distance"],
         }
 
     def results(self, metrics: dict[str, Any]) -> str:
         final = "test" if "test" in metrics else "valid"
-        return f"{final}: " + "; ".join(f"{name} {' '.join(_headline(entry))}" for name, entry in metrics[final]["tasks"].items())
+        return f"{final}: " + "; ".join(
+            f"{name} {' '.join(_headline(entry))}" for name, entry in metrics[final]["tasks"].items()
+        )
 
-    def load_trained(self, folder: Path, config: dict[str, Any]) -> "MultiTaskTrainedModel":
+    def load_trained(self, folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
         return load_trained(folder, config)
 
 
@@ -132,7 +190,10 @@ def _kind_label(dataset: MultiTaskDataset) -> str:
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     keep = ("kind", "n", "accuracy", "macro_f1", "mae", "rmse")
-    return {"score": metrics["score"], "tasks": {name: {k: v for k, v in entry.items() if k in keep} for name, entry in metrics["tasks"].items()}}
+    return {
+        "score": metrics["score"],
+        "tasks": {name: {k: v for k, v in entry.items() if k in keep} for name, entry in metrics["tasks"].items()},
+    }
 
 
 def _headline(entry: dict[str, Any]) -> list[str]:
@@ -174,8 +235,11 @@ class MultiTaskTrainedModel:
             for task in self.tasks:
                 value = decoded[task.name][row]
                 if task.is_classification:
-                    entry[task.name] = {"label": task.classes[int(value.argmax())], "prob": float(value.max()),
-                                        "probs": {name: float(p) for name, p in zip(task.classes, value)}}
+                    entry[task.name] = {
+                        "label": task.classes[int(value.argmax())],
+                        "prob": float(value.max()),
+                        "probs": {name: float(p) for name, p in zip(task.classes, value)},
+                    }
                 else:
                     entry[task.name] = {"value": float(value)}
             results.append({self.modality.name: path, "tasks": entry})
@@ -194,9 +258,18 @@ class MultiTaskTrainedModel:
             items = [(p, [float("nan") if v is None else v for v in values]) for p, values in manifest["splits"][split]]
             evaluated_on = f"{split} split of the run's manifest"
         elif labels.get("kind") == "domains":
-            raise DataError(f"a multi-domain run is evaluated on its own test splits; got DATA '{data}'", hint="run graft evaluate RUN without DATA")
+            raise DataError(
+                f"a multi-domain run is evaluated on its own test splits; got DATA '{data}'",
+                hint="run graft evaluate RUN without DATA",
+            )
         else:
-            source = labels["name"] if labels["kind"] == "preset" else labels["file"] if labels["kind"] == "csv" else "re:" + labels["pattern"]
+            source = (
+                labels["name"]
+                if labels["kind"] == "preset"
+                else labels["file"]
+                if labels["kind"] == "csv"
+                else "re:" + labels["pattern"]
+            )
             _, items, skipped, _ = read_labels(data, source, list(self.tasks))
             evaluated_on = str(data)
         if not items:
@@ -219,12 +292,28 @@ def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:
         scales = {name: TargetScale(**values) for name, values in section["scales"].items()}
         preprocessing = source.preprocessing(config["preprocessing"])
         name = config["backbone"]["name"]
-        model = build_multitask_model(lambda: source.load_backbone(name, pretrained=False).model, tasks, section["sharing"], config["head"],
-                                      input_size=getattr(preprocessing, "input_size", None), modality=source)
+        model = build_multitask_model(
+            lambda: source.load_backbone(name, pretrained=False).model,
+            tasks,
+            section["sharing"],
+            config["head"],
+            input_size=getattr(preprocessing, "input_size", None),
+            modality=source,
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise RunFolderError(f"'{folder / CONFIG}' is damaged or not a graft multi-task config ({type(error).__name__}: {error})") from None
+        raise RunFolderError(
+            f"'{folder / CONFIG}' is damaged or not a graft multi-task config ({type(error).__name__}: {error})"
+        ) from None
     load_weights(model, folder)
-    return MultiTaskTrainedModel(model=model.eval(), tasks=tasks, scales=scales, preprocessing=preprocessing, config=config, path=folder, modality=source)
+    return MultiTaskTrainedModel(
+        model=model.eval(),
+        tasks=tasks,
+        scales=scales,
+        preprocessing=preprocessing,
+        config=config,
+        path=folder,
+        modality=source,
+    )
 
 
 KIND = MultiTaskKind()

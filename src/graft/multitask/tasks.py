@@ -18,9 +18,10 @@ import csv
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class Task:
         return {"name": self.name, "kind": self.kind, "classes": list(self.classes)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Task":
+    def from_dict(cls, data: dict[str, Any]) -> Task:
         unknown = set(data) - {"name", "kind", "classes"}
         if unknown:
             raise ConfigError(f"task spec has unknown keys {sorted(unknown)}")
@@ -77,7 +78,10 @@ class Task:
             return float(self.classes.index(raw))
         if re.fullmatch(r"\d+", raw) and int(raw) < len(self.classes):
             return float(int(raw))
-        raise ValueError(f"{self.name} value '{raw}' is not one of {len(self.classes)} classes ({', '.join(self.classes)}) nor an index below {len(self.classes)}")
+        raise ValueError(
+            f"{self.name} value '{raw}' is not one of {len(self.classes)} classes ({', '.join(self.classes)}) nor an "
+            f"index below {len(self.classes)}"
+        )
 
 
 UTKFACE_TASKS = (
@@ -101,15 +105,21 @@ def parse_tasks(spec: str | Sequence[str] | None, known: Sequence[Task] = ()) ->
     if not items:
         if known:
             return list(known)
-        raise ConfigError("--tasks is required with a CSV or pattern label source", hint="e.g. --tasks age:regression,gender:male/female")
+        raise ConfigError(
+            "--tasks is required with a CSV or pattern label source",
+            hint="e.g. --tasks age:regression,gender:male/female",
+        )
     tasks = []
     for item in items:
         name, _, kind = item.partition(":")
         name, kind = name.strip(), kind.strip()
         if not kind:
             if name not in by_name:
-                raise ConfigError(f"--tasks: '{name}' has no type and the label source does not define it",
-                                  hint=f"write {name}:regression, {name}:classification or {name}:classA/classB" + (f"; known: {', '.join(by_name)}" if by_name else ""))
+                raise ConfigError(
+                    f"--tasks: '{name}' has no type and the label source does not define it",
+                    hint=f"write {name}:regression, {name}:classification or {name}:classA/classB"
+                    + (f"; known: {', '.join(by_name)}" if by_name else ""),
+                )
             tasks.append(by_name[name])
         elif kind in ("regression", "reg"):
             tasks.append(Task(name, "regression"))
@@ -150,13 +160,18 @@ class MultiTaskDataset(KnownDigests):
             "labels": self.source,
             "tasks": [task.to_dict() for task in self.tasks],
             "counts": self.counts(),
-            "splits": {name: [[path, [None if math.isnan(v) else v for v in labels]] for path, labels in items] for name, items in self.splits.items()},
+            "splits": {
+                name: [[path, [None if math.isnan(v) else v for v in labels]] for path, labels in items]
+                for name, items in self.splits.items()
+            },
             "skipped": self.skipped,
             "duplicates": self.duplicates,
         }
 
 
-def read_labels(root: str | os.PathLike, labels: str, tasks: Sequence[Task] | str | None = None) -> tuple[list[Task], list[tuple[str, list[float]]], list[dict[str, str]], dict[str, Any]]:
+def read_labels(
+    root: str | os.PathLike, labels: str, tasks: Sequence[Task] | str | None = None
+) -> tuple[list[Task], list[tuple[str, list[float]]], list[dict[str, str]], dict[str, Any]]:
     """Read every labelled image under ``root``: ``(tasks, items, skipped, source)``.
 
     ``labels``: a preset name (``utkface``), a ``.csv`` file, or ``re:REGEX`` with named groups.
@@ -177,7 +192,10 @@ def read_labels(root: str | os.PathLike, labels: str, tasks: Sequence[Task] | st
         chosen = _resolve(tasks)
         missing = [t.name for t in chosen if t.name not in compiled.groupindex]
         if missing:
-            raise ConfigError(f"--labels pattern has no named group for task(s) {', '.join(missing)}", hint="write (?P<age>\\d+) for a task named age")
+            raise ConfigError(
+                f"--labels pattern has no named group for task(s) {', '.join(missing)}",
+                hint="write (?P<age>\\d+) for a task named age",
+            )
         return (*_from_pattern(root_path, pattern, chosen), {"kind": "pattern", "pattern": pattern})
     csv_path = Path(labels)
     if csv_path.suffix.lower() == ".csv":
@@ -185,7 +203,9 @@ def read_labels(root: str | os.PathLike, labels: str, tasks: Sequence[Task] | st
             raise DataError(f"labels file '{labels}' does not exist")
         chosen = _resolve(tasks)
         return (*_from_csv(root_path, csv_path, chosen), {"kind": "csv", "file": str(csv_path)})
-    raise ConfigError(f"--labels '{labels}' is not a preset, a .csv file or re:PATTERN", hint=f"presets: {', '.join(PRESETS)}")
+    raise ConfigError(
+        f"--labels '{labels}' is not a preset, a .csv file or re:PATTERN", hint=f"presets: {', '.join(PRESETS)}"
+    )
 
 
 def _resolve(tasks, known: Sequence[Task] = ()) -> list[Task]:
@@ -215,16 +235,22 @@ def _from_csv(root: Path, csv_path: Path, tasks: list[Task]):
         columns = reader.fieldnames or []
         file_column = next((c for c in FILE_COLUMNS if c in columns), None)
         if file_column is None:
-            raise DataError(f"'{csv_path}' has no file column (one of {', '.join(FILE_COLUMNS)}); its columns: {', '.join(columns)}")
+            raise DataError(
+                f"'{csv_path}' has no file column (one of {', '.join(FILE_COLUMNS)}); its columns: {', '.join(columns)}"
+            )
         missing = [t.name for t in tasks if t.name not in columns]
         if missing:
-            raise DataError(f"'{csv_path}' has no column for task(s) {', '.join(missing)}; its columns: {', '.join(columns)}")
+            raise DataError(
+                f"'{csv_path}' has no column for task(s) {', '.join(missing)}; its columns: {', '.join(columns)}"
+            )
         raw_rows, skipped = [], []
         for line, row in enumerate(reader, start=2):
             name = (row.get(file_column) or "").strip()
             path = root / name
             if not name or not path.is_file():
-                skipped.append({"file": str(path) if name else f"{csv_path}:{line}", "reason": f"row {line}: image file not found"})
+                skipped.append(
+                    {"file": str(path) if name else f"{csv_path}:{line}", "reason": f"row {line}: image file not found"}
+                )
                 continue
             raw_rows.append((str(path), {t.name: (row.get(t.name) or "") for t in tasks}))
     tasks = _infer_classes(tasks, [t for t in tasks if t.is_classification and not t.classes], raw_rows)
@@ -238,7 +264,9 @@ def _infer_classes(tasks: list[Task], needs: list[Task], rows) -> list[Task]:
     return [Task(t.name, t.kind, tuple(found[t.name])) if t.name in found else t for t in tasks]
 
 
-def _encode_rows(rows, tasks: list[Task], skipped: list[dict[str, str]], allow_missing: bool) -> list[tuple[str, list[float]]]:
+def _encode_rows(
+    rows, tasks: list[Task], skipped: list[dict[str, str]], allow_missing: bool
+) -> list[tuple[str, list[float]]]:
     items = []
     for path, values in rows:
         encoded, problem = [], None
@@ -261,15 +289,21 @@ def _encode_rows(rows, tasks: list[Task], skipped: list[dict[str, str]], allow_m
     return items
 
 
-def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, float], seed: int = 0,
-                hashes: dict[str, str] | None = None) -> tuple[dict[str, list], dict[str, Any]]:
+def group_split(
+    items: list[tuple[str, list[float]]],
+    fractions: tuple[float, float],
+    seed: int = 0,
+    hashes: dict[str, str] | None = None,
+) -> tuple[dict[str, list], dict[str, Any]]:
     """Seeded train/valid/test split of whole groups of byte-identical files (``fractions`` = valid, test).
 
     Returns the splits and a report: how many groups of copies there are and which copies disagree on labels.
     """
     valid_fraction, test_fraction = fractions
     if not (0 < valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ConfigError(f"split fractions must be positive and sum below 1; got valid {valid_fraction}, test {test_fraction}")
+        raise ConfigError(
+            f"split fractions must be positive and sum below 1; got valid {valid_fraction}, test {test_fraction}"
+        )
     groups: dict[str, list[int]] = {}
     for index, (path, _) in enumerate(items):
         groups.setdefault(hashes[path] if hashes and path in hashes else sha256_file(path), []).append(index)
@@ -291,8 +325,20 @@ def group_split(items: list[tuple[str, list[float]]], fractions: tuple[float, fl
     for members in groups.values():
         labels = {tuple("nan" if math.isnan(v) else v for v in items[i][1]) for i in members}
         if len(members) > 1 and len(labels) > 1:
-            conflicting.append({"files": sorted(items[i][0] for i in members), "labels": [[None if math.isnan(v) else v for v in items[i][1]] for i in sorted(members, key=lambda i: items[i][0])]})
-    report = {"groups_with_copies": len(copies), "files_in_copy_groups": sum(len(c) for c in copies), "conflicting_labels": conflicting}
+            conflicting.append(
+                {
+                    "files": sorted(items[i][0] for i in members),
+                    "labels": [
+                        [None if math.isnan(v) else v for v in items[i][1]]
+                        for i in sorted(members, key=lambda i: items[i][0])
+                    ],
+                }
+            )
+    report = {
+        "groups_with_copies": len(copies),
+        "files_in_copy_groups": sum(len(c) for c in copies),
+        "conflicting_labels": conflicting,
+    }
     return splits, report
 
 
@@ -311,8 +357,15 @@ def _usable_images(items, skipped: list[dict[str, str]]) -> tuple[list, dict[str
     return kept, {v.path: v.sha256 for v in verdicts if v.sha256}
 
 
-def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[str] | None = None, valid_fraction: float = 0.15, test_fraction: float = 0.15,
-                   seed: int = 0, limit: int | None = None) -> MultiTaskDataset:
+def scan_multitask(
+    root: str | os.PathLike,
+    labels: str,
+    tasks: str | Sequence[str] | None = None,
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    limit: int | None = None,
+) -> MultiTaskDataset:
     """Labels for several tasks under ``root`` and a duplicate-aware train/valid/test split.
 
     ``limit`` keeps a seeded random subset of that many labelled images (said so in the manifest).
@@ -321,17 +374,32 @@ def scan_multitask(root: str | os.PathLike, labels: str, tasks: str | Sequence[s
     items, hashes = _usable_images(items, skipped)
     for task in chosen:
         if task.is_classification and len(task.classes) < 2:
-            raise DataError(f"task '{task.name}' has {len(task.classes)} class(es) in '{root}'; classification needs at least 2")
+            raise DataError(
+                f"task '{task.name}' has {len(task.classes)} class(es) in '{root}'; classification needs at least 2"
+            )
     if limit is not None and limit < len(items):
         keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
         items = [items[i] for i in keep]
         source = {**source, "subset": limit}
     splits, duplicates = group_split(items, (valid_fraction, test_fraction), seed, hashes)
-    return MultiTaskDataset(root=str(root), source=source, tasks=chosen, splits=splits, skipped=skipped, duplicates=duplicates, sha256=hashes)
+    return MultiTaskDataset(
+        root=str(root),
+        source=source,
+        tasks=chosen,
+        splits=splits,
+        skipped=skipped,
+        duplicates=duplicates,
+        sha256=hashes,
+    )
 
 
-def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                 limit: int | None = None) -> MultiTaskDataset:
+def scan_domains(
+    domains: dict[str, str | os.PathLike],
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    limit: int | None = None,
+) -> MultiTaskDataset:
     """Several datasets, one task per domain (labels missing on the other domains' images).
 
     Each value is a class-folder dataset (``DATA/<class>/`` or ``DATA/{train,valid,test}/<class>/``,
@@ -341,7 +409,10 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
     from graft.image.data import scan_folder
 
     if not domains:
-        raise ConfigError("multi-domain training needs --domain NAME=PATH (one per domain; one domain alone is a single-task baseline)")
+        raise ConfigError(
+            "multi-domain training needs --domain NAME=PATH (one per domain; one domain alone is a single-task "
+            "baseline)"
+        )
     tasks, splits, skipped, sources, hashes = [], {name: [] for name in SPLITS}, [], {}, {}
     for position, (name, spec) in enumerate(domains.items()):
         spec = str(spec)
@@ -358,12 +429,16 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
             domain_splits = {k: [(p, float(v)) for p, v in items] for k, items in folder.splits.items()}
             skipped += folder.skipped
             hashes.update(folder.sha256)
-            if "test" not in domain_splits and test_fraction > 0:  # plain class folders: hold out a stratified test split too
+            if (
+                "test" not in domain_splits and test_fraction > 0
+            ):  # plain class folders: hold out a stratified test split too
                 from sklearn.model_selection import train_test_split
 
                 train = domain_splits["train"]
                 n_test = max(round(len(train) * test_fraction), len(classes))
-                kept, held = train_test_split(train, test_size=n_test, stratify=[v for _, v in train], random_state=seed)
+                kept, held = train_test_split(
+                    train, test_size=n_test, stratify=[v for _, v in train], random_state=seed
+                )
                 domain_splits["train"], domain_splits["test"] = sorted(kept), sorted(held)
         tasks.append(Task(name, "classification", classes))
         sources[name] = spec
@@ -377,5 +452,11 @@ def scan_domains(domains: dict[str, str | os.PathLike], valid_fraction: float = 
                 row[position] = value
                 splits[split_name].append((path_, row))
     splits = {k: v for k, v in splits.items() if v}
-    return MultiTaskDataset(root="", source={"kind": "domains", "domains": sources, **({"train_limit": limit} if limit else {})},
-                            tasks=tasks, splits=splits, skipped=skipped, sha256=hashes)
+    return MultiTaskDataset(
+        root="",
+        source={"kind": "domains", "domains": sources, **({"train_limit": limit} if limit else {})},
+        tasks=tasks,
+        splits=splits,
+        skipped=skipped,
+        sha256=hashes,
+    )

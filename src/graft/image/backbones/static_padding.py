@@ -28,10 +28,21 @@ class StaticPadConv2d(nn.Conv2d):
     def __init__(self, source: nn.Conv2d, pad: tuple[int, int, int, int], input_hw: tuple[int, int]):
         left, right, top, bottom = pad
         # Outputs to drop at the start of each axis, then the even padding that shifts the grid by them.
-        skip = tuple(math.ceil((after - before) / stride) for before, after, stride in ((top, bottom, source.stride[0]), (left, right, source.stride[1])))
+        skip = tuple(
+            math.ceil((after - before) / stride)
+            for before, after, stride in ((top, bottom, source.stride[0]), (left, right, source.stride[1]))
+        )
         padding = tuple(before + dropped * stride for before, dropped, stride in zip((top, left), skip, source.stride))
-        super().__init__(source.in_channels, source.out_channels, source.kernel_size, source.stride,
-                         padding, source.dilation, source.groups, source.bias is not None)
+        super().__init__(
+            source.in_channels,
+            source.out_channels,
+            source.kernel_size,
+            source.stride,
+            padding,
+            source.dilation,
+            source.groups,
+            source.bias is not None,
+        )
         self.skip = skip
         self.weight = source.weight
         self.bias = source.bias
@@ -47,7 +58,7 @@ class StaticPadConv2d(nn.Conv2d):
         if self.skip == (0, 0):
             return y
         (skip_h, skip_w), (height, width) = self.skip, self.output_hw
-        return y[:, :, skip_h:skip_h + height, skip_w:skip_w + width]
+        return y[:, :, skip_h : skip_h + height, skip_w : skip_w + width]
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -60,8 +71,13 @@ def make_padding_static(model: nn.Module, input_size: int) -> int:
     from timm.layers import Conv2dSame
 
     sizes: dict[str, tuple[int, int]] = {}
-    hooks = [module.register_forward_pre_hook(lambda module, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
-             for name, module in model.named_modules() if isinstance(module, Conv2dSame)]
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, Conv2dSame)
+    ]
     if not hooks:
         return 0
     try:
@@ -78,5 +94,9 @@ def make_padding_static(model: nn.Module, input_size: int) -> int:
         conv = getattr(parent, attribute)
         pad_h = _same_padding(height, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
         pad_w = _same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        setattr(parent, attribute, StaticPadConv2d(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), (height, width)))
+        setattr(
+            parent,
+            attribute,
+            StaticPadConv2d(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), (height, width)),
+        )
     return len(sizes)
