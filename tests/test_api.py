@@ -84,7 +84,7 @@ def test_run_kinds_are_looked_up_in_a_registry_and_an_unknown_kind_is_a_clear_er
     try:
         assert graft.load(tmp_path / "run").classes == ["blue", "green", "red"]
     finally:
-        del RUN_KINDS["plugin-kind"]
+        RUN_KINDS.unregister("plugin-kind")
 
 
 def test_learns_separable_colours(class_folder, tmp_path):

@@ -141,7 +141,7 @@ def vectors(tmp_path):
 def registered():
     register_modality("vector", "tests.test_modality:VECTOR")
     yield
-    del MODALITIES["vector"]
+    MODALITIES.unregister("vector")
 
 
 def test_a_registered_modality_trains_caches_loads_and_predicts_through_the_core(vectors, tmp_path, registered):
@@ -176,7 +176,7 @@ def test_a_run_of_an_unregistered_modality_is_a_clear_error(vectors, tmp_path, r
     graft.train(
         vectors, tmp_path / "run", backbone="toy-mlp", epochs=1, batch_size=4, quiet=True, num_workers=0, cache=False
     )
-    del MODALITIES["vector"]
+    MODALITIES.unregister("vector")
     try:
         with pytest.raises(graft.RunFolderError, match="the run was trained with unknown modality .vector."):
             graft.load(tmp_path / "run")

@@ -16,7 +16,6 @@ run's modality). A modality bundles three things:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from graft.core.dataset import Dataset
+from graft.core.registry import Registry
 from graft.errors import ConfigError, RunFolderError
 
 
@@ -99,28 +99,20 @@ class Modality(Protocol):
         """Whether a new run on ``data`` with ``backbone`` is of this modality (asked in registration order)."""
 
 
-# Modalities by name, as "module:object" (imported on first use), most specific first: a new
-# modality registers before the image modality, which claims whatever no other one does.
-MODALITIES: dict[str, str] = {"image": "graft.image.modality:IMAGE"}
+# Modalities, most specific first: a new modality registers before the image modality, which claims
+# whatever no other one does.
+MODALITIES = Registry("modality", ConfigError, {"image": "graft.image.modality:IMAGE"})
 DEFAULT = "image"  # runs written before modalities were recorded
 
 
 def register_modality(name: str, where: str) -> None:
-    """Add a modality, asked before those already registered."""
-    items = [(name, where)] + [(k, v) for k, v in MODALITIES.items() if k != name]
-    MODALITIES.clear()
-    MODALITIES.update(items)
+    """Add a modality ("module:object"), asked before those already registered."""
+    MODALITIES.register(name, where, first=True)
 
 
 def modality(name: str = DEFAULT) -> Modality:
     """The modality registered as ``name``."""
-    if name not in MODALITIES:
-        raise ConfigError(
-            f"unknown modality '{name}' (this graft knows {', '.join(sorted(MODALITIES))})",
-            hint="was the run written by a newer graft, or with a plug-in that is not installed?",
-        )
-    module, _, attribute = MODALITIES[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return MODALITIES.get(name)
 
 
 def modality_of(saved: dict[str, Any]) -> Modality:
@@ -134,7 +126,7 @@ def modality_of(saved: dict[str, Any]) -> Modality:
 
 def modality_for(data: str | None, backbone: str) -> Modality:
     """The first registered modality that claims a new run on ``data`` with ``backbone``."""
-    for name in MODALITIES:
+    for name in MODALITIES.names():
         chosen = modality(name)
         if chosen.claims(data, backbone):
             return chosen

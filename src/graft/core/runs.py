@@ -21,6 +21,7 @@ import torch
 from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
 from graft.core.freeze import FreezePlan
+from graft.core.registry import Registry
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_tensors, read_json
 
@@ -153,25 +154,19 @@ class TrainedRun(Protocol):
 # Run kinds (config.json's "kind") and where each kind's :class:`graft.core.trainer.RunKind` lives, as
 # "module:object" names rather than imports, so this module depends on no kind (Hugging Face's
 # auto-class mappings work the same way). A new kind calls register_run_kind.
-RUN_KINDS: dict[str, str] = {"classifier": "graft.core.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
+RUN_KINDS = Registry(
+    "run kind", RunFolderError, {"classifier": "graft.core.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
+)
 
 
 def register_run_kind(kind: str, where: str) -> None:
     """Make runs of ``kind`` train, load and resume through the RunKind object at ``where`` ("module:name")."""
-    RUN_KINDS[kind] = where
+    RUN_KINDS.register(kind, where)
 
 
 def run_kind(kind: str) -> Any:
     """The RunKind object of ``kind`` (see :class:`graft.core.trainer.RunKind`)."""
-    import importlib
-
-    if kind not in RUN_KINDS:
-        raise RunFolderError(
-            f"unknown run kind '{kind}' (this graft knows {', '.join(sorted(RUN_KINDS))})",
-            hint="was the run written by a newer graft, or by a plug-in that is not installed?",
-        )
-    module, _, name = RUN_KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
+    return RUN_KINDS.get(kind)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
