@@ -90,6 +90,22 @@ def test_offline_hub_model_without_weights_gets_a_hint(monkeypatch):
     assert "--weights" in error.value.hint
 
 
+def test_an_unreachable_hub_is_detected_at_once_not_after_a_minute_of_retries(monkeypatch):
+    import socket
+    import time
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    began = time.perf_counter()
+    with pytest.raises(BackboneError, match="not reachable from here") as error:
+        create_backbone("resnet50")
+    assert time.perf_counter() - began < 10
+    assert "--weights" in error.value.hint and "graft backbones" in error.value.hint
+
+
 def test_coffee_photo_is_espresso():
     skimage_data = pytest.importorskip("skimage.data")
     import graft

@@ -303,3 +303,42 @@ def test_a_batch_of_uint8_pixels_normalises_to_what_the_per_image_transform_give
     keys = [(1, i) for i in range(len(items))]
     batch = preprocessing.normalize_batch(torch.stack([pixels[key][0] for key in keys]))
     assert torch.equal(batch, torch.stack([normalised[key][0] for key in keys]))
+
+
+def test_the_cache_records_use_and_is_trimmed_least_recently_used_first(tmp_path, monkeypatch):
+    from graft.core import cache as cache_module
+    from graft.core.cache import cache_usage, parse_size, prune_cache
+
+    assert parse_size("5GB") == 5_000_000_000 and parse_size("500MB") == 500_000_000 and parse_size("123") == 123
+    with pytest.raises(graft.ConfigError, match="500MB"):
+        parse_size("lots")
+    clock = [1000.0]
+    monkeypatch.setattr(cache_module.time, "time", lambda: clock[0])
+    for number, view in enumerate(("old", "middle", "new")):
+        clock[0] += 100
+        cached_rows(ActivationStore(tmp_path, _key(view=view)), [f"d{number}"], _computer([]), source=f"/data/{view}")
+    usage = {entry["view"]: entry for entry in cache_usage(tmp_path)["namespaces"]}
+    assert usage["old"]["data"] == ["/data/old"] and usage["old"]["last_used"] < usage["new"]["last_used"]
+    size = usage["old"]["bytes"]
+    keep = {usage["old"]["namespace"]}
+    removed = prune_cache(tmp_path, max_bytes=2 * size + size // 2, keep=keep)  # room for two: the oldest unkept goes
+    assert [entry["view"] for entry in removed] == ["middle"]
+    assert {entry["view"] for entry in cache_usage(tmp_path)["namespaces"]} == {"old", "new"}
+    clock[0] += 86400 * 40
+    assert {entry["view"] for entry in prune_cache(tmp_path, older_than_days=30)} == {"old", "new"}
+
+
+def test_a_run_trims_the_cache_to_its_limit_but_keeps_its_own_rows(class_folder, tmp_path, monkeypatch):
+    from graft.core.cache import cache_usage
+
+    cache = tmp_path / "cache"
+    options = dict(
+        backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=8, cache_dir=cache
+    )
+    graft.train(class_folder, tmp_path / "a", mode="finetune", unfreeze=1, augment=False, **options)
+    first = {entry["namespace"] for entry in cache_usage(cache)["namespaces"]}
+    monkeypatch.setenv("GRAFT_CACHE_LIMIT", "1")  # one byte: everything not used by the next run goes
+    graft.train(class_folder, tmp_path / "b", mode="extract", **options)
+    left = cache_usage(cache)["namespaces"]
+    assert left and not first & {entry["namespace"] for entry in left}
+    assert all(entry["data"] == [str(class_folder)] for entry in left)

@@ -118,6 +118,9 @@ class VectorModality:
             with torch.inference_mode():
                 yield prefix(inputs).numpy()
 
+    def thumbnail(self, path):
+        return None
+
     def probe(self, loaded, items, batch_size=16):
         raise AssertionError("not used")
 

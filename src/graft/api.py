@@ -1,42 +1,128 @@
-"""graft's public functions: ``classify``, ``train``, ``resume``, ``load``, ``evaluate``, ``predict``.
+"""graft's public functions: ``classify``, ``check``, ``train``, ``resume``, ``load``, ``evaluate``, ``predict``.
 
-Each is a thin composition of the modules (backbones, data, strategies, training, runs); the CLI
-calls exactly these and adds nothing but formatting.
+Each is a thin composition of the modules (config, modalities, the pipeline, run folders); the CLI
+calls exactly these and adds nothing but formatting. Arguments and paths are checked before torch
+and the backbones are imported (several seconds), so a mistake is answered in well under a second.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from timm.data import ImageNetInfo
+from graft.core.config import DEFAULT_BACKBONE, RunConfig, check_workers, validate
+from graft.errors import ConfigError, DataError, RunFolderError
 
-from graft.core import trainer
-from graft.core.config import DEFAULT_BACKBONE, RunConfig
-from graft.core.inputs import check_workers
-from graft.core.runs import TrainedRun, load_run
-from graft.errors import ConfigError
-from graft.image.backbones import create_backbone
-from graft.image.data import ImageDataset, collect_image_paths, scan_folder
+if TYPE_CHECKING:
+    from graft.core.runs import TrainedRun
 
 __all__ = ["DEFAULT_BACKBONE", "check", "classify", "evaluate", "load", "predict", "resume", "train", "train_multitask"]
 
 
 def load(run: str | os.PathLike) -> TrainedRun:
     """Load a run folder (the only loader): ``graft.load("runs/signs").predict(["a.jpg"])``."""
+    require_run_folder(run)
+    from graft.core.runs import load_run
+
     return load_run(run)
 
 
-def check(data: str | os.PathLike, valid_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+def require_folder(path: str | os.PathLike, what: str = "data folder") -> None:
+    """A clear error, at once, when ``path`` is not an existing folder."""
+    if not Path(path).is_dir():
+        raise DataError(f"{what} '{path}' does not exist or is not a folder")
+
+
+def require_paths(paths: Sequence[str | os.PathLike]) -> None:
+    """A clear error, at once, naming the first of ``paths`` that does not exist."""
+    for path in paths:
+        if not Path(path).exists():
+            raise DataError(f"'{path}' does not exist")
+
+
+def require_run_folder(run: Any) -> None:
+    """A clear error, at once, when ``run`` is a path but not a finished run folder."""
+    if isinstance(run, (str, os.PathLike)):
+        folder = Path(run)
+        if not folder.is_dir():
+            raise RunFolderError(f"run folder '{folder}' does not exist")
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / name).is_file():
+                raise RunFolderError(
+                    f"run folder '{folder}' has no {name}",
+                    hint="is this a folder written by graft train (and did it finish an epoch)?",
+                )
+
+
+def check(
+    data: str | os.PathLike,
+    valid_fraction: float | None = None,
+    seed: int = 0,
+    labels: str | None = None,
+    tasks: str | None = None,
+) -> dict[str, Any]:
     """Inspect a data folder as ``train`` would, without training: images, usable, skipped (file, reason),
-    warnings (file, message: duplicates, missing classes, odd names) and errors that would stop training."""
-    from graft.image.checking import check_report
+    warnings (file, message: duplicates, missing classes, odd names) and errors that would stop training.
+    With ``labels`` (and ``tasks``), the folder is read as ``train --labels`` reads it: names or rows that
+    do not parse are skipped with the reason, and byte-identical copies with conflicting labels are warned about."""
+    require_folder(data)
+    from graft.image.checking import check_report, summarise
 
     errors: list[str] = []
-    dataset = scan_folder(data, valid_fraction=valid_fraction, seed=seed, errors=errors)
-    return check_report(dataset, errors)
+    if labels is None:
+        if tasks is not None:
+            raise ConfigError("--tasks (data.tasks) needs --labels (where the tasks' labels come from)")
+        from graft.image.data import scan_folder
+
+        dataset = scan_folder(
+            data, valid_fraction=0.2 if valid_fraction is None else valid_fraction, seed=seed, errors=errors
+        )
+        return check_report(dataset, errors)
+    from graft.multitask.tasks import scan_multitask
+
+    try:
+        found = scan_multitask(data, labels, tasks, 0.15 if valid_fraction is None else valid_fraction, 0.15, seed)
+    except DataError as error:
+        errors.append(error.message)
+        return {
+            "data": str(data),
+            "layout": "multitask",
+            "classes": {},
+            "counts": {},
+            "images": 0,
+            "usable": 0,
+            "skipped": [],
+            "skipped_by_reason": {},
+            "warnings": [],
+            "errors": errors,
+            "ok": False,
+        }
+    conflicts = found.duplicates.get("conflicting_labels", [])
+    warnings = [
+        {
+            "file": group["files"][0],
+            "message": f"byte-identical to {len(group['files']) - 1} other file(s) with other labels "
+            f"{group['labels']} (label noise; kept on one side of the split)",
+        }
+        for group in conflicts
+    ]
+    usable = sum(len(items) for items in found.splits.values())
+    return {
+        "data": str(data),
+        "layout": "multitask",
+        "tasks": [task.to_dict() for task in found.tasks],
+        "classes": {task.name: list(task.classes) for task in found.tasks if task.is_classification},
+        "counts": found.counts(),
+        "images": usable + len(found.skipped),
+        "usable": usable,
+        "skipped": found.skipped,
+        "skipped_by_reason": summarise(found.skipped),
+        "warnings": warnings,
+        "errors": errors,
+        "ok": True,
+    }
 
 
 def classify(
@@ -45,6 +131,13 @@ def classify(
     """Use the pretrained ImageNet classifier as is: the ``top`` labels with probabilities for each image."""
     if top < 1:
         raise ConfigError(f"--top must be at least 1; got {top}")
+    require_paths(images)
+    import torch
+    from timm.data import ImageNetInfo
+
+    from graft.image.backbones import create_backbone
+    from graft.image.data import ImageDataset, collect_image_paths
+
     paths = collect_image_paths(images)
     loaded = create_backbone(backbone, weights=weights)
     info = ImageNetInfo()
@@ -180,7 +273,26 @@ def train(
         device=device,
         log=log,
     )
+    validate(config)
+    check_workers(num_workers)
+    _require_inputs(config)
+    from graft.core import trainer
+
     return trainer.train(config, out, num_workers=num_workers, quiet=quiet)
+
+
+def _require_inputs(config: RunConfig) -> None:
+    """The data, label file, domains and weights a config names exist (before anything slow)."""
+    if config.data is not None and not Path(config.data).exists():
+        raise DataError(f"data folder '{config.data}' does not exist or is not a folder")
+    for name, spec in (config.domains or {}).items():
+        path = spec.split(":")[0] if spec.count(":") == 2 else spec
+        if not Path(path).is_dir():
+            raise DataError(f"--domain {name}: '{path}' does not exist or is not a folder")
+    if config.labels and config.labels.lower().endswith(".csv") and not Path(config.labels).is_file():
+        raise DataError(f"labels file '{config.labels}' does not exist")
+    if config.weights is not None and not Path(config.weights).is_file():
+        raise ConfigError(f"--weights file '{config.weights}' does not exist")
 
 
 def train_multitask(data: str | os.PathLike | None, out: str | os.PathLike, **options: Any) -> dict[str, Any]:
@@ -202,20 +314,32 @@ def resume(run: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     """Continue a killed or interrupted run of any kind from its last completed epoch (same plan,
     optimizer, schedule and random state); returns the ``train`` JSON summary."""
     check_workers(num_workers)
+    if not Path(run).is_dir():
+        raise RunFolderError(f"'{run}' is not a graft run folder that can be resumed (it does not exist)")
+    from graft.core import trainer
+
     return trainer.resume(run, num_workers=num_workers, quiet=quiet)
 
 
 def evaluate(
-    run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32
+    run: str | os.PathLike | TrainedRun, data: str | os.PathLike | None = None, batch_size: int = 32, tta: int = 0
 ) -> dict[str, Any]:
     """Metrics of a run on labelled data: loss, accuracy, per-class precision/recall/F1 and a confusion
     matrix PNG (a multi-task run: every task, accuracy/F1 or MAE). Without ``data``: the run's held-out
-    test split (valid if it has none)."""
-    trained = load_run(run) if isinstance(run, (str, os.PathLike)) else run
-    return trained.evaluate(data, batch_size=batch_size)
+    test split (valid if it has none). ``tta``: test-time augmentation, the mean over the clean view and
+    ``tta`` seeded augmented views (single-task runs)."""
+    require_run_folder(run)
+    if data is not None:
+        require_folder(data)
+    trained = load(run) if isinstance(run, (str, os.PathLike)) else run
+    return trained.evaluate(data, batch_size=batch_size, tta=tta)
 
 
-def predict(run: str | os.PathLike | TrainedRun, images: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Predictions for each input, from a trained run of any kind."""
-    trained = load_run(run) if isinstance(run, (str, os.PathLike)) else run
-    return trained.predict(images)
+def predict(
+    run: str | os.PathLike | TrainedRun, images: Sequence[str | os.PathLike], tta: int = 0
+) -> list[dict[str, Any]]:
+    """Predictions for each input, from a trained run of any kind (``tta``: as in :func:`evaluate`)."""
+    require_run_folder(run)
+    require_paths(images)
+    trained = load(run) if isinstance(run, (str, os.PathLike)) else run
+    return trained.predict(images, tta=tta)

@@ -1,7 +1,9 @@
 """The ``graft`` command: a thin Typer layer over ``graft.api``.
 
-Human output goes to stderr; ``--json`` puts one JSON document on stdout. Users' mistakes
-(``GraftError``) become a message, a hint and an exit code, never a traceback.
+Results go to stdout (human-readable, or one JSON document with ``--json``); progress and logs go to
+stderr. Users' mistakes (``GraftError``) become a message, a hint and an exit code, never a traceback;
+with ``--json`` the error is also a JSON object on stdout (``{"error", "hint", "exit_code"}``).
+Commands import torch only after their arguments and paths are checked (``graft.api``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,24 @@ WeightsOption = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from graft import __version__
+
+        print(f"graft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print graft's version and exit."),
+    ] = False,
+) -> None:
+    """Transfer learning from pretrained networks, fast on a CPU and offline."""
+
+
 def _handle_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -46,9 +66,17 @@ def _handle_errors(command: Callable) -> Callable:
             stderr.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
             if error.hint:
                 stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
+            if kwargs.get("json_output"):
+                from graft.console import emit_json
+
+                emit_json({"error": error.message, "hint": error.hint, "exit_code": error.exit_code})
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")
+            if kwargs.get("json_output"):
+                from graft.console import emit_json
+
+                emit_json({"error": "interrupted", "hint": None, "exit_code": 130})
             raise typer.Exit(130) from None
 
     return wrapper
@@ -62,7 +90,7 @@ def _default_backbone() -> str:
 @_handle_errors
 def backbones(json_output: JsonOption = False):
     """List the built-in backbones (weights ship in pip packages, so they work offline)."""
-    from graft.console import emit_json, stderr, table
+    from graft.console import emit_json, stdout, table
     from graft.image.backbones import get_spec, list_backbones
 
     rows = []
@@ -86,14 +114,14 @@ def backbones(json_output: JsonOption = False):
     if json_output:
         emit_json(rows)
     else:
-        stderr.print(
-            table(
-                "built-in backbones",
-                ["name", "description", "weights package", "installed"],
-                [[r["name"], r["description"], r["package"], "yes" if r["installed"] else "no"] for r in rows],
-            )
+        listing = table(
+            "built-in backbones",
+            ["name", "installed", "description", "weights package"],
+            [[r["name"], "yes" if r["installed"] else "no", r["description"], r["package"]] for r in rows],
         )
-        stderr.print("Any other timm model name works when online, or with --weights FILE.")
+        listing.columns[0].no_wrap = True  # the name is what one types: never cut or wrapped
+        stdout.print(listing)
+        stdout.print("Any other timm model name works when online, or with --weights FILE.")
 
 
 @app.command()
@@ -107,16 +135,16 @@ def classify(
 ):
     """Use the pretrained ImageNet classifier as is: top-k labels with probabilities."""
     from graft.api import classify as run_classify
-    from graft.console import emit_json, stderr
+    from graft.console import emit_json, stdout
 
     results = run_classify(images, backbone=backbone, top=top, weights=str(weights) if weights else None)
     if json_output:
         emit_json(results)
         return
     for result in results:
-        stderr.print(f"[bold]{result['image']}[/]")
+        stdout.print(f"[bold]{result['image']}[/]")
         for entry in result["top"]:
-            stderr.print(f"  {entry['prob']:7.2%}  {entry['label']}")
+            stdout.print(f"  {entry['prob']:7.2%}  {entry['label']}")
 
 
 @app.command()
@@ -423,7 +451,7 @@ def advise(
     json_output: JsonOption = False,
 ):
     """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones)."""
-    from graft.console import emit_json, stderr, table
+    from graft.console import emit_json, stdout, table
     from graft.core.advisor import LOGME_MEANING, rank_backbones
     from graft.core.advisor import advise as run_advise
 
@@ -434,7 +462,7 @@ def advise(
         if json_output:
             emit_json({"ranking": ranking, "best": ranking[0]["backbone"], "score": "logme", "meaning": LOGME_MEANING})
             return
-        stderr.print(
+        stdout.print(
             table(
                 "backbones ranked by LogME on frozen features (higher is better)",
                 ["rank", "backbone", "LogME", "similarity", "scenario", "seconds"],
@@ -451,7 +479,7 @@ def advise(
                 ],
             )
         )
-        stderr.print(LOGME_MEANING)
+        stdout.print(LOGME_MEANING)
         return
     advice = run_advise(
         data, backbone=backbone, weights=str(weights) if weights else None, seed=seed, per_class=per_class
@@ -460,7 +488,7 @@ def advise(
         emit_json(advice.to_dict())
         return
     evidence = advice.evidence
-    stderr.print(
+    stdout.print(
         table(
             f"evidence ({backbone}, {evidence['sample_images']} images measured in {advice.seconds:.1f}s)",
             ["stage", "BatchNorm drift (KL)", "LogME of frozen features"],
@@ -475,24 +503,24 @@ def advise(
         )
     )
     if evidence["head_confidence"] is not None:
-        stderr.print(
+        stdout.print(
             f"ImageNet head on these images: mean top-1 probability {evidence['head_confidence']:.3f}, normalised "
             f"entropy {evidence['head_entropy']:.3f}"
         )
-    stderr.print(
+    stdout.print(
         f"[bold]scenario {advice.scenario}[/]  similarity {advice.similarity:.2f}  "
         f"images {advice.size['images']}  classes {advice.size['classes']}  smallest class "
         f"{advice.size['min_per_class']}"
     )
     for reason in advice.reasons:
-        stderr.print(f"- {reason}")
+        stdout.print(f"- {reason}")
     plan = advice.plan
     command = f"graft train {data} --out RUN --mode {plan.mode}" + (
         f" --unfreeze {plan.unfreeze} --head-epochs {plan.head_epochs} --backbone-lr-mult {plan.backbone_lr_mult}"
         if plan.mode == "finetune"
         else ""
     )
-    stderr.print(f"plan: {command} --epochs {plan.epochs} --lr {plan.lr:g}   (or simply: --mode auto)")
+    stdout.print(f"plan: {command} --epochs {plan.epochs} --lr {plan.lr:g}   (or simply: --mode auto)")
 
 
 @app.command()
@@ -500,26 +528,38 @@ def advise(
 def check(
     data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
     seed: Annotated[int, typer.Option("--seed", help="Seed of the train/valid split (as in graft train).")] = 0,
+    labels: Annotated[
+        Optional[str],
+        typer.Option("--labels", help="Read DATA as graft train --labels does: utkface, a CSV file, or re:PATTERN."),
+    ] = None,
+    tasks: Annotated[
+        Optional[str], typer.Option("--tasks", help="Tasks to read from --labels (as in graft train).")
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Inspect a data folder without training: unusable files (with reasons), duplicates, class problems."""
     from graft.api import check as run_check
-    from graft.console import emit_json, stderr, table
+    from graft.console import emit_json, stdout, table
     from graft.image.checking import display_name
 
-    result = run_check(data, seed=seed)
+    result = run_check(data, seed=seed, labels=labels, tasks=tasks)
     if json_output:
         emit_json(result)
     else:
-        stderr.print(
-            f"[bold]graft check[/] {display_name(str(data))}: {result['layout']}; {len(result['classes'])} classes; "
-            f"{result['images']} files, {result['usable']} usable ("
+        stdout.print(
+            f"[bold]graft check[/] {display_name(str(data))}: {result['layout']}; "
+            + (
+                f"tasks {', '.join(t['name'] for t in result['tasks'])}; "
+                if "tasks" in result
+                else f"{len(result['classes'])} classes; "
+            )
+            + f"{result['images']} files, {result['usable']} usable ("
             + ", ".join(f"{name} {count}" for name, count in result["counts"].items())
             + ")",
             highlight=False,
         )
         if result["skipped"]:
-            stderr.print(
+            stdout.print(
                 table(
                     f"skipped: {len(result['skipped'])} file(s)",
                     ["reason", "files"],
@@ -531,13 +571,13 @@ def check(
             ("warning", result["warnings"], "message"),
         ):
             for entry in entries[:50]:
-                stderr.print(f"[yellow]{kind}[/] {display_name(entry['file'])}: {entry[key]}", highlight=False)
+                stdout.print(f"[yellow]{kind}[/] {display_name(entry['file'])}: {entry[key]}", highlight=False)
             if len(entries) > 50:
-                stderr.print(f"... and {len(entries) - 50} more {kind} entries (--json lists all)")
+                stdout.print(f"... and {len(entries) - 50} more {kind} entries (--json lists all)")
         for message in result["errors"]:
-            stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+            stdout.print(f"[bold red]error:[/] {message}", highlight=False)
         if result["ok"]:
-            stderr.print("[green]ok[/]: graft train can use this folder")
+            stdout.print("[green]ok[/]: graft train can use this folder")
     if not result["ok"]:
         raise typer.Exit(3)
 
@@ -553,19 +593,22 @@ def evaluate(
             "held-out test split."
         ),
     ] = None,
+    tta: Annotated[
+        int, typer.Option("--tta", help="Test-time augmentation: average the clean view and N seeded augmented views.")
+    ] = 0,
     json_output: JsonOption = False,
 ):
     """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG (multi-task: every task)."""
     from graft.api import evaluate as run_evaluate
-    from graft.console import emit_json, stderr, table
+    from graft.console import emit_json, stdout, table
 
-    metrics = run_evaluate(run, data)
+    metrics = run_evaluate(run, data, tta=tta)
     if json_output:
         emit_json(metrics)
         return
     if metrics.get("kind") == "multitask":
-        stderr.print(f"evaluated on {metrics['evaluated_on']}: n {metrics['n']}, combined score {metrics['score']:.4f}")
-        stderr.print(
+        stdout.print(f"evaluated on {metrics['evaluated_on']}: n {metrics['n']}, combined score {metrics['score']:.4f}")
+        stdout.print(
             table(
                 "per task",
                 ["task", "n", "accuracy", "macro F1", "MAE", "RMSE"],
@@ -584,11 +627,11 @@ def evaluate(
             )
         )
         return
-    stderr.print(
+    stdout.print(
         f"evaluated on {metrics['evaluated_on']}: accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   n "
         f"{metrics['n']}"
     )
-    stderr.print(
+    stdout.print(
         table(
             "per class",
             ["class", "precision", "recall", "f1", "support"],
@@ -598,7 +641,7 @@ def evaluate(
             ],
         )
     )
-    stderr.print(f"confusion matrix: {metrics['confusion_matrix_png']}")
+    stdout.print(f"confusion matrix: {metrics['confusion_matrix_png']}")
 
 
 @app.command()
@@ -606,13 +649,16 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    tta: Annotated[
+        int, typer.Option("--tta", help="Test-time augmentation: average the clean view and N seeded augmented views.")
+    ] = 0,
     json_output: JsonOption = False,
 ):
     """Predict the label of each image with a trained run."""
     from graft.api import predict as run_predict
-    from graft.console import emit_json, stderr
+    from graft.console import emit_json, emit_line
 
-    results = run_predict(run, images)
+    results = run_predict(run, images, tta=tta)
     if json_output:
         emit_json(results)
         return
@@ -622,9 +668,9 @@ def predict(
                 f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}"
                 for name, v in result["tasks"].items()
             ]
-            stderr.print(f"{result['image']}: {', '.join(parts)}")
+            emit_line(f"{', '.join(parts)}\t{result['image']}")
             continue
-        stderr.print(f"{result['prob']:7.2%}  {result['label']:<16} {result['image']}")
+        emit_line(f"{result['label']}\t{result['prob']:.2%}\t{result['image']}")
 
 
 @app.command()
@@ -634,30 +680,72 @@ def cache(
         Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")
     ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Delete every cached activation in the folder.")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete the least recently used entries down to --max-size (and those older than --older-than).",
+        ),
+    ] = False,
+    max_size: Annotated[
+        Optional[str],
+        typer.Option("--max-size", help="With --prune: size to trim to, e.g. 2GB (default $GRAFT_CACHE_LIMIT or 5GB)."),
+    ] = None,
+    older_than: Annotated[
+        Optional[float],
+        typer.Option("--older-than", help="With --prune: also delete entries unused for this many days."),
+    ] = None,
     json_output: JsonOption = False,
 ):
-    """Show (or --clear) the activation cache: frozen-stage outputs kept between runs."""
-    from graft.console import emit_json, stderr, table
-    from graft.core.cache import cache_usage, clear_cache
+    """Show the activation cache (frozen-stage outputs kept between runs: for which data, last used), or
+    --prune / --clear it. After every run it is trimmed to $GRAFT_CACHE_LIMIT (default 5GB), least
+    recently used first."""
+    from datetime import datetime
 
+    from graft.console import emit_json, stdout, table
+    from graft.core.cache import cache_limit, cache_usage, clear_cache, parse_size, prune_cache
+    from graft.errors import ConfigError
+
+    if (max_size is not None or older_than is not None) and not prune:
+        raise ConfigError(
+            "--max-size and --older-than only apply with --prune", hint="graft cache --prune --max-size 2GB"
+        )
+    if prune and clear:
+        raise ConfigError("--prune and --clear are two ways to empty the cache; pick one")
+    removed: list = []
+    if prune:
+        removed = prune_cache(
+            cache_dir, max_bytes=parse_size(max_size) if max_size else cache_limit(), older_than_days=older_than
+        )
     usage = cache_usage(cache_dir)
     if clear:
         usage["freed_bytes"] = clear_cache(cache_dir)
+    if prune:
+        usage["pruned"] = removed
+        usage["freed_bytes"] = sum(entry["bytes"] for entry in removed)
     if json_output:
         emit_json(usage)
         return
-    stderr.print(
+    stdout.print(
         table(
             f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)",
-            ["namespace", "architecture", "stop", "view", "images", "MB"],
+            ["namespace", "data", "stop", "view", "images", "MB", "last used"],
             [
-                [e["namespace"], e["architecture"], e["stop"], e["view"], e["images"], f"{e['bytes'] / 1e6:.1f}"]
+                [
+                    e["namespace"][:12],
+                    ", ".join(e["data"]) or "?",
+                    e["stop"],
+                    e["view"],
+                    e["images"],
+                    f"{e['bytes'] / 1e6:.1f}",
+                    datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M"),
+                ]
                 for e in usage["namespaces"]
             ],
         )
     )
-    if clear:
-        stderr.print(f"cleared {usage['freed_bytes'] / 1e6:.1f} MB")
+    if clear or prune:
+        stdout.print(f"freed {usage['freed_bytes'] / 1e6:.1f} MB")
 
 
 @app.command()

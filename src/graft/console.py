@@ -1,4 +1,5 @@
-"""One output layer: human output (Rich) on stderr, machine output (``--json``) on stdout."""
+"""One output layer, the Unix way: results on stdout (human-readable, or one JSON document with
+``--json``), progress, logs and errors on stderr, so ``> file`` and ``| grep`` get the results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 stderr = Console(stderr=True)
+# Results: no line breaks of Rich's own (a piped stdout has no width; a terminal wraps long lines itself).
+stdout = Console(soft_wrap=True, highlight=False)
+
+
+def emit_line(text: str) -> None:
+    """One plain result line on stdout (tabs kept, no markup): what ``cut`` and ``grep`` read."""
+    sys.stdout.write(text + "\n")
 
 
 def emit_json(obj: Any) -> None:

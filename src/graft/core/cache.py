@@ -13,6 +13,9 @@ that are memory-mapped, so a dataset larger than memory trains from the page cac
 index are written atomically, so a killed run leaves no half-written row behind.
 
 The default location is ``$GRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graft``, else ``~/.cache/graft``.
+Each namespace records when it was last used and for which data; after a run the cache is trimmed to
+``$GRAFT_CACHE_LIMIT`` (default 5 GB) by deleting the least recently used namespaces (never those the
+run just used), and ``graft cache --prune`` trims it on demand.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,8 @@ from graft.fileio import atomic_write_json, read_json
 # 2: rows computed with BatchNorm folded into the convolutions (equal to version 1's up to float rounding)
 FORMAT_VERSION = 2
 INDEX = "index.json"
+USAGE = "usage.json"  # when the namespace was last used, and for which data
+DEFAULT_LIMIT = "5GB"
 KEY = "key.json"
 
 
@@ -214,10 +220,12 @@ def cached_rows(
     store: ActivationStore,
     digests: Sequence[str],
     compute: Callable[[list[int]], Iterable[np.ndarray]],
+    source: str | None = None,
 ) -> CachedRows:
     """Rows for ``digests``, computing (``compute(positions)`` yields batches in order) only those not cached.
 
-    Identical images (same sha256) are computed once.
+    Identical images (same sha256) are computed once. The namespace records this use (and ``source``,
+    where the data came from) for ``graft cache`` and least-recently-used trimming.
     """
     missing = store.missing(digests)
     unique: dict[str, int] = {}
@@ -225,7 +233,67 @@ def cached_rows(
         unique.setdefault(digests[position], position)
     if unique:
         store.add(list(unique), compute(list(unique.values())))
+    _record_use(store.folder, source)
     return store.rows(digests)
+
+
+def _record_use(folder: Path, source: str | None) -> None:
+    usage = _usage(folder)
+    sources = usage.get("data", [])
+    if source and source not in sources:
+        sources = (sources + [source])[-8:]
+    try:
+        atomic_write_json(folder / USAGE, {"last_used": time.time(), "data": sources})
+    except OSError:
+        pass  # bookkeeping only: a read-only cache still serves rows
+
+
+def _usage(folder: Path) -> dict[str, Any]:
+    try:
+        usage = read_json(folder / USAGE)
+        return usage if isinstance(usage, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"``, ``"5GB"``, ``"2.5G"``, ``"1000000"`` (bytes) as bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)B?\s*", str(text).upper())
+    if not match:
+        raise ConfigError(f"a cache size must look like 500MB, 5GB or a number of bytes; got {text!r}")
+    return int(float(match.group(1)) * 1000 ** " KMGT".index(match.group(2) or " "))
+
+
+def cache_limit() -> int:
+    """The size the cache is trimmed to after a run: ``$GRAFT_CACHE_LIMIT`` or 5 GB."""
+    return parse_size(os.environ.get("GRAFT_CACHE_LIMIT") or DEFAULT_LIMIT)
+
+
+def prune_cache(
+    root: str | os.PathLike | None = None,
+    max_bytes: int | None = None,
+    older_than_days: float | None = None,
+    keep: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Delete namespaces, least recently used first, until the cache holds at most ``max_bytes``, and every
+    namespace unused for ``older_than_days``; never those in ``keep``. Returns what was deleted."""
+    usage = cache_usage(root)
+    keep = set(keep)
+    entries = sorted(usage["namespaces"], key=lambda e: e["last_used"] or 0.0)
+    total, removed = usage["bytes"], []
+    now = time.time()
+    for entry in entries:
+        if entry["namespace"] in keep:
+            continue
+        stale = older_than_days is not None and now - (entry["last_used"] or 0.0) > older_than_days * 86400
+        too_big = max_bytes is not None and total > max_bytes
+        if stale or too_big:
+            shutil.rmtree(Path(usage["cache_dir"]) / entry["namespace"], ignore_errors=True)
+            total -= entry["bytes"]
+            removed.append(entry)
+    return removed
 
 
 def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -237,6 +305,7 @@ def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
             size = sum(f.stat().st_size for f in namespace.iterdir() if f.is_file())
             key = read_json(namespace / KEY) if (namespace / KEY).is_file() else {}
             index = read_json(namespace / INDEX) if (namespace / INDEX).is_file() else {}
+            used = _usage(namespace)
             entries.append(
                 {
                     "namespace": namespace.name,
@@ -245,6 +314,8 @@ def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
                     "view": key.get("view"),
                     "images": len(index),
                     "bytes": size,
+                    "data": used.get("data", []),
+                    "last_used": used.get("last_used") or namespace.stat().st_mtime,
                 }
             )
     return {"cache_dir": str(folder), "bytes": sum(e["bytes"] for e in entries), "namespaces": entries}

@@ -164,15 +164,3 @@ def _summary_writer(folder: str | os.PathLike):
             hint="pip install 'graft[tensorboard]' (or pip install tensorboard)",
         ) from None
     return SummaryWriter(str(folder))
-
-
-def check_log(kind: str | None) -> None:
-    """Fail before any work when ``--log`` names a logger that cannot run here."""
-    if kind == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--log tensorboard needs the tensorboard package",
-                hint="pip install 'graft[tensorboard]' (or pip install tensorboard)",
-            ) from None

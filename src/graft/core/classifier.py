@@ -26,7 +26,7 @@ from graft.core.modality import Modality, modality_of
 from graft.core.model import TransferModel
 from graft.core.objectives import Classification
 from graft.core.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
-from graft.errors import DataError, RunFolderError
+from graft.errors import ConfigError, DataError, RunFolderError
 from graft.fileio import read_json
 
 
@@ -41,11 +41,11 @@ class TrainedClassifier:
     path: Path
     modality: Modality
 
-    def predict(self, inputs: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, inputs: Sequence[str | os.PathLike], batch_size: int = 32, tta: int = 0) -> list[dict[str, Any]]:
         """Label and class probabilities for each input (files or folders), under the modality's name
-        (``{"image": path, "label", "prob", "probs"}``)."""
+        (``{"image": path, "label", "prob", "probs"}``); ``tta``: see :meth:`probabilities`."""
         paths = self.modality.expand(inputs)
-        probabilities, _ = predict_probabilities(self.model, self._loader([(path, -1) for path in paths], batch_size))
+        probabilities, _ = self.probabilities([(path, -1) for path in paths], batch_size, tta)
         return [
             {
                 self.modality.name: path,
@@ -57,7 +57,11 @@ class TrainedClassifier:
         ]
 
     def evaluate(
-        self, data: str | os.PathLike | None = None, batch_size: int = 32, out_png: str | os.PathLike | None = None
+        self,
+        data: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        out_png: str | os.PathLike | None = None,
+        tta: int = 0,
     ) -> dict[str, Any]:
         """Loss, accuracy, per-class precision/recall/F1 and a confusion-matrix PNG. ``data=None`` (or the
         training folder): the run's held-out test split (valid if it has none), from its manifest;
@@ -78,10 +82,11 @@ class TrainedClassifier:
         else:
             items, skipped, folder = self.modality.scan_for_evaluation(str(data), self.classes)
             evaluated_on, name = folder, Path(folder).name
-        probabilities, labels = predict_probabilities(self.model, self._loader(items, batch_size))
+        probabilities, labels = self.probabilities(items, batch_size, tta)
         metrics = {
             "kind": "classifier",
             "evaluated_on": evaluated_on,
+            "tta": tta,
             **classification_metrics(probabilities, labels, self.classes),
             "skipped": skipped,
         }
@@ -94,10 +99,45 @@ class TrainedClassifier:
         """One batch shaped as the model takes it."""
         return self.modality.example_input(self.preprocessing)
 
+    def probabilities(self, items: list[tuple[str, int]], batch_size: int = 32, tta: int = 0):
+        """Class probabilities and labels of ``items``. ``tta`` > 0 (test-time augmentation, as fastai's
+        ``tta``): the mean over the clean view and ``tta`` augmented views, each seeded by its number, so
+        the same call gives the same numbers."""
+        if not isinstance(tta, int) or isinstance(tta, bool) or not 0 <= tta <= 32:
+            raise ConfigError(f"--tta must be a whole number of augmented views from 0 to 32; got {tta!r}")
+        probabilities, labels = predict_probabilities(self.model, self._loader(items, batch_size))
+        for view in range(1, tta + 1):
+            views = self.modality.examples(items, self.preprocessing, augment=True, seed=view, keys=range(len(items)))
+            augmented, _ = predict_probabilities(self.model, make_loader(views, batch_size, default_workers()))
+            probabilities = probabilities + augmented
+        return probabilities / (tta + 1), labels
+
     def _loader(self, items, batch_size: int):
         return make_loader(
             self.modality.examples(items, self.preprocessing, augment=False), batch_size, default_workers()
         )
+
+
+def worst_mistakes(probs, labels, files: list[str], classes: list[str], count: int = 8) -> list[dict[str, Any]]:
+    """The ``count`` misclassified examples with the lowest probability on their true class (fastai's
+    top losses): file, true and predicted class, and both probabilities."""
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = probs.argmax(1)
+    true_prob = probs[np.arange(len(labels)), labels]
+    wrong = np.flatnonzero(predicted != labels)
+    chosen = wrong[np.argsort(true_prob[wrong], kind="stable")][:count]
+    return [
+        {
+            "file": files[i],
+            "true": classes[labels[i]],
+            "predicted": classes[predicted[i]],
+            "prob_true": float(true_prob[i]),
+            "prob_predicted": float(probs[i, predicted[i]]),
+        }
+        for i in chosen
+    ]
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
@@ -164,8 +204,12 @@ class ClassifierKind:
     def headline(self, dataset: Dataset) -> str:
         return f"{dataset.layout}; {len(dataset.classes)} classes"
 
-    def metrics(self, outputs, targets, dataset: Dataset, objective) -> dict[str, Any]:
-        return classification_metrics(probabilities(outputs), targets, dataset.classes)
+    def metrics(self, outputs, targets, dataset: Dataset, objective, split: str) -> dict[str, Any]:
+        probs = probabilities(outputs)
+        return {
+            **classification_metrics(probs, targets, dataset.classes),
+            "worst": worst_mistakes(probs, targets, [path for path, _ in dataset.split(split)], dataset.classes),
+        }
 
     def plot_history(self, history: list[dict], path, title: str) -> None:
         plots.learning_curve(history, path, title=title)

@@ -14,7 +14,9 @@ from the command line and from Python.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -348,8 +350,18 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         raise ConfigError(
             f"{where}{describe('valid_fraction')} and {describe('test_fraction')} leave no training images"
         )
-    from graft.core.callbacks import check_log
-    from graft.core.runtime import resolve_device
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device.strip().lower()):
+        raise ConfigError(f"{where}{describe('device')} must be auto, cpu, cuda or cuda:N; got {config.device!r}")
+    if config.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            f"{where}--log tensorboard needs the tensorboard package",
+            hint="pip install 'graft[tensorboard]' (or pip install tensorboard)",
+        )
 
-    resolve_device(config.device)
-    check_log(config.log)
+
+def check_workers(num_workers: int | None) -> None:
+    """``--workers`` (per invocation, not saved) is checked before any work starts."""
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+    ):
+        raise ConfigError(f"--workers must be 0 or more (0: no worker processes); got {num_workers}")

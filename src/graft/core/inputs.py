@@ -19,21 +19,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from graft.core.cache import ActivationKey, ActivationStore, CachedRows, cached_rows, resolve_cache_dir, weights_digest
+from graft.core.cache import (
+    ActivationKey,
+    ActivationStore,
+    CachedRows,
+    cache_limit,
+    cached_rows,
+    prune_cache,
+    resolve_cache_dir,
+    weights_digest,
+)
 from graft.core.dataset import Dataset
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler, item_seed, worker_init
-from graft.errors import ConfigError
 from graft.perf import usable_cores
 
 if TYPE_CHECKING:
     from graft.core.modality import Modality
-
-
-def check_workers(num_workers: int | None) -> None:
-    """``--workers`` is checked before any work starts (the DataLoader would only fail at the frozen pass)."""
-    if num_workers is not None and num_workers < 0:
-        raise ConfigError(f"--workers must be 0 or more (0: no worker processes); got {num_workers}")
 
 
 def default_workers() -> int:
@@ -165,6 +167,7 @@ def frozen_rows(
     progress=None,
     description: str = "frozen stages",
     device: torch.device | None = None,
+    source: str | None = None,
 ) -> CachedRows:
     """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache, computing only what is
     missing with ``modality``'s frozen pass: the clean view, or augmented view number ``round_`` (seeded
@@ -185,7 +188,7 @@ def frozen_rows(
             description=description,
         )
 
-    return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute)
+    return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute, source=source)
 
 
 @dataclass
@@ -242,10 +245,12 @@ def build_inputs(
 
     root = resolve_cache_dir(cache_dir)
     base = frozen_key(model, trainable_from, architecture, preprocessing)
+    used: set[str] = set()
 
     def rows(
         items: list[tuple[str, int]], item_keys: list[int], view: str, round_: int | None, description: str
     ) -> CachedRows:
+        used.add(ActivationKey(**base, view=view).namespace())
         return frozen_rows(
             modality,
             model,
@@ -262,6 +267,7 @@ def build_inputs(
             progress=progress,
             description=description,
             device=device,
+            source=str(dataset.root),
         )
 
     if augment and views > 0:
@@ -284,6 +290,7 @@ def build_inputs(
             cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
             evaluation[name] = cached_loader([cached], items, seed, keys[name], batch_size, shuffle=False)
     shape = train_views[0].row_shape
+    prune_cache(root, max_bytes=cache_limit(), keep=used)  # the cache stays bounded; this run's rows stay
     return Inputs(
         train,
         evaluation,

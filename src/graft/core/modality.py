@@ -91,6 +91,9 @@ class Modality(Protocol):
         """Activations of stages ``[0, stop)`` for ``items`` in order, batch by batch: the clean view, or
         augmented view ``round_``."""
 
+    def thumbnail(self, path: str) -> str | None:
+        """A small picture of one example for the report, as a ``data:`` URI (None when there is none)."""
+
     # evidence for the advisor
     def probe(self, loaded: Any, items: Sequence[tuple[str, int]], batch_size: int = 16) -> Any:
         """One pass over ``items`` through the pretrained network: a :class:`graft.core.advisor.Probe`."""

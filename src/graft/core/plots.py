@@ -27,9 +27,21 @@ def _save(figure, path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _epoch_axes(figure, axes, title: str) -> None:
+    """Whole epochs on the x axis (a 2-epoch run must not show 1.2, 1.4, ...), a light grid, and the
+    title above the panels' own titles (constrained layout keeps them apart)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+
+
 def learning_curve(history: list[dict], path, title: str = "") -> None:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = _pyplot().subplots(1, 2, figsize=(10, 3.8))
+    figure, (loss_axis, accuracy_axis) = _pyplot().subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     loss_axis.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss_axis.plot(epochs, [r["valid_loss"] for r in history], "o-", label="valid")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -37,10 +49,8 @@ def learning_curve(history: list[dict], path, title: str = "") -> None:
     accuracy_axis.plot(epochs, [r["valid_accuracy"] for r in history], "o-", label="valid")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for axis in (loss_axis, accuracy_axis):
-        axis.grid(alpha=0.3)
         axis.legend()
-    if title:
-        figure.suptitle(title)
+    _epoch_axes(figure, (loss_axis, accuracy_axis), title)
     _save(figure, path)
 
 
@@ -69,15 +79,19 @@ def task_curves(history: list[dict], path, title: str = "") -> None:
     """Multi-task runs: training loss and each task's validation metric (accuracy, or MAE) per epoch."""
     epochs = [row["epoch"] for row in history]
     names = list(history[0]["valid"]) if history else []
-    figure, axes = _pyplot().subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.4), squeeze=False)
-    axes[0][0].plot(epochs, [r["train_loss"] for r in history], "o-")
-    axes[0][0].set(xlabel="epoch", title="training loss (weighted)")
-    for axis, name in zip(axes[0][1:], names):
+    columns = min(3, 1 + len(names))  # at most three panels a row, so titles and ticks keep their room
+    rows = -(-(1 + len(names)) // columns)
+    figure, axes = _pyplot().subplots(
+        rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, layout="constrained"
+    )
+    panels = list(axes.flat)
+    panels[0].plot(epochs, [r["train_loss"] for r in history], "o-")
+    panels[0].set(xlabel="epoch", title="training loss (weighted)")
+    for axis, name in zip(panels[1:], names):
         key = "accuracy" if history[0]["valid"][name]["kind"] == "classification" else "mae"
         axis.plot(epochs, [r["valid"][name][key] for r in history], "o-")
         axis.set(xlabel="epoch", title=f"{name}: valid {key}")
-    for axis in axes[0]:
-        axis.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title)
+    for axis in panels[1 + len(names) :]:
+        axis.set_visible(False)
+    _epoch_axes(figure, panels[: 1 + len(names)], title)
     _save(figure, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,35 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render(run_path: Path, config: dict, plan_rows: list[dict], history: list[dict], metrics: dict) -> str:
-    """The report of a finished run of any kind: one classifier's scores and per-class table, or every
-    task's scores and confusion matrices."""
+def _gallery(mistakes: list[dict[str, Any]], thumbnails: dict[str, str]) -> str:
+    """fastai's ``plot_top_losses``: the examples the model got most wrong, with their images."""
+    if not mistakes:
+        return "<p>No mistakes on this split.</p>"
+    cells = []
+    for entry in mistakes:
+        picture = thumbnails.get(entry["file"])
+        image = f'<img alt="" src="{picture}" style="height:96px">' if picture else ""
+        probabilities = f"{entry['prob_predicted']:.0%}; true {entry['prob_true']:.0%}"
+        caption = (
+            f"true <b>{html.escape(entry['true'])}</b>, predicted <b>{html.escape(entry['predicted'])}</b> "
+            f"({probabilities})<br><small>{html.escape(entry['file'])}</small>"
+        )
+        style = "display:inline-block;width:210px;margin:6px;vertical-align:top"
+        cells.append(f'<figure style="{style}">{image}<figcaption>{caption}</figcaption></figure>')
+    return "".join(cells)
+
+
+def render(
+    run_path: Path,
+    config: dict,
+    plan_rows: list[dict],
+    history: list[dict],
+    metrics: dict,
+    thumbnails: dict[str, str] | None = None,
+) -> str:
+    """The report of a finished run of any kind: what was trained on what with which options, the scores,
+    the freeze plan, the learning curve, one classifier's per-class table and worst mistakes (with
+    ``thumbnails``: data URIs by file), or every task's scores and confusion matrices."""
     tasks = config.get("multitask", {}).get("tasks")
     summary = [
         {"what": "backbone", "value": f"{config['backbone']['name']} ({config['backbone']['load_report']['source']})"},
@@ -47,8 +74,18 @@ def render(run_path: Path, config: dict, plan_rows: list[dict], history: list[di
             "value": " / ".join(str(config["data"]["counts"].get(s, 0)) for s in ("train", "valid", "test")),
         },
         {"what": "skipped files", "value": str(config["data"]["skipped"])},
-        {"what": "best epoch", "value": str(metrics.get("best_epoch", ""))},
+        {"what": "best epoch", "value": f"{metrics.get('best_epoch', '')} ({metrics.get('stopped', '')})"},
+        {"what": "data", "value": str(config["data"].get("root") or "")},
+        {"what": "created", "value": str(config.get("created", ""))},
+        {"what": "graft", "value": str(config.get("graft_version", ""))},
     ]
+    options = [
+        {"section": section, "option": name, "value": json.dumps(value)}
+        for section, entries in config.get("options", {}).items()
+        for name, value in entries.items()
+        if value is not None
+    ]
+    mistakes = ""
     final = "test" if "test" in metrics else "valid"
     if tasks:
         scores = [
@@ -71,6 +108,9 @@ def render(run_path: Path, config: dict, plan_rows: list[dict], history: list[di
         ]
         per_class = [{"class": name, **values} for name, values in metrics.get(final, {}).get("per_class", {}).items()]
         confusion = _image(run_path / "confusion_matrix.png")
+        mistakes = f"<h2>Worst mistakes ({final})</h2>" + _gallery(
+            metrics.get(final, {}).get("worst", []), thumbnails or {}
+        )
     rows = [{k: v for k, v in record.items() if not isinstance(v, dict)} for record in history]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>graft run {html.escape(run_path.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
@@ -84,5 +124,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f
 <h2>Learning curve</h2>{_image(run_path / "learning_curve.png")}
 <h2>Per class ({final})</h2>{_table(per_class)}
 {confusion}
+{mistakes}
 <h2>History</h2>{_table(rows)}
+<h2>Options</h2>{_table(options)}
 </body></html>"""

@@ -27,11 +27,11 @@ from graft.console import stderr, table
 from graft.core import report
 from graft.core.callbacks import ProgressBars, TensorBoardLog
 from graft.core.checkpoint import load_checkpoint
-from graft.core.config import RunConfig, validate
+from graft.core.config import RunConfig, check_workers, validate
 from graft.core.evaluation import collect_outputs
 from graft.core.fit import apply_plan, fit
 from graft.core.freeze import FreezePlan, parameter_counts
-from graft.core.inputs import Inputs, build_inputs, check_workers
+from graft.core.inputs import Inputs, build_inputs
 from graft.core.modality import Modality, modality_for, modality_of
 from graft.core.model import TransferModel
 from graft.core.objectives import Objective
@@ -87,8 +87,8 @@ class RunKind(Protocol):
     def headline(self, dataset: Any) -> str:
         """One line on what is learned from what."""
 
-    def metrics(self, outputs: Any, targets: Any, dataset: Any, objective: Objective) -> dict[str, Any]:
-        """One split's metrics from the model's outputs."""
+    def metrics(self, outputs: Any, targets: Any, dataset: Any, objective: Objective, split: str) -> dict[str, Any]:
+        """One split's metrics from the model's outputs (in the split's order)."""
 
     def finish(
         self,
@@ -348,7 +348,7 @@ def _execute(
             metrics: dict[str, Any] = {}
             for split, loader in inputs.evaluation.items():
                 outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
-                metrics[split] = kind.metrics(outputs, targets, dataset, objective)
+                metrics[split] = kind.metrics(outputs, targets, dataset, objective, split)
             if logger is not None:
                 logger.log_evaluation(metrics, state.epoch)
     except KeyboardInterrupt:
@@ -379,7 +379,11 @@ def _execute(
         "evaluate": time.perf_counter() - fitted,
     }
     run.write_json(METRICS, metrics)
-    run.write_text(REPORT, report.render(run.path, saved, plan.rows(kind.frozen_trunk(model)), state.history, metrics))
+    worst = [entry["file"] for split in ("valid", "test") for entry in metrics.get(split, {}).get("worst", [])]
+    thumbnails = {path: picture for path in worst if (picture := source.thumbnail(path))}
+    run.write_text(
+        REPORT, report.render(run.path, saved, plan.rows(kind.frozen_trunk(model)), state.history, metrics, thumbnails)
+    )
     (run / CHECKPOINT).unlink(missing_ok=True)  # finished: the run folder's weights are the result
     summary = {
         "run": str(run.path),

@@ -94,6 +94,21 @@ class ImageModality:
             description=description,
         )
 
+    def thumbnail(self, path: str) -> str | None:
+        import base64
+        import io
+
+        from graft.image.data import load_image
+
+        try:
+            image = load_image(path)
+        except Exception:  # the report shows the file name instead
+            return None
+        image.thumbnail((128, 128))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
     def probe(self, loaded: Backbone, items, batch_size: int = 16):
         from graft.image.probing import probe
 

@@ -130,20 +130,10 @@ class MultiTaskObjective(Objective):
         )
 
     def status(self, record: dict[str, Any]) -> str:
-        return (
-            f"score {record['valid_score']:.3f} ("
-            + ", ".join(_short(name, entry) for name, entry in record["valid"].items())
-            + ")"
-        )
+        return f"score {record['valid_score']:.3f}"  # per task: the history, the report and the final table
 
     def weights(self) -> dict[str, float]:
         return {task.name: float(torch.exp(-self.log_vars[i].detach())) for i, task in enumerate(self.tasks)}
-
-
-def _short(name: str, entry: dict[str, Any]) -> str:
-    return (
-        f"{name} acc {entry['accuracy']:.3f}" if entry["kind"] == "classification" else f"{name} MAE {entry['mae']:.2f}"
-    )
 
 
 def decode(task: Task, output: np.ndarray, scales: dict[str, TargetScale]) -> np.ndarray:

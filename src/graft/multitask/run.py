@@ -30,7 +30,7 @@ from graft.core.inputs import default_workers, make_loader
 from graft.core.modality import Modality, modality_of
 from graft.core.model import TransferModel
 from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
-from graft.errors import DataError, RunFolderError
+from graft.errors import ConfigError, DataError, RunFolderError
 from graft.fileio import read_json
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
@@ -128,7 +128,9 @@ class MultiTaskKind:
             for t in dataset.tasks
         )
 
-    def metrics(self, outputs, targets, dataset: MultiTaskDataset, objective: MultiTaskObjective) -> dict[str, Any]:
+    def metrics(
+        self, outputs, targets, dataset: MultiTaskDataset, objective: MultiTaskObjective, split: str
+    ) -> dict[str, Any]:
         return task_metrics(dataset.tasks, outputs, targets.astype(np.float64), objective.scales, detail=True)
 
     def plot_history(self, history: list[dict], path, title: str) -> None:
@@ -223,9 +225,10 @@ class MultiTaskTrainedModel:
         outputs, targets = collect_outputs(self.model, make_loader(examples, batch_size, default_workers()))
         return outputs, targets.astype(np.float64)
 
-    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, images: Sequence[str | os.PathLike], batch_size: int = 32, tta: int = 0) -> list[dict[str, Any]]:
         """For each input: ``{"image": path, "tasks": {name: {"label", "prob", "probs"} or {"value"}}}`` (the
         modality's name as the key)."""
+        _refuse_tta(tta)
         paths = self.modality.expand(images)
         outputs, _ = self._outputs([(p, [float("nan")] * len(self.tasks)) for p in paths], batch_size)
         decoded = {t.name: decode(t, outputs[t.name], self.scales) for t in self.tasks}
@@ -245,9 +248,10 @@ class MultiTaskTrainedModel:
             results.append({self.modality.name: path, "tasks": entry})
         return results
 
-    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32) -> dict[str, Any]:
+    def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32, tta: int = 0) -> dict[str, Any]:
         """Every task's metrics. ``data=None`` or the training folder: the run's held-out test split
         (valid if none); another folder: all its images labelled by the run's label source."""
+        _refuse_tta(tta)
         manifest_path = self.path / MANIFEST
         labels = self.config["multitask"]["labels"]
         root = self.config["data"]["root"]
@@ -281,6 +285,11 @@ class MultiTaskTrainedModel:
     def example_input(self) -> Any:
         """One batch shaped as the model takes it."""
         return self.modality.example_input(self.preprocessing)
+
+
+def _refuse_tta(tta: int) -> None:
+    if tta:
+        raise ConfigError("--tta applies to single-task classifier runs; a multi-task run predicts from the clean view")
 
 
 def load_trained(folder: Path, config: dict[str, Any]) -> MultiTaskTrainedModel:

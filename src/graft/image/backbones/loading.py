@@ -7,9 +7,13 @@ keys missing or unexpected) is returned as a :class:`LoadReport` that runs save.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -116,16 +120,48 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         model.load_state_dict(state, strict=True)
         report.source, report.weights_file, report.sha256 = f"pip:{spec.weights.pip_name}", str(path), digest
     else:
+        online = _hub_reachable()
         try:
-            model = timm.create_model(architecture, pretrained=True)
+            with _hub_offline(not online):  # offline: the local hub cache only, instead of a minute of retries
+                model = timm.create_model(architecture, pretrained=True)
         except Exception as error:
+            where = "the hub is not reachable from here and they are not in the local hub cache" if not online else ""
             raise BackboneError(
-                f"could not download pretrained weights for '{name}' ({type(error).__name__})",
-                hint="are you offline? pass --weights FILE, or use a built-in backbone: graft backbones",
+                f"could not get pretrained weights for '{name}' ({where or type(error).__name__})",
+                hint="pass --weights FILE, or use a built-in backbone (offline, from pip packages): graft backbones",
             ) from None
         preprocessing = _preprocessing_from_timm(model)
         report.source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or architecture}"
     return Backbone(model.eval(), preprocessing, report)
+
+
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (``HF_HUB_OFFLINE``
+    says no at once). Asked once before a download, so an offline machine learns it in seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub in offline mode for the block (it reads the setting at import, so the constant is set)."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _preprocessing_from_timm(model: torch.nn.Module) -> Preprocessing:
