@@ -145,6 +145,7 @@ def test_train_save_load_round_trip(faces, tmp_path, sharing, mode):
         "metrics.json",
         "learning_curve.png",
         "confusion_matrix_race.png",
+        "report.html",
     ):
         assert (tmp_path / "run" / name).is_file(), name
     history = json.loads((tmp_path / "run" / "history.json").read_text())

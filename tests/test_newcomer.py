@@ -14,9 +14,11 @@ from graft.errors import ConfigError
 from tests.conftest import TINY_BACKBONE
 
 
-def _graft(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def _graft(*args: str, columns: str | None = None, **kwargs) -> subprocess.CompletedProcess:
     """The installed command as a user runs it (the allocator re-exec included)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if columns:
+        environ["COLUMNS"] = columns
     return subprocess.run([sys.executable, "-m", "graft", *args], capture_output=True, text=True, env=environ, **kwargs)
 
 
@@ -123,3 +125,12 @@ def test_a_short_runs_learning_curve_counts_whole_epochs(tmp_path, monkeypatch):
     for axis in figures[0].axes:
         ticks = [tick for tick in axis.get_xticks() if 1 <= tick <= 2]
         assert ticks and all(float(tick).is_integer() for tick in ticks)
+
+
+def test_at_80_columns_the_backbones_table_keeps_what_one_types_whole():
+    result = _graft("backbones", columns="80")
+    assert result.returncode == 0
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    names, packages = [row[1] for row in rows], [row[4] for row in rows]
+    assert {"tf_efficientnet_lite0", "mobilenetv2_100"} <= {name.strip() for name in names}
+    assert not any("…" in cell for cell in names + packages)  # folded onto the next line, never cut

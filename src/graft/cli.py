@@ -120,6 +120,7 @@ def backbones(json_output: JsonOption = False):
             [[r["name"], "yes" if r["installed"] else "no", r["description"], r["package"]] for r in rows],
         )
         listing.columns[0].no_wrap = True  # the name is what one types: never cut or wrapped
+        listing.columns[3].overflow = "fold"  # and so is the package: folded onto the next line, never cut
         stdout.print(listing)
         stdout.print("Any other timm model name works when online, or with --weights FILE.")
 
