@@ -330,7 +330,7 @@ def test_train_records_skipped_files_in_the_manifest(tmp_path):
     assert not any("bad.jpg" in path for items in manifest["splits"].values() for path, _ in items)
 
 
-def test_predict_on_a_corrupt_file_names_it(split_folder, tmp_path):
+def test_predict_predicts_every_readable_file_and_names_each_unreadable_one(split_folder, tmp_path):
     graft.train(
         split_folder,
         tmp_path / "run",
@@ -342,8 +342,18 @@ def test_predict_on_a_corrupt_file_names_it(split_folder, tmp_path):
         batch_size=8,
     )
     bad = _truncated(tmp_path / "bad.jpg", "JPEG")
-    with pytest.raises(DataError, match="bad.jpg"):
-        graft.predict(tmp_path / "run", [bad])
+    good = sorted(str(p) for p in (split_folder / "test").rglob("*.png"))[:4]
+    results = graft.predict(tmp_path / "run", [good[0], good[1], bad, good[2], good[3]])
+    assert [r["image"] for r in results] == [good[0], good[1], str(bad), good[2], good[3]]  # every input, in order
+    assert "truncated" in results[2]["error"] and all("label" in r for i, r in enumerate(results) if i != 2)
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), good[0], str(bad), "--json"])
+    assert result.exit_code == 3  # not every file could be predicted
+    entries = json.loads(result.stdout)
+    assert "label" in entries[0] and "bad.jpg" in entries[1]["image"] and "error" in entries[1]
 
 
 @pytest.mark.skipif(not (SHARED_DATASETS / "sign-language-digits").is_dir(), reason="shared datasets not present")

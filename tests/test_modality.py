@@ -118,6 +118,9 @@ class VectorModality:
             with torch.inference_mode():
                 yield prefix(inputs).numpy()
 
+    def unreadable(self, paths):
+        return {}
+
     def thumbnail(self, path):
         return None
 

@@ -200,6 +200,7 @@ def train(
     limit: int | None = None,
     num_workers: int | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train by transfer from a pretrained backbone and write a run folder; returns the ``train`` JSON summary.
 
@@ -234,6 +235,10 @@ def train(
             torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), num_workers (processes of the frozen pass
             and of image decoding), quiet; log: ``"tensorboard"`` writes every epoch's scalars and the
             confusion matrices to ``RUN/tensorboard/`` (``tensorboard --logdir RUN``).
+
+    ``out`` must be new or empty: graft never writes a run over anything. ``overwrite=True`` moves what
+    it holds aside to ``OUT.replaced-TIME`` first (never deletes it); an unfinished run is never replaced
+    (``resume`` it). One process at a time writes a run folder.
 
     Every option is checked before any work (:mod:`graft.core.config`); one that does not apply to the
     run (e.g. ``tie`` without soft sharing, ``unfreeze`` with ``mode="extract"``) is refused.
@@ -278,7 +283,7 @@ def train(
     _require_inputs(config)
     from graft.core import trainer
 
-    return trainer.train(config, out, num_workers=num_workers, quiet=quiet)
+    return trainer.train(config, out, num_workers=num_workers, quiet=quiet, overwrite=overwrite)
 
 
 def _require_inputs(config: RunConfig) -> None:

@@ -233,6 +233,13 @@ def train(
         Optional[Path],
         typer.Option("--cache-dir", help="Where cached activations live (default $GRAFT_CACHE_DIR or ~/.cache/graft)."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="If --out holds a finished run or other files, move them aside (never deleted) and train anew.",
+        ),
+    ] = False,
     resume: Annotated[
         Optional[Path],
         typer.Option(
@@ -426,6 +433,7 @@ def train(
         test_fraction=test_fraction,
         limit=limit,
         num_workers=workers,
+        overwrite=overwrite,
     )
     if json_output:
         emit_json(summary)
@@ -657,13 +665,16 @@ def predict(
 ):
     """Predict the label of each image with a trained run."""
     from graft.api import predict as run_predict
-    from graft.console import emit_json, emit_line
+    from graft.console import emit_json, emit_line, stderr
 
     results = run_predict(run, images, tta=tta)
+    failed = [result for result in results if "error" in result]
     if json_output:
         emit_json(results)
-        return
-    for result in results:
+    for result in [] if json_output else results:
+        if "error" in result:
+            stderr.print(f"[bold red]error:[/] {result['image']}: {result['error']}", highlight=False, soft_wrap=True)
+            continue
         if "tasks" in result:  # a multi-task run
             parts = [
                 f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}"
@@ -672,6 +683,8 @@ def predict(
             emit_line(f"{', '.join(parts)}\t{result['image']}")
             continue
         emit_line(f"{result['label']}\t{result['prob']:.2%}\t{result['image']}")
+    if failed:  # every readable file was predicted; the exit status says some were not
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -43,17 +43,26 @@ class TrainedClassifier:
 
     def predict(self, inputs: Sequence[str | os.PathLike], batch_size: int = 32, tta: int = 0) -> list[dict[str, Any]]:
         """Label and class probabilities for each input (files or folders), under the modality's name
-        (``{"image": path, "label", "prob", "probs"}``); ``tta``: see :meth:`probabilities`."""
+        (``{"image": path, "label", "prob", "probs"}``); ``tta``: see :meth:`probabilities`. A file that
+        cannot be read gets ``{"image": path, "error": reason}`` and the others are still predicted."""
         paths = self.modality.expand(inputs)
-        probabilities, _ = self.probabilities([(path, -1) for path in paths], batch_size, tta)
+        failed = self.modality.unreadable(paths)
+        readable = [path for path in paths if path not in failed]
+        rows = (
+            dict(zip(readable, self.probabilities([(path, -1) for path in readable], batch_size, tta)[0]))
+            if readable
+            else {}
+        )
         return [
-            {
+            {self.modality.name: path, "error": failed[path]}
+            if path in failed
+            else {
                 self.modality.name: path,
-                "label": self.classes[int(row.argmax())],
-                "prob": float(row.max()),
-                "probs": {name: float(p) for name, p in zip(self.classes, row)},
+                "label": self.classes[int(rows[path].argmax())],
+                "prob": float(rows[path].max()),
+                "probs": {name: float(p) for name, p in zip(self.classes, rows[path])},
             }
-            for path, row in zip(paths, probabilities)
+            for path in paths
         ]
 
     def evaluate(

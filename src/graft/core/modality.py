@@ -60,6 +60,10 @@ class Modality(Protocol):
     def expand(self, inputs: Sequence[str]) -> list[str]:
         """Files and folders given to ``predict`` as a list of example files."""
 
+    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+        """The files among ``paths`` that cannot be used, with the reason (``predict`` reports them and
+        predicts the rest)."""
+
     # inputs
     def examples(
         self,

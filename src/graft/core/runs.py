@@ -35,14 +35,81 @@ LEARNING_CURVE = "learning_curve.png"
 CONFUSION = "confusion_matrix.png"
 REPORT = "report.html"
 ADVICE = "advice.json"
+LOCK = ".graft.lock"  # holds the pid of the process writing the run
 CHECKPOINT = "checkpoint.safetensors"  # an unfinished run's last epoch (graft.checkpoint)
 
 
 class RunFolder:
-    """Paths and atomic writers for one run folder."""
+    """Paths and atomic writers for one run folder, and the rules that keep it safe: a new run never
+    writes into a folder that holds anything (``--overwrite`` moves the old contents aside, never deletes
+    them), one process at a time writes a run (a lock naming its pid), and a run that fails before it
+    wrote its config leaves no empty folder behind."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.created = False
+        self.moved_aside: Path | None = None
+        self._lock = None
+
+    def claim(self, overwrite: bool = False) -> None:
+        """Make the folder a new run's own: refuse one that holds files (an unfinished run: say how to resume
+        it; anything else: unless ``overwrite``, which renames it to ``NAME.replaced-TIME``), then create,
+        check and lock it."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"'{self.path}' is a file, not a run folder", hint="choose another --out")
+        if self.path.is_dir() and any(entry.name != LOCK for entry in self.path.iterdir()):
+            self.refuse_unfinished()
+            what = "a finished run" if (self / METRICS).is_file() else "files"
+            if not overwrite:
+                raise RunFolderError(
+                    f"'{self.path}' already holds {what}; graft never writes a run over anything",
+                    hint="choose another --out, or pass --overwrite (the old contents are moved aside, not deleted)",
+                )
+            self.lock()  # nobody may be writing it while it is moved
+            self.release()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.moved_aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
+            os.rename(self.path, self.moved_aside)
+        self.created = not self.path.exists()
+        self.prepare()
+        self.lock()
+
+    def lock(self) -> None:
+        """Hold the folder's lock (released by :meth:`release`, or when the process ends), or fail naming
+        the process that holds it."""
+        import fcntl
+
+        handle = open(self / LOCK, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderError(
+                f"'{self.path}' is being written by another graft process (pid {holder})",
+                hint="wait for it to finish, or stop it and continue with graft train --resume",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        """Let go of the lock (the lock file goes too)."""
+        if self._lock is not None:
+            (self / LOCK).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+    def abandon(self) -> None:
+        """After an error before the run's config was written: remove the folder if this run created it."""
+        if self.created and not (self / CONFIG).is_file():
+            import shutil
+
+            self.release()
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

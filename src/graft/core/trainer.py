@@ -112,9 +112,15 @@ class RunKind(Protocol):
 
 
 def train(
-    config: RunConfig, out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    num_workers: int | None = None,
+    quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train into the run folder ``out`` (never over an unfinished run); returns the ``train`` JSON summary."""
+    """Train into the run folder ``out``; returns the ``train`` JSON summary. ``out`` must be new or empty:
+    with ``overwrite`` what it holds is moved aside (never deleted); an unfinished run is never replaced."""
     began = time.perf_counter()
     validate(config)
     config = config.with_split_defaults()
@@ -123,8 +129,31 @@ def train(
     kind: RunKind = run_kind(config.kind)
     source = modality_for(config.data, config.backbone)
     run = RunFolder(out)
-    run.prepare()
-    run.refuse_unfinished()
+    run.claim(overwrite)
+    if run.moved_aside is not None and not quiet:
+        stderr.print(f"--overwrite: the previous contents of '{run.path}' are now in '{run.moved_aside}'")
+    try:
+        summary = _train(run, config, kind, source, runtime, num_workers, quiet, began)
+    except BaseException:
+        run.abandon()  # a folder this run created and that holds no run yet goes
+        raise
+    finally:
+        run.release()
+    if run.moved_aside is not None:
+        summary["moved_aside"] = str(run.moved_aside)
+    return summary
+
+
+def _train(
+    run: RunFolder,
+    config: RunConfig,
+    kind: RunKind,
+    source: Modality,
+    runtime: Runtime,
+    num_workers: int | None,
+    quiet: bool,
+    began: float,
+) -> dict[str, Any]:
     dataset = kind.scan(config, source)
     seed_everything(config.seed, config.deterministic)
     loaded = source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
@@ -232,6 +261,24 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     kind: RunKind = run_kind(kind_of(saved))
     source = modality_of(saved)
     run.prepare()
+    run.lock()
+    try:
+        return _resume(run, saved, config, kind, source, runtime, num_workers, quiet, began)
+    finally:
+        run.release()
+
+
+def _resume(
+    run: RunFolder,
+    saved: dict[str, Any],
+    config: RunConfig,
+    kind: RunKind,
+    source: Modality,
+    runtime: Runtime,
+    num_workers: int | None,
+    quiet: bool,
+    began: float,
+) -> dict[str, Any]:
     dataset = kind.reload(run, saved, config, source)
     seed_everything(config.seed, config.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()

@@ -52,6 +52,13 @@ class ImageModality:
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return collect_image_paths(inputs)
 
+    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+        from graft.image.checking import inspect_files
+        from graft.image.data import IMAGE_EXTENSIONS
+
+        verdicts = inspect_files(list(paths), IMAGE_EXTENSIONS)
+        return {verdict.path: verdict.reason for verdict in verdicts if not verdict.usable}
+
     def examples(
         self,
         items,

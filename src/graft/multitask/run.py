@@ -230,10 +230,16 @@ class MultiTaskTrainedModel:
         modality's name as the key)."""
         _refuse_tta(tta)
         paths = self.modality.expand(images)
-        outputs, _ = self._outputs([(p, [float("nan")] * len(self.tasks)) for p in paths], batch_size)
+        failed = self.modality.unreadable(paths)
+        readable = [path for path in paths if path not in failed]
+        results: list[dict[str, Any]] = [
+            {self.modality.name: path, "error": failed[path]} for path in paths if path in failed
+        ]
+        if not readable:
+            return results
+        outputs, _ = self._outputs([(p, [float("nan")] * len(self.tasks)) for p in readable], batch_size)
         decoded = {t.name: decode(t, outputs[t.name], self.scales) for t in self.tasks}
-        results = []
-        for row, path in enumerate(paths):
+        for row, path in enumerate(readable):
             entry: dict[str, Any] = {}
             for task in self.tasks:
                 value = decoded[task.name][row]
@@ -246,7 +252,8 @@ class MultiTaskTrainedModel:
                 else:
                     entry[task.name] = {"value": float(value)}
             results.append({self.modality.name: path, "tasks": entry})
-        return results
+        order = {path: position for position, path in enumerate(paths)}
+        return sorted(results, key=lambda result: order[result[self.modality.name]])
 
     def evaluate(self, data: str | os.PathLike | None = None, batch_size: int = 32, tta: int = 0) -> dict[str, Any]:
         """Every task's metrics. ``data=None`` or the training folder: the run's held-out test split

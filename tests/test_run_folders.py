@@ -1,0 +1,60 @@
+"""Run folders are never overwritten, never written by two processes, never left empty by an early error."""
+
+import fcntl
+import json
+import os
+
+import pytest
+
+import graft
+from graft.errors import DataError, RunFolderError
+from tests.conftest import TINY_BACKBONE
+
+OPTIONS = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=8, cache=False)
+
+
+def test_a_finished_run_is_never_overwritten_and_overwrite_moves_it_aside(class_folder, tmp_path):
+    run = tmp_path / "run"
+    graft.train(class_folder, run, **OPTIONS)
+    weights = (run / "model.safetensors").read_bytes()
+    with pytest.raises(RunFolderError, match="already holds a finished run") as raised:
+        graft.train(class_folder, run, **OPTIONS, seed=1)
+    assert "--overwrite" in raised.value.hint
+    assert (run / "model.safetensors").read_bytes() == weights  # untouched
+    summary = graft.train(class_folder, run, **OPTIONS, seed=1, overwrite=True)
+    aside = summary["moved_aside"]
+    assert os.path.basename(aside).startswith("run.replaced-")
+    with open(os.path.join(aside, "model.safetensors"), "rb") as handle:
+        assert handle.read() == weights  # the old run is kept whole
+    assert json.loads((run / "config.json").read_text())["options"]["runtime"]["seed"] == 1
+    assert not (run / ".graft.lock").exists()
+
+
+def test_a_folder_with_other_files_is_refused(class_folder, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    with pytest.raises(RunFolderError, match="already holds files"):
+        graft.train(class_folder, folder, **OPTIONS)
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_an_early_error_leaves_no_empty_run_folder(tmp_path):
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    with pytest.raises(DataError):
+        graft.train(empty, tmp_path / "run", **OPTIONS)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_process_at_a_time_writes_a_run(class_folder, tmp_path):
+    run = tmp_path / "run"
+    graft.train(class_folder, run, **{**OPTIONS, "epochs": 2})
+    (run / "metrics.json").unlink()  # as if killed: unfinished, resumable
+    with open(run / ".graft.lock", "a+") as held:  # another process training there
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(RunFolderError, match=r"being written by another graft process \(pid 4242\)"):
+            graft.resume(run, quiet=True)
+    assert graft.resume(run, quiet=True, num_workers=0)["epochs_run"] == 2  # lock released: resume goes on
