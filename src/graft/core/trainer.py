@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -133,7 +134,7 @@ def train(
     if run.moved_aside is not None and not quiet:
         stderr.print(f"--overwrite: the previous contents of '{run.path}' are now in '{run.moved_aside}'")
     try:
-        summary = _train(run, config, kind, source, runtime, num_workers, quiet, began)
+        summary = _train(Session(run, config, kind, source, runtime, num_workers, quiet, began))
     except BaseException:
         run.abandon()  # a folder this run created and that holds no run yet goes
         raise
@@ -144,16 +145,23 @@ def train(
     return summary
 
 
-def _train(
-    run: RunFolder,
-    config: RunConfig,
-    kind: RunKind,
-    source: Modality,
-    runtime: Runtime,
-    num_workers: int | None,
-    quiet: bool,
-    began: float,
-) -> dict[str, Any]:
+@dataclass
+class Session:
+    """What one ``train`` or ``--resume`` works with throughout: the folder, the config, the kind of run
+    and the modality, the device, and how it shows progress."""
+
+    run: RunFolder
+    config: RunConfig
+    kind: RunKind
+    source: Modality
+    runtime: Runtime
+    num_workers: int | None
+    quiet: bool
+    began: float
+
+
+def _train(session: Session) -> dict[str, Any]:
+    run, config, kind, source, quiet = session.run, session.config, session.kind, session.source, session.quiet
     dataset = kind.scan(config, source)
     seed_everything(config.seed, config.deterministic)
     loaded = source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
@@ -162,7 +170,7 @@ def _train(
         from graft.core.advisor import advise_scanned
 
         advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, source, seed=config.seed)
-    config = config.resolved(advice.plan.to_dict() if advice is not None else None)
+    config = session.config = config.resolved(advice.plan.to_dict() if advice is not None else None)
     validate(config)  # what config.json will hold, and --resume will check again
     preprocessing = (
         loaded.preprocessing
@@ -242,9 +250,7 @@ def _train(
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
     run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
-    summary = _execute(
-        run, saved, config, kind, source, dataset, model, plan, objective, runtime, False, num_workers, quiet, began
-    )
+    summary = _execute(session, saved, dataset, model, plan, objective, resuming=False)
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     return summary
@@ -263,22 +269,13 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     run.prepare()
     run.lock()
     try:
-        return _resume(run, saved, config, kind, source, runtime, num_workers, quiet, began)
+        return _resume(Session(run, config, kind, source, runtime, num_workers, quiet, began), saved)
     finally:
         run.release()
 
 
-def _resume(
-    run: RunFolder,
-    saved: dict[str, Any],
-    config: RunConfig,
-    kind: RunKind,
-    source: Modality,
-    runtime: Runtime,
-    num_workers: int | None,
-    quiet: bool,
-    began: float,
-) -> dict[str, Any]:
+def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
+    run, config, kind, source = session.run, session.config, session.kind, session.source
     dataset = kind.reload(run, saved, config, source)
     seed_everything(config.seed, config.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
@@ -293,7 +290,7 @@ def _resume(
     plan = load_plan(run.path)
     apply_plan(plan, model)
     objective = kind.objective(config, dataset)
-    if not quiet:
+    if not session.quiet:
         stderr.print(
             f"[bold]graft train --resume[/] {run.path}: "
             + (
@@ -302,22 +299,7 @@ def _resume(
                 else "starting over (no epoch had finished)"
             )
         )
-    return _execute(
-        run,
-        saved,
-        config,
-        kind,
-        source,
-        dataset,
-        model,
-        plan,
-        objective,
-        runtime,
-        has_checkpoint,
-        num_workers,
-        quiet,
-        began,
-    )
+    return _execute(session, saved, dataset, model, plan, objective, resuming=has_checkpoint)
 
 
 def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality) -> Any:
@@ -328,21 +310,10 @@ def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality
 
 
 def _execute(
-    run: RunFolder,
-    saved: dict,
-    config: RunConfig,
-    kind: RunKind,
-    source: Modality,
-    dataset,
-    model: nn.Module,
-    plan: FreezePlan,
-    objective: Objective,
-    runtime: Runtime,
-    resuming: bool,
-    num_workers: int | None,
-    quiet: bool,
-    began: float,
+    session: Session, saved: dict, dataset, model: nn.Module, plan: FreezePlan, objective: Objective, *, resuming: bool
 ) -> dict[str, Any]:
+    run, config, kind, source, runtime = session.run, session.config, session.kind, session.source, session.runtime
+    num_workers, quiet, began = session.num_workers, session.quiet, session.began
     preprocessing = _saved_preprocessing(run, saved, source)
     title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
