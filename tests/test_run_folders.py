@@ -58,3 +58,57 @@ def test_one_process_at_a_time_writes_a_run(class_folder, tmp_path):
         with pytest.raises(RunFolderError, match=r"being written by another graft process \(pid 4242\)"):
             graft.resume(run, quiet=True)
     assert graft.resume(run, quiet=True, num_workers=0)["epochs_run"] == 2  # lock released: resume goes on
+
+
+def test_a_tampered_preprocessing_is_refused_not_allocated(class_folder, tmp_path):
+    run = tmp_path / "run"
+    graft.train(class_folder, run, **OPTIONS)
+    config = json.loads((run / "config.json").read_text())
+    for field, value, message in (
+        ("input_size", 100000, "input_size"),
+        ("input_size", -1, "input_size"),
+        ("std", [0, 0, 0], "std"),
+    ):
+        tampered = {**config, "preprocessing": {**config["preprocessing"], field: value}}
+        (run / "config.json").write_text(json.dumps(tampered))
+        with pytest.raises(RunFolderError, match=message):
+            graft.load(run)
+
+
+def test_a_full_disk_under_the_run_folder_is_a_message_naming_the_file(class_folder, tmp_path, monkeypatch):
+    import errno
+
+    from graft import fileio
+
+    original = fileio.atomic_write_bytes
+
+    def full_for_history(path, data):
+        if str(path).endswith("history.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, data)
+
+    monkeypatch.setattr(fileio, "atomic_write_bytes", full_for_history)
+    with pytest.raises(RunFolderError, match=r"cannot write '.*history.json': No space left on device") as raised:
+        graft.train(class_folder, tmp_path / "run", **OPTIONS)
+    assert "--resume" in raised.value.hint
+
+
+def test_half_written_files_of_a_killed_run_are_cleaned_and_files_share_one_mode(class_folder, tmp_path):
+    run = tmp_path / "run"
+    graft.train(class_folder, run, **{**OPTIONS, "epochs": 2})
+    modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir() if path.is_file()}
+    assert len(set(modes.values())) == 1, modes  # report.html like every other file
+    (run / "metrics.json").unlink()
+    (run / ".history.json.abc123.tmp").write_bytes(b"")  # what kill -9 mid-write leaves
+    graft.resume(run, quiet=True, num_workers=0)
+    assert not list(run.glob("*.tmp"))
+
+
+def test_a_class_with_one_image_is_named(tmp_path):
+    from tests.conftest import make_image
+
+    for name, count in (("cat", 5), ("dog", 5), ("lonely", 1)):
+        for i in range(count):
+            make_image(tmp_path / "data" / name / f"{i}.png", (40 * i, 80, 120), seed=i)
+    with pytest.raises(DataError, match="class 'lonely'"):
+        graft.train(tmp_path / "data", tmp_path / "run", **OPTIONS)

@@ -20,12 +20,19 @@ from safetensors.torch import load_file, save
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_save_tensors", "read_json", "sha256_file", "load_tensors"]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash never leaves a partial file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open() would give (mkstemp's 0600 would make some files private)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

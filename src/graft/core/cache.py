@@ -131,6 +131,8 @@ class ActivationStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            for stale in self.folder.glob(".*.tmp"):  # left by a writer killed mid-chunk (writers hold this lock)
+                stale.unlink(missing_ok=True)
             try:
                 yield
             finally:

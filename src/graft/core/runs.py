@@ -9,10 +9,11 @@ in it is pickled, and every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,6 +96,8 @@ class RunFolder:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+        for stale in self.path.glob("*.tmp"):  # half-written files of a process killed mid-write (no writer now)
+            stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Let go of the lock (the lock file goes too)."""
@@ -173,14 +176,32 @@ class RunFolder:
                 hint="free some space or choose another --out",
             )
 
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """A failed write (a full disk, a folder made read-only mid-run) is a clear error naming the file;
+        the previous version of the file is intact (every write is atomic)."""
+        try:
+            yield
+        except OSError as error:
+            raise RunFolderError(
+                f"cannot write '{self.path / name}': {error.strerror or error}; "
+                "the previous version of the file is intact",
+                hint=f"free some space (or restore write access), then continue with graft train --resume {self.path}"
+                if (self / CONFIG).is_file()
+                else "free some space, or choose another --out",
+            ) from None
+
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_json(self.path / name, obj)
+        with self.writing(name):
+            atomic_write_json(self.path / name, obj)
 
     def write_text(self, name: str, text: str) -> None:
-        atomic_write_bytes(self.path / name, text.encode("utf-8"))
+        with self.writing(name):
+            atomic_write_bytes(self.path / name, text.encode("utf-8"))
 
     def write_weights(self, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-        atomic_save_tensors(self.path / WEIGHTS, state, metadata)
+        with self.writing(WEIGHTS):
+            atomic_save_tensors(self.path / WEIGHTS, state, metadata)
 
 
 class SaveEveryEpoch(Callback):
@@ -196,7 +217,8 @@ class SaveEveryEpoch(Callback):
         self.run.write_json(HISTORY, state.history)
         if state.improved:
             self.run.write_weights(state.model.state_dict(), {"epoch": str(state.best_epoch)})
-        save_checkpoint(self.run / CHECKPOINT, state)
+        with self.run.writing(CHECKPOINT):
+            save_checkpoint(self.run / CHECKPOINT, state)
         if time.perf_counter() - self.last_plot > self.plot_every:
             self.plot(state.history)
             self.last_plot = time.perf_counter()

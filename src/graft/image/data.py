@@ -152,7 +152,7 @@ def scan_folder(
                 )
         if "valid" not in splits:
             splits["train"], splits["valid"] = _stratified_split(
-                splits["train"], valid_fraction, seed, root, hashes, errors
+                splits["train"], valid_fraction, seed, root, hashes, errors, classes
             )
             layout = "train+test folders, valid split from train"
         else:
@@ -165,7 +165,7 @@ def scan_folder(
         items = sorted(
             (path, classes.index(name)) for name, files in by_class.items() if name in classes for path in files
         )
-        train, valid = _stratified_split(items, valid_fraction, seed, root, hashes, errors)
+        train, valid = _stratified_split(items, valid_fraction, seed, root, hashes, errors, classes)
         splits = {"train": train, "valid": valid}
         layout = f"class folders, stratified split (valid {valid_fraction:.0%}, seed {seed})"
     if hashes:
@@ -217,16 +217,20 @@ def _stratified_split(
     root,
     hashes: dict[str, str] | None = None,
     errors: list[str] | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[list, list]:
     """Seeded stratified train/valid split; byte-identical images stay on the train side."""
     labels = [label for _, label in items]
     counts = np.bincount(labels) if labels else np.zeros(1, dtype=int)
     if len(counts) < 2 or counts.min() < 2:
         if len(counts) >= 2:
+            few = [int(i) for i in np.flatnonzero(counts < 2)]
+            names = ", ".join(f"'{classes[i]}'" if classes else str(i) for i in few)
             _raise_or_record(
                 DataError(
-                    f"a class in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 per "
-                    "class"
+                    f"class {names} in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 "
+                    "per class",
+                    hint="add images to it, remove its folder, or give a valid/ split folder",
                 ),
                 errors,
             )

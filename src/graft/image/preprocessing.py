@@ -37,10 +37,35 @@ class Preprocessing:
         if unknown:
             raise ConfigError(f"preprocessing has unknown keys {sorted(unknown)}", hint=f"known keys: {sorted(known)}")
         values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        return cls(**values)
+        try:
+            for key in ("mean", "std"):
+                if key in values:
+                    values[key] = tuple(float(v) for v in values[key])
+            preprocessing = cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"preprocessing has a value of the wrong type ({error})") from None
+        preprocessing.validate()
+        return preprocessing
+
+    def validate(self) -> None:
+        """Values a real network could have been trained with (a tampered config must not make graft
+        allocate 120 GB or divide by zero)."""
+        import math
+
+        if (
+            isinstance(self.input_size, bool)
+            or not isinstance(self.input_size, int)
+            or not 16 <= self.input_size <= 2048
+        ):
+            raise ConfigError(
+                f"preprocessing input_size must be a whole number of pixels from 16 to 2048; got {self.input_size!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"preprocessing mean and std need three values (RGB); got {self.mean} and {self.std}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ConfigError(f"preprocessing mean must be finite and std positive; got {self.mean} and {self.std}")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"preprocessing crop_pct must be in (0, 1]; got {self.crop_pct}")
 
     def eval_transform(self, normalize: bool = True):
         """Resize, centre-crop and normalise, exactly as the weights were evaluated.
