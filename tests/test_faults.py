@@ -392,3 +392,37 @@ def test_checking_in_processes_gives_the_verdicts_of_checking_one_by_one(tmp_pat
         for case, (*_, expected) in FILE_CASES.items()
         if expected != "usable" and expected[0] == "skipped" and case != "hidden_file"
     }
+
+
+def test_nothing_in_a_data_folder_disappears_without_a_word(tmp_path, monkeypatch):
+    """Symlink loops, dangling symlinks, FIFOs, unreadable and hidden folders are each listed with a reason;
+    hidden entries follow one rule everywhere (skipped and listed, also inside a class folder)."""
+    data = tmp_path / "data"
+    for name in ("cats", "dogs"):
+        for i in range(4):
+            make_image(data / name / f"{i}.png", (60 * i, 90, 30), seed=i)
+    (data / "cats" / "loop").symlink_to(data / "cats", target_is_directory=True)
+    (data / "cats" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(data / "dogs" / "pipe.png")
+    make_image(data / "dogs" / ".thumbs" / "x.png", (1, 2, 3), seed=9)
+    make_image(data / ".hidden_class" / "y.png", (1, 2, 3), seed=8)
+    (data / "locked").mkdir()
+    real_listdir = os.listdir
+
+    def listdir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    dataset = scan_folder(data)
+    reasons: dict[str, str] = {}
+    for entry in dataset.skipped:
+        reasons[Path(entry["file"]).name] = reasons.get(Path(entry["file"]).name, "") + entry["reason"]
+    assert "symlink loop" in reasons["loop"]
+    assert "broken symlink" in reasons["dangling.png"]
+    assert "FIFO" in reasons["pipe.png"]
+    assert "hidden" in reasons[".thumbs"] and "hidden" in reasons[".hidden_class"]
+    assert "cannot be read" in reasons["locked"]
+    used = [path for items in dataset.splits.values() for path, _ in items]
+    assert len(used) == 8 and not any(".thumbs" in path for path in used)

@@ -7,7 +7,9 @@ every file that is not used is listed in the manifest's ``skipped`` with the rea
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,33 +53,77 @@ def _scan_class_folders(
 ) -> dict[str, list[str]]:
     """Map class name -> sorted candidate files below ``folder/<class>/`` (recursively).
 
-    Every file is a candidate whatever its extension (``_keep_usable`` inspects the content);
-    hidden files are skipped with a reason. A class folder name that is not UTF-8 becomes a
-    printable class name (U+FFFD for the bad bytes), with a warning.
+    Every regular file is a candidate whatever its extension (``_keep_usable`` inspects the content).
+    Nothing else disappears without a word: hidden files and folders (one rule everywhere: a name
+    starting with '.'), files outside any class folder, folders that cannot be read, broken symlinks,
+    symlink loops, devices, FIFOs and sockets are listed in ``skipped`` with the reason. A class folder
+    name that is not UTF-8 becomes a printable class name (U+FFFD for the bad bytes), with a warning.
     """
     by_class: dict[str, list[str]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file():
+    for entry, kind in _entries(folder, skipped):
+        if kind == "file":
             if entry.name not in IGNORED_NAMES:
                 skipped.append({"file": str(entry), "reason": "file outside any class folder"})
-            continue
-        if not entry.is_dir() or entry.name.startswith("."):
             continue
         name = checking.display_name(entry.name)
         if name != entry.name and warnings is not None:
             warnings.append(
                 {"file": str(entry), "message": f"class folder name is not valid UTF-8; the class is called '{name}'"}
             )
-        files = []
-        for path in sorted(p for p in entry.rglob("*") if p.is_file()):
-            if path.name in IGNORED_NAMES:
-                continue
-            if path.name.startswith("."):
-                skipped.append({"file": str(path), "reason": "hidden file (name starts with '.')"})
-            else:
-                files.append(str(path))
-        by_class[name] = files
+        by_class[name] = sorted(_files_below(entry, skipped, {entry.resolve()}))
     return by_class
+
+
+def _entries(folder: Path, skipped: list[dict[str, str]]) -> list[tuple[Path, str]]:
+    """The usable entries of ``folder`` as ``(path, "file" | "folder")``, in name order; every other entry
+    (hidden, unreadable, a broken symlink or loop, not a regular file or folder) goes to ``skipped``."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        skipped.append({"file": str(folder), "reason": f"folder cannot be read ({error.strerror or error})"})
+        return []
+    found = []
+    for name in names:
+        path = folder / name
+        if name in IGNORED_NAMES:
+            continue
+        if name.startswith("."):
+            skipped.append({"file": str(path), "reason": "hidden file or folder (name starts with '.')"})
+            continue
+        try:
+            mode = os.stat(path).st_mode  # follows symlinks
+        except OSError as error:
+            reason = (
+                "symlink loop"
+                if error.errno == errno.ELOOP
+                else "broken symlink"
+                if path.is_symlink()
+                else "cannot be read"
+            )
+            skipped.append({"file": str(path), "reason": f"{reason} ({error.strerror or error})"})
+            continue
+        if stat.S_ISDIR(mode):
+            found.append((path, "folder"))
+        elif stat.S_ISREG(mode):
+            found.append((path, "file"))
+        else:
+            skipped.append({"file": str(path), "reason": "not a regular file (a device, FIFO or socket)"})
+    return found
+
+
+def _files_below(folder: Path, skipped: list[dict[str, str]], seen: set[Path]) -> list[str]:
+    """Regular files below ``folder``; a folder reached twice through symlinks is listed once, as a loop."""
+    files = []
+    for path, kind in _entries(folder, skipped):
+        if kind == "file":
+            files.append(str(path))
+            continue
+        real = path.resolve()
+        if real in seen:
+            skipped.append({"file": str(path), "reason": "symlink loop (a folder already scanned)"})
+            continue
+        files.extend(_files_below(path, skipped, seen | {real}))
+    return files
 
 
 def _keep_usable(
