@@ -347,3 +347,29 @@ def test_interrupting_training_says_how_to_resume(class_folder, tmp_path, monkey
     assert summary["epochs_run"] == 3
     with pytest.raises(RunFolderError, match="finished run"):
         graft.resume(tmp_path / "run")
+
+
+def test_the_cache_space_is_checked_before_the_frozen_pass(class_folder, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda path: usage(10**9, 10**9 - 5000, 5000) if str(path).startswith(cache) else real(path),
+    )
+    with pytest.raises(ConfigError, match=r"has 0 MB free; this run's frozen pass needs about") as raised:
+        _train(
+            class_folder,
+            tmp_path / "run",
+            cache=True,
+            cache_dir=tmp_path / "cache",
+            mode="finetune",
+            unfreeze=1,
+            views=4,
+        )
+    assert "--views" in raised.value.hint
+    assert not list((tmp_path / "cache").rglob("chunk-*"))  # refused before any row was computed

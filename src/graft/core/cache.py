@@ -188,6 +188,9 @@ class ActivationStore:
                 os.replace(temporary, self.folder / name)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
+                close = getattr(batches, "close", None)
+                if close is not None:  # a generator of batches stops its worker processes now
+                    close()
                 raise
             index = self._index()
             index.update({digest: [name, row] for row, digest in enumerate(digests)})

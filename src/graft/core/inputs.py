@@ -32,6 +32,7 @@ from graft.core.cache import (
 from graft.core.dataset import Dataset
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler, item_seed, worker_init
+from graft.errors import ConfigError
 from graft.perf import usable_cores
 
 if TYPE_CHECKING:
@@ -191,6 +192,38 @@ def frozen_rows(
     return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute, source=source)
 
 
+def _require_cache_space(
+    root, model, stop, modality, preprocessing, device, base, splits, dataset, seed, views
+) -> None:
+    """Refuse before the frozen pass when the cache's disk cannot hold the rows still to compute (one
+    example through the frozen stages gives a row's size), instead of failing after some views."""
+    import shutil
+
+    with torch.inference_mode():
+        example = modality.example_input(preprocessing)
+        example = example.to(device) if isinstance(example, torch.Tensor) and device is not None else example
+        row = model.prefix(stop).eval()(example)
+    row_bytes = int(np.prod(row.shape[1:])) * 4
+    wanted = [(items, "clean") for name, items in splits.items() if name != "train"]
+    wanted += [
+        (splits["train"], f"augmented:{v}:seed{seed}:{modality.augmentation_recipe}") for v in range(1, views + 1)
+    ] or [(splits["train"], "clean")]
+    rows = sum(
+        len(
+            ActivationStore(root, ActivationKey(**base, view=view)).missing([dataset.digest(path) for path, _ in items])
+        )
+        for items, view in wanted
+    )
+    needed, free = rows * row_bytes, shutil.disk_usage(root).free
+    if needed > free:
+        raise ConfigError(
+            f"the activation cache folder '{root}' has {free / 1e6:.0f} MB free; this run's frozen pass needs about "
+            f"{needed / 1e6:.0f} MB ({rows} rows of {row_bytes / 1e3:.0f} kB)",
+            hint="free some space (graft cache --prune), pass --cache-dir DIR on a larger disk, fewer --views, "
+            "or --no-cache",
+        )
+
+
 @dataclass
 class Inputs:
     """Loaders for the loop and what they carry."""
@@ -270,6 +303,10 @@ def build_inputs(
             source=str(dataset.root),
         )
 
+    views_wanted = views if augment and views > 0 else 0
+    _require_cache_space(
+        root, model, trainable_from, modality, preprocessing, device, base, splits, dataset, seed, views_wanted
+    )
     if augment and views > 0:
         train_views = [
             rows(

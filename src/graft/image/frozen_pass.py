@@ -103,12 +103,18 @@ def forward_batches(
         FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches
     )
     task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
-    for outputs in loader:
-        yield outputs
+    batches = iter(loader)
+    try:
+        for outputs in batches:
+            yield outputs
+            if task is not None:
+                progress.advance(task, len(outputs))
+    finally:  # on an error too: worker processes must never outlive the pass (or graft)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         if task is not None:
-            progress.advance(task, len(outputs))
-    if task is not None:
-        progress.remove_task(task)
+            progress.remove_task(task)
 
 
 def frozen_pass(
