@@ -134,3 +134,13 @@ def test_at_80_columns_the_backbones_table_keeps_what_one_types_whole():
     names, packages = [row[1] for row in rows], [row[4] for row in rows]
     assert {"tf_efficientnet_lite0", "mobilenetv2_100"} <= {name.strip() for name in names}
     assert not any("…" in cell for cell in names + packages)  # folded onto the next line, never cut
+
+
+def test_json_output_is_valid_utf8_whatever_the_file_names():
+    from graft.console import printable
+
+    name = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # a Latin-1 name read on a UTF-8 system
+    shown = printable({"file": name, "ok": ["plain"]})
+    assert shown["file"] == "caf\\xe9.jpg" and shown["ok"] == ["plain"]
+    shown["file"].encode("utf-8")  # no lone surrogate left
+    assert json.loads(json.dumps(shown, ensure_ascii=False)) == shown

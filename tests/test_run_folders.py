@@ -112,3 +112,18 @@ def test_a_class_with_one_image_is_named(tmp_path):
             make_image(tmp_path / "data" / name / f"{i}.png", (40 * i, 80, 120), seed=i)
     with pytest.raises(DataError, match="class 'lonely'"):
         graft.train(tmp_path / "data", tmp_path / "run", **OPTIONS)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
+def test_a_resumed_run_does_not_write_into_a_cache_folder_of_another_user(class_folder, tmp_path, monkeypatch):
+    foreign = tmp_path / "their-cache"
+    run = tmp_path / "run"
+    graft.train(class_folder, run, **{**OPTIONS, "cache": True, "cache_dir": foreign, "epochs": 2})
+    (run / "metrics.json").unlink()  # unfinished: resume starts over and computes its rows again
+    for path in [foreign, *foreign.rglob("*")]:
+        os.chown(path, 12345, 12345)
+    before = sorted(str(p) for p in foreign.rglob("*"))
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "mine"))
+    graft.resume(run, quiet=True, num_workers=0)
+    assert sorted(str(p) for p in foreign.rglob("*")) == before
+    assert list((tmp_path / "mine").rglob("chunk-*.npy"))

@@ -22,9 +22,26 @@ def emit_line(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def printable(obj: Any) -> Any:
+    """``obj`` with every string made valid UTF-8: a file name's undecodable bytes (Python's lone
+    surrogates) become ``\\xNN`` escapes, reversible with ``codecs.decode(name, "unicode_escape")``-style
+    tools, instead of surrogates that strict JSON readers reject."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {printable(key): printable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [printable(value) for value in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """The only thing a ``--json`` command writes to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    """The only thing a ``--json`` command writes to stdout (valid UTF-8, whatever the file names)."""
+    sys.stdout.write(json.dumps(printable(obj), indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 

@@ -263,6 +263,13 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     run = RunFolder(out)
     saved = run.config_to_resume()
     config = RunConfig.from_dict(saved["options"], source=str(run / CONFIG))
+    if config.cache_dir is not None and not _own_folder(config.cache_dir):
+        # a run folder can come from someone else: its paths are not trusted with this user's writes
+        if not quiet:
+            stderr.print(
+                f"--resume: the run's cache folder '{config.cache_dir}' is not this user's; using the default cache"
+            )
+        config = config.replace(cache_dir=None)
     runtime = Runtime.create(config.device)
     kind: RunKind = run_kind(kind_of(saved))
     source = modality_of(saved)
@@ -300,6 +307,14 @@ def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
             )
         )
     return _execute(session, saved, dataset, model, plan, objective, resuming=has_checkpoint)
+
+
+def _own_folder(path: str) -> bool:
+    """An existing folder that belongs to the user running graft."""
+    try:
+        return os.path.isdir(path) and os.stat(path).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality) -> Any:
