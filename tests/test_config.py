@@ -22,10 +22,10 @@ def _cli(*args):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--seed", "-1"], "--seed (runtime.seed) must be in [0, 4.29497e+09]"),
+        (["--seed", "-1"], "--seed (runtime.seed) must be in [0, 4,294,967,295]"),
         (["--views", "100000000", "--mode", "finetune"], "--views (inputs.views) must be in [0, 64]"),
-        (["--head-epochs", "-2", "--mode", "finetune"], "--head-epochs (transfer.head_epochs) must be in [0, 10000]"),
-        (["--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10000]"),
+        (["--head-epochs", "-2", "--mode", "finetune"], "--head-epochs (transfer.head_epochs) must be in [0, 10,000]"),
+        (["--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10,000]"),
         (["--lr", "inf"], "--lr (transfer.lr) must be a finite number"),
         (
             ["--backbone-lr-mult", "nan", "--mode", "finetune"],
@@ -77,7 +77,7 @@ def test_a_resolved_config_round_trips_through_config_json_and_is_checked_again(
     validate(extract)
     sections = config.to_dict()
     sections["budget"]["epochs"] = -3
-    with pytest.raises(ConfigError, match=r"config.json: --epochs \(budget.epochs\) must be in \[1, 10000\]; got -3"):
+    with pytest.raises(ConfigError, match=r"config.json: --epochs \(budget.epochs\) must be in \[1, 10,000\]; got -3"):
         RunConfig.from_dict(sections)
     sections["budget"]["epochs"], sections["budget"]["surprise"] = 3, 1
     with pytest.raises(ConfigError, match="unknown option 'budget.surprise'"):

@@ -26,7 +26,7 @@ def _graft(*args: str, columns: str | None = None, **kwargs) -> subprocess.Compl
     "args,message,code",
     [
         (["train", "/nonexistent", "--out", "RUN"], "data folder '/nonexistent' does not exist", 3),
-        (["train", "DATA", "--out", "RUN", "--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10000]", 2),
+        (["train", "DATA", "--out", "RUN", "--epochs", "0"], "--epochs (budget.epochs) must be in [1, 10,000]", 2),
         (["predict", "/nonexistent-run", "x.jpg"], "run folder '/nonexistent-run' does not exist", 5),
         (["evaluate", "/nonexistent-run"], "run folder '/nonexistent-run' does not exist", 5),
         (["check", "/nonexistent"], "data folder '/nonexistent' does not exist", 3),

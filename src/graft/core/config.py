@@ -62,10 +62,14 @@ def _between(
         too_high = value >= high if high_open else value > high
         if too_low or too_high:
             left, right = ("(" if low_open else "["), (")" if high_open else "]")
-            return f"must be in {left}{low:g}, {high:g}{right}"
+            return f"must be in {left}{_number(low)}, {_number(high)}{right}"
         return None
 
     return check
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if float(value).is_integer() and abs(value) >= 10_000 else f"{value:g}"
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:

@@ -334,6 +334,8 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
             paths.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and _is_image_name(p))
         elif path.is_file():
             paths.append(str(path))
+        elif path.exists():
+            raise DataError(f"'{item}' is not a regular file or a folder (a device, FIFO or socket)")
         else:
             raise DataError(f"'{item}' does not exist")
     if not paths:
