@@ -740,24 +740,25 @@ def cache(
     if json_output:
         emit_json(usage)
         return
-    stdout.print(
-        table(
-            f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)",
-            ["namespace", "data", "stop", "view", "images", "MB", "last used"],
+    listing = table(
+        f"activation cache: {usage['cache_dir']} ({usage['bytes'] / 1e6:.1f} MB)",
+        ["namespace", "data", "stop", "view", "images", "MB", "last used"],
+        [
             [
-                [
-                    e["namespace"][:12],
-                    ", ".join(e["data"]) or "?",
-                    e["stop"],
-                    e["view"],
-                    e["images"],
-                    f"{e['bytes'] / 1e6:.1f}",
-                    datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M"),
-                ]
-                for e in usage["namespaces"]
-            ],
-        )
+                e["namespace"][:12],
+                ", ".join(e["data"]) or "?",
+                e["stop"],
+                e["view"],
+                e["images"],
+                f"{e['bytes'] / 1e6:.1f}",
+                datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M"),
+            ]
+            for e in usage["namespaces"]
+        ],
     )
+    for column in listing.columns[1:4]:
+        column.overflow = "fold"  # paths and views in full, folded at narrow widths
+    stdout.print(listing)
     if clear or prune:
         stdout.print(f"freed {usage['freed_bytes'] / 1e6:.1f} MB")
 
