@@ -162,3 +162,41 @@ def test_log_tensorboard_writes_every_epochs_scalars_and_the_confusion_matrix(cl
     assert {"train/loss", "train/accuracy", "valid/loss", "valid/accuracy", "lr"} <= set(tags["scalars"])
     assert [event.step for event in events.Scalars("valid/accuracy")] == [1, 2, 3]
     assert "confusion_matrix/valid" in tags["images"]
+
+
+def test_the_package_has_no_import_cycle():
+    """Module-level imports between graft's modules form no cycle (plug-ins are named by strings in the
+    registries, so the core never imports a kind of run or a modality at import time)."""
+    import ast
+    from pathlib import Path
+
+    import graft
+
+    root = Path(graft.__file__).parent.parent
+    modules = {}
+    for path in (root / "graft").rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for other in graph[name]:
+            assert state.get(other) != 1, f"import cycle: {' -> '.join(path[path.index(other) :] + [other])}"
+            if other not in state:
+                visit(other, path + [other])
+        state[name] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
