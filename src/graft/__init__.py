@@ -22,6 +22,7 @@ _EXPORTS = {
     "check": "graft.api",
     "classify": "graft.api",
     "evaluate": "graft.api",
+    "export": "graft.api",
     "load": "graft.api",
     "predict": "graft.api",
     "resume": "graft.api",

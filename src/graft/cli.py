@@ -689,6 +689,31 @@ def predict(
 
 @app.command()
 @_handle_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write, e.g. model.onnx.")],
+    format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
+    samples: Annotated[int, typer.Option("--samples", help="Valid-split images the parity gate compares.")] = 64,
+    json_output: JsonOption = False,
+):
+    """Export a run (ONNX), written only if ONNX Runtime matches torch on the run's own valid images."""
+    from graft.api import export as run_export
+    from graft.console import emit_json, stdout
+
+    result = run_export(run, out, format=format, samples=samples)
+    if json_output:
+        emit_json(result)
+        return
+    parity = result["parity"]
+    stdout.print(
+        f"wrote {result['file']} ({result['bytes'] / 1e6:.1f} MB; outputs {', '.join(result['outputs'])}); parity on "
+        f"{parity['n']} {parity['split']} images: max abs difference {parity['max_abs_diff']:.1e}, top-1 agreement "
+        f"{parity['top1_agreement']:.0%}"
+    )
+
+
+@app.command()
+@_handle_errors
 def cache(
     cache_dir: Annotated[
         Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")

@@ -1,0 +1,169 @@
+"""``graft export RUN --format onnx``: one ONNX file that carries its preprocessing, labels and graft
+version in its metadata, written only if it passes a **parity gate**: on real images of the run's own
+valid split, ONNX Runtime's outputs must match torch's (``numpy.allclose`` with rtol 1e-3, atol 1e-5,
+the de-facto tolerance) and agree on every top-1 class. A file that fails is never written.
+
+Outputs: a classifier gives ``probabilities`` (batch, classes); a multi-task run gives one output per
+task, ``<task>`` probabilities or values in the task's units. The batch axis is dynamic; the image
+size is the run's (graft's static "same" padding is what makes the export exact).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.core.inputs import make_loader
+from graft.core.runs import MANIFEST, TrainedRun
+from graft.errors import ConfigError, GraftError
+from graft.fileio import atomic_write_bytes, read_json
+
+RTOL, ATOL = 1e-3, 1e-5
+
+
+class ExportError(GraftError, RuntimeError):
+    """The exported model does not behave like the run's model; nothing was written."""
+
+    exit_code = 7
+
+
+class _Outputs(nn.Module):
+    """The run's model with what a user wants out of it: probabilities, or values in the task's units."""
+
+    def __init__(self, trained: TrainedRun):
+        super().__init__()
+        self.model = trained.model
+        self.tasks = getattr(trained, "tasks", None)
+        self.scales = getattr(trained, "scales", {})
+
+    def forward(self, x: torch.Tensor):
+        outputs = self.model(x)
+        if self.tasks is None:
+            return torch.softmax(outputs, dim=1)
+        result = []
+        for task in self.tasks:
+            value = outputs[task.name]
+            if task.is_classification:
+                result.append(torch.softmax(value, dim=1))
+            else:
+                scale = self.scales[task.name]
+                result.append(value[:, 0] * scale.std + scale.mean)
+        return tuple(result)
+
+
+def output_names(trained: TrainedRun) -> list[str]:
+    tasks = getattr(trained, "tasks", None)
+    return ["probabilities"] if tasks is None else [task.name for task in tasks]
+
+
+def export_onnx(trained: TrainedRun, out: str | os.PathLike, samples: int = 64, batch_size: int = 16) -> dict[str, Any]:
+    """Export ``trained`` to ``out`` after the parity gate; returns what was written and measured."""
+    if not 1 <= samples <= 100_000:
+        raise ConfigError(f"--samples must be from 1 to 100,000; got {samples}")
+    began = time.perf_counter()
+    wrapped = _Outputs(trained).eval()
+    names = output_names(trained)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes about the static padding's constant shape check
+        torch.onnx.export(
+            wrapped,
+            (trained.example_input(),),
+            buffer,
+            input_names=["input"],
+            output_names=names,
+            dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in names}},
+            opset_version=17,
+            dynamo=False,
+        )
+    data = _with_metadata(buffer.getvalue(), trained, names)
+    parity = _parity(wrapped, data, trained, names, samples, batch_size)
+    if not parity["passed"]:
+        raise ExportError(
+            f"the ONNX export does not match the run's model on {parity['n']} valid images (max abs difference "
+            f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}); nothing was written",
+            hint="report it with the run's config.json; the run itself is unaffected",
+        )
+    atomic_write_bytes(out, data)
+    return {
+        "file": str(out),
+        "format": "onnx",
+        "bytes": len(data),
+        "outputs": names,
+        "parity": parity,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:
+    import onnx
+
+    from graft import __version__
+
+    model = onnx.load_from_string(data)
+    tasks = getattr(trained, "tasks", None)
+    labels = {"probabilities": list(trained.classes)} if tasks is None else {t.name: list(t.classes) for t in tasks}
+    entries = {
+        "graft_version": __version__,
+        "kind": str(trained.config.get("kind", "classifier")),
+        "modality": str(trained.config.get("modality", "image")),
+        "backbone": str(trained.config["backbone"]["name"]),
+        "preprocessing": json.dumps(trained.preprocessing.to_dict()),
+        "labels": json.dumps(labels),
+        "outputs": json.dumps(names),
+    }
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+def _parity(
+    wrapped: nn.Module, data: bytes, trained: TrainedRun, names: list[str], samples: int, batch_size: int
+) -> dict[str, Any]:
+    import onnxruntime
+
+    manifest = read_json(Path(trained.path) / MANIFEST)
+    split = "valid" if manifest["splits"].get("valid") else "test"
+    labels_width = len(getattr(trained, "tasks", []) or [])
+    items = [
+        (path, [float("nan")] * labels_width if labels_width else -1) for path, _ in manifest["splits"][split][:samples]
+    ]
+    items = [(path, label) for path, label in items if Path(path).is_file()]
+    if not items:
+        raise ExportError(
+            f"the run's {split} images are gone; the parity gate needs real images", hint="restore the data"
+        )
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    loader = make_loader(trained.modality.examples(items, trained.preprocessing, augment=False), batch_size)
+    worst, agree, compared, close = 0.0, 0, 0, True
+    for inputs, _ in loader:
+        with torch.no_grad():
+            expected = wrapped(inputs)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        got = session.run(names, {"input": inputs.numpy()})
+        for want, have in zip(expected, got):
+            want = want.numpy()
+            worst = max(worst, float(np.abs(want - have).max()))
+            close = close and bool(np.allclose(have, want, rtol=RTOL, atol=ATOL))
+            if want.ndim == 2:
+                agree += int((want.argmax(1) == have.argmax(1)).sum())
+                compared += len(want)
+    agreement = agree / compared if compared else 1.0
+    return {
+        "split": split,
+        "n": len(items),
+        "max_abs_diff": worst,
+        "top1_agreement": agreement,
+        "rtol": RTOL,
+        "atol": ATOL,
+        "passed": close and agreement == 1.0,
+    }
