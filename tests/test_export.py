@@ -70,3 +70,22 @@ def test_an_export_that_does_not_match_is_refused_and_not_written(split_folder, 
     with pytest.raises(GraftError, match="does not match the run's model .* nothing was written"):
         graft.export(tmp_path / "run", tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_int8_is_measured_against_fp32_and_refused_above_the_allowed_drop(split_folder, tmp_path):
+    from graft.errors import ConfigError, GraftError
+
+    graft.train(split_folder, tmp_path / "run", **{**OPTIONS, "epochs": 2})
+    allowed = graft.export(tmp_path / "run", tmp_path / "int8.onnx", int8=True, max_drop=100)
+    figures = allowed["int8"]
+    assert figures["n"] == 9 and figures["int8"]["bytes"] < figures["fp32"]["bytes"]
+    assert figures["accuracy_drop_points"] == pytest.approx(
+        100 * (figures["fp32"]["accuracy"] - figures["int8"]["accuracy"])
+    )
+    assert (tmp_path / "int8.onnx").stat().st_size == figures["int8"]["bytes"]
+    if figures["accuracy_drop_points"] > 0:
+        with pytest.raises(GraftError, match="int8 loses .* nothing was written"):
+            graft.export(tmp_path / "run", tmp_path / "strict.onnx", int8=True, max_drop=0)
+        assert not (tmp_path / "strict.onnx").exists()
+    with pytest.raises(ConfigError, match="--max-drop"):
+        graft.export(tmp_path / "run", tmp_path / "x.onnx", int8=True, max_drop=-1)

@@ -694,13 +694,28 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write, e.g. model.onnx.")],
     format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
     samples: Annotated[int, typer.Option("--samples", help="Valid-split images the parity gate compares.")] = 64,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static int8 quantisation, calibrated on the run's training images.")
+    ] = False,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-drop", help="With --int8: refuse above this many points of valid accuracy lost (default 1)."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Export a run (ONNX), written only if ONNX Runtime matches torch on the run's own valid images."""
     from graft.api import export as run_export
     from graft.console import emit_json, stdout
 
-    result = run_export(run, out, format=format, samples=samples)
+    if max_drop is not None and not int8:
+        from graft.errors import ConfigError
+
+        raise ConfigError("--max-drop only applies with --int8")
+    result = run_export(
+        run, out, format=format, samples=samples, int8=int8, max_drop=1.0 if max_drop is None else max_drop
+    )
     if json_output:
         emit_json(result)
         return
@@ -710,6 +725,14 @@ def export(
         f"{parity['n']} {parity['split']} images: max abs difference {parity['max_abs_diff']:.1e}, top-1 agreement "
         f"{parity['top1_agreement']:.0%}"
     )
+    if "int8" in result:
+        figures = result["int8"]
+        stdout.print(
+            f"int8: {figures['split']} accuracy {figures['fp32']['accuracy']:.2%} -> "
+            f"{figures['int8']['accuracy']:.2%}, "
+            f"{figures['fp32']['bytes'] / 1e6:.1f} -> {figures['int8']['bytes'] / 1e6:.1f} MB, "
+            f"{figures['fp32']['ms_per_image']:.1f} -> {figures['int8']['ms_per_image']:.1f} ms an image"
+        )
 
 
 @app.command()

@@ -65,10 +65,25 @@ def output_names(trained: TrainedRun) -> list[str]:
     return ["probabilities"] if tasks is None else [task.name for task in tasks]
 
 
-def export_onnx(trained: TrainedRun, out: str | os.PathLike, samples: int = 64, batch_size: int = 16) -> dict[str, Any]:
-    """Export ``trained`` to ``out`` after the parity gate; returns what was written and measured."""
+def export_onnx(
+    trained: TrainedRun,
+    out: str | os.PathLike,
+    samples: int = 64,
+    batch_size: int = 16,
+    int8: bool = False,
+    max_drop: float = 1.0,
+) -> dict[str, Any]:
+    """Export ``trained`` to ``out`` after the parity gate; returns what was written and measured. With
+    ``int8``, the file is statically quantised (per channel, calibrated on the run's training images) and
+    written only if its accuracy on the valid split is at most ``max_drop`` points below fp32's."""
     if not 1 <= samples <= 100_000:
         raise ConfigError(f"--samples must be from 1 to 100,000; got {samples}")
+    if int8 and getattr(trained, "tasks", None) is not None:
+        raise ConfigError(
+            "--int8 applies to single-task classifier runs so far", hint="export a multi-task run without --int8"
+        )
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop must be from 0 to 100 (accuracy points); got {max_drop}")
     began = time.perf_counter()
     wrapped = _Outputs(trained).eval()
     names = output_names(trained)
@@ -93,15 +108,78 @@ def export_onnx(trained: TrainedRun, out: str | os.PathLike, samples: int = 64, 
             f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}); nothing was written",
             hint="report it with the run's config.json; the run itself is unaffected",
         )
+    result: dict[str, Any] = {"format": "onnx", "outputs": names, "parity": parity}
+    if int8:
+        data, result["int8"] = _int8(data, trained, samples, batch_size, max_drop)
     atomic_write_bytes(out, data)
-    return {
-        "file": str(out),
-        "format": "onnx",
-        "bytes": len(data),
-        "outputs": names,
-        "parity": parity,
-        "seconds": time.perf_counter() - began,
+    return {"file": str(out), "bytes": len(data), **result, "seconds": time.perf_counter() - began}
+
+
+def _int8(
+    fp32: bytes, trained: TrainedRun, samples: int, batch_size: int, max_drop: float
+) -> tuple[bytes, dict[str, Any]]:
+    """Static per-channel int8 quantisation calibrated on the run's training images, and its accuracy,
+    size and speed against fp32 on the valid split; refused above ``max_drop`` points."""
+    import tempfile
+
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    onnxruntime.set_default_logger_severity(3)  # errors only: the quantiser's notes are not the user's business
+
+    manifest = read_json(Path(trained.path) / MANIFEST)
+    calibration = [(path, -1) for path, _ in manifest["splits"]["train"][:samples] if Path(path).is_file()]
+    valid_split = "valid" if manifest["splits"].get("valid") else "test"
+    valid = [(path, int(label)) for path, label in manifest["splits"][valid_split] if Path(path).is_file()]
+    examples = trained.modality.examples
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(make_loader(examples(calibration, trained.preprocessing, augment=False), batch_size))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch[0].numpy()}
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(fp32)
+        quantize_static(
+            str(source),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        quantised = target.read_bytes()
+    figures = {}
+    for name, model in (("fp32", fp32), ("int8", quantised)):
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        correct, seen, seconds = 0, 0, 0.0
+        for inputs, labels in make_loader(examples(valid, trained.preprocessing, augment=False), batch_size):
+            began = time.perf_counter()
+            probabilities = session.run(["probabilities"], {"input": inputs.numpy()})[0]
+            seconds += time.perf_counter() - began
+            correct += int((probabilities.argmax(1) == labels.numpy()).sum())
+            seen += len(labels)
+        figures[name] = {"accuracy": correct / seen, "ms_per_image": 1000 * seconds / seen, "bytes": len(model)}
+    drop = 100 * (figures["fp32"]["accuracy"] - figures["int8"]["accuracy"])
+    report = {
+        "split": valid_split,
+        "n": len(valid),
+        **figures,
+        "accuracy_drop_points": drop,
+        "max_drop_points": max_drop,
     }
+    if drop > max_drop:
+        raise ExportError(
+            f"int8 loses {drop:.1f} accuracy points on the {valid_split} split ({figures['fp32']['accuracy']:.2%} -> "
+            f"{figures['int8']['accuracy']:.2%}), more than --max-drop {max_drop}; nothing was written",
+            hint="export without --int8, or allow the drop with a larger --max-drop",
+        )
+    return quantised, report
 
 
 def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:
