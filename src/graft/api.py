@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.core.config import DEFAULT_BACKBONE, RunConfig, check_workers, validate
+from graft.core.run_files import require_run_folder
 from graft.errors import ConfigError, DataError, RunFolderError
 
 if TYPE_CHECKING:
@@ -72,20 +73,6 @@ def require_paths(paths: Sequence[str | os.PathLike]) -> None:
     for path in paths:
         if not Path(path).exists():
             raise DataError(f"'{path}' does not exist")
-
-
-def require_run_folder(run: Any) -> None:
-    """A clear error, at once, when ``run`` is a path but not a finished run folder."""
-    if isinstance(run, (str, os.PathLike)):
-        folder = Path(run)
-        if not folder.is_dir():
-            raise RunFolderError(f"run folder '{folder}' does not exist")
-        for name in ("config.json", "model.safetensors"):
-            if not (folder / name).is_file():
-                raise RunFolderError(
-                    f"run folder '{folder}' has no {name}",
-                    hint="is this a folder written by graft train (and did it finish an epoch)?",
-                )
 
 
 def check(
@@ -365,7 +352,8 @@ def evaluate(
     matrix PNG (a multi-task run: every task, accuracy/F1 or MAE). Without ``data``: the run's held-out
     test split (valid if it has none). ``tta``: test-time augmentation, the mean over the clean view and
     ``tta`` seeded augmented views (single-task runs)."""
-    require_run_folder(run)
+    if isinstance(run, (str, os.PathLike)):
+        require_run_folder(run)  # a wrong run answers before a wrong DATA, and before torch loads
     if data is not None:
         require_folder(data)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
@@ -376,7 +364,8 @@ def predict(
     run: str | os.PathLike | TrainedRun, images: Sequence[str | os.PathLike], tta: int = 0
 ) -> list[dict[str, Any]]:
     """Predictions for each input, from a trained run of any kind (``tta``: as in :func:`evaluate`)."""
-    require_run_folder(run)
+    if isinstance(run, (str, os.PathLike)):
+        require_run_folder(run)  # a wrong run answers before a wrong image, and before torch loads
     require_paths(images)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.predict(images, tta=tta)

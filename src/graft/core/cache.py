@@ -283,46 +283,53 @@ def prune_cache(
     keep: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Delete namespaces, least recently used first, until the cache holds at most ``max_bytes``, and every
-    namespace unused for ``older_than_days``; never those in ``keep``. Returns what was deleted."""
-    usage = cache_usage(root)
+    namespace unused for ``older_than_days``; never those in ``keep``. Returns what was deleted. Runs after
+    every run, so it reads only sizes and times; a namespace's key and index are read only if it goes."""
+    folder = Path(root) if root is not None else default_cache_dir()
     keep = set(keep)
-    entries = sorted(usage["namespaces"], key=lambda e: e["last_used"] or 0.0)
-    total, removed = usage["bytes"], []
+    entries = sorted(
+        (_describe(namespace, details=False) for namespace in _namespaces(folder)), key=lambda e: e["last_used"]
+    )
+    total, removed = sum(entry["bytes"] for entry in entries), []
     now = time.time()
     for entry in entries:
         if entry["namespace"] in keep:
             continue
-        stale = older_than_days is not None and now - (entry["last_used"] or 0.0) > older_than_days * 86400
+        stale = older_than_days is not None and now - entry["last_used"] > older_than_days * 86400
         too_big = max_bytes is not None and total > max_bytes
         if stale or too_big:
-            shutil.rmtree(Path(usage["cache_dir"]) / entry["namespace"], ignore_errors=True)
+            removed.append(_describe(folder / entry["namespace"]))
+            shutil.rmtree(folder / entry["namespace"], ignore_errors=True)
             total -= entry["bytes"]
-            removed.append(entry)
     return removed
 
 
+def _namespaces(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _describe(namespace: Path, details: bool = True) -> dict[str, Any]:
+    """One namespace: bytes, last use and data; with ``details`` also its key and image count."""
+    used = _usage(namespace)
+    entry: dict[str, Any] = {
+        "namespace": namespace.name,
+        "bytes": sum(f.stat().st_size for f in namespace.iterdir() if f.is_file()),
+        "data": used.get("data", []),
+        "last_used": used.get("last_used") or namespace.stat().st_mtime,
+    }
+    if details:
+        key = read_json(namespace / KEY) if (namespace / KEY).is_file() else {}
+        index = read_json(namespace / INDEX) if (namespace / INDEX).is_file() else {}
+        entry.update(
+            architecture=key.get("architecture"), stop=key.get("stop"), view=key.get("view"), images=len(index)
+        )
+    return entry
+
+
 def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What is in the cache folder: namespaces with their key, image count and bytes."""
+    """What is in the cache folder: namespaces with their key, image count, bytes, data and last use."""
     folder = Path(root) if root is not None else default_cache_dir()
-    entries = []
-    if folder.is_dir():
-        for namespace in sorted(p for p in folder.iterdir() if p.is_dir()):
-            size = sum(f.stat().st_size for f in namespace.iterdir() if f.is_file())
-            key = read_json(namespace / KEY) if (namespace / KEY).is_file() else {}
-            index = read_json(namespace / INDEX) if (namespace / INDEX).is_file() else {}
-            used = _usage(namespace)
-            entries.append(
-                {
-                    "namespace": namespace.name,
-                    "architecture": key.get("architecture"),
-                    "stop": key.get("stop"),
-                    "view": key.get("view"),
-                    "images": len(index),
-                    "bytes": size,
-                    "data": used.get("data", []),
-                    "last_used": used.get("last_used") or namespace.stat().st_mtime,
-                }
-            )
+    entries = [_describe(namespace) for namespace in _namespaces(folder)]
     return {"cache_dir": str(folder), "bytes": sum(e["bytes"] for e in entries), "namespaces": entries}
 
 

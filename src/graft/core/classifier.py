@@ -25,7 +25,8 @@ from graft.core.inputs import default_workers, make_loader
 from graft.core.modality import Modality, modality_of
 from graft.core.model import TransferModel
 from graft.core.objectives import Classification
-from graft.core.runs import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
+from graft.core.run_files import CONFIG, CONFUSION, LEARNING_CURVE, MANIFEST, first_split
+from graft.core.runs import RunFolder, load_weights
 from graft.errors import ConfigError, DataError, RunFolderError
 from graft.fileio import read_json
 
@@ -79,7 +80,7 @@ class TrainedClassifier:
         root = self.config.get("data", {}).get("root")
         if data is None or (root and Path(data).resolve() == Path(root).resolve()):
             manifest = read_json(self.path / MANIFEST)
-            split = "test" if manifest["splits"].get("test") else "valid"
+            split = first_split(manifest, "test", "valid")
             items = [(path, int(label)) for path, label in manifest["splits"][split]]
             missing = [path for path, _ in items if not Path(path).is_file()]
             if missing:

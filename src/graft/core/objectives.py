@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.core.evaluation import probabilities
+
 
 class Objective(nn.Module):
     """The interface the loop calls; subclasses implement :meth:`loss` and :meth:`validate`."""
@@ -45,12 +47,6 @@ class Objective(nn.Module):
         return f"valid score {record['valid_score']:.3f}"
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 class Classification(Objective):
     """One classification task: cross-entropy with label smoothing; the best epoch has the highest
     validation accuracy (ties: the lowest validation loss)."""
@@ -66,10 +62,10 @@ class Classification(Objective):
         return {"train_accuracy": float((outputs.argmax(1) == targets).sum())}
 
     def validate(self, outputs: np.ndarray, targets: np.ndarray, model: nn.Module) -> dict[str, Any]:
-        probabilities = softmax(outputs.astype(np.float64))
+        probs = probabilities(outputs)  # as evaluation and prediction compute them
         labels = targets.astype(np.int64)
-        picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, None)
-        accuracy = float((probabilities.argmax(1) == labels).mean())
+        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-7, None)
+        accuracy = float((probs.argmax(1) == labels).mean())
         return {"valid_loss": float(-np.log(picked).mean()), "valid_accuracy": accuracy, "valid_score": accuracy}
 
     def rank(self, record: dict[str, Any]) -> tuple:

@@ -23,21 +23,19 @@ from graft.core.callbacks import Callback
 from graft.core.checkpoint import save_checkpoint
 from graft.core.freeze import FreezePlan
 from graft.core.registry import Registry
+from graft.core.run_files import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    LOCK,
+    MANIFEST,
+    METRICS,
+    PLAN,
+    WEIGHTS,
+    require_run_folder,
+)
 from graft.errors import GraftError, RunFolderError, TrainingInterrupted
 from graft.fileio import atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_tensors, read_json
-
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-PLAN = "freeze_plan.json"
-HISTORY = "history.json"
-METRICS = "metrics.json"
-MANIFEST = "manifest.json"
-LEARNING_CURVE = "learning_curve.png"
-CONFUSION = "confusion_matrix.png"
-REPORT = "report.html"
-ADVICE = "advice.json"
-LOCK = ".graft.lock"  # holds the pid of the process writing the run
-CHECKPOINT = "checkpoint.safetensors"  # an unfinished run's last epoch (graft.checkpoint)
 
 
 class RunFolder:
@@ -276,15 +274,7 @@ def kind_of(config: dict[str, Any]) -> str:
 
 def load_run(path: str | os.PathLike) -> TrainedRun:
     """Load a run folder of any kind. Raises :class:`RunFolderError` if it is incomplete or damaged."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise RunFolderError(f"run folder '{folder}' does not exist")
-    for name in (CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise RunFolderError(
-                f"run folder '{folder}' has no {name}",
-                hint="is this a folder written by graft train (and did it finish an epoch)?",
-            )
+    folder = require_run_folder(path)
     config = read_config(folder)
     return run_kind(kind_of(config)).load_trained(folder, config)
 

@@ -37,22 +37,8 @@ from graft.core.modality import Modality, modality_for, modality_of
 from graft.core.model import TransferModel
 from graft.core.objectives import Objective
 from graft.core.reproducibility import seed_everything
-from graft.core.runs import (
-    ADVICE,
-    CHECKPOINT,
-    CONFIG,
-    LEARNING_CURVE,
-    MANIFEST,
-    METRICS,
-    PLAN,
-    REPORT,
-    WEIGHTS,
-    RunFolder,
-    SaveEveryEpoch,
-    kind_of,
-    load_plan,
-    run_kind,
-)
+from graft.core.run_files import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS
+from graft.core.runs import RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.runtime import Runtime
 from graft.core.strategies import AUTO, plan_for_mode
 from graft.errors import RunFolderError, TrainingError
@@ -250,7 +236,7 @@ def _train(session: Session) -> dict[str, Any]:
     run.write_json(PLAN, plan.to_dict())
     run.write_json(MANIFEST, dataset.manifest())
     run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
-    summary = _execute(session, saved, dataset, model, plan, objective, resuming=False)
+    summary = _execute(session, saved, preprocessing, dataset, model, plan, objective, resuming=False)
     if advice is not None:
         summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
     return summary
@@ -306,7 +292,7 @@ def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
                 else "starting over (no epoch had finished)"
             )
         )
-    return _execute(session, saved, dataset, model, plan, objective, resuming=has_checkpoint)
+    return _execute(session, saved, preprocessing, dataset, model, plan, objective, resuming=has_checkpoint)
 
 
 def _own_folder(path: str) -> bool:
@@ -325,11 +311,18 @@ def _saved_preprocessing(run: RunFolder, saved: dict[str, Any], source: Modality
 
 
 def _execute(
-    session: Session, saved: dict, dataset, model: nn.Module, plan: FreezePlan, objective: Objective, *, resuming: bool
+    session: Session,
+    saved: dict,
+    preprocessing: Any,
+    dataset,
+    model: nn.Module,
+    plan: FreezePlan,
+    objective: Objective,
+    *,
+    resuming: bool,
 ) -> dict[str, Any]:
     run, config, kind, source, runtime = session.run, session.config, session.kind, session.source, session.runtime
     num_workers, quiet, began = session.num_workers, session.quiet, session.began
-    preprocessing = _saved_preprocessing(run, saved, source)
     title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
     objective.to(runtime.device)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from graft.core.inputs import make_loader
-from graft.core.runs import MANIFEST, TrainedRun
+from graft.core.run_files import MANIFEST, first_split
+from graft.core.runs import TrainedRun
 from graft.errors import ConfigError, GraftError
 from graft.fileio import atomic_write_bytes, read_json
 
@@ -129,7 +130,7 @@ def _int8(
 
     manifest = read_json(Path(trained.path) / MANIFEST)
     calibration = [(path, -1) for path, _ in manifest["splits"]["train"][:samples] if Path(path).is_file()]
-    valid_split = "valid" if manifest["splits"].get("valid") else "test"
+    valid_split = first_split(manifest, "valid", "test")
     valid = [(path, int(label)) for path, label in manifest["splits"][valid_split] if Path(path).is_file()]
     examples = trained.modality.examples
 
@@ -210,7 +211,7 @@ def _parity(
     import onnxruntime
 
     manifest = read_json(Path(trained.path) / MANIFEST)
-    split = "valid" if manifest["splits"].get("valid") else "test"
+    split = first_split(manifest, "valid", "test")
     labels_width = len(getattr(trained, "tasks", []) or [])
     items = [
         (path, [float("nan")] * labels_width if labels_width else -1) for path, _ in manifest["splits"][split][:samples]

@@ -20,7 +20,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 from torch import nn
 
-from graft.core.objectives import Objective, softmax
+from graft.core.evaluation import probabilities
+from graft.core.objectives import Objective
 from graft.errors import ConfigError
 from graft.multitask.tasks import Task
 
@@ -139,7 +140,7 @@ class MultiTaskObjective(Objective):
 def decode(task: Task, output: np.ndarray, scales: dict[str, TargetScale]) -> np.ndarray:
     """Probabilities (classification) or values in the task's units (regression) from raw outputs."""
     if task.is_classification:
-        return softmax(output)
+        return probabilities(output)
     scale = scales[task.name]
     return output[:, 0] * scale.std + scale.mean
 

@@ -20,25 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from graft.core import plots
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
 from graft.core.evaluation import collect_outputs
-from graft.core.inputs import default_workers, make_loader
+from graft.core.inputs import as_targets, default_workers, make_loader
 from graft.core.modality import Modality, modality_of
 from graft.core.model import TransferModel
-from graft.core.runs import CONFIG, LEARNING_CURVE, MANIFEST, RunFolder, load_weights
+from graft.core.run_files import CONFIG, LEARNING_CURVE, MANIFEST, first_split
+from graft.core.runs import RunFolder, load_weights
 from graft.errors import ConfigError, DataError, RunFolderError
 from graft.fileio import read_json
 from graft.multitask.model import MultiTaskModel, build_multitask_model
 from graft.multitask.objective import MultiTaskObjective, TargetScale, decode, target_scales, task_metrics
 from graft.multitask.tasks import MultiTaskDataset, Task, read_labels, scan_domains, scan_multitask
-
-
-def _targets(items) -> torch.Tensor:
-    return torch.tensor([labels for _, labels in items], dtype=torch.float32)
 
 
 class MultiTaskKind:
@@ -102,7 +98,7 @@ class MultiTaskKind:
         return next(iter(model.towers.values()))
 
     def objective(self, config: RunConfig, dataset: MultiTaskDataset) -> MultiTaskObjective:
-        scales = target_scales(dataset.tasks, _targets(dataset.split("train")).numpy())
+        scales = target_scales(dataset.tasks, as_targets([labels for _, labels in dataset.split("train")]).numpy())
         return MultiTaskObjective(dataset.tasks, scales, config.task_weighting, tie=config.tie or 0.0)
 
     def config_section(
@@ -265,7 +261,7 @@ class MultiTaskTrainedModel:
         skipped: list = []
         if data is None or (root is not None and Path(data).resolve() == Path(root).resolve()):
             manifest = read_json(manifest_path)
-            split = "test" if manifest["splits"].get("test") else "valid"
+            split = first_split(manifest, "test", "valid")
             items = [(p, [float("nan") if v is None else v for v in values]) for p, values in manifest["splits"][split]]
             evaluated_on = f"{split} split of the run's manifest"
         elif labels.get("kind") == "domains":
