@@ -106,10 +106,13 @@ def test_the_report_shows_the_options_the_date_and_the_worst_mistakes_with_their
     html = (run / "report.html").read_text()
     assert "<h2>Options</h2>" in html and "seed" in html and "created" in html and str(split_folder) in html
     worst = metrics["test"]["worst"]
+    matrix = metrics["test"]["confusion_matrix"]
+    mistakes = sum(map(sum, matrix)) - sum(matrix[i][i] for i in range(len(matrix)))
+    assert len(worst) == min(8, mistakes)  # every mistake up to eight, and nothing that was right
     assert all(entry["predicted"] != entry["true"] for entry in worst)
     assert [entry["prob_true"] for entry in worst] == sorted(entry["prob_true"] for entry in worst)
-    if worst:
-        assert "Worst mistakes (test)" in html and "data:image/jpeg;base64," in html
+    assert "Worst mistakes (test)" in html
+    assert html.count("data:image/jpeg;base64,") == len(worst)
 
 
 def test_a_short_runs_learning_curve_counts_whole_epochs(tmp_path, monkeypatch):
