@@ -17,7 +17,7 @@ from torch import nn
 import graft
 from graft.core.dataset import Dataset
 from graft.core.inputs import make_loader
-from graft.core.modality import MODALITIES, register_modality
+from graft.core.modality import MODALITIES, ModalityDefaults, register_modality
 from graft.core.model import TransferModel
 
 
@@ -58,7 +58,7 @@ class Vectors(torch.utils.data.Dataset):
         return vector, (label if isinstance(label, int) else torch.tensor(label, dtype=torch.float32))
 
 
-class VectorModality:
+class VectorModality(ModalityDefaults):
     name = "vector"
     augmentation_recipe = "none"
 

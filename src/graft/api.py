@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.core.config import DEFAULT_BACKBONE, RunConfig, check_workers, validate
-from graft.core.run_files import require_run_folder
+from graft.core.run_files import require_run_folder, run_modality
 from graft.errors import ConfigError, DataError, RunFolderError
 
 if TYPE_CHECKING:
@@ -81,13 +81,34 @@ def check(
     seed: int = 0,
     labels: str | None = None,
     tasks: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
-    """Inspect a data folder as ``train`` would, without training: images, usable, skipped (file, reason),
+    """Inspect data as ``train`` would, without training: images (or texts), usable, skipped (file, reason),
     warnings (file, message: duplicates, missing classes, odd names) and errors that would stop training.
     With ``labels`` (and ``tasks``), the folder is read as ``train --labels`` reads it: names or rows that
-    do not parse are skipped with the reason, and byte-identical copies with conflicting labels are warned about."""
+    do not parse are skipped with the reason, and byte-identical copies with conflicting labels are warned about.
+    Text (a table, or class folders of ``.txt``): lines not UTF-8, empty texts, missing labels, texts in two
+    splits or under two labels (exactly or after normalisation), and texts longer than the encoder reads."""
+    if not Path(data).exists():
+        require_folder(data)  # answered before anything heavy is imported
+    from graft.text.data import is_text_data
+
+    if is_text_data(data) or text_column is not None or label_column is not None:
+        if labels is not None or tasks is not None:
+            raise ConfigError("--labels and --tasks are for images; a text table names its columns instead")
+        from graft.text.checking import check_report as check_texts
+
+        return check_texts(
+            data,
+            valid_fraction=0.2 if valid_fraction is None else valid_fraction,
+            seed=seed,
+            text_column=text_column,
+            label_column=label_column,
+        )
     require_folder(data)
-    from graft.image.checking import check_report, summarise
+    from graft.core.dataset import summarise
+    from graft.image.checking import check_report
 
     errors: list[str] = []
     if labels is None:
@@ -186,7 +207,7 @@ def train(
     out: str | os.PathLike,
     *,
     mode: str = "extract",
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | None = None,
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
     unfreeze: int | None = None,
@@ -217,6 +238,8 @@ def train(
     valid_fraction: float | None = None,
     test_fraction: float | None = None,
     limit: int | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
     num_workers: int | None = None,
     quiet: bool = False,
     overwrite: bool = False,
@@ -225,7 +248,9 @@ def train(
 
     What is learned:
         data: a folder of class folders (``DATA/<class>/`` or ``DATA/{train,valid,test}/<class>/``): one
-            classifier; with ``labels``, a folder of images with several labels each.
+            classifier; with ``labels``, a folder of images with several labels each. Text: a CSV, TSV or
+            JSON Lines file (or ``train``/``valid``/``test`` ones in a folder) with ``text_column`` and
+            ``label_column`` (default ``text`` and ``label``), or class folders of ``.txt`` files.
         labels: where several tasks' labels come from: ``"utkface"`` (file names), a CSV file, or
             ``"re:PATTERN"`` with a named group per task; ``tasks`` picks and types them
             (``"age,gender"`` or ``"size:regression,kind:a/b"``).
@@ -237,7 +262,8 @@ def train(
         mode: ``"extract"`` (frozen backbone, new head), ``"finetune"`` (also the last ``unfreeze``
             stages, at ``lr * backbone_lr_mult``), or ``"auto"`` (``graft.advise`` measures the data and
             picks; options given explicitly win; the advice is saved as ``advice.json``).
-        backbone, weights, pretrained: the source network (a built-in or timm name; a weights file;
+        backbone, weights, pretrained: the source network (default: the modality's, EfficientNet-Lite0 for
+            images, all-MiniLM-L6-v2 for text; a built-in, timm or Hugging Face name; a weights file;
             ``pretrained=False`` for a from-scratch baseline).
         bn: BatchNorm statistics of trained stages (``"train"`` or ``"frozen"``); head: ``"linear"`` or
             ``"mlp"``; head_epochs: epochs training the new head alone first (fastai's ``fine_tune``).
@@ -264,6 +290,8 @@ def train(
     """
     config = RunConfig(
         data=_text(data),
+        text_column=text_column,
+        label_column=label_column,
         labels=labels,
         tasks=",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks,
         domains=domains,
@@ -354,8 +382,11 @@ def evaluate(
     ``tta`` seeded augmented views (single-task runs)."""
     if isinstance(run, (str, os.PathLike)):
         require_run_folder(run)  # a wrong run answers before a wrong DATA, and before torch loads
-    if data is not None:
-        require_folder(data)
+    if data is not None:  # labelled images are a folder; labelled texts may be a table file
+        text = getattr(getattr(run, "modality", None), "name", None) == "text" or (
+            isinstance(run, (str, os.PathLike)) and run_modality(run) == "text"
+        )
+        require_paths([data]) if text else require_folder(data)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.evaluate(data, batch_size=batch_size, tta=tta)
 
@@ -363,9 +394,11 @@ def evaluate(
 def predict(
     run: str | os.PathLike | TrainedRun, images: Sequence[str | os.PathLike], tta: int = 0
 ) -> list[dict[str, Any]]:
-    """Predictions for each input, from a trained run of any kind (``tta``: as in :func:`evaluate`)."""
+    """Predictions for each input, from a trained run of any kind (``tta``: as in :func:`evaluate`). A text
+    run takes texts, or files of them (a table's text column, a ``.txt`` file, a folder of ``.txt`` files)."""
     if isinstance(run, (str, os.PathLike)):
         require_run_folder(run)  # a wrong run answers before a wrong image, and before torch loads
-    require_paths(images)
+        if run_modality(run) != "text":  # an argument that is not a file is a text to a text run
+            require_paths(images)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.predict(images, tta=tta)

@@ -168,7 +168,21 @@ def train(
             "decides; saved as advice.json).",
         ),
     ] = "extract",
-    backbone: BackboneOption = "tf_efficientnet_lite0",
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backbone",
+            "-b",
+            help="Backbone name (default: tf_efficientnet_lite0 for images, all-MiniLM-L6-v2 for text).",
+        ),
+    ] = None,
+    text_column: Annotated[
+        Optional[str], typer.Option("--text-column", help="Text tables: the column holding the text (default: text).")
+    ] = None,
+    label_column: Annotated[
+        Optional[str],
+        typer.Option("--label-column", help="Text tables: the column holding the label (default: label)."),
+    ] = None,
     weights: WeightsOption = None,
     from_scratch: Annotated[
         bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")
@@ -432,6 +446,8 @@ def train(
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
         limit=limit,
+        text_column=text_column,
+        label_column=label_column,
         num_workers=workers,
         overwrite=overwrite,
     )
@@ -544,14 +560,18 @@ def check(
     tasks: Annotated[
         Optional[str], typer.Option("--tasks", help="Tasks to read from --labels (as in graft train).")
     ] = None,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Text tables: the text column.")] = None,
+    label_column: Annotated[
+        Optional[str], typer.Option("--label-column", help="Text tables: the label column.")
+    ] = None,
     json_output: JsonOption = False,
 ):
-    """Inspect a data folder without training: unusable files (with reasons), duplicates, class problems."""
+    """Inspect data without training: unusable files or lines (with reasons), duplicates, class problems."""
     from graft.api import check as run_check
     from graft.console import emit_json, stdout, table
     from graft.image.checking import display_name
 
-    result = run_check(data, seed=seed, labels=labels, tasks=tasks)
+    result = run_check(data, seed=seed, labels=labels, tasks=tasks, text_column=text_column, label_column=label_column)
     if json_output:
         emit_json(result)
     else:
@@ -562,7 +582,8 @@ def check(
                 if "tasks" in result
                 else f"{len(result['classes'])} classes; "
             )
-            + f"{result['images']} files, {result['usable']} usable ("
+            + (f"{result['texts']} texts" if "texts" in result else f"{result['images']} files")
+            + f", {result['usable']} usable ("
             + ", ".join(f"{name} {count}" for name, count in result["counts"].items())
             + ")",
             highlight=False,
@@ -585,8 +606,14 @@ def check(
                 stdout.print(f"... and {len(entries) - 50} more {kind} entries (--json lists all)")
         for message in result["errors"]:
             stdout.print(f"[bold red]error:[/] {message}", highlight=False)
+        if result.get("truncated", {}).get("texts"):
+            cut = result["truncated"]
+            stdout.print(
+                f"[yellow]{cut['texts']} text(s) longer than {cut['max_tokens']} tokens[/] ({cut['tokenizer']}): "
+                "the encoder reads their beginning"
+            )
         if result["ok"]:
-            stdout.print("[green]ok[/]: graft train can use this folder")
+            stdout.print("[green]ok[/]: graft train can use this data")
     if not result["ok"]:
         raise typer.Exit(3)
 
@@ -673,18 +700,23 @@ def predict(
         emit_json(results)
     for result in [] if json_output else results:
         if "error" in result:
-            stderr.print(f"[bold red]error:[/] {result['image']}: {result['error']}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {_subject(result)}: {result['error']}", highlight=False, soft_wrap=True)
             continue
         if "tasks" in result:  # a multi-task run
             parts = [
                 f"{name} {v['label']} ({v['prob']:.0%})" if "label" in v else f"{name} {v['value']:.1f}"
                 for name, v in result["tasks"].items()
             ]
-            emit_line(f"{', '.join(parts)}\t{result['image']}")
+            emit_line(f"{', '.join(parts)}\t{_subject(result)}")
             continue
-        emit_line(f"{result['label']}\t{result['prob']:.2%}\t{result['image']}")
+        emit_line(f"{result['label']}\t{result['prob']:.2%}\t{_subject(result)}")
     if failed:  # every readable file was predicted; the exit status says some were not
         raise typer.Exit(3)
+
+
+def _subject(result: dict) -> str:
+    """What a prediction is about: the image file, or the text (on one line)."""
+    return result["image"] if "image" in result else " ".join(str(result.get("text", "")).split())
 
 
 @app.command()

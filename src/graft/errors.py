@@ -55,3 +55,10 @@ class TrainingInterrupted(GraftError):
     """Ctrl-C during training: the last completed epoch is saved and the run can be resumed."""
 
     exit_code = 130
+
+
+def raise_or_record(error: DataError, errors: list[str] | None) -> None:
+    """Raise ``error``, or, when collecting (``graft check``), add its message to ``errors`` and go on."""
+    if errors is None:
+        raise error
+    errors.append(error.message)

@@ -82,10 +82,10 @@ class TrainedClassifier:
             manifest = read_json(self.path / MANIFEST)
             split = first_split(manifest, "test", "valid")
             items = [(path, int(label)) for path, label in manifest["splits"][split]]
-            missing = [path for path, _ in items if not Path(path).is_file()]
+            missing = self.modality.missing([path for path, _ in items])
             if missing:
                 raise DataError(
-                    f"{len(missing)} image(s) of the run's {split} split are gone, e.g. '{missing[0]}'",
+                    f"{len(missing)} example(s) of the run's {split} split are gone, e.g. '{missing[0]}'",
                     hint=f"graft evaluate {self.path} DATA evaluates on another folder",
                 )
             evaluated_on, name = f"{split} split of the run's manifest", split
@@ -178,14 +178,17 @@ class ClassifierKind:
     """One classification task from class folders (see :class:`graft.core.trainer.RunKind`)."""
 
     name = "classifier"
+    modalities = None  # any: a modality's data source gives class-labelled examples
 
     def scan(self, config: RunConfig, source: Modality) -> Dataset:
-        return source.scan(config.data, valid_fraction=config.valid_fraction, seed=config.seed)
+        columns = (config.text_column, config.label_column)  # only for tables, which the config checks
+        given = {"columns": columns} if any(columns) else {}
+        return source.scan(config.data, valid_fraction=config.valid_fraction, seed=config.seed, **given)
 
     def reload(self, run: RunFolder, saved: dict[str, Any], config: RunConfig, source: Modality) -> Dataset:
         try:
             manifest = read_json(run / MANIFEST)
-            return Dataset.from_manifest(manifest)
+            return source.dataset_from_manifest(manifest)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             if isinstance(error, DataError):
                 raise

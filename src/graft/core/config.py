@@ -84,7 +84,9 @@ def _domains(value: Any) -> str | None:
 
 FIELDS: dict[str, Field] = {
     # data: what is learned from
-    "data": Field("data", "DATA", str, help="a folder of class folders, or of images with --labels"),
+    "data": Field("data", "DATA", str, help="a folder of class folders, of images with --labels, or a table of texts"),
+    "text_column": Field("data", "--text-column", str, help="a table's text column (default: text)"),
+    "label_column": Field("data", "--label-column", str, help="a table's label column (default: label)"),
     "labels": Field("data", "--labels", str, help="multi-task labels: utkface, a CSV, or re:PATTERN"),
     "tasks": Field("data", "--tasks", str, help="tasks to learn from --labels"),
     "domains": Field("data", "--domain", dict, _domains, "multi-domain: NAME=PATH per domain"),
@@ -131,6 +133,8 @@ class RunConfig:
     """Everything that determines a training run (``None``: the default for the run's kind and mode)."""
 
     data: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
     labels: str | None = None
     tasks: str | None = None
     domains: dict[str, str] | None = None
@@ -138,7 +142,7 @@ class RunConfig:
     test_fraction: float | None = None
     limit: int | None = None
     mode: str = "extract"
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str | None = None  # None: the modality's default (graft.core.modality)
     weights: str | None = None
     pretrained: bool = True
     unfreeze: int | None = None
@@ -309,7 +313,18 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
         "only applies to cached, augmented training (--augment, without --no-cache)",
     ),
     ("cache_dir", lambda c: c.cache, "does not apply with --no-cache"),
+    *[
+        (name, lambda c: _may_hold_tables(c.data), "only applies to text tables (DATA a .csv, .tsv or .jsonl file)")
+        for name in ("text_column", "label_column")
+    ],
 ]
+
+
+def _may_hold_tables(data: str | None) -> bool:
+    """DATA is a table file, or a folder (which may hold train/valid/test tables: the text reader decides)."""
+    import os
+
+    return data is not None and (os.path.splitext(data)[1].lower() in (".csv", ".tsv", ".jsonl") or os.path.isdir(data))
 
 
 def validate(config: RunConfig, source: str | None = None) -> None:

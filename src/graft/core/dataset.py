@@ -65,3 +65,12 @@ class Dataset(KnownDigests):
 
     def split(self, name: str) -> list[tuple[str, int]]:
         return self.splits.get(name, [])
+
+
+def summarise(skipped: list[dict[str, str]]) -> dict[str, int]:
+    """Count skipped files by reason, with details in parentheses folded together."""
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        key = entry["reason"].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))

@@ -30,7 +30,12 @@ from graft.errors import ConfigError, RunFolderError
 
 class Modality(Protocol):
     name: str
-    augmentation_recipe: str  # identifies the augmentation; part of the cache key of augmented views
+    augmentation_recipe: str | None  # identifies the augmentation (cache key of augmented views); None: none
+    default_backbone: str  # what a run uses when no --backbone is given
+    refuses: dict[str, str]  # options (RunConfig fields) that do not apply to this modality, with why
+
+    def defaults(self, mode: str) -> dict[str, Any]:
+        """RunConfig values this modality's runs in ``mode`` use when the user gives none (e.g. text: lr)."""
 
     # backbone adapter
     def load_backbone(self, name: str, *, weights: str | None = None, pretrained: bool = True) -> Any:
@@ -45,12 +50,25 @@ class Modality(Protocol):
     def preprocessing(self, saved: dict[str, Any]) -> Any:
         """Preprocessing from its ``to_dict()``."""
 
+    def fit_preprocessing(self, preprocessing: Any, dataset: Dataset) -> Any:
+        """The preprocessing fitted to the data a run trains on (e.g. text: the longest token sequence)."""
+
     def with_input_size(self, preprocessing: Any, size: int) -> Any: ...
 
     def example_input(self, preprocessing: Any, batch: int = 1) -> Any: ...
 
     # data source
-    def scan(self, location: str, *, valid_fraction: float, seed: int) -> Dataset: ...
+    def scan(
+        self, location: str, *, valid_fraction: float, seed: int, columns: tuple[str | None, str | None] = (None, None)
+    ) -> Dataset:
+        """The labelled data at ``location``; ``columns``: a table's text and label columns (passed only when
+        the user names them, and only to modalities that read tables)."""
+
+    def dataset_from_manifest(self, manifest: dict[str, Any]) -> Dataset:
+        """The data a run was trained on, from its ``manifest.json`` (for ``--resume``), or a clear error."""
+
+    def missing(self, items: Sequence[str]) -> list[str]:
+        """The examples among a run's recorded ``items`` that are gone (files deleted since)."""
 
     def scan_for_evaluation(
         self, location: str, classes: Sequence[str]
@@ -106,9 +124,36 @@ class Modality(Protocol):
         """Whether a new run on ``data`` with ``backbone`` is of this modality (asked in registration order)."""
 
 
+class ModalityDefaults:
+    """What most modalities do for the optional parts of :class:`Modality` (inherit it and override what
+    differs): no refused options or own defaults, preprocessing as the backbone gives it, examples that
+    are files (a run's manifest lists them, and one is gone when its file is), no thumbnail."""
+
+    refuses: dict[str, str] = {}
+
+    def defaults(self, mode: str) -> dict[str, Any]:
+        return {}
+
+    def fit_preprocessing(self, preprocessing: Any, dataset: Dataset) -> Any:
+        return preprocessing
+
+    def dataset_from_manifest(self, manifest: dict[str, Any]) -> Dataset:
+        return Dataset.from_manifest(manifest)
+
+    def missing(self, items: Sequence[str]) -> list[str]:
+        from pathlib import Path
+
+        return [path for path in items if not Path(path).is_file()]
+
+    def thumbnail(self, path: str) -> str | None:
+        return None
+
+
 # Modalities, most specific first: a new modality registers before the image modality, which claims
 # whatever no other one does.
-MODALITIES = Registry("modality", ConfigError, {"image": "graft.image.modality:IMAGE"})
+MODALITIES = Registry(
+    "modality", ConfigError, {"text": "graft.text.modality:TEXT", "image": "graft.image.modality:IMAGE"}
+)
 DEFAULT = "image"  # runs written before modalities were recorded
 
 
@@ -131,10 +176,22 @@ def modality_of(saved: dict[str, Any]) -> Modality:
         raise RunFolderError(f"the run was trained with {error.message}", hint=error.hint) from None
 
 
-def modality_for(data: str | None, backbone: str) -> Modality:
+def modality_for(data: str | None, backbone: str | None) -> Modality:
     """The first registered modality that claims a new run on ``data`` with ``backbone``."""
     for name in MODALITIES.names():
         chosen = modality(name)
         if chosen.claims(data, backbone):
             return chosen
     raise ConfigError(f"no modality can train on '{data}' with backbone '{backbone}'")
+
+
+def refuse_inapplicable(config: Any, chosen: Modality) -> None:
+    """Refuse the options ``config`` gives that mean nothing for ``chosen`` (an option is never ignored)."""
+    from graft.core.config import FIELDS, describe
+
+    for name, why in chosen.refuses.items():
+        value = getattr(config, name)
+        if value is not None and value is not False:
+            raise ConfigError(
+                f"{describe(name)} does not apply to {chosen.name} data: {why}", hint=f"drop {FIELDS[name].flag}"
+            )

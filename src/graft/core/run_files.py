@@ -29,6 +29,17 @@ def first_split(manifest: dict[str, Any], *names: str) -> str:
     return next((name for name in names if manifest["splits"].get(name)), names[-1])
 
 
+def run_modality(folder: str | os.PathLike) -> str:
+    """The modality a run was trained on (``config.json``; runs from before modalities were recorded: image)."""
+    import json
+
+    try:
+        with open(Path(folder) / CONFIG, encoding="utf-8") as handle:
+            return str(json.load(handle).get("modality", "image"))
+    except (OSError, ValueError, AttributeError):
+        return "image"  # a damaged config is reported by the loader, with its own message
+
+
 def require_run_folder(path: str | os.PathLike) -> Path:
     """``path`` as a folder that holds a run with weights, or a clear error."""
     folder = Path(path)

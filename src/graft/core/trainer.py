@@ -33,7 +33,7 @@ from graft.core.evaluation import collect_outputs
 from graft.core.fit import apply_plan, fit
 from graft.core.freeze import FreezePlan, parameter_counts
 from graft.core.inputs import Inputs, build_inputs
-from graft.core.modality import Modality, modality_for, modality_of
+from graft.core.modality import Modality, modality_for, modality_of, refuse_inapplicable
 from graft.core.model import TransferModel
 from graft.core.objectives import Objective
 from graft.core.reproducibility import seed_everything
@@ -41,13 +41,14 @@ from graft.core.run_files import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MAN
 from graft.core.runs import RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.runtime import Runtime
 from graft.core.strategies import AUTO, plan_for_mode
-from graft.errors import RunFolderError, TrainingError
+from graft.errors import ConfigError, RunFolderError, TrainingError
 
 
 class RunKind(Protocol):
     """What a kind of run supplies to the one pipeline (registered in :data:`graft.core.runs.RUN_KINDS`)."""
 
     name: str
+    modalities: tuple[str, ...] | None  # the modalities this kind of run can learn from (None: any)
 
     def scan(self, config: RunConfig, modality: Modality) -> Any:
         """The labelled data, split (train/valid[/test]), with what was skipped."""
@@ -115,6 +116,7 @@ def train(
     runtime = Runtime.create(config.device)
     kind: RunKind = run_kind(config.kind)
     source = modality_for(config.data, config.backbone)
+    config = _for_modality(config, source, kind)
     run = RunFolder(out)
     run.claim(overwrite)
     if run.moved_aside is not None and not quiet:
@@ -129,6 +131,22 @@ def train(
     if run.moved_aside is not None:
         summary["moved_aside"] = str(run.moved_aside)
     return summary
+
+
+def _for_modality(config: RunConfig, source: Modality, kind: RunKind) -> RunConfig:
+    """The config with the modality's defaults (backbone, learning rates...; no augmentation where it has
+    none) for what the user left unset, after refusing the options that do not apply to it."""
+    if kind.modalities is not None and source.name not in kind.modalities:
+        raise ConfigError(
+            f"{kind.name} runs learn from {', '.join(kind.modalities)} data; '{config.data}' is {source.name} data"
+        )
+    refuse_inapplicable(config, source)
+    defaults = {name: value for name, value in source.defaults(config.mode).items() if getattr(config, name) is None}
+    return config.replace(
+        backbone=config.backbone or source.default_backbone,
+        augment=False if source.augmentation_recipe is None else config.augment,
+        **defaults,
+    )
 
 
 @dataclass
@@ -163,6 +181,7 @@ def _train(session: Session) -> dict[str, Any]:
         if config.image_size is None
         else source.with_input_size(loaded.preprocessing, config.image_size)
     )
+    preprocessing = source.fit_preprocessing(preprocessing, dataset)
     first = [loaded.model]  # the backbone just loaded serves the first tower; more towers load fresh copies
 
     def make_backbone() -> nn.Module:
@@ -439,11 +458,11 @@ def _execute(
 def _describe_inputs(inputs: Inputs, seconds: float) -> str:
     described = inputs.description
     if not described["cached"]:
-        return f"inputs: images through the whole network every epoch (augmentation: {described['views']})"
+        return f"inputs: examples through the whole network every epoch (augmentation: {described['views']})"
     views = (
-        f"{described['views']} augmented view(s) per training image"
+        f"{described['views']} augmented view(s) per training example"
         if described["views"]
-        else "the clean view of each image"
+        else "the clean view of each example"
     )
     return (
         f"inputs: activations of the frozen stages, cached at '{described['start_stage']}' "

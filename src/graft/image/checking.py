@@ -24,6 +24,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from graft.core.dataset import summarise
 from graft.errors import DataError
 from graft.perf import usable_cores
 
@@ -253,15 +254,6 @@ def keep_duplicates_together(
         return train, valid, 0
     moved_set = set(moved)
     return sorted(train + moved), [item for item in valid if item not in moved_set], len(moved)
-
-
-def summarise(skipped: list[dict[str, str]]) -> dict[str, int]:
-    """Count skipped files by reason, with details in parentheses folded together."""
-    counts: dict[str, int] = {}
-    for entry in skipped:
-        key = entry["reason"].split(" (")[0]
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def check_report(dataset, errors: Sequence[str]) -> dict:

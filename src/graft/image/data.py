@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from graft.core.dataset import Dataset
 from graft.core.reproducibility import item_seed, seeded
-from graft.errors import DataError
+from graft.errors import DataError, raise_or_record
 from graft.image import checking
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -227,12 +227,6 @@ def scan_folder(
     )
 
 
-def _raise_or_record(error: DataError, errors: list[str] | None) -> None:
-    if errors is None:
-        raise error
-    errors.append(error.message)
-
-
 def _check_classes(
     root: str | os.PathLike,
     classes: list[str],
@@ -246,7 +240,7 @@ def _check_classes(
                 {"file": str(Path(root) / name), "reason": "empty class folder (no usable images): class ignored"}
             )
     if len(classes) < 2:
-        _raise_or_record(
+        raise_or_record(
             DataError(
                 f"'{root}' has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); a "
                 "classifier needs at least 2",
@@ -272,7 +266,7 @@ def _stratified_split(
         if len(counts) >= 2:
             few = [int(i) for i in np.flatnonzero(counts < 2)]
             names = ", ".join(f"'{classes[i]}'" if classes else str(i) for i in few)
-            _raise_or_record(
+            raise_or_record(
                 DataError(
                     f"class {names} in '{root}' has only {counts.min()} image(s); a train/valid split needs at least 2 "
                     "per class",

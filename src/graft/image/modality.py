@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.core.config import DEFAULT_BACKBONE
 from graft.core.dataset import Dataset
+from graft.core.modality import ModalityDefaults
 from graft.image.backbones import Backbone, create_backbone
 from graft.image.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
 from graft.image.frozen_pass import frozen_pass
@@ -19,9 +21,10 @@ from graft.image.model import wrap_backbone
 from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 
 
-class ImageModality:
+class ImageModality(ModalityDefaults):
     name = "image"
     augmentation_recipe = AUGMENTATION_RECIPE
+    default_backbone = DEFAULT_BACKBONE
 
     def claims(self, data: str | None, backbone: str) -> bool:
         return True  # the first modality: whatever no more specific one claims

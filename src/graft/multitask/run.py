@@ -41,6 +41,7 @@ class MultiTaskKind:
     """Several tasks on one set of images, or several domains in one model (see :class:`graft.core.trainer.RunKind`)."""
 
     name = "multitask"
+    modalities = ("image",)
 
     def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
         if config.domains is not None:
