@@ -238,3 +238,34 @@ def test_options_that_mean_nothing_for_text_are_refused(tiny_encoder, text_table
 def test_text_columns_are_refused_for_image_folders(class_folder, tmp_path):
     with pytest.raises(ConfigError, match="--text-column"):
         graft.train(class_folder / "red" / "red_0.png", tmp_path / "run", text_column="body", quiet=True)
+
+
+def test_fewshot_tunes_the_encoder_contrastively_then_trains_a_head(tiny_encoder, tmp_path):
+    data = write_table(tmp_path / "few.csv", generated_rows(8))
+    summary = graft.train(data, tmp_path / "fs", backbone=tiny_encoder, mode="fewshot", unfreeze=1, quiet=True)
+    metrics = json.loads((tmp_path / "fs" / "metrics.json").read_text())
+    steps = metrics["contrastive"]
+    assert len(steps) == 20 and all(step["phase"] == "contrastive" for step in steps)
+    assert steps[-1]["train_loss"] < steps[0]["train_loss"]  # the pairs pull and push
+    plan = json.loads((tmp_path / "fs" / "freeze_plan.json").read_text())
+    assert plan["trainable_from"] == 3  # the head then trains on the tuned encoder's frozen features
+    assert summary["mode"] == "fewshot" and summary["valid_accuracy"] is not None
+    # the tuned weights are the run's: they differ from the pretrained encoder's top layer
+    tuned = graft.load(tmp_path / "fs").model.stages["layer1"].state_dict()
+    original = wrap_encoder(load_encoder(tiny_encoder).model, torch.nn.Identity).stages["layer1"].state_dict()
+    assert any(not torch.equal(tuned[name], original[name]) for name in original)
+    with pytest.raises(ConfigError, match="--backbone-lr-mult"):
+        graft.train(data, tmp_path / "x", backbone=tiny_encoder, mode="fewshot", backbone_lr_mult=0.1, quiet=True)
+
+
+def test_in_batch_pairs_and_centroid_accuracy():
+    from graft.fewshot.objective import centroid_accuracy, pair_losses
+
+    labels = torch.tensor([0, 0, 1, 1])
+    aligned = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    pos, neg = pair_losses(aligned, labels)
+    assert float(pos) == pytest.approx(0.0) and float(neg) == pytest.approx(0.0)
+    pos, neg = pair_losses(torch.ones(4, 2), labels)
+    assert float(pos) == pytest.approx(0.0) and float(neg) == pytest.approx(1.0)
+    assert centroid_accuracy(aligned.numpy(), labels.numpy()) == 1.0
+    assert centroid_accuracy(np.array([[1.0, 0], [0, 1], [1, 0], [0, 1]]), np.array([0, 0, 1, 1])) == 0.0

@@ -23,7 +23,7 @@ from typing import Any
 
 from graft.errors import ConfigError
 
-MODES = ("extract", "finetune", "auto")
+MODES = ("extract", "finetune", "fewshot", "auto")
 SHARING = ("hard", "soft")
 WEIGHTINGS = ("uncertainty", "equal")
 BN_POLICIES = ("train", "frozen")
@@ -291,20 +291,20 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
     ],
     ("tasks", lambda c: c.labels is not None, "needs --labels (where the tasks' labels come from)"),
     ("tie", lambda c: c.sharing == "soft" or c.tie == 0, "only applies to --sharing soft (hard sharing has one trunk)"),
-    ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune (or auto)"),
+    ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune, fewshot (or auto)"),
     (
         "head_epochs",
-        lambda c: c.mode != "extract",
+        lambda c: c.mode not in ("extract", "fewshot"),
         "only applies to --mode finetune (or auto): extract trains the head alone anyway",
     ),
     (
         "backbone_lr_mult",
-        lambda c: c.mode != "extract",
+        lambda c: c.mode not in ("extract", "fewshot"),
         "only applies to --mode finetune (or auto): extract trains no backbone stage",
     ),
     (
         "bn",
-        lambda c: c.mode != "extract",
+        lambda c: c.mode not in ("extract", "fewshot"),
         "only applies to --mode finetune (or auto): extract keeps every BatchNorm frozen",
     ),
     (

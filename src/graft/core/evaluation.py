@@ -53,13 +53,14 @@ def predict_probabilities(
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """The ``evaluate`` JSON shape: accuracy, loss, n, per_class, confusion_matrix."""
+    """The ``evaluate`` JSON shape: accuracy, macro_f1, loss, n, per_class, confusion_matrix."""
     indices = list(range(len(classes)))
     predicted = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
     clipped = np.clip(probabilities, 1e-7, 1.0)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(np.mean(f1)),  # what an imbalanced task (spam) is judged by
         "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)),
         "n": int(len(labels)),
         "per_class": {

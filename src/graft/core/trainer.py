@@ -40,7 +40,7 @@ from graft.core.reproducibility import seed_everything
 from graft.core.run_files import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS
 from graft.core.runs import RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.runtime import Runtime
-from graft.core.strategies import AUTO, plan_for_mode
+from graft.core.strategies import AUTO, FEWSHOT, plan_for_mode
 from graft.errors import ConfigError, RunFolderError, TrainingError
 
 
@@ -349,6 +349,9 @@ def _execute(
     logger = TensorBoardLog(run / "tensorboard") if config.log == "tensorboard" else None
     try:
         with make_progress(quiet) as progress:
+            tuned = []
+            if config.mode == FEWSHOT and not resuming:  # a checkpoint holds the tuned stages already
+                tuned = _contrastive_step(session, saved, preprocessing, dataset, model, progress)
             inputs = build_inputs(
                 source,
                 kind.frozen_trunk(model),
@@ -408,6 +411,8 @@ def _execute(
     finally:
         if logger is not None:
             logger.close()
+    if tuned:
+        metrics["contrastive"] = tuned
     metrics.update(
         {
             "best_epoch": state.best_epoch,
@@ -453,6 +458,40 @@ def _execute(
             f"{run.path}"
         )
     return summary
+
+
+def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, model, progress) -> list[dict]:
+    """``--mode fewshot``'s first step (:mod:`graft.fewshot.tune`); the head then trains on the tuned features."""
+    from graft.fewshot.tune import contrastive_tune
+
+    config = session.config
+    records = contrastive_tune(
+        model,
+        session.source,
+        dataset,
+        preprocessing,
+        architecture=saved["backbone"]["architecture"],
+        unfreeze=fewshot_unfreeze(config, len(model.stage_names)),
+        seed=config.seed,
+        batch_size=config.batch_size,
+        cache=config.cache,
+        cache_dir=config.cache_dir,
+        workers=session.num_workers,
+        runtime=session.runtime,
+        progress=progress,
+    )
+    if not session.quiet:
+        best = max(records, key=lambda r: (r["valid_score"], -r["valid_loss"]))
+        stderr.print(
+            f"contrastive step: last {fewshot_unfreeze(config, len(model.stage_names))} stage(s) tuned on in-batch "
+            f"pairs, {len(records)} epochs; best valid centroid accuracy {best['valid_centroid_accuracy']:.3f}"
+        )
+    return records
+
+
+def fewshot_unfreeze(config: RunConfig, stages: int) -> int:
+    """Stages the contrastive step tunes: ``--unfreeze``, else all but the first (embeddings or stem)."""
+    return min(config.unfreeze or stages - 1, stages)
 
 
 def _describe_inputs(inputs: Inputs, seconds: float) -> str:
