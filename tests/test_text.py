@@ -172,8 +172,9 @@ def test_train_predict_evaluate_and_load_a_text_run(tiny_encoder, text_table, tm
     assert config["modality"] == "text" and config["classes"] == ["food", "sport"]
     assert config["preprocessing"]["max_length"] == 16  # fitted to the longest text (<= 13 tokens), rounded up to 8
     assert summary["valid_accuracy"] >= 0.75
-    results = graft.predict(tmp_path / "run", ["the garlic oven butter", "the striker goal league"])
-    assert [r["label"] for r in results] == ["food", "sport"] and results[0]["text"] == "the garlic oven butter"
+    long_text = "the garlic oven butter " * 40  # longer than a file name may be: a text, not a path
+    results = graft.predict(tmp_path / "run", ["the garlic oven butter", "the striker goal league", long_text])
+    assert [r["label"] for r in results] == ["food", "sport", "food"] and results[0]["text"] == "the garlic oven butter"
     metrics = graft.evaluate(tmp_path / "run")
     assert metrics["evaluated_on"].startswith("valid split") and metrics["n"] == 12
     other = write_table(tmp_path / "other.csv", generated_rows(6, seed=5) + [("unknown label", "weather")])
@@ -269,3 +270,29 @@ def test_in_batch_pairs_and_centroid_accuracy():
     assert float(pos) == pytest.approx(0.0) and float(neg) == pytest.approx(1.0)
     assert centroid_accuracy(aligned.numpy(), labels.numpy()) == 1.0
     assert centroid_accuracy(np.array([[1.0, 0], [0, 1], [1, 0], [0, 1]]), np.array([0, 0, 1, 1])) == 0.0
+
+
+def test_classify_texts_zero_shot_with_the_pretrained_encoder_as_is(tmp_path):
+    message = tmp_path / "message.txt"
+    message.write_text("Preheat the oven and add the flour", encoding="utf-8")
+    results = graft.classify(["The striker scored twice in the final", message], classes=["football", "cooking"])
+    assert [r["top"][0]["label"] for r in results] == ["football", "cooking"]
+    assert results[1]["text"] == "Preheat the oven and add the flour"
+    assert sum(entry["prob"] for entry in results[0]["top"]) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="at least two distinct class names"):
+        graft.classify(["some text"], classes=["only"])
+
+
+def test_a_text_run_exports_to_onnx_that_agrees_with_torch(tiny_encoder, text_table, tmp_path):
+    import onnxruntime
+
+    graft.train(text_table, tmp_path / "run", backbone=tiny_encoder, epochs=2, quiet=True)
+    result = graft.export(tmp_path / "run", tmp_path / "model.onnx")
+    assert result["parity"]["top1_agreement"] == 1.0
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    trained = graft.load(tmp_path / "run")
+    texts = ["the garlic oven", "a much longer text about the striker and the goal and the league and the coach"]
+    tokens = trained.preprocessing.encode(texts)
+    (probabilities,) = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})
+    expected, _ = trained.probabilities([(text, 0) for text in texts])
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-3, atol=1e-5)

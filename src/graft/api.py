@@ -166,11 +166,26 @@ def check(
 
 
 def classify(
-    images: Sequence[str | os.PathLike], backbone: str = DEFAULT_BACKBONE, top: int = 5, weights: str | None = None
+    images: Sequence[str | os.PathLike],
+    backbone: str | None = None,
+    top: int = 5,
+    weights: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Use the pretrained ImageNet classifier as is: the ``top`` labels with probabilities for each image."""
+    """Use a pretrained network as is: the ImageNet classifier's ``top`` labels with probabilities for
+    each image; or, with ``classes``, zero-shot classification of texts (or text files) by a sentence
+    encoder (``{"text", "top"}`` per text; see :mod:`graft.text.zero_shot`)."""
     if top < 1:
         raise ConfigError(f"--top must be at least 1; got {top}")
+    if classes is not None:
+        if weights is not None:
+            raise ConfigError("--weights does not apply to zero-shot text classification", hint="drop --weights")
+        from graft.text.data import expand_inputs
+        from graft.text.encoders import DEFAULT_TEXT_BACKBONE
+        from graft.text.zero_shot import classify_texts
+
+        return classify_texts(expand_inputs([str(i) for i in images]), classes, backbone or DEFAULT_TEXT_BACKBONE, top)
+    backbone = backbone or DEFAULT_BACKBONE
     require_paths(images)
     import torch
     from timm.data import ImageNetInfo

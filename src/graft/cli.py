@@ -128,22 +128,36 @@ def backbones(json_output: JsonOption = False):
 @app.command()
 @_handle_errors
 def classify(
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    backbone: BackboneOption = "tf_efficientnet_lite0",
+    images: Annotated[list[str], typer.Argument(help="Image files or folders (with --classes: texts or text files).")],
+    backbone: Annotated[
+        Optional[str],
+        typer.Option("--backbone", "-b", help="Default: tf_efficientnet_lite0 (images), all-MiniLM-L6-v2 (--classes)."),
+    ] = None,
     weights: WeightsOption = None,
-    top: Annotated[int, typer.Option("--top", help="How many labels to show per image.")] = 5,
+    top: Annotated[int, typer.Option("--top", help="How many labels to show per input.")] = 5,
+    classes: Annotated[
+        Optional[str],
+        typer.Option("--classes", help="Zero-shot text classification into these comma-separated class names."),
+    ] = None,
     json_output: JsonOption = False,
 ):
-    """Use the pretrained ImageNet classifier as is: top-k labels with probabilities."""
+    """Use a pretrained network as is: the ImageNet classifier's top-k labels, or (--classes) zero-shot
+    text classification by a sentence encoder."""
     from graft.api import classify as run_classify
     from graft.console import emit_json, stdout
 
-    results = run_classify(images, backbone=backbone, top=top, weights=str(weights) if weights else None)
+    results = run_classify(
+        images,
+        backbone=backbone,
+        top=top,
+        weights=str(weights) if weights else None,
+        classes=classes.split(",") if classes is not None else None,
+    )
     if json_output:
         emit_json(results)
         return
     for result in results:
-        stdout.print(f"[bold]{result['image']}[/]")
+        stdout.print(f"[bold]{_subject(result)}[/]", highlight=False)
         for entry in result["top"]:
             stdout.print(f"  {entry['prob']:7.2%}  {entry['label']}")
 

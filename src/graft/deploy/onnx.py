@@ -129,9 +129,9 @@ def _int8(
     onnxruntime.set_default_logger_severity(3)  # errors only: the quantiser's notes are not the user's business
 
     manifest = read_json(Path(trained.path) / MANIFEST)
-    calibration = [(path, -1) for path, _ in manifest["splits"]["train"][:samples] if Path(path).is_file()]
+    calibration = _present(trained, [(path, -1) for path, _ in manifest["splits"]["train"][:samples]])
     valid_split = first_split(manifest, "valid", "test")
-    valid = [(path, int(label)) for path, label in manifest["splits"][valid_split] if Path(path).is_file()]
+    valid = _present(trained, [(path, int(label)) for path, label in manifest["splits"][valid_split]])
     examples = trained.modality.examples
 
     class Reader(CalibrationDataReader):
@@ -205,6 +205,12 @@ def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
+def _present(trained: TrainedRun, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The run's recorded ``items`` whose examples are still there (files not deleted since)."""
+    gone = set(trained.modality.missing([path for path, _ in items]))
+    return [(path, label) for path, label in items if path not in gone]
+
+
 def _parity(
     wrapped: nn.Module, data: bytes, trained: TrainedRun, names: list[str], samples: int, batch_size: int
 ) -> dict[str, Any]:
@@ -216,10 +222,10 @@ def _parity(
     items = [
         (path, [float("nan")] * labels_width if labels_width else -1) for path, _ in manifest["splits"][split][:samples]
     ]
-    items = [(path, label) for path, label in items if Path(path).is_file()]
+    items = _present(trained, items)
     if not items:
         raise ExportError(
-            f"the run's {split} images are gone; the parity gate needs real images", hint="restore the data"
+            f"the run's {split} examples are gone; the parity gate needs real ones", hint="restore the data"
         )
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     loader = make_loader(trained.modality.examples(items, trained.preprocessing, augment=False), batch_size)

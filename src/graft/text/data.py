@@ -406,17 +406,26 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     for given in inputs:
         path = Path(given)
         skipped: list[dict[str, str]] = []
-        if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        kind = _path_kind(path)
+        if kind == "file" and path.suffix.lower() in TABLE_SUFFIXES:
             texts.extend(_texts_of_table(path, skipped))
-        elif path.is_file():
+        elif kind == "file":
             texts.append("\n".join(read_lines(path, skipped)))
-        elif path.is_dir():
+        elif kind == "folder":
             texts.extend("\n".join(read_lines(p, skipped)) for p in sorted(path.rglob("*.txt")) if p.is_file())
         else:
             texts.append(str(given))
         if skipped:
             raise DataError(f"{skipped[0]['file']}: {skipped[0]['reason']}")
     return texts
+
+
+def _path_kind(path: Path) -> str | None:
+    """``file``, ``folder`` or None (no such path; a text longer than a file name can be is never one)."""
+    try:
+        return "file" if path.is_file() else "folder" if path.is_dir() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _texts_of_table(path: Path, skipped: list[dict[str, str]]) -> list[str]:

@@ -94,6 +94,7 @@ def load_encoder(name: str, *, weights: str | None = None, pretrained: bool = Tr
 
     where = location(name)
     logging.set_verbosity_error()  # transformers' notes on unused pooler weights are not the user's concern
+    logging.disable_progress_bar()  # graft shows its own progress; a bar per weight load is noise
     try:
         config = AutoConfig.from_pretrained(where)
     except (OSError, ValueError) as error:

@@ -18,7 +18,11 @@ from graft.core.model import TransferModel
 
 
 def trimmed(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` and ``mask`` cut to the batch's longest text (texts are padded on the right)."""
+    """``x`` and ``mask`` cut to the batch's longest text (texts are padded on the right). Not while an
+    export traces the model: a traced length would be a constant, so the exported graph takes the
+    padded length (the padding's result is the same, see the tests)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return x, mask
     length = max(1, int(mask.sum(1).max()))
     return x[:, :length], mask[:, :length]
 
