@@ -296,3 +296,18 @@ def test_a_text_run_exports_to_onnx_that_agrees_with_torch(tiny_encoder, text_ta
     (probabilities,) = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})
     expected, _ = trained.probabilities([(text, 0) for text in texts])
     np.testing.assert_allclose(probabilities, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_auto_on_a_layernorm_encoder_plans_by_size(tiny_encoder, tmp_path):
+    from graft.core.advisor import decide
+
+    data = write_table(tmp_path / "few.csv", generated_rows(8))
+    summary = graft.train(data, tmp_path / "auto", backbone=tiny_encoder, mode="auto", quiet=True)
+    advice = json.loads((tmp_path / "auto" / "advice.json").read_text())
+    assert summary["mode"] == "fewshot" and advice["plan"]["mode"] == "fewshot"
+    assert "no BatchNorm statistics" in " ".join(advice["reasons"]) and advice["evidence"]["logme"]
+    evidence = {"stages": ["embeddings", *[f"layer{i}" for i in range(6)]], "bn_drift_mean": None}
+    large = decide(
+        "encoder", {"images": 4000, "classes": 6, "min_per_class": 300}, {**evidence, "head_confidence": None}, 1
+    )
+    assert (large.plan.mode, large.plan.unfreeze) == ("finetune", 2)

@@ -241,7 +241,7 @@ class RunConfig:
                     head_epochs=self.head_epochs,
                 )
             )
-            if config.mode == "extract":
+            if config.mode in ("extract", "fewshot"):  # the options that only apply to fine-tuning
                 config = config.replace(backbone_lr_mult=None, bn=None, head_epochs=None)
         finetune = config.mode == "finetune"
         multitask = config.kind == "multitask"
