@@ -74,6 +74,7 @@ def test_a_table_is_read_with_every_unusable_record_named_by_line(tmp_path):
     path = tmp_path / "t.csv"
     lines = [b"text,label", b"good one,a", b",a", b"no label here,", b"\xff\xfe broken,b", b"too,many,fields"]
     lines += [f"text {i},{'ab'[i % 2]}".encode() for i in range(10)]
+    lines += [b'"an unbalanced quote', *[b"swallows, lines"] * 11, b'here",a']
     path.write_bytes(b"\n".join(lines) + b"\n")
     dataset = scan_texts(path, valid_fraction=0.2, seed=0)
     reasons = {entry["file"]: entry["reason"] for entry in dataset.skipped}
@@ -81,8 +82,12 @@ def test_a_table_is_read_with_every_unusable_record_named_by_line(tmp_path):
     assert reasons[f"{path}:4"] == "no label"
     assert reasons[f"{path}:5"].startswith("not UTF-8 text (byte 0xff at column 1)")
     assert reasons[f"{path}:6"] == "3 fields where the header has 2"
-    assert sum(len(items) for items in dataset.splits.values()) == 11
+    assert sum(len(items) for items in dataset.splits.values()) == 12
     assert dataset.classes == ["a", "b"]
+    assert {
+        "file": f"{path}:17",
+        "message": "one record spans 13 lines: an unbalanced quote may have merged several records",
+    } in dataset.warnings
 
 
 def test_other_columns_tsv_jsonl_and_class_folders(tmp_path):

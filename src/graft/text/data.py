@@ -41,6 +41,7 @@ class Record:
     text: str
     label: str
     where: str
+    lines: int = 1  # physical lines the record spans (a quoted field may hold line breaks)
 
 
 @dataclass
@@ -178,7 +179,8 @@ def read_table(
             if len(row) != len(header):
                 skipped.append({"file": where, "reason": f"{len(row)} fields where the header has {len(header)}"})
                 continue
-            records.append(Record(row[columns["text"]], row[columns["label"]].strip(), where))
+            lines = reader.line_num - int(where.rsplit(":", 1)[1]) + 1
+            records.append(Record(row[columns["text"]], row[columns["label"]].strip(), where, lines))
     except csv.Error as error:
         raise DataError(f"'{path}' line {reader.line_num}: {error}") from None
     return records
@@ -313,7 +315,7 @@ def scan_texts(
         classes=classes,
         splits={name: [(r.text, index[r.label]) for r in records] for name, records in splits.items()},
         skipped=skipped,
-        warnings=duplicate_warnings(splits),
+        warnings=duplicate_warnings(splits) + _long_records(splits),
         where=where,
     )
 
@@ -352,6 +354,22 @@ def _split(
         "train": [r for key in keys if key not in valid_keys for r in groups[key]],
         "valid": [r for key in keys if key in valid_keys for r in groups[key]],
     }
+
+
+# A quoted field may hold a few line breaks; one spanning more usually means an unbalanced quote merged records.
+MAX_RECORD_LINES = 10
+
+
+def _long_records(splits: dict[str, list[Record]]) -> list[dict[str, str]]:
+    return [
+        {
+            "file": record.where,
+            "message": f"one record spans {record.lines} lines: an unbalanced quote may have merged several records",
+        }
+        for records in splits.values()
+        for record in records
+        if record.lines > MAX_RECORD_LINES
+    ]
 
 
 def duplicate_warnings(splits: dict[str, list[Record]]) -> list[dict[str, str]]:

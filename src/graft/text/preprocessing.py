@@ -22,9 +22,11 @@ MIN_MAX_LENGTH = 8
 @lru_cache(maxsize=4)
 def _tokenizer(name: str):
     from transformers import AutoTokenizer
+    from transformers.utils import logging
 
     from graft.text.encoders import location
 
+    logging.set_verbosity_error()  # graft counts and reports texts longer than the encoder reads itself
     return AutoTokenizer.from_pretrained(location(name))
 
 
