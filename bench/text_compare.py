@@ -150,8 +150,25 @@ def run(method: str, folder: Path, seed: int, size: str) -> list[str]:
     return run_trainer(folder, seed, epochs=2 if size == "full" else 10)
 
 
+def table(results: list[dict]) -> str:
+    """The results as the markdown table of BENCHMARKS.md: accuracy (macro F1 for spam) and seconds."""
+    lines = ["| data | size | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
+    for dataset in ("sms", "trec", "movie"):
+        for size in ("8", "64", "full"):
+            found = {r["method"]: r for r in results if r["dataset"] == dataset and r["size"] == size}
+            if not found:
+                continue
+            metric = "macro_f1" if dataset == "sms" else "accuracy"
+            cells = [
+                f"{100 * found[m][metric]:.1f} ({found[m]['seconds']:.0f} s)" if m in found else "-" for m in METHODS
+            ]
+            lines.append(f"| {dataset} | {size if size == 'full' else size + '/class'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="print the results file as a markdown table")
     parser.add_argument("--only", default="sms,trec,movie")
     parser.add_argument("--sizes", default="8,64,full")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -159,6 +176,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "graft-text-bench")
     parser.add_argument("--out", type=Path, default=Path("bench/results/text_compare.json"))
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     prepare(args.data, seed=0)
     results = json.loads(args.out.read_text()) if args.out.is_file() else []
