@@ -85,9 +85,14 @@ def run_setfit(folder: Path, seed: int) -> list[str]:
 
     texts, labels = read(folder / "train.csv")
     model = SetFitModel.from_pretrained(encoder_path())
-    arguments = TrainingArguments(batch_size=16, num_epochs=1, num_iterations=20, seed=seed, report_to="none")
-    trainer = Trainer(model=model, args=arguments, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
-    trainer.train()
+    with tempfile.TemporaryDirectory() as out:  # SetFit otherwise writes checkpoints/ into the working folder
+        arguments = TrainingArguments(
+            output_dir=out, batch_size=16, num_epochs=1, num_iterations=20, seed=seed, report_to="none"
+        )
+        trainer = Trainer(
+            model=model, args=arguments, train_dataset=Dataset.from_dict({"text": texts, "label": labels})
+        )
+        trainer.train()
     test_texts, _ = read(folder / "test.csv")
     return [str(label) for label in model.predict(test_texts, batch_size=32)]
 
