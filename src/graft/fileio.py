@@ -12,10 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_save_tensors", "read_json", "sha256_file", "load_tensors"]
 
@@ -51,11 +51,15 @@ def atomic_save_tensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """Save tensors as safetensors, atomically. Tensors are made contiguous CPU copies first."""
+    from safetensors.torch import save  # torch loads only when tensors are written: data checks stay light
+
     plain = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     atomic_write_bytes(path, save(plain, metadata=metadata))
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(path), device="cpu")
 
 
