@@ -398,12 +398,19 @@ def evaluate(
     if isinstance(run, (str, os.PathLike)):
         require_run_folder(run)  # a wrong run answers before a wrong DATA, and before torch loads
     if data is not None:  # labelled images are a folder; labelled texts may be a table file
-        text = getattr(getattr(run, "modality", None), "name", None) == "text" or (
-            isinstance(run, (str, os.PathLike)) and run_modality(run) == "text"
-        )
-        require_paths([data]) if text else require_folder(data)
+        if _is_text_run(run):
+            require_paths([data])
+        else:
+            require_folder(data)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.evaluate(data, batch_size=batch_size, tta=tta)
+
+
+def _is_text_run(run: str | os.PathLike | TrainedRun) -> bool:
+    """Whether ``run`` (a folder, read without torch, or a loaded run) was trained on text."""
+    if isinstance(run, (str, os.PathLike)):
+        return run_modality(run) == "text"
+    return getattr(getattr(run, "modality", None), "name", None) == "text"
 
 
 def predict(
@@ -413,7 +420,7 @@ def predict(
     run takes texts, or files of them (a table's text column, a ``.txt`` file, a folder of ``.txt`` files)."""
     if isinstance(run, (str, os.PathLike)):
         require_run_folder(run)  # a wrong run answers before a wrong image, and before torch loads
-        if run_modality(run) != "text":  # an argument that is not a file is a text to a text run
-            require_paths(images)
+    if not _is_text_run(run):  # an argument that is not a file is a text to a text run
+        require_paths(images)
     trained = load(run) if isinstance(run, (str, os.PathLike)) else run
     return trained.predict(images, tta=tta)

@@ -167,11 +167,11 @@ def _evidence(seen: Probe) -> dict[str, Any]:
 
 
 def _similarity(evidence: dict[str, Any]) -> tuple[float, str]:
+    """From BatchNorm drift, else the source head's confidence (a network with neither is planned by size:
+    :func:`_without_drift`)."""
     if evidence["bn_drift_mean"] is not None:
         return similarity_from_drift(evidence["bn_drift_mean"]), "bn_drift"
-    if evidence["head_confidence"] is not None:
-        return min(1.0, evidence["head_confidence"] / HEAD_CONFIDENCE_AT_ONE), "head_confidence"
-    return 0.0, "none (no BatchNorm statistics and no source classifier: treated as a different domain)"
+    return min(1.0, evidence["head_confidence"] / HEAD_CONFIDENCE_AT_ONE), "head_confidence"
 
 
 def _adapt_count(evidence: dict[str, Any], low: int, high: int) -> tuple[int, str | None]:

@@ -24,6 +24,10 @@ from typing import Any
 from graft.errors import ConfigError
 
 MODES = ("extract", "finetune", "fewshot", "auto")
+# Modes whose training fits the new head alone on frozen features (fewshot tunes its stages before that).
+HEAD_ONLY_MODES = ("extract", "fewshot")
+# Files that are text tables (graft.text reads them; the config only needs to recognise them).
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 SHARING = ("hard", "soft")
 WEIGHTINGS = ("uncertainty", "equal")
 BN_POLICIES = ("train", "frozen")
@@ -241,7 +245,7 @@ class RunConfig:
                     head_epochs=self.head_epochs,
                 )
             )
-            if config.mode in ("extract", "fewshot"):  # the options that only apply to fine-tuning
+            if config.mode in HEAD_ONLY_MODES:  # the options that only apply to fine-tuning
                 config = config.replace(backbone_lr_mult=None, bn=None, head_epochs=None)
         finetune = config.mode == "finetune"
         multitask = config.kind == "multitask"
@@ -294,18 +298,18 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
     ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune, fewshot (or auto)"),
     (
         "head_epochs",
-        lambda c: c.mode not in ("extract", "fewshot"),
-        "only applies to --mode finetune (or auto): extract trains the head alone anyway",
+        lambda c: c.mode not in HEAD_ONLY_MODES,
+        "only applies to --mode finetune (or auto): extract and fewshot train the head alone anyway",
     ),
     (
         "backbone_lr_mult",
-        lambda c: c.mode not in ("extract", "fewshot"),
-        "only applies to --mode finetune (or auto): extract trains no backbone stage",
+        lambda c: c.mode not in HEAD_ONLY_MODES,
+        "only applies to --mode finetune (or auto): extract and fewshot fit the head on frozen stages",
     ),
     (
         "bn",
-        lambda c: c.mode not in ("extract", "fewshot"),
-        "only applies to --mode finetune (or auto): extract keeps every BatchNorm frozen",
+        lambda c: c.mode not in HEAD_ONLY_MODES,
+        "only applies to --mode finetune (or auto): extract and fewshot keep every BatchNorm frozen",
     ),
     (
         "views",
@@ -324,7 +328,7 @@ def _may_hold_tables(data: str | None) -> bool:
     """DATA is a table file, or a folder (which may hold train/valid/test tables: the text reader decides)."""
     import os
 
-    return data is not None and (os.path.splitext(data)[1].lower() in (".csv", ".tsv", ".jsonl") or os.path.isdir(data))
+    return data is not None and (os.path.splitext(data)[1].lower() in TABLE_SUFFIXES or os.path.isdir(data))
 
 
 def validate(config: RunConfig, source: str | None = None) -> None:

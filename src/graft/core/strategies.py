@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from graft.core.config import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN
+from graft.core.config import DEFAULT_BACKBONE_LR_MULT, DEFAULT_BN, HEAD_ONLY_MODES
 from graft.core.freeze import FreezePlan
 from graft.errors import ConfigError
 
 MODES = ("extract", "finetune", "fewshot")
-AUTO = "auto"  # measured by graft.core.advisor, then extract or finetune
+AUTO = "auto"  # measured by graft.core.advisor, then one of MODES
 FEWSHOT = "fewshot"  # contrastive tuning first (graft.fewshot), then a head on frozen features, as extract
 DEFAULT_LR = {"extract": 1e-3, "finetune": 1e-3, "fewshot": 1e-3}
 
@@ -37,7 +37,7 @@ def plan_for_mode(
     lr = DEFAULT_LR[mode] if lr is None else lr
     backbone_lr_mult = DEFAULT_BACKBONE_LR_MULT if backbone_lr_mult is None else backbone_lr_mult
     bn_policy = DEFAULT_BN if bn_policy is None else bn_policy
-    if mode in ("extract", FEWSHOT):  # fewshot: its contrastive step tunes the stages before this plan
+    if mode in HEAD_ONLY_MODES:  # fewshot: its contrastive step tunes the stages before this plan
         if mode == "extract" and unfreeze not in (None, 0):
             raise ConfigError(
                 "--unfreeze only applies to --mode finetune", hint="drop --unfreeze or use --mode finetune"

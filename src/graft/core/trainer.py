@@ -465,13 +465,13 @@ def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, mod
     from graft.fewshot.tune import contrastive_tune
 
     config = session.config
-    records = contrastive_tune(
+    tuned = contrastive_tune(
         model,
         session.source,
         dataset,
         preprocessing,
         architecture=saved["backbone"]["architecture"],
-        unfreeze=fewshot_unfreeze(config, len(model.stage_names)),
+        unfreeze=config.unfreeze,
         seed=config.seed,
         batch_size=config.batch_size,
         cache=config.cache,
@@ -481,17 +481,11 @@ def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, mod
         progress=progress,
     )
     if not session.quiet:
-        best = max(records, key=lambda r: (r["valid_score"], -r["valid_loss"]))
         stderr.print(
-            f"contrastive step: last {fewshot_unfreeze(config, len(model.stage_names))} stage(s) tuned on in-batch "
-            f"pairs, {len(records)} epochs; best valid centroid accuracy {best['valid_centroid_accuracy']:.3f}"
+            f"contrastive step: last {tuned.stages} stage(s) tuned on in-batch pairs, {len(tuned.history)} epochs; "
+            f"best valid centroid accuracy {tuned.best['valid_centroid_accuracy']:.3f}"
         )
-    return records
-
-
-def fewshot_unfreeze(config: RunConfig, stages: int) -> int:
-    """Stages the contrastive step tunes: ``--unfreeze``, else all but the first (embeddings or stem)."""
-    return min(config.unfreeze or stages - 1, stages)
+    return tuned.history
 
 
 def _describe_inputs(inputs: Inputs, seconds: float) -> str:

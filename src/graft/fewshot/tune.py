@@ -8,6 +8,7 @@ on the tuned encoder's features, as ``--mode extract`` does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -27,6 +28,15 @@ CONTRASTIVE_LR = 1e-4
 CONTRASTIVE_EPOCHS = 20
 
 
+@dataclass
+class Tuned:
+    """What the contrastive step did: how many stages it tuned, its epoch records, and the kept epoch's."""
+
+    stages: int
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+
+
 def contrastive_tune(
     model: TransferModel,
     source: Modality,
@@ -34,7 +44,7 @@ def contrastive_tune(
     preprocessing: Any,
     *,
     architecture: str,
-    unfreeze: int,
+    unfreeze: int | None,
     seed: int,
     batch_size: int,
     cache: bool,
@@ -44,10 +54,11 @@ def contrastive_tune(
     progress: Any = None,
     epochs: int = CONTRASTIVE_EPOCHS,
     lr: float = CONTRASTIVE_LR,
-) -> list[dict[str, Any]]:
-    """Tune ``model``'s last ``unfreeze`` stages in place; returns the step's epoch records."""
+) -> Tuned:
+    """Tune ``model``'s last ``unfreeze`` stages in place (None: all but the first, the embeddings or stem)."""
     stages = model.stage_names
-    plan = FreezePlan(tuple(stages), len(stages) - unfreeze, lr=lr, backbone_lr_mult=1.0, bn_policy="frozen")
+    count = min(unfreeze or len(stages) - 1, len(stages))
+    plan = FreezePlan(tuple(stages), len(stages) - count, lr=lr, backbone_lr_mult=1.0, bn_policy="frozen")
     head, model.head = model.head, nn.Identity()
     try:
         plan.apply(model)
@@ -84,4 +95,5 @@ def contrastive_tune(
         )
     finally:
         model.head = head
-    return [{**record, "phase": "contrastive"} for record in state.history]
+    history = [{**record, "phase": "contrastive"} for record in state.history]
+    return Tuned(count, history, history[state.best_epoch - 1])

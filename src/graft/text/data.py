@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from graft.core.config import TABLE_SUFFIXES
 from graft.core.dataset import Dataset
 from graft.errors import DataError, raise_or_record
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 TEXT_SUFFIX = ".txt"
 SPLITS = {"train": ("train", "training"), "valid": ("valid", "val", "validation", "dev"), "test": ("test", "testing")}
 DEFAULT_TEXT_COLUMN = "text"

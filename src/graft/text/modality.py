@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core.config import HEAD_ONLY_MODES
 from graft.core.modality import ModalityDefaults
 from graft.text.data import TextDataset, expand_inputs, is_text_data, scan_for_evaluation, scan_texts
 from graft.text.encoders import DEFAULT_TEXT_BACKBONE, TextBackbone, is_text_backbone, load_encoder
@@ -49,7 +50,7 @@ class TextModality(ModalityDefaults):
         transformer layers want ~1e-4, the usual BERT range, hence a multiplier of 0.01, for 3 epochs
         (transformers' default: a fine-tuning epoch costs what a BERT layer costs, and 10 epochs of the top
         two layers on SMS spam took 4x a 2-epoch Trainer fine-tune of the whole encoder)."""
-        if mode in ("extract", "fewshot"):  # fewshot trains its head on frozen features too
+        if mode in HEAD_ONLY_MODES:
             return {"lr": 1e-2, "epochs": 20}
         return {"lr": 1e-2, "backbone_lr_mult": 0.01, "epochs": 3}
 
