@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "adapt",
     "check",
     "classify",
     "evaluate",
@@ -255,6 +256,9 @@ def train(
     limit: int | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
+    target: str | os.PathLike | None = None,
+    method: str | None = None,
+    strength: float | None = None,
     num_workers: int | None = None,
     quiet: bool = False,
     overwrite: bool = False,
@@ -270,6 +274,7 @@ def train(
             ``"re:PATTERN"`` with a named group per task; ``tasks`` picks and types them
             (``"age,gender"`` or ``"size:regression,kind:a/b"``).
         domains: ``{name: path}`` for several domains in one model (a head per domain), instead of ``data``.
+        target, method, strength: domain adaptation to a folder of unlabelled ``target`` images (see :func:`adapt`).
         valid_fraction, test_fraction: held-out shares (default 0.2 for one classifier; 0.15 and 0.15
             for several tasks); limit: a seeded subset of that many images (several tasks).
 
@@ -310,6 +315,9 @@ def train(
         labels=labels,
         tasks=",".join(tasks) if isinstance(tasks, (list, tuple)) else tasks,
         domains=domains,
+        target=_text(target),
+        method=method,
+        strength=strength,
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
         limit=limit,
@@ -360,6 +368,33 @@ def _require_inputs(config: RunConfig) -> None:
         raise DataError(f"labels file '{config.labels}' does not exist")
     if config.weights is not None and not Path(config.weights).is_file():
         raise ConfigError(f"--weights file '{config.weights}' does not exist")
+
+
+def adapt(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    method: str | None = None,
+    strength: float | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Unsupervised domain adaptation: a classifier for the ``target`` domain (a folder of unlabelled images;
+    class folders there are read for the report only) from the labelled ``source`` (class folders).
+
+    method: ``"auto"`` (default: each candidate trained on the same cached rows, the one with the best
+        unsupervised validator kept; see :mod:`graft.adaptation.auto`), ``"source-only"`` (the baseline),
+        ``"adabn"``, ``"coral"``, ``"dann"``, ``"mcc"``, or ``"adabn+coral"``/``"adabn+dann"``/``"adabn+mcc"``.
+    strength: the weight of the alignment term (default: the method's).
+    options: as :func:`train` (mode ``"extract"`` or ``"finetune"``, epochs, seed, ...). Returns the
+    ``train`` JSON summary with the method, the target's unsupervised scores, the proxy A-distance
+    before and after, and the target accuracy when the target folder has class folders.
+    """
+    if target is None:
+        raise ConfigError("graft adapt needs TARGET, a folder of the target domain's images")
+    if not Path(target).is_dir():
+        raise DataError(f"target folder '{target}' does not exist or is not a folder")
+    return train(source, out, target=target, method=method, strength=strength, **options)
 
 
 def train_multitask(data: str | os.PathLike | None, out: str | os.PathLike, **options: Any) -> dict[str, Any]:

@@ -471,6 +471,91 @@ def train(
 
 @app.command()
 @_handle_errors
+def adapt(
+    source: Annotated[Path, typer.Argument(help="The labelled source domain: SOURCE/<class>/... (as graft train).")],
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="The target domain: a folder of unlabelled images (class sub-folders, if any, are used only to "
+            "report the target's accuracy)."
+        ),
+    ],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (required).")] = None,
+    method: Annotated[
+        Optional[str],
+        typer.Option(
+            "--method",
+            help="auto (default: every candidate trained, the best by an unsupervised validator kept), source-only, "
+            "adabn, coral, dann, mcc, adabn+coral, adabn+dann or adabn+mcc.",
+        ),
+    ] = None,
+    strength: Annotated[
+        Optional[float], typer.Option("--strength", help="Weight of the method's alignment term (default: its own).")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="extract (frozen backbone; default) or finetune (also the last K stages).")
+    ] = "extract",
+    backbone: Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name.")] = None,
+    weights: WeightsOption = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Random initial weights instead of pretrained ones (a baseline).")
+    ] = False,
+    unfreeze: Annotated[
+        Optional[int], typer.Option("--unfreeze", help="finetune: how many of the last stages train.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default 20).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch: half source, half target.")] = 32,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    valid_fraction: Annotated[
+        Optional[float], typer.Option("--valid-fraction", help="Share of the source held out (default 0.2).")
+    ] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where cached activations live.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Move what --out holds aside (never deleted) and train anew.")
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes of the frozen pass.")] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Identical numbers on a rerun.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_output: JsonOption = False,
+):
+    """Adapt a classifier to a new domain: labelled SOURCE images, unlabelled TARGET images with the same
+    classes. Reports whether it helped without target labels (validator, proxy A-distance, a t-SNE
+    picture); graft train --resume, evaluate, predict and export work on the run folder."""
+    from graft.api import adapt as run_adapt
+    from graft.console import emit_json
+    from graft.errors import ConfigError
+
+    if out is None:
+        raise ConfigError("graft adapt needs --out RUN_FOLDER", hint="graft adapt SOURCE TARGET --out runs/NAME")
+    summary = run_adapt(
+        source,
+        target,
+        out,
+        method=method,
+        strength=strength,
+        mode=mode,
+        backbone=backbone,
+        weights=weights,
+        pretrained=not from_scratch,
+        unfreeze=unfreeze,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        valid_fraction=valid_fraction,
+        cache_dir=cache_dir,
+        deterministic=deterministic,
+        device=device,
+        num_workers=workers,
+        overwrite=overwrite,
+    )
+    if json_output:
+        emit_json(summary)
+
+
+@app.command()
+@_handle_errors
 def advise(
     data: Annotated[Path, typer.Argument(help="DATA/<class>/... or DATA/{train,valid,test}/<class>/...")],
     backbone: BackboneOption = "tf_efficientnet_lite0",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +150,22 @@ def worst_mistakes(probs, labels, files: list[str], classes: list[str], count: i
     ]
 
 
-def load_trained(folder: Path, config: dict[str, Any]) -> TrainedClassifier:
-    """The "classifier" run kind's loader (see :func:`graft.core.runs.load_run`)."""
+def load_trained(
+    folder: Path, config: dict[str, Any], head: Callable[[int, int], torch.nn.Module] | None = None
+) -> TrainedClassifier:
+    """The "classifier" run kind's loader (see :func:`graft.core.runs.load_run`); ``head(features, classes)``
+    builds the run's head when it is not one of :func:`graft.core.heads.make_head`'s (domain adaptation's)."""
     source = modality_of(config)
     try:
         classes = list(config["classes"])
         preprocessing = source.preprocessing(config["preprocessing"])
         backbone = source.load_backbone(config["backbone"]["name"], pretrained=False)
-        model = _model(source, backbone.model, config["head"], len(classes), getattr(preprocessing, "input_size", None))
+        input_size = getattr(preprocessing, "input_size", None)
+        model = (
+            _model(source, backbone.model, config["head"], len(classes), input_size)
+            if head is None
+            else source.transfer_model(backbone.model, lambda features: head(features, len(classes)), input_size)
+        )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise RunFolderError(
             f"'{folder / CONFIG}' is damaged or not a graft run config ({type(error).__name__}: {error})"
@@ -228,7 +236,7 @@ class ClassifierKind:
         plots.learning_curve(history, path, title=title)
 
     def finish(
-        self, run: RunFolder, history, metrics, dataset: Dataset, model, objective, title: str
+        self, run: RunFolder, history, metrics, dataset: Dataset, model, objective, title: str, inputs=None
     ) -> dict[str, Any]:
         self.plot_history(history, run / LEARNING_CURVE, title)
         final = "test" if "test" in metrics else "valid"

@@ -29,18 +29,32 @@ HEAD_ONLY_MODES = ("extract", "fewshot")
 # Files that are text tables (graft.text reads them; the config only needs to recognise them).
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 SHARING = ("hard", "soft")
+# Unsupervised domain adaptation methods (graft.adaptation.methods registers each; auto picks one).
+ADAPTATION_METHODS = (
+    "auto",
+    "source-only",
+    "adabn",
+    "coral",
+    "dann",
+    "mcc",
+    "adabn+coral",
+    "adabn+dann",
+    "adabn+mcc",
+)
 WEIGHTINGS = ("uncertainty", "equal")
 BN_POLICIES = ("train", "frozen")
 HEADS = ("linear", "mlp")
 MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seeds stop there
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
+# Adaptation's alignment terms ramp up over training and need more steps than a head alone
+DEFAULT_ADAPTATION_EPOCHS = 20
 DEFAULT_BACKBONE_LR_MULT = 0.1
 DEFAULT_BN = "train"
 # Augmented views per training image whose frozen-part activations are cached (graft.core.inputs).
 DEFAULT_VIEWS = 4
 # A plain class-folder dataset is split train/valid; multi-task data also gets a test split.
-DEFAULT_VALID_FRACTION = {"classifier": 0.2, "multitask": 0.15}
+DEFAULT_VALID_FRACTION = {"classifier": 0.2, "multitask": 0.15, "adaptation": 0.2}
 DEFAULT_TEST_FRACTION = 0.15
 
 
@@ -94,6 +108,7 @@ FIELDS: dict[str, Field] = {
     "labels": Field("data", "--labels", str, help="multi-task labels: utkface, a CSV, or re:PATTERN"),
     "tasks": Field("data", "--tasks", str, help="tasks to learn from --labels"),
     "domains": Field("data", "--domain", dict, _domains, "multi-domain: NAME=PATH per domain"),
+    "target": Field("data", "TARGET", str, help="domain adaptation: a folder of unlabelled target-domain images"),
     "valid_fraction": Field("data", "--valid-fraction", float, _between(0, 1, low_open=True, high_open=True)),
     "test_fraction": Field("data", "--test-fraction", float, _between(0, 1, high_open=True)),
     "limit": Field("data", "--limit", int, _between(1, 10**9)),
@@ -111,6 +126,8 @@ FIELDS: dict[str, Field] = {
     "sharing": Field("transfer", "--sharing", str, _one_of(SHARING)),
     "tie": Field("transfer", "--tie", float, _between(0, 1e6)),
     "task_weighting": Field("transfer", "--task-weighting", str, _one_of(WEIGHTINGS)),
+    "method": Field("transfer", "--method", str, _one_of(ADAPTATION_METHODS)),
+    "strength": Field("transfer", "--strength", float, _between(0, 100)),
     # inputs: how examples reach the trainable part
     "batch_size": Field("inputs", "--batch-size", int, _between(1, 4096)),
     "augment": Field("inputs", "--augment/--no-augment", bool),
@@ -130,6 +147,7 @@ FIELDS: dict[str, Field] = {
 }
 SECTIONS = ("data", "transfer", "inputs", "budget", "runtime")
 MULTITASK_ONLY = ("tasks", "sharing", "tie", "task_weighting", "test_fraction", "limit")
+ADAPTATION_ONLY = ("method", "strength")
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,7 @@ class RunConfig:
     labels: str | None = None
     tasks: str | None = None
     domains: dict[str, str] | None = None
+    target: str | None = None
     valid_fraction: float | None = None
     test_fraction: float | None = None
     limit: int | None = None
@@ -158,6 +177,8 @@ class RunConfig:
     sharing: str | None = None
     tie: float | None = None
     task_weighting: str | None = None
+    method: str | None = None
+    strength: float | None = None
     batch_size: int = 32
     augment: bool | None = None
     views: int | None = None
@@ -174,8 +195,11 @@ class RunConfig:
 
     @property
     def kind(self) -> str:
-        """``multitask`` for several tasks or domains, ``classifier`` for one folder of class folders."""
-        return "multitask" if self.labels is not None or self.domains is not None else "classifier"
+        """``multitask`` for several tasks or domains, ``adaptation`` for a labelled source and an unlabelled
+        target, ``classifier`` for one folder of class folders."""
+        if self.labels is not None or self.domains is not None:
+            return "multitask"
+        return "adaptation" if self.target is not None else "classifier"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The sections, for ``config.json`` (every field, given or not)."""
@@ -215,7 +239,9 @@ class RunConfig:
     def augments(self) -> bool:
         """Whether training images are augmented: as given, else fine-tuning does and extraction does not
         (Chollet's fast feature extraction is one pass over clean images)."""
-        return self.augment if self.augment is not None else self.mode != "extract"
+        if self.augment is not None:
+            return self.augment
+        return self.mode != "extract" and self.kind != "adaptation"  # adaptation trains on clean cached rows
 
     def with_split_defaults(self) -> RunConfig:
         """The held-out fractions filled in (the data is split before ``--mode auto`` can advise)."""
@@ -256,7 +282,7 @@ class RunConfig:
             return given if given is not None else (value if applies else None)
 
         return config.replace(
-            epochs=default("epochs", DEFAULT_EPOCHS),
+            epochs=default("epochs", DEFAULT_ADAPTATION_EPOCHS if config.kind == "adaptation" else DEFAULT_EPOCHS),
             backbone_lr_mult=default("backbone_lr_mult", DEFAULT_BACKBONE_LR_MULT, finetune),
             bn=default("bn", DEFAULT_BN, finetune),
             head_epochs=default("head_epochs", 0, finetune),
@@ -264,6 +290,7 @@ class RunConfig:
             views=default("views", DEFAULT_VIEWS, augment and config.cache) if augment and config.cache else None,
             sharing=default("sharing", "hard", multitask),
             task_weighting=default("task_weighting", "uncertainty", multitask),
+            method=default("method", "auto", config.kind == "adaptation"),
         )
 
 
@@ -292,6 +319,10 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
             "only applies to multi-task or multi-domain runs (with --labels or --domain)",
         )
         for name in MULTITASK_ONLY
+    ],
+    *[
+        (name, lambda c: c.kind == "adaptation", "only applies to domain adaptation (graft adapt SOURCE TARGET)")
+        for name in ADAPTATION_ONLY
     ],
     ("tasks", lambda c: c.labels is not None, "needs --labels (where the tasks' labels come from)"),
     ("tie", lambda c: c.sharing == "soft" or c.tie == 0, "only applies to --sharing soft (hard sharing has one trunk)"),
@@ -358,6 +389,24 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         raise ConfigError(
             f"{where}DATA is required (a folder of class folders, or of images with --labels), or --domain NAME=PATH "
             "per domain"
+        )
+    if config.target is not None and (config.labels is not None or config.domains is not None):
+        raise ConfigError(f"{where}TARGET (domain adaptation) cannot be combined with --labels or --domain")
+    if config.target is not None and config.mode not in ("extract", "finetune"):
+        raise ConfigError(
+            f"{where}{describe('mode')} {config.mode} does not apply to domain adaptation",
+            hint="use --mode extract (the default) or finetune; --method auto picks the adaptation",
+        )
+    if config.target is not None and config.augment:
+        raise ConfigError(
+            f"{where}{describe('augment')} does not apply to domain adaptation yet: it trains on clean cached rows of "
+            "both domains",
+            hint="drop --augment",
+        )
+    if config.strength is not None and config.method in ("auto", "source-only", "adabn"):
+        raise ConfigError(
+            f"{where}{describe('strength')} weighs an alignment term; --method {config.method} has none to weigh",
+            hint="name a method that aligns (coral, dann, mcc, or adabn+ one of them), or drop --strength",
         )
     if config.mode == "auto" and not config.pretrained:
         raise ConfigError(

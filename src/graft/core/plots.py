@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from graft.fileio import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     """matplotlib on the non-interactive backend, imported when a plot is drawn (it pulls in Pillow,
     which the modality-free core must not import)."""
     import matplotlib
@@ -19,8 +19,8 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path) -> None:
-    plt = _pyplot()
+def save_figure(figure, path) -> None:
+    plt = pyplot()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -41,7 +41,7 @@ def _epoch_axes(figure, axes, title: str) -> None:
 
 def learning_curve(history: list[dict], path, title: str = "") -> None:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = _pyplot().subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    figure, (loss_axis, accuracy_axis) = pyplot().subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     loss_axis.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss_axis.plot(epochs, [r["valid_loss"] for r in history], "o-", label="valid")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -51,13 +51,13 @@ def learning_curve(history: list[dict], path, title: str = "") -> None:
     for axis in (loss_axis, accuracy_axis):
         axis.legend()
     _epoch_axes(figure, (loss_axis, accuracy_axis), title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
     """A confusion matrix as a matplotlib figure, counts written in the cells."""
     size = max(4.0, 0.55 * len(classes) + 2)
-    figure, axis = _pyplot().subplots(figsize=(size, size))
+    figure, axis = pyplot().subplots(figsize=(size, size))
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), classes)
@@ -72,7 +72,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
 def confusion_matrix(
     matrix: Sequence[Sequence[int]], classes: Sequence[str], path, title: str = "confusion matrix"
 ) -> None:
-    _save(confusion_figure(matrix, classes, title), path)
+    save_figure(confusion_figure(matrix, classes, title), path)
 
 
 def task_curves(history: list[dict], path, title: str = "") -> None:
@@ -81,7 +81,7 @@ def task_curves(history: list[dict], path, title: str = "") -> None:
     names = list(history[0]["valid"]) if history else []
     columns = min(3, 1 + len(names))  # at most three panels a row, so titles and ticks keep their room
     rows = -(-(1 + len(names)) // columns)
-    figure, axes = _pyplot().subplots(
+    figure, axes = pyplot().subplots(
         rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, layout="constrained"
     )
     panels = list(axes.flat)
@@ -94,4 +94,4 @@ def task_curves(history: list[dict], path, title: str = "") -> None:
     for axis in panels[1 + len(names) :]:
         axis.set_visible(False)
     _epoch_axes(figure, panels[: 1 + len(names)], title)
-    _save(figure, path)
+    save_figure(figure, path)

@@ -50,6 +50,42 @@ def _gallery(mistakes: list[dict[str, Any]], thumbnails: dict[str, str]) -> str:
     return "".join(cells)
 
 
+def _adaptation(run_path: Path, adaptation: dict | None, target: dict) -> str:
+    """Domain adaptation's section: the method, whether the domains moved together (proxy A-distance,
+    the picture), the target's label-free scores and, with ``--method auto``, every candidate."""
+    if not adaptation:
+        return ""
+    distance = adaptation["proxy_a_distance"]
+    rows = [
+        {"what": "method", "value": f"{adaptation['method']} ({adaptation['summary']})"},
+        {"what": "strength", "value": _fmt(adaptation["strength"])},
+        {"what": "BatchNorm statistics", "value": adaptation["normalisation"]},
+        {
+            "what": "proxy A-distance (0: domains indistinguishable, 2: always told apart)",
+            "value": f"{distance['before']:.2f} before, {distance['after']:.2f} after",
+        },
+        *[
+            {"what": f"target {name} (no labels needed)", "value": _fmt(value)}
+            for name, value in target.get("unsupervised", {}).items()
+        ],
+    ]
+    auto = adaptation.get("auto")
+    candidates = (
+        f"<h3>--method auto: the candidates (chosen: {html.escape(auto['chosen'])})</h3>"
+        f"<p>{html.escape(auto['rule'])}. Target accuracy, where shown, was read from the target's class "
+        "folders for this report only.</p>" + _table(auto["candidates"])
+        if auto
+        else ""
+    )
+    return (
+        "<h2>Domain adaptation</h2>"
+        + _table(rows)
+        + candidates
+        + "<h3>Source and target features, before and after</h3>"
+        + _image(run_path / adaptation["picture"])
+    )
+
+
 def render(
     run_path: Path,
     config: dict,
@@ -112,6 +148,7 @@ def render(
             metrics.get(final, {}).get("worst", []), thumbnails or {}
         )
     rows = [{k: v for k, v in record.items() if not isinstance(v, dict)} for record in history]
+    adaptation = _adaptation(run_path, metrics.get("adaptation"), metrics.get("target", {}))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>graft run {html.escape(run_path.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}
@@ -120,6 +157,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f
 <h1>graft run: {html.escape(run_path.name)}</h1>
 {_table(summary)}
 <h2>Scores</h2>{_table(scores)}
+{adaptation}
 <h2>Freeze plan</h2>{_table(plan_rows)}
 <h2>Learning curve</h2>{_image(run_path / "learning_curve.png")}
 <h2>Per class ({final})</h2>{_table(per_class)}

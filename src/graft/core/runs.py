@@ -242,7 +242,13 @@ class TrainedRun(Protocol):
 # "module:object" names rather than imports, so this module depends on no kind (Hugging Face's
 # auto-class mappings work the same way). A new kind calls register_run_kind.
 RUN_KINDS = Registry(
-    "run kind", RunFolderError, {"classifier": "graft.core.classifier:KIND", "multitask": "graft.multitask.run:KIND"}
+    "run kind",
+    RunFolderError,
+    {
+        "classifier": "graft.core.classifier:KIND",
+        "multitask": "graft.multitask.run:KIND",
+        "adaptation": "graft.adaptation.run:KIND",
+    },
 )
 
 

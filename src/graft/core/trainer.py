@@ -6,7 +6,8 @@ compute the frozen part once (:mod:`graft.core.inputs`), run the one loop (:mod:
 history, best weights and a checkpoint after each epoch, then evaluate and write metrics, plots and
 the report. What differs between kinds (how data is scanned, the model's heads, the objective, the
 metrics and plots) comes from a :class:`RunKind` looked up in :mod:`graft.core.runs`' registry: a single
-classifier (:mod:`graft.core.classifier`) and several tasks or domains (:mod:`graft.multitask.run`).
+classifier (:mod:`graft.core.classifier`), several tasks or domains (:mod:`graft.multitask.run`) and a
+classifier adapted to an unlabelled target domain (:mod:`graft.adaptation.run`).
 
 ``config.json`` holds the resolved :class:`~graft.core.config.RunConfig` (``--mode auto``'s advice
 already applied), so ``resume`` rebuilds the same model, plan, split and inputs, checks the config
@@ -87,6 +88,7 @@ class RunKind(Protocol):
         model: nn.Module,
         objective: Objective,
         title: str,
+        inputs: Inputs,
     ) -> dict[str, Any]:
         """Plots and the kind's extra metrics (added to ``metrics``); returns the kind's fields of the summary."""
 
@@ -97,6 +99,10 @@ class RunKind(Protocol):
 
     def load_trained(self, folder, config: dict[str, Any]) -> Any:
         """A finished run loaded for prediction and evaluation (:class:`graft.core.runs.TrainedRun`)."""
+
+    # Optional: ``build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)``
+    # for a kind whose loop is fed otherwise than by graft.core.inputs.build_inputs (domain adaptation's
+    # source and target rows in mixed batches).
 
 
 def train(
@@ -352,23 +358,26 @@ def _execute(
             tuned = []
             if config.mode == FEWSHOT and not resuming:  # a checkpoint holds the tuned stages already
                 tuned = _contrastive_step(session, saved, preprocessing, dataset, model, progress)
-            inputs = build_inputs(
-                source,
-                kind.frozen_trunk(model),
-                dataset,
-                preprocessing,
-                architecture=saved["backbone"]["architecture"],
-                trainable_from=plan.trainable_from,
-                augment=config.augment,
-                views=config.views or 0,
-                seed=config.seed,
-                batch_size=config.batch_size,
-                workers=num_workers,
-                cache=config.cache,
-                cache_dir=config.cache_dir,
-                progress=progress,
-                device=runtime.device,
-            )
+            if hasattr(kind, "build_inputs"):  # a kind that feeds the loop its own way (domain adaptation)
+                inputs = kind.build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)
+            else:
+                inputs = build_inputs(
+                    source,
+                    kind.frozen_trunk(model),
+                    dataset,
+                    preprocessing,
+                    architecture=saved["backbone"]["architecture"],
+                    trainable_from=plan.trainable_from,
+                    augment=config.augment,
+                    views=config.views or 0,
+                    seed=config.seed,
+                    batch_size=config.batch_size,
+                    workers=num_workers,
+                    cache=config.cache,
+                    cache_dir=config.cache_dir,
+                    progress=progress,
+                    device=runtime.device,
+                )
             prepared = time.perf_counter()
             if not quiet:
                 stderr.print(_describe_inputs(inputs, prepared - began))
@@ -420,7 +429,7 @@ def _execute(
             "inputs": inputs.description,
         }
     )
-    own = kind.finish(run, state.history, metrics, dataset, model, objective, title)
+    own = kind.finish(run, state.history, metrics, dataset, model, objective, title, inputs)
     seconds = time.perf_counter() - began
     metrics["seconds"] = seconds
     metrics["phase_seconds"] = {

@@ -142,6 +142,7 @@ class MultiTaskKind:
         model: MultiTaskModel,
         objective: MultiTaskObjective,
         title: str,
+        inputs=None,
     ) -> dict[str, Any]:
         metrics.update(
             {

@@ -1,0 +1,58 @@
+"""The target domain: a folder of unlabelled examples, possibly in class folders.
+
+Class folders named like the source's classes are read as labels *for the report only* (how well did
+adaptation do on the target?); training never sees them. Unreadable files are skipped and listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from graft.core.dataset import Dataset
+from graft.errors import DataError
+
+TARGET = "target"
+
+
+def scan_target(location: str, classes: list[str], modality: Any) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """``(path, label)`` for every readable example under ``location`` (label -1 where the example is not
+    in a folder named after a source class), and the skipped files with reasons."""
+    root = Path(location)
+    if not root.is_dir():
+        raise DataError(f"target folder '{location}' does not exist or is not a folder")
+    paths = modality.expand([location])
+    unreadable = modality.unreadable(paths)
+    index = {name: i for i, name in enumerate(classes)}
+    items = []
+    for path in paths:
+        if path in unreadable:
+            continue
+        parts = Path(path).relative_to(root).parts
+        items.append((path, index.get(parts[0], -1) if len(parts) > 1 else -1))
+    if not items:
+        raise DataError(f"target folder '{location}' holds no readable example")
+    skipped = [{"file": path, "reason": reason, "split": TARGET} for path, reason in unreadable.items()]
+    return items, skipped
+
+
+def with_target(dataset: Dataset, location: str, modality: Any) -> Dataset:
+    """The source ``dataset`` with the target's examples as its ``target`` split."""
+    if Path(location).resolve() == Path(dataset.root).resolve():
+        raise DataError(
+            f"the target folder '{location}' is the source folder", hint="TARGET is another domain's images"
+        )
+    items, skipped = scan_target(location, dataset.classes, modality)
+    return Dataset(
+        root=dataset.root,
+        layout=dataset.layout,
+        classes=dataset.classes,
+        splits={**dataset.splits, TARGET: items},
+        skipped=dataset.skipped + skipped,
+        warnings=dataset.warnings,
+        sha256=dataset.sha256,
+    )
+
+
+def target_labelled(dataset: Dataset) -> bool:
+    """Whether every target example has a class (then the report gives the target's accuracy)."""
+    return all(label >= 0 for _, label in dataset.split(TARGET))

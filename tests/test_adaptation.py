@@ -1,0 +1,204 @@
+"""Domain adaptation (graft adapt): the methods' terms, the run kind end to end on generated domains,
+target labels never reaching training, --method auto's record, resume after kill -9, and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import graft
+from graft.adaptation.methods import METHODS, method_named
+from graft.adaptation.methods.coral import coral_distance
+from graft.adaptation.methods.dann import reverse_gradient
+from graft.adaptation.methods.mcc import class_confusion
+from graft.adaptation.validators import information_maximization, proxy_a_distance
+from graft.core.config import ADAPTATION_METHODS
+from graft.errors import ConfigError, DataError
+from tests.conftest import TINY_BACKBONE, make_image
+
+COLOURS = ((220, 30, 30), (30, 200, 40), (30, 40, 220))
+
+
+@pytest.fixture
+def domains(tmp_path):
+    """A source (3 colour classes) and a target of the same classes, darker and with a colour cast."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    for index, colour in enumerate(COLOURS):
+        shifted = tuple(int(0.6 * c + 60 * (k == 2)) for k, c in enumerate(colour))
+        for i in range(12):
+            make_image(source / f"c{index}" / f"s{index}_{i:02d}.png", colour, seed=index * 100 + i)
+            make_image(target / f"c{index}" / f"t{index}_{i:02d}.png", shifted, seed=5000 + index * 100 + i)
+    return source, target
+
+
+def _adapt(source, target, run, **options):
+    defaults = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=2, batch_size=8, num_workers=0, quiet=True)
+    return graft.adapt(source, target, run, **{**defaults, **options})
+
+
+def test_every_method_name_the_config_accepts_is_registered():
+    for name in ADAPTATION_METHODS:
+        if name != "auto":
+            assert method_named(name).name == name
+    assert set(METHODS.names()) <= set(ADAPTATION_METHODS)
+
+
+def test_alignment_terms_measure_what_they_claim():
+    confident = torch.eye(3).repeat(4, 1) * 20  # every row one class, all classes used
+    confused = torch.zeros(12, 3)
+    assert class_confusion(confident) < 0.01 < class_confusion(confused)
+    features = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    assert coral_distance(features, features) == 0
+    assert coral_distance(features, 3 * features) > 0
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+
+
+def test_validators_tell_apart_what_they_should():
+    rng = np.random.default_rng(0)
+    same = proxy_a_distance(rng.normal(size=(300, 5)), rng.normal(size=(300, 5)))
+    apart = proxy_a_distance(rng.normal(size=(300, 5)), rng.normal(loc=3, size=(300, 5)))
+    assert same < 0.4 and apart > 1.8
+    assert information_maximization(np.eye(3)[[0, 1, 2, 0, 1, 2]]) > information_maximization(np.full((6, 3), 1 / 3))
+
+
+def test_adapt_writes_a_normal_run_that_evaluate_and_predict_use(domains, tmp_path):
+    source, target = domains
+    run = tmp_path / "run"
+    summary = _adapt(source, target, run, method="adabn+mcc")
+    assert summary["kind"] == "adaptation" and summary["method"] == "adabn+mcc"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["target"]["n"] == 36 and 0 <= metrics["target"]["accuracy"] <= 1
+    assert set(metrics["adaptation"]["proxy_a_distance"]) == {"before", "after"}
+    assert (run / "domains.png").stat().st_size > 10_000
+    assert "Domain adaptation" in (run / "report.html").read_text()
+    # the saved model carries the target's BatchNorm statistics: evaluating it on the target reproduces the run's figure
+    evaluated = graft.evaluate(run, target)
+    assert evaluated["accuracy"] == pytest.approx(metrics["target"]["accuracy"], abs=1.5 / 36)
+    predictions = graft.predict(run, [str(target / "c0")])
+    assert len(predictions) == 12 and all(p["label"] in ("c0", "c1", "c2") for p in predictions)
+
+
+def test_target_labels_never_reach_training(domains, tmp_path, monkeypatch):
+    """The same target examples with their labels permuted train exactly the same model and choice."""
+    import graft.adaptation.run as adaptation_run
+    from graft.adaptation.data import TARGET
+
+    source, target = domains
+    first = _adapt(source, target, tmp_path / "a", method="auto", deterministic=True)
+    original = adaptation_run.with_target
+
+    def permuted(dataset, location, modality):
+        scanned = original(dataset, location, modality)
+        scanned.splits[TARGET] = [(path, (label + 1) % 3) for path, label in scanned.splits[TARGET]]
+        return scanned
+
+    monkeypatch.setattr(adaptation_run, "with_target", permuted)
+    second = _adapt(source, target, tmp_path / "b", method="auto", deterministic=True)
+    assert first["method"] == second["method"]
+
+    def trained(run):
+        history = json.loads((run / "history.json").read_text())
+        choice = json.loads((run / "adaptation_auto.json").read_text())
+        for candidate in choice["candidates"]:
+            candidate.pop("target_accuracy_reported")
+        return (
+            [{k: v for k, v in r.items() if k != "seconds"} for r in history],
+            choice,
+            (run / "model.safetensors").read_bytes(),
+        )
+
+    assert trained(tmp_path / "a") == trained(tmp_path / "b")
+    accuracy = [json.loads((tmp_path / r / "metrics.json").read_text())["target"]["accuracy"] for r in ("a", "b")]
+    assert accuracy[0] != accuracy[1]  # the labels did reach the report
+
+
+def test_auto_records_each_candidate_and_keeps_one(domains, tmp_path):
+    source, target = domains
+    _adapt(source, target, tmp_path / "run")
+    choice = json.loads((tmp_path / "run" / "adaptation_auto.json").read_text())
+    names = [candidate["method"] for candidate in choice["candidates"]]
+    assert names[:2] == ["source-only", "adabn"] and len(names) == 8
+    assert choice["chosen"] in names
+    assert all("target_im" in c and "source_valid_accuracy" in c for c in choice["candidates"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["adaptation"]["method"] == choice["chosen"]
+
+
+def _command(source, target, run):
+    return [sys.executable, "-m", "graft", "adapt", str(source), str(target), "--out", str(run),
+            "--backbone", TINY_BACKBONE, "--from-scratch", "--method", "dann", "--epochs", "6", "--batch-size", "4",
+            "--deterministic", "--workers", "0", "--seed", "2", "--json"]  # fmt: skip
+
+
+def test_a_killed_adaptation_run_resumes_to_the_uninterrupted_result(domains, tmp_path):
+    source, target = domains
+    env = {**os.environ, "GRAFT_ALLOCATOR": "system"}
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(source, target, reference), env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_command(source, target, killed), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if len(json.loads((killed / "history.json").read_text())) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "graft", "train", "--resume", str(killed), "--workers", "0"],
+                             env=env, capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def final(run):
+        history = json.loads((run / "history.json").read_text())
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history], (
+            run / "model.safetensors"
+        ).read_bytes()
+
+    assert final(killed) == final(reference)
+
+
+def test_options_that_do_not_apply_are_refused(domains, tmp_path):
+    source, target = domains
+    with pytest.raises(ConfigError, match="--strength"):
+        _adapt(source, target, tmp_path / "a", method="source-only", strength=1.0)
+    with pytest.raises(ConfigError, match="only applies to domain adaptation"):
+        graft.train(source, tmp_path / "b", method="mcc", quiet=True)
+    with pytest.raises(ConfigError, match="needs the cache"):
+        _adapt(source, target, tmp_path / "c", method="mcc", cache=False)
+    with pytest.raises(ConfigError, match="does not apply to domain adaptation"):
+        _adapt(source, target, tmp_path / "d", method="mcc", mode="fewshot")
+    with pytest.raises(DataError, match="is the source folder"):
+        _adapt(source, source, tmp_path / "e", method="mcc")
+    with pytest.raises(DataError, match="does not exist"):
+        _adapt(source, tmp_path / "nowhere", tmp_path / "f", method="mcc")
+
+
+def test_unreadable_target_files_are_skipped_and_listed(domains, tmp_path):
+    source, target = domains
+    broken = target / "c1" / "broken.png"
+    broken.write_bytes(b"not an image")
+    (target / "loose").mkdir()
+    shutil.copy(target / "c2" / "t2_00.png", target / "loose" / "x.png")  # not in a class folder: unlabelled
+    _adapt(source, target, tmp_path / "run", method="coral", epochs=1)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [entry["file"] for entry in manifest["skipped"]] == [str(broken)]
+    assert manifest["counts"]["target"] == 37
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "accuracy" not in metrics["target"] and "im" in metrics["target"]["unsupervised"]
