@@ -202,3 +202,35 @@ def test_unreadable_target_files_are_skipped_and_listed(domains, tmp_path):
     assert manifest["counts"]["target"] == 37
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "accuracy" not in metrics["target"] and "im" in metrics["target"]["unsupervised"]
+
+
+def test_importance_weights_undo_a_known_selection(tmp_path):
+    """Sample drawn 9:1 from one half of a Gaussian world: the estimated weights favour the other half."""
+    from graft.adaptation.importance import estimate
+
+    rng = np.random.default_rng(0)
+    world = rng.normal(size=(2000, 4))
+    keep = rng.random(2000) < np.where(world[:, 0] > 0, 0.9, 0.1)
+    sample, pool = world[keep], rng.normal(size=(1000, 4))
+    for estimator in ("classifier", "kliep"):
+        weights = estimate(sample, pool, sample[:50], estimator)
+        assert weights.train.mean() == pytest.approx(1.0)
+        under = weights.train[sample[:, 0] < 0].mean() / weights.train[sample[:, 0] > 0].mean()
+        assert under > 2.5, (estimator, under)  # the true ratio is 9
+        assert weights.effective_sample_size < len(sample)
+
+
+def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
+    source, target = domains
+    run = tmp_path / "run"
+    summary = graft.train(source, run, reweight=target, backbone=TINY_BACKBONE, pretrained=False, epochs=2,
+                          batch_size=8, num_workers=0, quiet=True)  # fmt: skip
+    assert summary["kind"] == "reweighted"
+    weights = json.loads((run / "importance_weights.json").read_text())
+    assert len(weights["train"]) == summary["importance"]["examples"] == 29  # 36 less the 20% held out
+    assert np.mean(weights["train"]) == pytest.approx(1.0)
+    history = json.loads((run / "history.json").read_text())
+    assert "valid_weighted_accuracy" in history[0]
+    assert graft.evaluate(run, target)["n"] == 36
+    with pytest.raises(ConfigError, match="needs --reweight"):
+        graft.train(source, tmp_path / "x", weight_estimator="kliep", quiet=True)

@@ -259,6 +259,8 @@ def train(
     target: str | os.PathLike | None = None,
     method: str | None = None,
     strength: float | None = None,
+    reweight: str | os.PathLike | None = None,
+    weight_estimator: str | None = None,
     num_workers: int | None = None,
     quiet: bool = False,
     overwrite: bool = False,
@@ -275,6 +277,10 @@ def train(
             (``"age,gender"`` or ``"size:regression,kind:a/b"``).
         domains: ``{name: path}`` for several domains in one model (a head per domain), instead of ``data``.
         target, method, strength: domain adaptation to a folder of unlabelled ``target`` images (see :func:`adapt`).
+        reweight: sample-selection bias: a folder of unlabelled images drawn like the world; each training
+            example's loss is weighted by p_world(x) / p_sample(x), estimated on frozen features by
+            ``weight_estimator`` (``"classifier"``, default, or ``"kliep"``), and epochs are judged by
+            importance-weighted validation accuracy.
         valid_fraction, test_fraction: held-out shares (default 0.2 for one classifier; 0.15 and 0.15
             for several tasks); limit: a seeded subset of that many images (several tasks).
 
@@ -318,6 +324,8 @@ def train(
         target=_text(target),
         method=method,
         strength=strength,
+        reweight=_text(reweight),
+        weight_estimator=weight_estimator,
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
         limit=limit,
@@ -366,6 +374,8 @@ def _require_inputs(config: RunConfig) -> None:
             raise DataError(f"--domain {name}: '{path}' does not exist or is not a folder")
     if config.labels and config.labels.lower().endswith(".csv") and not Path(config.labels).is_file():
         raise DataError(f"labels file '{config.labels}' does not exist")
+    if config.reweight is not None and not Path(config.reweight).is_dir():
+        raise DataError(f"--reweight folder '{config.reweight}' does not exist or is not a folder")
     if config.weights is not None and not Path(config.weights).is_file():
         raise ConfigError(f"--weights file '{config.weights}' does not exist")
 

@@ -385,6 +385,23 @@ def train(
         Optional[float],
         typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds of training."),
     ] = None,
+    reweight: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reweight",
+            help="Sample-selection bias: a folder of unlabelled images drawn like the world; training examples are "
+            "weighted by p_world/p_sample (estimated on frozen features).",
+            rich_help_panel="Distribution shift",
+        ),
+    ] = None,
+    weight_estimator: Annotated[
+        Optional[str],
+        typer.Option(
+            "--weight-estimator",
+            help="With --reweight: classifier (a domain classifier; default) or kliep.",
+            rich_help_panel="Distribution shift",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Train a classifier on a folder of class folders by transfer from a pretrained backbone (or several
@@ -462,6 +479,8 @@ def train(
         limit=limit,
         text_column=text_column,
         label_column=label_column,
+        reweight=reweight,
+        weight_estimator=weight_estimator,
         num_workers=workers,
         overwrite=overwrite,
     )

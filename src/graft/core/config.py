@@ -29,6 +29,7 @@ HEAD_ONLY_MODES = ("extract", "fewshot")
 # Files that are text tables (graft.text reads them; the config only needs to recognise them).
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 SHARING = ("hard", "soft")
+WEIGHT_ESTIMATORS = ("classifier", "kliep")  # graft.adaptation.importance
 # Unsupervised domain adaptation methods (graft.adaptation.methods registers each; auto picks one).
 ADAPTATION_METHODS = (
     "auto",
@@ -54,7 +55,7 @@ DEFAULT_BN = "train"
 # Augmented views per training image whose frozen-part activations are cached (graft.core.inputs).
 DEFAULT_VIEWS = 4
 # A plain class-folder dataset is split train/valid; multi-task data also gets a test split.
-DEFAULT_VALID_FRACTION = {"classifier": 0.2, "multitask": 0.15, "adaptation": 0.2}
+DEFAULT_VALID_FRACTION = {"classifier": 0.2, "multitask": 0.15, "adaptation": 0.2, "reweighted": 0.2}
 DEFAULT_TEST_FRACTION = 0.15
 
 
@@ -109,6 +110,10 @@ FIELDS: dict[str, Field] = {
     "tasks": Field("data", "--tasks", str, help="tasks to learn from --labels"),
     "domains": Field("data", "--domain", dict, _domains, "multi-domain: NAME=PATH per domain"),
     "target": Field("data", "TARGET", str, help="domain adaptation: a folder of unlabelled target-domain images"),
+    "reweight": Field(
+        "data", "--reweight", str, help="sample-selection bias: unlabelled examples drawn like the world"
+    ),
+    "weight_estimator": Field("data", "--weight-estimator", str, _one_of(WEIGHT_ESTIMATORS)),
     "valid_fraction": Field("data", "--valid-fraction", float, _between(0, 1, low_open=True, high_open=True)),
     "test_fraction": Field("data", "--test-fraction", float, _between(0, 1, high_open=True)),
     "limit": Field("data", "--limit", int, _between(1, 10**9)),
@@ -161,6 +166,8 @@ class RunConfig:
     tasks: str | None = None
     domains: dict[str, str] | None = None
     target: str | None = None
+    reweight: str | None = None
+    weight_estimator: str | None = None
     valid_fraction: float | None = None
     test_fraction: float | None = None
     limit: int | None = None
@@ -199,7 +206,9 @@ class RunConfig:
         target, ``classifier`` for one folder of class folders."""
         if self.labels is not None or self.domains is not None:
             return "multitask"
-        return "adaptation" if self.target is not None else "classifier"
+        if self.target is not None:
+            return "adaptation"
+        return "reweighted" if self.reweight is not None else "classifier"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The sections, for ``config.json`` (every field, given or not)."""
@@ -241,7 +250,7 @@ class RunConfig:
         (Chollet's fast feature extraction is one pass over clean images)."""
         if self.augment is not None:
             return self.augment
-        return self.mode != "extract" and self.kind != "adaptation"  # adaptation trains on clean cached rows
+        return self.mode != "extract" and self.kind not in ("adaptation", "reweighted")  # clean cached rows
 
     def with_split_defaults(self) -> RunConfig:
         """The held-out fractions filled in (the data is split before ``--mode auto`` can advise)."""
@@ -291,6 +300,7 @@ class RunConfig:
             sharing=default("sharing", "hard", multitask),
             task_weighting=default("task_weighting", "uncertainty", multitask),
             method=default("method", "auto", config.kind == "adaptation"),
+            weight_estimator=default("weight_estimator", "classifier", config.kind == "reweighted"),
         )
 
 
@@ -324,6 +334,7 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
         (name, lambda c: c.kind == "adaptation", "only applies to domain adaptation (graft adapt SOURCE TARGET)")
         for name in ADAPTATION_ONLY
     ],
+    ("weight_estimator", lambda c: c.reweight is not None, "needs --reweight POOL (the examples drawn like the world)"),
     ("tasks", lambda c: c.labels is not None, "needs --labels (where the tasks' labels come from)"),
     ("tie", lambda c: c.sharing == "soft" or c.tie == 0, "only applies to --sharing soft (hard sharing has one trunk)"),
     ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune, fewshot (or auto)"),
@@ -390,17 +401,20 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             f"{where}DATA is required (a folder of class folders, or of images with --labels), or --domain NAME=PATH "
             "per domain"
         )
-    if config.target is not None and (config.labels is not None or config.domains is not None):
-        raise ConfigError(f"{where}TARGET (domain adaptation) cannot be combined with --labels or --domain")
-    if config.target is not None and config.mode not in ("extract", "finetune"):
+    shifted = config.target is not None or config.reweight is not None
+    what = "domain adaptation" if config.target is not None else "--reweight"
+    if shifted and (config.labels is not None or config.domains is not None):
+        raise ConfigError(f"{where}{what} cannot be combined with --labels or --domain")
+    if config.target is not None and config.reweight is not None:
+        raise ConfigError(f"{where}--reweight does not apply to graft adapt (the target is the world already)")
+    if shifted and config.mode not in ("extract", "finetune"):
         raise ConfigError(
-            f"{where}{describe('mode')} {config.mode} does not apply to domain adaptation",
-            hint="use --mode extract (the default) or finetune; --method auto picks the adaptation",
+            f"{where}{describe('mode')} {config.mode} does not apply to {what}",
+            hint="use --mode extract (the default) or finetune",
         )
-    if config.target is not None and config.augment:
+    if shifted and config.augment:
         raise ConfigError(
-            f"{where}{describe('augment')} does not apply to domain adaptation yet: it trains on clean cached rows of "
-            "both domains",
+            f"{where}{describe('augment')} does not apply to {what} yet: it trains on clean cached rows",
             hint="drop --augment",
         )
     if config.strength is not None and config.method in ("auto", "source-only", "adabn"):

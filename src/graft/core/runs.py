@@ -248,6 +248,7 @@ RUN_KINDS = Registry(
         "classifier": "graft.core.classifier:KIND",
         "multitask": "graft.multitask.run:KIND",
         "adaptation": "graft.adaptation.run:KIND",
+        "reweighted": "graft.adaptation.reweighted:KIND",
     },
 )
 

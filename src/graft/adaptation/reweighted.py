@@ -1,0 +1,176 @@
+"""The "reweighted" kind of run (``graft train DATA --reweight POOL``): a classifier trained against
+sample-selection bias. DATA's examples were drawn with a bias; POOL (unlabelled) is drawn like the
+world. Importance weights from frozen features (:mod:`graft.adaptation.importance`) scale each training
+example's loss, and the validation split is judged by importance-weighted accuracy (Sugiyama's
+importance-weighted validation), so the kept epoch is the one best for the world, not for the sample.
+
+The loop is the core one over cached rows; the targets it carries are ``[label, weight]`` pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.adaptation.data import with_target
+from graft.adaptation.importance import estimate
+from graft.core.cache import ActivationKey, cache_limit, prune_cache, resolve_cache_dir
+from graft.core.classifier import KIND as CLASSIFIER
+from graft.core.classifier import TrainedClassifier
+from graft.core.config import RunConfig
+from graft.core.dataset import Dataset
+from graft.core.evaluation import probabilities
+from graft.core.inputs import Inputs, cached_loader, content_key, frozen_key, frozen_rows
+from graft.core.modality import Modality
+from graft.core.objectives import Classification
+from graft.errors import ConfigError
+from graft.fileio import read_json
+
+POOL = "pool"
+WEIGHTS_FILE = "importance_weights.json"
+
+
+class WeightedClassification(Classification):
+    """Cross-entropy with a weight per example; epochs ranked by importance-weighted validation accuracy."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        labels, weights = targets[:, 0].long(), targets[:, 1]
+        losses = nn.functional.cross_entropy(outputs, labels, label_smoothing=self.label_smoothing, reduction="none")
+        return (weights * losses).sum() / weights.sum()
+
+    def train_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {"train_accuracy": float((outputs.argmax(1) == targets[:, 0].long()).sum())}
+
+    def validate(self, outputs: np.ndarray, targets: np.ndarray, model: nn.Module) -> dict[str, Any]:
+        labels, weights = targets[:, 0].astype(np.int64), targets[:, 1]
+        record = super().validate(outputs, labels.astype(np.float64), model)
+        correct = probabilities(outputs).argmax(1) == labels
+        weighted = float((weights * correct).sum() / weights.sum())
+        return {**record, "valid_weighted_accuracy": weighted, "valid_score": weighted}
+
+    def rank(self, record: dict[str, Any]) -> tuple:
+        return (record["valid_weighted_accuracy"], -record["valid_loss"])
+
+    def status(self, record: dict[str, Any]) -> str:
+        return f"valid acc {record['valid_accuracy']:.3f}, weighted {record['valid_weighted_accuracy']:.3f}"
+
+
+class ReweightedKind:
+    """A classifier whose training examples are weighted towards the world (see :class:`graft.core.trainer.RunKind`)."""
+
+    name = "reweighted"
+    modalities = ("image",)
+
+    def scan(self, config: RunConfig, source: Modality) -> Dataset:
+        return with_target(CLASSIFIER.scan(config, source), config.reweight, source, split=POOL)
+
+    def reload(self, run, saved, config, source: Modality) -> Dataset:
+        return CLASSIFIER.reload(run, saved, config, source)
+
+    def advice_view(self, dataset: Dataset) -> Dataset:
+        return dataset
+
+    def build_model(self, config, source, make_backbone, dataset, input_size):
+        return CLASSIFIER.build_model(config, source, make_backbone, dataset, input_size)
+
+    def frozen_trunk(self, model):
+        return model
+
+    def objective(self, config: RunConfig, dataset: Dataset) -> WeightedClassification:
+        return WeightedClassification()
+
+    def config_section(self, config, dataset: Dataset, objective, model) -> dict[str, Any]:
+        return {
+            "classes": dataset.classes,
+            "reweight": {
+                "pool": config.reweight,
+                "estimator": config.weight_estimator,
+                "pool_examples": len(dataset.split(POOL)),
+            },
+        }
+
+    def headline(self, dataset: Dataset) -> str:
+        return f"{dataset.layout}; {len(dataset.classes)} classes; weighted towards the pool's distribution"
+
+    def build_inputs(self, session, saved, preprocessing, dataset: Dataset, model, plan, objective, progress) -> Inputs:
+        config, run, modality, runtime = session.config, session.run, session.source, session.runtime
+        stop = plan.trainable_from
+        if stop == 0 or not config.cache:
+            raise ConfigError(
+                "--reweight trains on cached rows of the frozen stages: it needs the cache and a frozen stage",
+                hint="drop --no-cache, or --unfreeze fewer stages",
+            )
+        root = resolve_cache_dir(config.cache_dir)
+        architecture = saved["backbone"]["architecture"]
+        splits = {name: dataset.split(name) for name in ("train", "valid", "test", POOL) if dataset.split(name)}
+        used: set[str] = set()
+
+        def rows(name: str, until: int):
+            base = frozen_key(model, until, architecture, preprocessing)
+            used.add(ActivationKey(**base, view="clean").namespace())
+            items = splits[name]
+            return frozen_rows(
+                modality, model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base,
+                root=root, workers=session.num_workers, progress=progress, description=f"frozen stages, {name}",
+                device=runtime.device, source=str(dataset.root),
+            )  # fmt: skip
+
+        weights = self._weights(run, splits, rows, len(model.stages), config)
+        keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
+
+        def loader(name: str, shuffle: bool, per_example: list[float] | None):
+            items = [(path, [label, w] if per_example else [label, 1.0]) for (path, label), w in
+                     zip(splits[name], per_example or [1.0] * len(splits[name]))]  # fmt: skip
+            return cached_loader([rows(name, stop)], items, config.seed, keys[name], config.batch_size, shuffle)
+
+        train = loader("train", True, weights["train"])
+        evaluation = {"valid": loader("valid", False, weights["valid"])}
+        if "test" in splits:
+            evaluation["test"] = loader("test", False, None)
+        prune_cache(root, max_bytes=cache_limit(), keep=used)
+        return Inputs(
+            train, evaluation, stop,
+            {"cached": True, "cache_dir": str(root), "augment": False, "views": 0,
+             "activation_shape": list(rows("train", stop).row_shape),
+             "start_stage": model.stage_names[stop] if stop < len(model.stages) else "pooled features",
+             "importance": weights["summary"]},
+        )  # fmt: skip
+
+    def _weights(self, run, splits, rows, stages: int, config) -> dict[str, Any]:
+        """The importance weights: from the run folder when a killed run left them, else estimated."""
+        path = run / WEIGHTS_FILE
+        if path.is_file():
+            return read_json(path)
+        pooled = {name: rows(name, stages).materialize().numpy() for name in ("train", "valid", POOL)}
+        estimated = estimate(pooled["train"], pooled[POOL], pooled["valid"], config.weight_estimator, config.seed)
+        weights = {"train": estimated.train.tolist(), "valid": estimated.valid.tolist(), "summary": estimated.summary()}
+        run.write_json(path, weights)
+        return weights
+
+    def metrics(self, outputs, targets, dataset: Dataset, objective, split: str) -> dict[str, Any]:
+        labels = np.asarray(targets)[:, 0].astype(np.int64)
+        return CLASSIFIER.metrics(outputs, labels, dataset, objective, split)
+
+    def plot_history(self, history, path, title: str) -> None:
+        CLASSIFIER.plot_history(history, path, title)
+
+    def finish(self, run, history, metrics, dataset, model, objective, title: str, inputs=None) -> dict[str, Any]:
+        own = CLASSIFIER.finish(run, history, metrics, dataset, model, objective, title)
+        metrics["importance"] = inputs.description["importance"]
+        return {**own, "importance": metrics["importance"]}
+
+    def results(self, metrics: dict[str, Any]) -> str:
+        summary = metrics["importance"]
+        return (
+            CLASSIFIER.results(metrics) + f"; importance weights ({summary['estimator']}): effective sample size "
+            f"{summary['effective_sample_size']:.0f} of {summary['examples']}"
+        )
+
+    def load_trained(self, folder: Path, config: dict[str, Any]) -> TrainedClassifier:
+        return CLASSIFIER.load_trained(folder, config)
+
+
+KIND = ReweightedKind()
