@@ -119,7 +119,7 @@ def test_a_short_runs_learning_curve_counts_whole_epochs(tmp_path, monkeypatch):
     from graft.core import plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
     history = [
         {"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "train_accuracy": 0.5, "valid_accuracy": 0.4}
         for e in (1, 2)
