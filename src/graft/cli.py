@@ -524,7 +524,9 @@ def adapt(
     ] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default 20).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per batch: half source, half target.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Source rows per batch (and as many target rows).")
+    ] = 32,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     valid_fraction: Annotated[
         Optional[float], typer.Option("--valid-fraction", help="Share of the source held out (default 0.2).")

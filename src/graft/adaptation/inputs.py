@@ -10,14 +10,19 @@ the validation loader holds the source's validation rows and every target row, l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from graft.adaptation.objective import UNLABELLED
-from graft.core.cache import CachedRows
-from graft.core.inputs import make_loader, whole_batches
+from graft.core.cache import ActivationKey, CachedRows
+from graft.core.dataset import Dataset
+from graft.core.inputs import frozen_key, frozen_rows, make_loader, whole_batches
+from graft.core.model import TransferModel
+from graft.errors import ConfigError
 
 SOURCE, TARGET = 0, 1
 
@@ -110,12 +115,9 @@ def domain_loaders(
     """Loaders over the cached ``rows`` of the source splits (train, valid[, test]) and of the ``target``
     (whose ``labels``, when known, are only in the ``target`` loader: it is for reporting)."""
 
-    def loader(source: str, keys_or_sampler) -> torch.utils.data.DataLoader:
+    def loader(source: str, sampler) -> torch.utils.data.DataLoader:
         return make_loader(
-            DomainRows(rows[source], labels[source], rows["target"]),
-            None,
-            sampler=keys_or_sampler,
-            collate_fn=whole_batches,
+            DomainRows(rows[source], labels[source], rows["target"]), None, sampler=sampler, collate_fn=whole_batches
         )
 
     targets = len(rows["target"])
@@ -125,10 +127,66 @@ def domain_loaders(
     if "test" in rows:
         evaluation["test"] = loader("test", FixedBatches([(SOURCE, i) for i in range(len(rows["test"]))], batch_size))
     # the target as a "source" part, so its labels (when the folder has them) come back for the report
-    evaluation["target"] = make_loader(
-        DomainRows(rows["target"], labels["target"], rows["target"]),
-        None,
-        sampler=FixedBatches([(SOURCE, i) for i in range(targets)], batch_size),
-        collate_fn=whole_batches,
-    )
+    evaluation["target"] = loader("target", FixedBatches([(SOURCE, i) for i in range(targets)], batch_size))
     return DomainLoaders(train, evaluation)
+
+
+def require_cached_prefix(stop: int, cache: bool, what: str) -> None:
+    """Both kinds here train on cached rows of a frozen prefix: refuse a plan or config without one."""
+    if stop == 0 or not cache:
+        raise ConfigError(
+            f"{what} trains on cached rows of the frozen stages: it needs the cache and at least one frozen stage",
+            hint="drop --no-cache, or --unfreeze fewer stages",
+        )
+
+
+@dataclass
+class CleanRows:
+    """The clean (unaugmented) cached rows of a dataset's examples at a stage boundary, through the
+    activation cache; remembers the namespaces it used, which pruning the cache afterwards must keep."""
+
+    modality: Any
+    dataset: Dataset
+    preprocessing: Any
+    architecture: str
+    root: Path
+    workers: int | None
+    progress: Any
+    device: torch.device | None
+    used: set[str] = field(default_factory=set)
+
+    def __call__(
+        self, trunk: TransferModel, stop: int, parts: dict[str, list], label: str = ""
+    ) -> dict[str, CachedRows]:
+        """Rows of stages ``[0, stop)`` of ``trunk`` for each named list of ``(path, label)`` items."""
+        base = frozen_key(trunk, stop, self.architecture, self.preprocessing)
+        self.used.add(ActivationKey(**base, view="clean").namespace())
+        return {
+            name: frozen_rows(
+                self.modality,
+                trunk,
+                items,
+                [self.dataset.digest(path) for path, _ in items],
+                self.preprocessing,
+                base=base,
+                root=self.root,
+                workers=self.workers,
+                progress=self.progress,
+                description=f"frozen stages{f' ({label})' if label else ''}, {name}",
+                device=self.device,
+                source=str(self.dataset.root),
+            )
+            for name, items in parts.items()
+        }
+
+    def description(self, model: TransferModel, stop: int, shape, **extra: Any) -> dict[str, Any]:
+        """What ``Inputs.description`` says of rows from this cache at ``stop``."""
+        return {
+            "cached": True,
+            "cache_dir": str(self.root),
+            "augment": False,
+            "views": 0,
+            "activation_shape": list(shape),
+            "start_stage": model.stage_names[stop] if stop < len(model.stages) else "pooled features",
+            **extra,
+        }

@@ -17,16 +17,16 @@ from torch import nn
 
 from graft.adaptation.data import with_target
 from graft.adaptation.importance import estimate
-from graft.core.cache import ActivationKey, cache_limit, prune_cache, resolve_cache_dir
+from graft.adaptation.inputs import CleanRows, require_cached_prefix
+from graft.core.cache import cache_limit, prune_cache, resolve_cache_dir
 from graft.core.classifier import KIND as CLASSIFIER
 from graft.core.classifier import TrainedClassifier
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
 from graft.core.evaluation import probabilities
-from graft.core.inputs import Inputs, cached_loader, content_key, frozen_key, frozen_rows
+from graft.core.inputs import Inputs, cached_loader, content_key
 from graft.core.modality import Modality
 from graft.core.objectives import Classification
-from graft.errors import ConfigError
 from graft.fileio import read_json
 
 POOL = "pool"
@@ -96,56 +96,47 @@ class ReweightedKind:
         return f"{dataset.layout}; {len(dataset.classes)} classes; weighted towards the pool's distribution"
 
     def build_inputs(self, session, saved, preprocessing, dataset: Dataset, model, plan, objective, progress) -> Inputs:
-        config, run, modality, runtime = session.config, session.run, session.source, session.runtime
+        config, run, runtime = session.config, session.run, session.runtime
         stop = plan.trainable_from
-        if stop == 0 or not config.cache:
-            raise ConfigError(
-                "--reweight trains on cached rows of the frozen stages: it needs the cache and a frozen stage",
-                hint="drop --no-cache, or --unfreeze fewer stages",
-            )
+        require_cached_prefix(stop, config.cache, "--reweight")
         root = resolve_cache_dir(config.cache_dir)
-        architecture = saved["backbone"]["architecture"]
         splits = {name: dataset.split(name) for name in ("train", "valid", "test", POOL) if dataset.split(name)}
-        used: set[str] = set()
+        clean = CleanRows(
+            session.source, dataset, preprocessing, saved["backbone"]["architecture"], root, session.num_workers,
+            progress, runtime.device,
+        )  # fmt: skip
+        at_stop = clean(model, stop, {name: items for name, items in splits.items() if name != POOL})
 
-        def rows(name: str, until: int):
-            base = frozen_key(model, until, architecture, preprocessing)
-            used.add(ActivationKey(**base, view="clean").namespace())
-            items = splits[name]
-            return frozen_rows(
-                modality, model, items, [dataset.digest(path) for path, _ in items], preprocessing, base=base,
-                root=root, workers=session.num_workers, progress=progress, description=f"frozen stages, {name}",
-                device=runtime.device, source=str(dataset.root),
-            )  # fmt: skip
+        def pooled() -> dict[str, np.ndarray]:  # the weights' features; the rows themselves when nothing trains
+            names = ("train", "valid", POOL)
+            parts = at_stop if stop == len(model.stages) else {}
+            parts = {**parts, **clean(model, len(model.stages), {n: splits[n] for n in names if n not in parts})}
+            return {name: parts[name].materialize().numpy() for name in names}
 
-        weights = self._weights(run, splits, rows, len(model.stages), config)
+        weights = self._weights(run, pooled, config)
         keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
 
         def loader(name: str, shuffle: bool, per_example: list[float] | None):
-            items = [(path, [label, w] if per_example else [label, 1.0]) for (path, label), w in
-                     zip(splits[name], per_example or [1.0] * len(splits[name]))]  # fmt: skip
-            return cached_loader([rows(name, stop)], items, config.seed, keys[name], config.batch_size, shuffle)
+            per_example = per_example or [1.0] * len(splits[name])
+            items = [(path, [label, weight]) for (path, label), weight in zip(splits[name], per_example)]
+            return cached_loader([at_stop[name]], items, config.seed, keys[name], config.batch_size, shuffle)
 
         train = loader("train", True, weights["train"])
         evaluation = {"valid": loader("valid", False, weights["valid"])}
         if "test" in splits:
             evaluation["test"] = loader("test", False, None)
-        prune_cache(root, max_bytes=cache_limit(), keep=used)
-        return Inputs(
-            train, evaluation, stop,
-            {"cached": True, "cache_dir": str(root), "augment": False, "views": 0,
-             "activation_shape": list(rows("train", stop).row_shape),
-             "start_stage": model.stage_names[stop] if stop < len(model.stages) else "pooled features",
-             "importance": weights["summary"]},
-        )  # fmt: skip
+        prune_cache(root, max_bytes=cache_limit(), keep=clean.used)
+        description = clean.description(model, stop, at_stop["train"].row_shape, importance=weights["summary"])
+        return Inputs(train, evaluation, stop, description)
 
-    def _weights(self, run, splits, rows, stages: int, config) -> dict[str, Any]:
-        """The importance weights: from the run folder when a killed run left them, else estimated."""
+    def _weights(self, run, pooled, config) -> dict[str, Any]:
+        """The importance weights: from the run folder when a killed run left them, else estimated from
+        ``pooled()`` features."""
         path = run / WEIGHTS_FILE
         if path.is_file():
             return read_json(path)
-        pooled = {name: rows(name, stages).materialize().numpy() for name in ("train", "valid", POOL)}
-        estimated = estimate(pooled["train"], pooled[POOL], pooled["valid"], config.weight_estimator, config.seed)
+        features = pooled()
+        estimated = estimate(features["train"], features[POOL], features["valid"], config.weight_estimator, config.seed)
         weights = {"train": estimated.train.tolist(), "valid": estimated.valid.tolist(), "summary": estimated.summary()}
         run.write_json(path, weights)
         return weights

@@ -23,13 +23,13 @@ from graft.adaptation.auto import choose_method
 from graft.adaptation.batchnorm import domain_statistics, load_statistics, with_statistics
 from graft.adaptation.data import TARGET, target_labelled, with_target
 from graft.adaptation.head import BOTTLENECK, AdaptationHead
-from graft.adaptation.inputs import DomainLoaders, domain_loaders
+from graft.adaptation.inputs import CleanRows, DomainLoaders, domain_loaders, require_cached_prefix
 from graft.adaptation.methods import method_named
 from graft.adaptation.objective import UNLABELLED, AdaptationObjective
 from graft.adaptation.picture import domain_picture
 from graft.adaptation.validators import proxy_a_distance, unsupervised_scores
 from graft.core import plots
-from graft.core.cache import ActivationKey, cache_limit, prune_cache, resolve_cache_dir
+from graft.core.cache import cache_limit, prune_cache, resolve_cache_dir
 from graft.core.callbacks import ProgressBars
 from graft.core.classifier import KIND as CLASSIFIER
 from graft.core.classifier import TrainedClassifier, load_trained, worst_mistakes
@@ -37,13 +37,12 @@ from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
 from graft.core.evaluation import classification_metrics, probabilities
 from graft.core.fit import apply_plan, fit
-from graft.core.inputs import Inputs, frozen_key, frozen_rows
+from graft.core.inputs import Inputs
 from graft.core.modality import Modality
 from graft.core.model import TransferModel
 from graft.core.reproducibility import seed_everything
 from graft.core.run_files import CONFUSION, LEARNING_CURVE
 from graft.core.runs import RunFolder
-from graft.errors import ConfigError
 from graft.fileio import atomic_save_tensors, load_tensors, read_json
 
 AUTO_CHOICE = "adaptation_auto.json"
@@ -61,6 +60,15 @@ class AdaptationInputs(Inputs):
 
 def _model(source: Modality, backbone: torch.nn.Module, classes: int, input_size: int | None) -> TransferModel:
     return source.transfer_model(backbone, lambda features: AdaptationHead(features, classes), input_size)
+
+
+def read_statistics(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The per-domain statistics a run saved (keys ``source/...`` and ``target/...``), by domain."""
+    saved = load_tensors(path)
+    return {
+        domain: {key.split("/", 1)[1]: value for key, value in saved.items() if key.startswith(domain + "/")}
+        for domain in ("source", "target")
+    }
 
 
 class AdaptationKind:
@@ -107,39 +115,18 @@ class AdaptationKind:
         """The cached rows of both domains and their loaders; ``--method auto`` decides here."""
         config, run, modality, runtime = session.config, session.run, session.source, session.runtime
         stop = plan.trainable_from
-        if stop == 0 or not config.cache:
-            raise ConfigError(
-                "graft adapt trains on cached rows of the frozen stages: it needs the cache and at least one frozen "
-                "stage",
-                hint="drop --no-cache, or --unfreeze fewer stages",
-            )
+        require_cached_prefix(stop, config.cache, "graft adapt")
         root = resolve_cache_dir(config.cache_dir)
-        architecture = saved["backbone"]["architecture"]
         splits = {name: dataset.split(name) for name in ("train", "valid", "test", TARGET) if dataset.split(name)}
         labels = {name: [label for _, label in items] for name, items in splits.items()}
         source_splits = {name: items for name, items in splits.items() if name != TARGET}
-        used: set[str] = set()
+        clean = CleanRows(
+            modality, dataset, preprocessing, saved["backbone"]["architecture"], root, session.num_workers, progress,
+            runtime.device,
+        )  # fmt: skip
 
         def rows(trunk: TransferModel, parts: dict[str, list], statistics: str) -> dict[str, Any]:
-            base = frozen_key(trunk, stop, architecture, preprocessing)
-            used.add(ActivationKey(**base, view="clean").namespace())
-            return {
-                name: frozen_rows(
-                    modality,
-                    trunk,
-                    items,
-                    [dataset.digest(path) for path, _ in items],
-                    preprocessing,
-                    base=base,
-                    root=root,
-                    workers=session.num_workers,
-                    progress=progress,
-                    description=f"frozen stages ({statistics}), {name}",
-                    device=runtime.device,
-                    source=str(dataset.root),
-                )
-                for name, items in parts.items()
-            }
+            return clean(trunk, stop, parts, statistics)
 
         choice = read_json(run / AUTO_CHOICE) if (run / AUTO_CHOICE).is_file() else None
         method = objective.method or (method_named(choice["chosen"]) if choice else None)
@@ -171,21 +158,13 @@ class AdaptationKind:
         chosen = loaders(normalisation, method.uses_target)
         objective.total_steps = config.epochs * len(chosen.train)
         sample = self._sample(model, rows, cached, normalisation, splits, stop, config.seed)
-        prune_cache(root, max_bytes=cache_limit(), keep=used)
+        prune_cache(root, max_bytes=cache_limit(), keep=clean.used)
         shape = next(iter(cached[normalisation].values())).row_shape
         return AdaptationInputs(
             chosen.train,
             chosen.evaluation,
             stop,
-            {
-                "cached": True,
-                "cache_dir": str(root),
-                "augment": False,
-                "views": 0,
-                "activation_shape": list(shape),
-                "start_stage": model.stage_names[stop] if stop < len(model.stages) else "pooled features",
-                "normalisation": normalisation,
-            },
+            clean.description(model, stop, shape, normalisation=normalisation),
             sample=sample,
         )
 
@@ -195,11 +174,7 @@ class AdaptationKind:
         """AdaBN's per-domain statistics: from the run folder when a killed run left them there."""
         path = run / STATISTICS
         if path.is_file():
-            saved = load_tensors(path)
-            return {
-                domain: {key.split("/", 1)[1]: value for key, value in saved.items() if key.startswith(domain + "/")}
-                for domain in ("source", "target")
-            }
+            return read_statistics(path)
         statistics = {
             domain: domain_statistics(
                 model,
@@ -327,8 +302,7 @@ class AdaptationKind:
             title=f"{method.name}: source and target features before (pretrained) and after",
         )
         if method.target_bn:  # the saved model is for the target: its frozen stages get the target's statistics
-            statistics = load_tensors(run / STATISTICS)
-            load_statistics(model, {k.split("/", 1)[1]: v for k, v in statistics.items() if k.startswith("target/")})
+            load_statistics(model, read_statistics(run / STATISTICS)["target"])
             run.write_weights(model.state_dict(), {"epoch": str(len(history)), "batchnorm": "target"})
         auto = read_json(run / AUTO_CHOICE) if (run / AUTO_CHOICE).is_file() else None
         metrics["adaptation"] = {

@@ -203,7 +203,8 @@ class RunConfig:
     @property
     def kind(self) -> str:
         """``multitask`` for several tasks or domains, ``adaptation`` for a labelled source and an unlabelled
-        target, ``classifier`` for one folder of class folders."""
+        target, ``reweighted`` for a biased sample and a pool drawn like the world (``--reweight``),
+        ``classifier`` for one folder of class folders."""
         if self.labels is not None or self.domains is not None:
             return "multitask"
         if self.target is not None:
