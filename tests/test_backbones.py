@@ -158,7 +158,7 @@ def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
     output row and column; (1, 2) of a 5x5 one becomes 3 and one dropped: no padded copy of the input."""
     from torch.nn import functional as F
 
-    from graft.image.backbones.static_padding import StaticPadConv2d
+    from graft.image.backbones.static_padding import StaticPadConv2d, with_explicit_padding
 
     generator = torch.Generator().manual_seed(0)
     for kernel, pad in ((3, (0, 1, 0, 1)), (5, (1, 2, 1, 2))):
@@ -173,6 +173,10 @@ def test_static_padding_pads_evenly_and_drops_the_shifted_outputs():
                 x = integer_valued(3, channels, 14, 14, generator=generator).contiguous(memory_format=memory_format)
                 expected = F.conv2d(F.pad(x, pad), source.weight, source.bias, stride=2, groups=groups)
                 assert torch.equal(conv(x), expected), (kernel, groups, memory_format)
+                # the export form: the same uneven padding, explicitly, and no crop
+                explicit = with_explicit_padding(torch.nn.Sequential(conv))
+                assert isinstance(explicit[0][0], torch.nn.ZeroPad2d) and explicit[0][1].padding == (0, 0)
+                assert torch.equal(explicit(x), expected)
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv2_100"])

@@ -116,6 +116,9 @@ class Modality(Protocol):
     def thumbnail(self, path: str) -> str | None:
         """A small picture of one example for the report, as a ``data:`` URI (None when there is none)."""
 
+    def export_form(self, model: Any, example: Any) -> Any:
+        """A copy of ``model`` giving the same outputs (up to rounding) in the form best exported (ONNX)."""
+
     # evidence for the advisor
     def probe(self, loaded: Any, items: Sequence[tuple[str, int]], batch_size: int = 16) -> Any:
         """One pass over ``items`` through the pretrained network: a :class:`graft.core.advisor.Probe`."""
@@ -127,7 +130,7 @@ class Modality(Protocol):
 class ModalityDefaults:
     """What most modalities do for the optional parts of :class:`Modality` (inherit it and override what
     differs): no refused options or own defaults, preprocessing as the backbone gives it, examples that
-    are files (a run's manifest lists them, and one is gone when its file is), no thumbnail."""
+    are files (a run's manifest lists them, and one is gone when its file is), no thumbnail, exported as is."""
 
     refuses: dict[str, str] = {}
 
@@ -147,6 +150,10 @@ class ModalityDefaults:
 
     def thumbnail(self, path: str) -> str | None:
         return None
+
+    def export_form(self, model: Any, example: Any) -> Any:
+        """``model`` as it is best exported (same outputs up to rounding); the model itself by default."""
+        return model
 
 
 # Modalities, most specific first: a new modality registers before the image modality, which claims

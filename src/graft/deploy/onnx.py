@@ -3,6 +3,10 @@ version in its metadata, written only if it passes a **parity gate**: on real im
 valid split, ONNX Runtime's outputs must match torch's (``numpy.allclose`` with rtol 1e-3, atol 1e-5,
 the de-facto tolerance) and agree on every top-1 class. A file that fails is never written.
 
+What is exported is the modality's export form of the model (for images: BatchNorm folded into the
+convolutions, the static padding as explicit pads) after ONNX Runtime's basic graph rewrites; the gate
+compares the file with the run's own model, not with that form.
+
 Outputs: a classifier gives ``probabilities`` (batch, classes); a multi-task run gives one output per
 task, ``<task>`` probabilities or values in the task's units. The batch axis is dynamic; the image
 size is the run's (graft's static "same" padding is what makes the export exact).
@@ -89,11 +93,12 @@ def export_onnx(
     wrapped = _Outputs(trained).eval()
     names = output_names(trained)
     buffer = io.BytesIO()
+    example = trained.example_input()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about the static padding's constant shape check
         torch.onnx.export(
-            wrapped,
-            (trained.example_input(),),
+            trained.modality.export_form(wrapped, example).eval(),
+            (example,),
             buffer,
             input_names=["input"],
             output_names=names,
@@ -101,7 +106,7 @@ def export_onnx(
             opset_version=17,
             dynamo=False,
         )
-    data = _with_metadata(buffer.getvalue(), trained, names)
+    data = _with_metadata(_optimised(buffer.getvalue()), trained, names)
     parity = _parity(wrapped, data, trained, names, samples, batch_size)
     if not parity["passed"]:
         raise ExportError(
@@ -181,6 +186,20 @@ def _int8(
             hint="export without --int8, or allow the drop with a larger --max-drop",
         )
     return quantised, report
+
+
+def _optimised(data: bytes) -> bytes:
+    """The graph after ONNX Runtime's basic, hardware-independent rewrites (constants folded, paddings fused
+    into convolutions), as its quantisation tools advise: the file loads faster and quantises better."""
+    import tempfile
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "exported.onnx", Path(folder) / "optimised.onnx"
+        source.write_bytes(data)
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        return target.read_bytes()
 
 
 def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:

@@ -68,7 +68,8 @@ def _after_normalization(batchnorm: nn.BatchNorm2d) -> nn.Module:
 
 def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
     """An eval-mode copy of ``module`` with BatchNorms folded into the convolutions feeding them, and how
-    many were folded; ``module`` itself is not changed. ``example``: an input of the size it will see."""
+    many were folded; ``module`` itself is not changed. ``example``: an input of the size it will see.
+    ``module`` returns a tensor or a tuple of them."""
     original = module.eval()
     folded = copy.deepcopy(original)
     count = 0
@@ -83,11 +84,16 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
         count += 1
     with torch.no_grad():
         expected, actual = original(example), folded(example)
-    if expected.shape != actual.shape or (expected - actual).abs().max() > TOLERANCE * max(
-        float(expected.abs().max()), 1.0
-    ):
+    pairs = zip(expected, actual) if isinstance(expected, tuple) else [(expected, actual)]
+    if not all(_same_output(want, have) for want, have in pairs):
         return original, 0
     return folded, count
+
+
+def _same_output(expected: torch.Tensor, actual: torch.Tensor) -> bool:
+    return expected.shape == actual.shape and bool(
+        (expected - actual).abs().max() <= TOLERANCE * max(float(expected.abs().max()), 1.0)
+    )
 
 
 def _replace(root: nn.Module, name: str, replacement: nn.Module) -> None:

@@ -44,6 +44,7 @@ class StaticPadConv2d(nn.Conv2d):
             source.bias is not None,
         )
         self.skip = skip
+        self.pad = tuple(pad)
         self.weight = source.weight
         self.bias = source.bias
         self.input_hw = tuple(input_hw)
@@ -59,6 +60,35 @@ class StaticPadConv2d(nn.Conv2d):
             return y
         (skip_h, skip_w), (height, width) = self.skip, self.output_hw
         return y[:, :, skip_h : skip_h + height, skip_w : skip_w + width]
+
+
+def with_explicit_padding(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every :class:`StaticPadConv2d` is a zero padding followed by an unpadded
+    convolution (the same windows, so the same numbers up to rounding). For export: ONNX Runtime fuses the
+    padding into the convolution (ONNX convolutions take uneven pads), where the cropped output of the fast
+    form would leave a Slice between each convolution and its activation, which int8 quantisation handles
+    badly (the activation cannot be fused into the convolution's output range)."""
+    import copy
+
+    result = copy.deepcopy(model)
+    for name, module in list(result.named_modules()):
+        if not isinstance(module, StaticPadConv2d):
+            continue
+        conv = nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            0,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+        )
+        conv.weight, conv.bias = module.weight, module.bias
+        parent_name, _, attribute = name.rpartition(".")
+        padded = nn.Sequential(nn.ZeroPad2d(module.pad), conv)
+        setattr(result.get_submodule(parent_name) if parent_name else result, attribute, padded)
+    return result
 
 
 def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
