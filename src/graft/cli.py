@@ -889,6 +889,51 @@ def export(
 
 @app.command()
 @_handle_errors
+def serve(
+    model: Annotated[
+        Path, typer.Argument(help="Run folder written by graft train, or a file written by graft export.")
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    max_files: Annotated[int, typer.Option("--max-files", help="Images in one request.")] = 32,
+    max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Size of one request, in MB.")] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Pixels of one image (larger: refused before decoding).")
+    ] = 40_000_000,
+    max_waiting: Annotated[
+        int, typer.Option("--max-waiting", help="Images waiting for the model before requests get 429 (busy).")
+    ] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Images run through the model at once.")] = 16,
+    json_output: JsonOption = False,
+):
+    """Serve a model over HTTP: POST /predict (images in form field 'file'), GET /health, /info, a page at /."""
+    from graft.api import require_paths
+    from graft.console import emit_json, stderr
+
+    require_paths([model])
+    from graft.deploy.server import Limits
+    from graft.deploy.server import serve as run_server
+
+    limits = Limits(
+        max_request_mb=max_request_mb,
+        max_files=max_files,
+        max_pixels=max_pixels,
+        max_waiting=max_waiting,
+        max_batch=max_batch,
+    )
+    limits.validate()
+    url = f"http://{host}:{port}/"
+
+    def announce(served) -> None:
+        if json_output:
+            emit_json({"url": url, "model": str(model), "engine": served.engine})
+        stderr.print(f"serving {model} on {served.engine} at {url} (a page; the API: {url}docs); Ctrl+C stops")
+
+    run_server(model, host=host, port=port, limits=limits, announce=announce)
+
+
+@app.command()
+@_handle_errors
 def cache(
     cache_dir: Annotated[
         Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")

@@ -19,7 +19,7 @@ import torch
 from graft.core import plots
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
-from graft.core.evaluation import classification_metrics, predict_probabilities, probabilities
+from graft.core.evaluation import answer, classification_metrics, predict_probabilities, probabilities
 from graft.core.heads import make_head
 from graft.core.inputs import default_workers, make_loader
 from graft.core.modality import Modality, modality_of
@@ -57,12 +57,7 @@ class TrainedClassifier:
         return [
             {self.modality.name: path, "error": failed[path]}
             if path in failed
-            else {
-                self.modality.name: path,
-                "label": self.classes[int(rows[path].argmax())],
-                "prob": float(rows[path].max()),
-                "probs": {name: float(p) for name, p in zip(self.classes, rows[path])},
-            }
+            else {self.modality.name: path, **answer(rows[path], self.classes)}
             for path in paths
         ]
 

@@ -44,6 +44,17 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
+def answer(row: Sequence[float], classes: Sequence[str]) -> dict[str, Any]:
+    """One example's class probabilities as graft reports them (``predict --json``, the served API): the
+    top label, its probability and every class's."""
+    best = int(np.argmax(row))
+    return {
+        "label": classes[best],
+        "prob": float(row[best]),
+        "probs": {name: float(p) for name, p in zip(classes, row)},
+    }
+
+
 def predict_probabilities(
     model: torch.nn.Module, loader, start: int = 0, runtime: Runtime = CPU, on_batch: Callable[[], None] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

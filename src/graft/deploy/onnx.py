@@ -29,6 +29,7 @@ from torch import nn
 from graft.core.inputs import make_loader
 from graft.core.run_files import MANIFEST, first_split
 from graft.core.runs import TrainedRun
+from graft.deploy.outputs import UserOutputs, output_labels, output_names
 from graft.errors import ConfigError, GraftError
 from graft.fileio import atomic_write_bytes, read_json
 
@@ -39,35 +40,6 @@ class ExportError(GraftError, RuntimeError):
     """The exported model does not behave like the run's model; nothing was written."""
 
     exit_code = 7
-
-
-class _Outputs(nn.Module):
-    """The run's model with what a user wants out of it: probabilities, or values in the task's units."""
-
-    def __init__(self, trained: TrainedRun):
-        super().__init__()
-        self.model = trained.model
-        self.tasks = getattr(trained, "tasks", None)
-        self.scales = getattr(trained, "scales", {})
-
-    def forward(self, x: torch.Tensor):
-        outputs = self.model(x)
-        if self.tasks is None:
-            return torch.softmax(outputs, dim=1)
-        result = []
-        for task in self.tasks:
-            value = outputs[task.name]
-            if task.is_classification:
-                result.append(torch.softmax(value, dim=1))
-            else:
-                scale = self.scales[task.name]
-                result.append(value[:, 0] * scale.std + scale.mean)
-        return tuple(result)
-
-
-def output_names(trained: TrainedRun) -> list[str]:
-    tasks = getattr(trained, "tasks", None)
-    return ["probabilities"] if tasks is None else [task.name for task in tasks]
 
 
 def export_onnx(
@@ -90,7 +62,7 @@ def export_onnx(
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop must be from 0 to 100 (accuracy points); got {max_drop}")
     began = time.perf_counter()
-    wrapped = _Outputs(trained).eval()
+    wrapped = UserOutputs(trained).eval()
     names = output_names(trained)
     buffer = io.BytesIO()
     example = trained.example_input()
@@ -208,8 +180,7 @@ def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:
     from graft import __version__
 
     model = onnx.load_from_string(data)
-    tasks = getattr(trained, "tasks", None)
-    labels = {"probabilities": list(trained.classes)} if tasks is None else {t.name: list(t.classes) for t in tasks}
+    labels = output_labels(trained)
     entries = {
         "graft_version": __version__,
         "kind": str(trained.config.get("kind", "classifier")),

@@ -24,7 +24,7 @@ import numpy as np
 from graft.core import plots
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
-from graft.core.evaluation import collect_outputs
+from graft.core.evaluation import answer, collect_outputs
 from graft.core.inputs import as_targets, default_workers, make_loader
 from graft.core.modality import Modality, modality_of
 from graft.core.model import TransferModel
@@ -242,11 +242,7 @@ class MultiTaskTrainedModel:
             for task in self.tasks:
                 value = decoded[task.name][row]
                 if task.is_classification:
-                    entry[task.name] = {
-                        "label": task.classes[int(value.argmax())],
-                        "prob": float(value.max()),
-                        "probs": {name: float(p) for name, p in zip(task.classes, value)},
-                    }
+                    entry[task.name] = answer(value, task.classes)
                 else:
                     entry[task.name] = {"value": float(value)}
             results.append({self.modality.name: path, "tasks": entry})
