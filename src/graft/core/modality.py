@@ -116,6 +116,10 @@ class Modality(Protocol):
     def thumbnail(self, path: str) -> str | None:
         """A small picture of one example for the report, as a ``data:`` URI (None when there is none)."""
 
+    def inference_form(self, model: Any, example: Any) -> Any:
+        """A copy of ``model`` giving the same outputs (up to rounding) in the form torch runs fastest when
+        nothing trains (``graft serve`` from a run folder)."""
+
     def export_form(self, model: Any, example: Any) -> Any:
         """A copy of ``model`` giving the same outputs (up to rounding) in the form best exported (ONNX)."""
 
@@ -150,6 +154,10 @@ class ModalityDefaults:
 
     def thumbnail(self, path: str) -> str | None:
         return None
+
+    def inference_form(self, model: Any, example: Any) -> Any:
+        """``model`` as torch runs it fastest for inference (same outputs up to rounding); itself by default."""
+        return model
 
     def export_form(self, model: Any, example: Any) -> Any:
         """``model`` as it is best exported (same outputs up to rounding); the model itself by default."""

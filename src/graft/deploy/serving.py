@@ -100,7 +100,7 @@ def _run_model(folder: Path) -> ServedModel:
 
     trained = load(folder)
     _refuse_modality(trained.modality.name, folder)
-    model = UserOutputs(trained).eval()
+    model = trained.modality.inference_form(UserOutputs(trained).eval(), trained.example_input()).eval()
     names = output_names(trained)
     lock = threading.Lock()  # one forward pass at a time: torch already uses every core for one
 
