@@ -95,7 +95,13 @@ def export_figures(name: str, run: Path, quick: bool) -> dict:
     }
     labels = np.concatenate([y for _, y in batches])
     reference = np.concatenate([torch_run(x) for x, _ in batches]).argmax(1)
-    figures = {"split": split, "n": len(items), "parity": exported["parity"], "engines": {}}
+    figures = {
+        "split": split,
+        "n": len(items),
+        "parity": exported["parity"],
+        "int8_gate": quantised["int8"],
+        "engines": {},
+    }
     repeats = 3 if quick else 10
     for kind, run_batch in engines.items():
         predicted = np.concatenate([run_batch(x) for x, _ in batches]).argmax(1)
