@@ -934,6 +934,34 @@ def serve(
 
 @app.command()
 @_handle_errors
+def studio(
+    folder: Annotated[
+        Path, typer.Argument(help="Where the classes' examples (FOLDER/data) and the runs (FOLDER/runs) are kept.")
+    ] = Path("studio"),
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    json_output: JsonOption = False,
+):
+    """A local page that trains: make classes, drop examples, press Train, watch it learn, try it, download it."""
+    from graft.console import emit_json, stderr
+    from graft.deploy.studio import studio as run_studio
+
+    if folder.exists() and not folder.is_dir():
+        from graft.errors import ConfigError
+
+        raise ConfigError(f"'{folder}' is a file; the studio needs a folder")
+    url = f"http://{host}:{port}/"
+
+    def announce() -> None:
+        if json_output:
+            emit_json({"url": url, "folder": str(folder)})
+        stderr.print(f"graft studio at {url} (examples and runs in {folder}/); Ctrl+C stops")
+
+    run_studio(folder, host=host, port=port, announce=announce)
+
+
+@app.command()
+@_handle_errors
 def cache(
     cache_dir: Annotated[
         Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")

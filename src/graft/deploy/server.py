@@ -165,7 +165,6 @@ def page(name: str) -> str:
 def create_app(model: ServedModel, limits: Limits | None = None):
     """The FastAPI application serving ``model`` within ``limits``."""
     from graft import __version__
-    from graft.image.checking import ImageProblem
 
     limits = limits or Limits()
     limits.validate()
@@ -186,22 +185,7 @@ def create_app(model: ServedModel, limits: Limits | None = None):
     )
     app.add_middleware(BodyLimit, limit=int(limits.max_request_mb * 1e6))
 
-    def problem(status: int, message: str, hint: str | None = None, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        return problem(
-            422,
-            f"{where or 'request'}: {first.get('msg', 'invalid')}",
-            "POST images as multipart/form-data, each in a field named 'file'",
-        )
-
-    @app.exception_handler(HTTPException)
-    async def http_problem(_request, error: HTTPException):
-        return problem(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+    add_error_handlers(app, "POST images as multipart/form-data, each in a field named 'file'")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> str:
@@ -230,33 +214,62 @@ def create_app(model: ServedModel, limits: Limits | None = None):
     async def predict(
         file: Annotated[list[UploadFile], File(description="an image (JPEG, PNG, WebP, ...); repeat for several")],
     ) -> list[dict[str, Any]]:
-        if len(file) > limits.max_files:
-            raise HTTPException(413, f"{len(file)} files in one request; this server takes at most {limits.max_files}")
-        names, inputs, failures = [], [], {}
-        for position, upload in enumerate(file):
-            name = upload.filename or f"file {position + 1}"
-            names.append(name)
-            data = await upload.read()
-            try:
-                inputs.append(await run_in_threadpool(model.pixels, data, limits.max_pixels))
-            except ImageProblem as reason:
-                failures[position] = str(reason)
-        if len(failures) == len(file):
-            details = "; ".join(f"{names[p]}: {reason}" for p, reason in failures.items())
-            raise HTTPException(422, f"no usable image ({details})")
-        try:
-            outputs = await batcher.outputs(np.stack(inputs))
-        except Busy:
-            raise HTTPException(
-                429, f"busy: more than {limits.max_waiting} images are waiting for the model", {"Retry-After": "1"}
-            ) from None
-        answers = iter(model.answers(outputs))
-        return [
-            {"image": name, "error": failures[position]} if position in failures else {"image": name, **next(answers)}
-            for position, name in enumerate(names)
-        ]
+        return await label_uploads(model, batcher, file, limits)
 
     return app
+
+
+async def label_uploads(
+    model: ServedModel, batcher: Batcher, files: list[UploadFile], limits: Limits
+) -> list[dict[str, Any]]:
+    """Answers for uploaded images, one entry per file in order (``{image, error}`` for an unusable one);
+    :class:`HTTPException` 413 (too many files), 422 (none usable) or 429 (busy)."""
+    from graft.image.checking import ImageProblem
+
+    if len(files) > limits.max_files:
+        raise HTTPException(413, f"{len(files)} files in one request; this server takes at most {limits.max_files}")
+    names, inputs, failures = [], [], {}
+    for position, upload in enumerate(files):
+        name = upload.filename or f"file {position + 1}"
+        names.append(name)
+        data = await upload.read()
+        try:
+            inputs.append(await run_in_threadpool(model.pixels, data, limits.max_pixels))
+        except ImageProblem as reason:
+            failures[position] = str(reason)
+    if len(failures) == len(files):
+        details = "; ".join(f"{names[p]}: {reason}" for p, reason in failures.items())
+        raise HTTPException(422, f"no usable image ({details})")
+    try:
+        outputs = await batcher.outputs(np.stack(inputs))
+    except Busy:
+        raise HTTPException(
+            429, f"busy: more than {limits.max_waiting} images are waiting for the model", {"Retry-After": "1"}
+        ) from None
+    answers = iter(model.answers(outputs))
+    return [
+        {"image": name, "error": failures[position]} if position in failures else {"image": name, **next(answers)}
+        for position, name in enumerate(names)
+    ]
+
+
+def problem(status: int, message: str, hint: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """graft's error shape over HTTP: ``{"error", "hint"}`` with the status."""
+    return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI, hint: str) -> None:
+    """Every refusal as ``{"error", "hint"}``; a malformed request's first problem, said plainly."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        return problem(422, f"{where or 'request'}: {first.get('msg', 'invalid')}", hint)
+
+    @app.exception_handler(HTTPException)
+    async def http_problem(_request, error: HTTPException):
+        return problem(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
 
 
 def serve(model_path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, announce=None) -> None:
