@@ -53,6 +53,11 @@ def test_a_multitask_run_exports_one_output_per_task(tmp_path):
     graft.train(faces, tmp_path / "run", labels="utkface", tasks="age,gender", image_size=64, **OPTIONS)
     result = graft.export(tmp_path / "run", tmp_path / "faces.onnx")
     assert result["outputs"] == ["age", "gender"] and result["parity"]["passed"]
+    # int8 too: each task measured (accuracy, or a regression's mean absolute error), gated on the worst drop
+    quantised = graft.export(tmp_path / "run", tmp_path / "faces-int8.onnx", int8=True, max_drop=100)["int8"]
+    assert set(quantised["fp32"]["tasks"]) == {"age", "gender"} and "mae" in quantised["int8"]["tasks"]["age"]
+    assert quantised["task_drop_points"].keys() == {"gender"}
+    assert quantised["accuracy_drop_points"] == quantised["task_drop_points"]["gender"]
 
 
 def test_an_export_that_does_not_match_is_refused_and_not_written(split_folder, tmp_path, monkeypatch):

@@ -879,9 +879,17 @@ def export(
     )
     if "int8" in result:
         figures = result["int8"]
+        if "tasks" in figures["fp32"]:
+            scores = ", ".join(
+                f"{task} {score['accuracy']:.2%} -> {figures['int8']['tasks'][task]['accuracy']:.2%}"
+                if "accuracy" in score
+                else f"{task} MAE {score['mae']:.2f} -> {figures['int8']['tasks'][task]['mae']:.2f}"
+                for task, score in figures["fp32"]["tasks"].items()
+            )
+        else:
+            scores = f"accuracy {figures['fp32']['accuracy']:.2%} -> {figures['int8']['accuracy']:.2%}"
         stdout.print(
-            f"int8: {figures['split']} accuracy {figures['fp32']['accuracy']:.2%} -> "
-            f"{figures['int8']['accuracy']:.2%}, "
+            f"int8: {figures['split']} {scores}, "
             f"{figures['fp32']['bytes'] / 1e6:.1f} -> {figures['int8']['bytes'] / 1e6:.1f} MB, "
             f"{figures['fp32']['ms_per_image']:.1f} -> {figures['int8']['ms_per_image']:.1f} ms an image"
         )
