@@ -929,7 +929,6 @@ def serve(
         max_waiting=max_waiting,
         max_batch=max_batch,
     )
-    limits.validate()
     url = f"http://{host}:{port}/"
 
     def announce(served) -> None:

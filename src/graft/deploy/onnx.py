@@ -109,8 +109,7 @@ def _int8(
     def label(value):  # a classifier's class index, or one value per task (NaN: not labelled)
         return int(value) if tasks is None else [float("nan") if v is None else float(v) for v in value]
 
-    unlabelled = -1 if tasks is None else [float("nan")] * len(tasks)
-    calibration = _present(trained, [(path, unlabelled) for path, _ in manifest["splits"]["train"][:samples]])
+    calibration = _present(trained, [(path, _unlabelled(trained)) for path, _ in manifest["splits"]["train"][:samples]])
     valid_split = first_split(manifest, "valid", "test")
     valid = _present(trained, [(path, label(value)) for path, value in manifest["splits"][valid_split]])
     examples = trained.modality.examples
@@ -136,7 +135,7 @@ def _int8(
             weight_type=QuantType.QInt8,
         )
         quantised = target.read_bytes()
-    figures = {}
+    figures, scores_of = {}, {}
     for version, model in (("fp32", fp32), ("int8", quantised)):
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         outputs, truth, seconds = {name: [] for name in names}, [], 0.0
@@ -147,7 +146,7 @@ def _int8(
             seconds += time.perf_counter() - began
             truth.append(labels.numpy().reshape(len(labels), -1))
         truth = np.concatenate(truth)
-        scores = {
+        scores = scores_of[version] = {
             name: _score(np.concatenate(outputs[name]), truth[:, index], classes[name])
             for index, name in enumerate(names)
         }
@@ -157,11 +156,7 @@ def _int8(
             "bytes": len(model),
         }
     drops = {
-        name: 100
-        * (
-            figures["fp32"].get("tasks", {name: figures["fp32"]})[name]["accuracy"]
-            - figures["int8"].get("tasks", {name: figures["int8"]})[name]["accuracy"]
-        )
+        name: 100 * (scores_of["fp32"][name]["accuracy"] - scores_of["int8"][name]["accuracy"])
         for name in names
         if classes[name]
     }
@@ -234,6 +229,12 @@ def _with_metadata(data: bytes, trained: TrainedRun, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
+def _unlabelled(trained: TrainedRun) -> int | list[float]:
+    """The label of an example read for its inputs only: no class (-1), or no value for any task (NaN)."""
+    tasks = getattr(trained, "tasks", None)
+    return -1 if tasks is None else [float("nan")] * len(tasks)
+
+
 def _present(trained: TrainedRun, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The run's recorded ``items`` whose examples are still there (files not deleted since)."""
     gone = set(trained.modality.missing([path for path, _ in items]))
@@ -247,11 +248,7 @@ def _parity(
 
     manifest = read_json(Path(trained.path) / MANIFEST)
     split = first_split(manifest, "valid", "test")
-    labels_width = len(getattr(trained, "tasks", []) or [])
-    items = [
-        (path, [float("nan")] * labels_width if labels_width else -1) for path, _ in manifest["splits"][split][:samples]
-    ]
-    items = _present(trained, items)
+    items = _present(trained, [(path, _unlabelled(trained)) for path, _ in manifest["splits"][split][:samples]])
     if not items:
         raise ExportError(
             f"the run's {split} examples are gone; the parity gate needs real ones", hint="restore the data"

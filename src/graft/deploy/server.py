@@ -41,7 +41,8 @@ class Limits:
     max_waiting: int = 64  # images queued for the model; more gets 429 (busy) instead of an ever longer wait
     max_batch: int = 16  # images run through the model at once
 
-    def validate(self) -> None:
+    def __post_init__(self):
+        """Checked once, when made: a limit outside its range is refused naming its option."""
         from graft.errors import ConfigError
 
         for name, low, high in (
@@ -122,7 +123,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(send, declared)
+            return await self._refuse(scope, receive, send, declared)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -131,7 +132,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                return await self._refuse(send, None)
+                return await self._refuse(scope, receive, send, None)
             more = message.get("more_body", False)
         body, delivered = b"".join(chunks), False
 
@@ -144,17 +145,12 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send, declared: bytes | None) -> None:
-        import json
-
+    async def _refuse(self, scope, receive, send, declared: bytes | None) -> None:
         if declared is not None and not declared.isdigit():
             status, message = 400, f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes"
         else:
             status, message = 413, f"the request is over the server's limit of {self.limit / 1e6:g} MB"
-        body = json.dumps({"error": message, "hint": "send fewer or smaller images per request"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await problem(status, message, "send fewer or smaller images per request")(scope, receive, send)
 
 
 def page(name: str) -> str:
@@ -167,7 +163,6 @@ def create_app(model: ServedModel, limits: Limits | None = None):
     from graft import __version__
 
     limits = limits or Limits()
-    limits.validate()
     batcher = Batcher(model, limits)
 
     @asynccontextmanager
@@ -226,8 +221,7 @@ async def label_uploads(
     :class:`HTTPException` 413 (too many files), 422 (none usable) or 429 (busy)."""
     from graft.image.checking import ImageProblem
 
-    if len(files) > limits.max_files:
-        raise HTTPException(413, f"{len(files)} files in one request; this server takes at most {limits.max_files}")
+    require_file_count(files, limits)
     names, inputs, failures = [], [], {}
     for position, upload in enumerate(files):
         name = upload.filename or f"file {position + 1}"
@@ -253,6 +247,12 @@ async def label_uploads(
     ]
 
 
+def require_file_count(files: list[UploadFile], limits: Limits) -> None:
+    """413 when one request carries more files than :attr:`Limits.max_files`."""
+    if len(files) > limits.max_files:
+        raise HTTPException(413, f"{len(files)} files in one request; this server takes at most {limits.max_files}")
+
+
 def problem(status: int, message: str, hint: str | None = None, headers: dict | None = None) -> JSONResponse:
     """graft's error shape over HTTP: ``{"error", "hint"}`` with the status."""
     return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
@@ -275,8 +275,6 @@ def add_error_handlers(app: FastAPI, hint: str) -> None:
 def serve(model_path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, announce=None) -> None:
     """Load ``model_path`` (a run folder or an exported file) and serve it until interrupted; ``announce``
     is called with the loaded model just before the server listens."""
-    import uvicorn
-
     from graft.deploy.serving import load_served
 
     require_free_port(host, port)
@@ -284,6 +282,13 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, limits: Limits 
     app = create_app(served, limits)
     if announce is not None:
         announce(served)
+    listen(app, host, port)
+
+
+def listen(app: FastAPI, host: str, port: int) -> None:
+    """Run ``app`` on uvicorn until interrupted, quietly: graft prints its own lines, not an access log."""
+    import uvicorn
+
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
 
 

@@ -29,7 +29,7 @@ class ServedModel:
     preprocessing: Any
     description: dict[str, Any]
     run_batch: Any = field(repr=False)
-    _transform: Any = field(default=None, repr=False)
+    _transform: Any = field(init=False, repr=False)  # the preprocessing's, made once
 
     def __post_init__(self):
         self._transform = self.preprocessing.eval_transform()

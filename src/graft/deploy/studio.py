@@ -19,6 +19,7 @@ import shutil
 import threading
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,17 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from graft.deploy.server import Batcher, BodyLimit, Limits, add_error_handlers, label_uploads, page
+from graft.core.run_files import CONFIG, HISTORY, METRICS
+from graft.deploy.server import (
+    Batcher,
+    BodyLimit,
+    Limits,
+    add_error_handlers,
+    label_uploads,
+    listen,
+    page,
+    require_file_count,
+)
 from graft.fileio import read_json
 
 CLASS_NAME = re.compile(r"^[^/\\.\x00-\x1f][^/\\\x00-\x1f]{0,63}$")  # a folder name: no separators or leading dot
@@ -64,8 +75,8 @@ class Studio:
     def state(self) -> dict[str, Any]:
         job = dict(self.job)
         run = Path(job["run"]) if "run" in job else None
-        history = read_json(run / "history.json") if run and (run / "history.json").is_file() else []
-        return {"classes": self.classes(), "job": job, "history": history, "limits": self.limits.__dict__}
+        history = read_json(run / HISTORY) if run and (run / HISTORY).is_file() else []
+        return {"classes": self.classes(), "job": job, "history": history, "limits": asdict(self.limits)}
 
     def add_examples(self, name: str, uploads: list[tuple[str, bytes]]) -> dict[str, Any]:
         """Keep each upload that is a usable image in ``data/<name>/`` (named by its content, so the same
@@ -83,7 +94,8 @@ class Studio:
             except ImageProblem as problem:
                 skipped.append({"image": filename, "error": str(problem)})
                 continue
-            suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in {".jpg", ".jpeg", ".png"} else ""
+            suffix = Path(filename).suffix.lower()
+            suffix = suffix if suffix in {".jpg", ".jpeg", ".png"} else ""
             target = folder / (hashlib.sha256(data).hexdigest()[:16] + (suffix or ".png"))
             if not target.exists():
                 temporary = target.with_name(target.name + ".part")
@@ -137,27 +149,22 @@ class Studio:
         }
 
     def _evaluation(self, run: Path) -> dict[str, Any]:
-        """The run's held-out split: accuracy, confusion matrix, per-class scores, the worst mistakes."""
-        import graft
-        from graft.core.classifier import worst_mistakes
-        from graft.core.run_files import first_split
-
-        trained = graft.load(run)
-        manifest = read_json(run / "manifest.json")
-        split = first_split(manifest, "test", "valid")
-        items = [(path, int(label)) for path, label in manifest["splits"][split]]
-        probabilities, labels = trained.probabilities(items)
-        metrics = trained.evaluate()
-        mistakes = worst_mistakes(probabilities, labels, [path for path, _ in items], trained.classes)
-        for mistake in mistakes:
-            mistake["file"] = str(Path(mistake["file"]).resolve().relative_to(self.data.resolve()))
+        """The run's held-out split as training measured it (``metrics.json``): accuracy, confusion matrix,
+        per-class scores, the worst mistakes."""
+        metrics = read_json(run / METRICS)
+        split = "test" if "test" in metrics else "valid"
+        held_out = metrics[split]
+        mistakes = [
+            {**mistake, "file": str(Path(mistake["file"]).resolve().relative_to(self.data.resolve()))}
+            for mistake in held_out["worst"]
+        ]
         return {
             "split": split,
-            "n": len(items),
-            "accuracy": metrics["accuracy"],
-            "classes": trained.classes,
-            "confusion_matrix": metrics["confusion_matrix"],
-            "per_class": metrics["per_class"],
+            "n": held_out["n"],
+            "accuracy": held_out["accuracy"],
+            "classes": read_json(run / CONFIG)["classes"],
+            "confusion_matrix": held_out["confusion_matrix"],
+            "per_class": held_out["per_class"],
             "mistakes": mistakes,
         }
 
@@ -173,7 +180,6 @@ def create_studio_app(folder: str | os.PathLike, limits: Limits | None = None, *
     from graft import __version__
 
     limits = limits or Limits(max_request_mb=200, max_files=500)
-    limits.validate()
     studio = Studio(Path(folder), limits, train_options)
     app = FastAPI(title="graft studio", version=__version__)
     app.add_middleware(BodyLimit, limit=int(limits.max_request_mb * 1e6))
@@ -189,8 +195,7 @@ def create_studio_app(folder: str | os.PathLike, limits: Limits | None = None, *
 
     @app.post("/api/classes/{name}/examples", summary="Add example images to a class (made if new)")
     async def add_examples(name: str, file: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
-        if len(file) > limits.max_files:
-            raise HTTPException(413, f"{len(file)} files in one request; at most {limits.max_files}")
+        require_file_count(file, limits)
         uploads = [(upload.filename or "image", await upload.read()) for upload in file]
         return await run_in_threadpool(studio.add_examples, name, uploads)
 
@@ -249,12 +254,10 @@ def create_studio_app(folder: str | os.PathLike, limits: Limits | None = None, *
 
 def studio(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, announce=None) -> None:
     """Serve the studio over ``folder`` until interrupted."""
-    import uvicorn
-
     from graft.deploy.server import require_free_port
 
     require_free_port(host, port)
     app = create_studio_app(folder)
     if announce is not None:
         announce()
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
+    listen(app, host, port)

@@ -79,8 +79,8 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
             batchnorm.running_mean is None or batchnorm.running_var is None
         ):  # normalises by batch statistics: not a constant
             continue
-        _replace(folded, conv_name, fuse_conv_bn_eval(conv, batchnorm))
-        _replace(folded, batchnorm_name, _after_normalization(batchnorm))
+        replace_submodule(folded, conv_name, fuse_conv_bn_eval(conv, batchnorm))
+        replace_submodule(folded, batchnorm_name, _after_normalization(batchnorm))
         count += 1
     with torch.no_grad():
         expected, actual = original(example), folded(example)
@@ -96,6 +96,7 @@ def _same_output(expected: torch.Tensor, actual: torch.Tensor) -> bool:
     )
 
 
-def _replace(root: nn.Module, name: str, replacement: nn.Module) -> None:
+def replace_submodule(root: nn.Module, name: str, replacement: nn.Module) -> None:
+    """Put ``replacement`` where the submodule called ``name`` (dotted) is in ``root``."""
     parent_name, _, attribute = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, attribute, replacement)

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from graft.image.backbones.folding import replace_submodule
+
 
 class StaticPadConv2d(nn.Conv2d):
     """A convolution with a fixed (left, right, top, bottom) zero padding for inputs of ``input_hw``
@@ -85,9 +87,7 @@ def with_explicit_padding(model: nn.Module) -> nn.Module:
             module.bias is not None,
         )
         conv.weight, conv.bias = module.weight, module.bias
-        parent_name, _, attribute = name.rpartition(".")
-        padded = nn.Sequential(nn.ZeroPad2d(module.pad), conv)
-        setattr(result.get_submodule(parent_name) if parent_name else result, attribute, padded)
+        replace_submodule(result, name, nn.Sequential(nn.ZeroPad2d(module.pad), conv))
     return result
 
 
@@ -119,14 +119,12 @@ def make_padding_static(model: nn.Module, input_size: int) -> int:
         for hook in hooks:
             hook.remove()
     for name, (height, width) in sizes.items():
-        parent_name, _, attribute = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        conv = getattr(parent, attribute)
+        conv = model.get_submodule(name)
         pad_h = _same_padding(height, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
         pad_w = _same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        setattr(
-            parent,
-            attribute,
+        replace_submodule(
+            model,
+            name,
             StaticPadConv2d(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), (height, width)),
         )
     return len(sizes)
