@@ -283,7 +283,6 @@ def test_the_studio_page_trains_a_three_class_model_in_a_real_browser(tmp_path, 
     from graft.deploy.studio import create_studio_app
 
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
     with (
         Server(create_studio_app(tmp_path / "studio", **STUDIO_OPTIONS)) as url,
         playwright.sync_playwright() as p,
@@ -309,4 +308,3 @@ def test_the_studio_page_trains_a_three_class_model_in_a_real_browser(tmp_path, 
         page.screenshot(path=str(ARTEFACTS / "studio-page.png"), full_page=True)
         assert page.get_attribute("#download-onnx", "href") == "api/download/onnx"
         browser.close()
-    assert time.monotonic() - began < 120  # the "open to trained" target, here with a tiny backbone
