@@ -6,7 +6,8 @@
    7-class tasks): an extract-mode run (Lite0), exported to ONNX fp32 (parity gate on the *whole* valid
    split) and int8; valid accuracy of torch / ONNX fp32 / ONNX int8, top-1 agreement with torch, file
    size, and ms an image at batch 1 and 16 on this CPU (two threads).
-2. Serving sign-language digits with `graft serve` in its own process, on torch, ONNX fp32 and int8:
+2. Serving sign-language digits with `graft serve` in its own process: the run folder on torch and on the
+   default engine (exported in memory), the ONNX fp32 and int8 files:
    a bounded load test on loopback (8 concurrent clients: the p95 target; 32 clients, thousands of
    requests: errors), latency percentiles and requests a second.
 
@@ -128,14 +129,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serving_figures(model: Path, image: Path, quick: bool) -> dict:
+def serving_figures(model: Path, image: Path, quick: bool, engine: str) -> dict:
     import httpx
 
     from graft.deploy.load_test import load_test
 
     port = free_port()
     server = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "graft"), "serve", str(model), "--port", str(port)],
+        [str(ROOT / ".venv" / "bin" / "graft"), "serve", str(model), "--port", str(port), "--engine", engine],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -166,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repeats and requests")
     parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--serving", nargs="*", help="only these serving kinds (torch, run_auto, onnx_fp32, onnx_int8)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results["date"] = time.strftime("%Y-%m-%d")
@@ -179,13 +181,16 @@ def main() -> None:
             RESULTS.write_text(json.dumps(results, indent=2))
     run = train("sign-language-digits", datasets()["sign-language-digits"])
     image = sorted((SHARED / "sign-language-digits" / "test").rglob("*.*"))[0]
-    results["serving"] = {"image": str(image.relative_to(SHARED))}
-    for kind, model in (
-        ("torch", run),
-        ("onnx_fp32", WORK / "sign-language-digits" / "model.onnx"),
-        ("onnx_int8", WORK / "sign-language-digits" / "model-int8.onnx"),
+    results["serving"] = {**results.get("serving", {}), "image": str(image.relative_to(SHARED))}
+    for kind, model, engine in (
+        ("torch", run, "torch"),
+        ("run_auto", run, "auto"),  # the run folder as graft serve runs it by default: exported in memory
+        ("onnx_fp32", WORK / "sign-language-digits" / "model.onnx", "auto"),
+        ("onnx_int8", WORK / "sign-language-digits" / "model-int8.onnx", "auto"),
     ):
-        results["serving"][kind] = serving_figures(model, image, args.quick)
+        if args.serving and kind not in args.serving:
+            continue
+        results["serving"][kind] = serving_figures(model, image, args.quick, engine)
         print(
             kind,
             {

@@ -62,11 +62,18 @@ def test_the_api_answers_as_graft_predict_does_from_a_run_and_from_its_onnx_expo
     pytest.importorskip("onnxruntime")
     expected = graft.load(trained / "run").predict([str(p) for p in images(trained)])
     graft.export(trained / "run", trained / "model.onnx")
-    for source, engine in ((trained / "run", "torch"), (trained / "model.onnx", "onnxruntime")):
-        with TestClient(create_app(load_served(source))) as client:
+    # the run on torch, the run exported in memory (auto: through the parity gate), the exported file
+    for source, engine in (
+        (trained / "run", "torch"),
+        (trained / "run", "auto"),
+        (trained / "model.onnx", "onnxruntime"),
+    ):
+        with TestClient(create_app(load_served(source, engine))) as client:
             assert client.get("/health").json() == {"status": "ok"}
             info = client.get("/info").json()
-            assert info["engine"] == engine and info["labels"] == {"probabilities": ["blue", "green", "red"]}
+            assert info["engine"] == ("torch" if engine == "torch" else "onnxruntime") and info["labels"] == {
+                "probabilities": ["blue", "green", "red"]
+            }
             assert info["preprocessing"]["input_size"] == 160 and info["graft_version"] == graft.__version__
             answers = client.post("/predict", files=upload(images(trained))).json()
             assert [a["image"] for a in answers] == [Path(e["image"]).name for e in expected]
@@ -126,6 +133,11 @@ def test_serve_refuses_what_it_cannot_serve_with_a_message(tmp_path, trained):
         load_served(tmp_path / "model.onnx")
     with pytest.raises(ConfigError, match="--max-files"):
         create_app(load_served(trained / "run"), Limits(max_files=0))
+    with pytest.raises(ConfigError, match="--engine must be one of auto, torch, onnxruntime"):
+        load_served(trained / "run", "tensorrt")
+    graft.export(trained / "run", tmp_path / "exported.onnx")
+    with pytest.raises(ConfigError, match="exported ONNX file, which runs on onnxruntime"):
+        load_served(tmp_path / "exported.onnx", "torch")
     with socket.create_server(("127.0.0.1", 0)) as taken:
         with pytest.raises(ConfigError, match="cannot listen"):
             require_free_port("127.0.0.1", taken.getsockname()[1])

@@ -301,6 +301,13 @@ def test_a_text_run_exports_to_onnx_that_agrees_with_torch(tiny_encoder, text_ta
     (probabilities,) = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})
     expected, _ = trained.probabilities([(text, 0) for text in texts])
     np.testing.assert_allclose(probabilities, expected, rtol=1e-3, atol=1e-5)
+    # int8 quantises the matrix products only (a transformer's LayerNorm and softmax inputs stay float)
+    quantised = graft.export(tmp_path / "run", tmp_path / "int8.onnx", int8=True, max_drop=100)
+    assert quantised["int8"]["n"] == quantised["parity"]["n"] and quantised["int8"]["int8"]["bytes"] > 0
+    import onnx
+
+    weights = [i.name for i in onnx.load(str(tmp_path / "int8.onnx")).graph.initializer if "quantized" in i.name]
+    assert weights and not [name for name in weights if "LayerNorm" in name], weights
 
 
 def test_auto_on_a_layernorm_encoder_plans_by_size(tiny_encoder, tmp_path):

@@ -912,6 +912,14 @@ def serve(
         int, typer.Option("--max-waiting", help="Images waiting for the model before requests get 429 (busy).")
     ] = 64,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Images run through the model at once.")] = 16,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="auto: ONNX Runtime when installed (a run folder is exported in memory through the parity gate), "
+            "else torch; or torch, onnxruntime.",
+        ),
+    ] = "auto",
     json_output: JsonOption = False,
 ):
     """Serve a model over HTTP: POST /predict (images in form field 'file'), GET /health, /info, a page at /."""
@@ -936,7 +944,7 @@ def serve(
             emit_json({"url": url, "model": str(model), "engine": served.engine})
         stderr.print(f"serving {model} on {served.engine} at {url} (a page; the API: {url}docs); Ctrl+C stops")
 
-    run_server(model, host=host, port=port, limits=limits, announce=announce)
+    run_server(model, host=host, port=port, limits=limits, announce=announce, engine=engine)
 
 
 @app.command()

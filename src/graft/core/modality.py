@@ -33,6 +33,7 @@ class Modality(Protocol):
     augmentation_recipe: str | None  # identifies the augmentation (cache key of augmented views); None: none
     default_backbone: str  # what a run uses when no --backbone is given
     refuses: dict[str, str]  # options (RunConfig fields) that do not apply to this modality, with why
+    int8_operators: tuple[str, ...] | None  # ONNX operator types ``export --int8`` quantises; None: all it can
 
     def defaults(self, mode: str) -> dict[str, Any]:
         """RunConfig values this modality's runs in ``mode`` use when the user gives none (e.g. text: lr)."""
@@ -134,9 +135,11 @@ class Modality(Protocol):
 class ModalityDefaults:
     """What most modalities do for the optional parts of :class:`Modality` (inherit it and override what
     differs): no refused options or own defaults, preprocessing as the backbone gives it, examples that
-    are files (a run's manifest lists them, and one is gone when its file is), no thumbnail, exported as is."""
+    are files (a run's manifest lists them, and one is gone when its file is), no thumbnail, exported as is,
+    every operator the quantiser knows quantised to int8."""
 
     refuses: dict[str, str] = {}
+    int8_operators: tuple[str, ...] | None = None
 
     def defaults(self, mode: str) -> dict[str, Any]:
         return {}

@@ -58,6 +58,16 @@ def export_onnx(
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop must be from 0 to 100 (accuracy points); got {max_drop}")
     began = time.perf_counter()
+    data, result = gated_onnx(trained, samples, batch_size)
+    if int8:
+        data, result["int8"] = _int8(data, trained, samples, batch_size, max_drop)
+    atomic_write_bytes(out, data)
+    return {"file": str(out), "bytes": len(data), **result, "seconds": time.perf_counter() - began}
+
+
+def gated_onnx(trained: TrainedRun, samples: int = 64, batch_size: int = 16) -> tuple[bytes, dict[str, Any]]:
+    """The run's model as ONNX bytes (with graft's metadata) that passed the parity gate on up to ``samples``
+    valid examples, and what was measured; :class:`ExportError` when it does not pass."""
     wrapped = UserOutputs(trained).eval()
     names = output_names(trained)
     buffer = io.BytesIO()
@@ -78,15 +88,11 @@ def export_onnx(
     parity = _parity(wrapped, data, trained, names, samples, batch_size)
     if not parity["passed"]:
         raise ExportError(
-            f"the ONNX export does not match the run's model on {parity['n']} valid images (max abs difference "
+            f"the ONNX export does not match the run's model on {parity['n']} valid examples (max abs difference "
             f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}); nothing was written",
             hint="report it with the run's config.json; the run itself is unaffected",
         )
-    result: dict[str, Any] = {"format": "onnx", "outputs": names, "parity": parity}
-    if int8:
-        data, result["int8"] = _int8(data, trained, samples, batch_size, max_drop)
-    atomic_write_bytes(out, data)
-    return {"file": str(out), "bytes": len(data), **result, "seconds": time.perf_counter() - began}
+    return data, {"format": "onnx", "outputs": names, "parity": parity}
 
 
 def _int8(
@@ -133,6 +139,7 @@ def _int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=trained.modality.int8_operators,
         )
         quantised = target.read_bytes()
     figures, scores_of = {}, {}

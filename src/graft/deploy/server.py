@@ -272,13 +272,20 @@ def add_error_handlers(app: FastAPI, hint: str) -> None:
         return problem(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None, announce=None) -> None:
-    """Load ``model_path`` (a run folder or an exported file) and serve it until interrupted; ``announce``
-    is called with the loaded model just before the server listens."""
+def serve(
+    model_path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    announce=None,
+    engine: str = "auto",
+) -> None:
+    """Load ``model_path`` (a run folder or an exported file) on ``engine`` and serve it until interrupted;
+    ``announce`` is called with the loaded model just before the server listens."""
     from graft.deploy.serving import load_served
 
     require_free_port(host, port)
-    served = load_served(model_path)
+    served = load_served(model_path, engine)
     app = create_app(served, limits)
     if announce is not None:
         announce(served)

@@ -5,6 +5,7 @@ preprocess an image exactly as ``graft predict`` does and answer in the shape of
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -72,16 +73,50 @@ class ServedModel:
         return [{"tasks": entry} for entry in per_output]
 
 
-def load_served(path: str | os.PathLike) -> ServedModel:
-    """A run folder or an exported ``.onnx`` file, ready to serve (image models)."""
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def load_served(path: str | os.PathLike, engine: str = "auto") -> ServedModel:
+    """A run folder or an exported ``.onnx`` file, ready to serve (image models). ``engine``: what runs the
+    model; ``auto`` is ONNX Runtime when it is installed (for a run folder: its export, made in memory and
+    held to the same parity gate as ``graft export``), else torch."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
     location = Path(path)
     if location.is_file():
-        return _onnx_model(location)
-    if location.is_dir():
+        if engine == "torch":
+            raise ConfigError(
+                f"'{path}' is an exported ONNX file, which runs on onnxruntime",
+                hint="leave out --engine, or serve the run folder with --engine torch",
+            )
+        return _onnx_model(str(location), str(location))
+    if not location.is_dir():
+        raise ConfigError(
+            f"'{path}' does not exist", hint="give a folder written by graft train, or a file written by graft export"
+        )
+    if engine == "torch" or (engine == "auto" and importlib.util.find_spec("onnxruntime") is None):
         return _run_model(location)
-    raise ConfigError(
-        f"'{path}' does not exist", hint="give a folder written by graft train, or a file written by graft export"
-    )
+    return _exported_run(location, required=engine == "onnxruntime")
+
+
+def _exported_run(folder: Path, required: bool) -> ServedModel:
+    """The run folder's model on ONNX Runtime, exported in memory through the parity gate; when the export
+    fails the gate and ``auto`` chose it, the run on torch instead (with a warning saying why)."""
+    from graft.api import load
+    from graft.deploy.onnx import ExportError, gated_onnx
+
+    trained = load(folder)
+    _refuse_modality(trained.modality.name, folder)
+    try:
+        data, _ = gated_onnx(trained)
+    except ExportError as error:
+        if required:
+            raise
+        from graft.console import stderr
+
+        stderr.print(f"[yellow]serving {folder} on torch[/]: {error.message}", highlight=False)
+        return _run_model(folder)
+    return _onnx_model(str(folder), data)
 
 
 def _refuse_modality(modality: str, source: Path) -> None:
@@ -123,7 +158,8 @@ def _run_model(folder: Path) -> ServedModel:
     )
 
 
-def _onnx_model(file: Path) -> ServedModel:
+def _onnx_model(source: str, model: str | bytes) -> ServedModel:
+    """A model on ONNX Runtime from an exported file's path or bytes; its metadata says what it is."""
     try:
         import onnxruntime
     except ImportError:
@@ -131,9 +167,11 @@ def _onnx_model(file: Path) -> ServedModel:
     from graft.image.preprocessing import Preprocessing
 
     try:
-        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for a bad file
-        raise RunFolderError(f"'{file}' is not a model ONNX Runtime can load ({str(error).splitlines()[0]})") from None
+        raise RunFolderError(
+            f"'{source}' is not a model ONNX Runtime can load ({str(error).splitlines()[0]})"
+        ) from None
     metadata = session.get_modelmeta().custom_metadata_map
     try:
         labels = json.loads(metadata["labels"])
@@ -141,16 +179,16 @@ def _onnx_model(file: Path) -> ServedModel:
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
     except (KeyError, ValueError, GraftError):
         raise RunFolderError(
-            f"'{file}' carries no graft metadata (labels, outputs, preprocessing)",
+            f"'{source}' carries no graft metadata (labels, outputs, preprocessing)",
             hint="serve a file written by graft export, or the run folder itself",
         ) from None
-    _refuse_modality(metadata.get("modality", "image"), file)
+    _refuse_modality(metadata.get("modality", "image"), Path(source))
 
     def run_batch(batch: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, {"input": batch})))
 
     return ServedModel(
-        source=str(file),
+        source=source,
         engine="onnxruntime",
         labels=labels,
         preprocessing=preprocessing,

@@ -132,7 +132,7 @@ class Studio:
                 self.data, run, mode=request.mode, epochs=request.epochs, quiet=True, **self.train_options
             )
             evaluation = self._evaluation(run)
-            served = load_served(run)
+            served = load_served(run, "torch")  # ready at once; the ONNX export is made when downloaded
         except GraftError as error:
             self.job = {**self.job, "state": "failed", "error": error.message, "hint": error.hint}
             return
