@@ -108,10 +108,20 @@ def check(
             label_column=label_column,
         )
     require_folder(data)
+    from graft.audio.data import is_audio_data
     from graft.core.dataset import summarise
     from graft.image.checking import check_report
 
     errors: list[str] = []
+    if is_audio_data(data):
+        if labels is not None or tasks is not None:
+            raise ConfigError("--labels and --tasks are for images; sound files are labelled by their class folders")
+        from graft.audio.data import scan_sounds
+
+        dataset = scan_sounds(
+            data, valid_fraction=0.2 if valid_fraction is None else valid_fraction, seed=seed, errors=errors
+        )
+        return check_report(dataset, errors)
     if labels is None:
         if tasks is not None:
             raise ConfigError("--tasks (data.tasks) needs --labels (where the tasks' labels come from)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -66,3 +67,16 @@ def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> 
     for row in rows:
         result.add_row(*(str(cell) for cell in row))
     return result
+
+
+@contextmanager
+def progress_task(progress: Progress | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar on ``progress`` (None: no bar) for the block, removed when it ends; yields ``advance(count)``."""
+    if progress is None:
+        yield lambda count: None
+        return
+    task = progress.add_task(description, total=total, status="")
+    try:
+        yield lambda count: progress.advance(task, count)
+    finally:
+        progress.remove_task(task)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.console import progress_task
 from graft.core.cache import weights_digest
 from graft.core.inputs import default_workers, make_loader
 from graft.core.model import TransferModel
@@ -88,15 +89,11 @@ def domain_statistics(
     loader = make_loader(
         modality.examples([items[i] for i in chosen], preprocessing, augment=False), batch_size, default_workers()
     )
-    task = progress.add_task(description, total=len(chosen), status="") if progress is not None else None
     prefix = estimator.prefix(stop)
-    with torch.no_grad():
+    with torch.no_grad(), progress_task(progress, description, len(chosen)) as advance:
         for inputs, _ in loader:
             prefix(inputs)
-            if task is not None:
-                progress.advance(task, len(inputs))
-    if task is not None:
-        progress.remove_task(task)
+            advance(len(inputs))
     statistics = {
         f"{name}.{buffer}": getattr(layer, buffer).detach().cpu().clone()
         for name, layer in copies.items()

@@ -35,6 +35,10 @@ class Modality(Protocol):
     refuses: dict[str, str]  # options (RunConfig fields) that do not apply to this modality, with why
     int8_operators: tuple[str, ...] | None  # ONNX operator types ``export --int8`` quantises; None: all it can
 
+    def refuse(self, config: Any) -> None:
+        """Refuse (:class:`ConfigError`) what this modality cannot do with ``config`` beyond the options in
+        ``refuses`` (e.g. a mode its backbone cannot train in)."""
+
     def defaults(self, mode: str) -> dict[str, Any]:
         """RunConfig values this modality's runs in ``mode`` use when the user gives none (e.g. text: lr)."""
 
@@ -141,6 +145,9 @@ class ModalityDefaults:
     refuses: dict[str, str] = {}
     int8_operators: tuple[str, ...] | None = None
 
+    def refuse(self, config: Any) -> None:
+        return None
+
     def defaults(self, mode: str) -> dict[str, Any]:
         return {}
 
@@ -170,7 +177,13 @@ class ModalityDefaults:
 # Modalities, most specific first: a new modality registers before the image modality, which claims
 # whatever no other one does.
 MODALITIES = Registry(
-    "modality", ConfigError, {"text": "graft.text.modality:TEXT", "image": "graft.image.modality:IMAGE"}
+    "modality",
+    ConfigError,
+    {
+        "audio": "graft.audio.modality:AUDIO",
+        "text": "graft.text.modality:TEXT",
+        "image": "graft.image.modality:IMAGE",
+    },
 )
 DEFAULT = "image"  # runs written before modalities were recorded
 
@@ -213,3 +226,4 @@ def refuse_inapplicable(config: Any, chosen: Modality) -> None:
             raise ConfigError(
                 f"{describe(name)} does not apply to {chosen.name} data: {why}", hint=f"drop {FIELDS[name].flag}"
             )
+    chosen.refuse(config)

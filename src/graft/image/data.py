@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +32,6 @@ IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "LICENSE", "LICENSE.tx
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode to RGB, applying EXIF rotation (phones store photos sideways); see ``graft.image.checking``."""
     return checking.load_image(path)
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _find_split_dirs(root: Path) -> dict[str, Path]:
@@ -126,15 +123,22 @@ def _files_below(folder: Path, skipped: list[dict[str, str]], seen: set[Path]) -
     return files
 
 
+def inspect_images(paths: Sequence[str]) -> list[checking.Verdict]:
+    return checking.inspect_files(paths, IMAGE_EXTENSIONS)
+
+
 def _keep_usable(
-    per_split: dict[str, dict[str, list[str]]], skipped: list[dict[str, str]], warnings: list[dict[str, str]]
+    per_split: dict[str, dict[str, list[str]]],
+    skipped: list[dict[str, str]],
+    warnings: list[dict[str, str]],
+    inspector: Callable[[Sequence[str]], list[Any]] = inspect_images,
 ) -> dict[str, str]:
-    """Inspect every candidate file (``graft.image.checking``), drop the unusable ones into ``skipped``;
-    return sha256 by path."""
+    """Inspect every candidate file (``inspector``: images by default), drop the unusable ones into
+    ``skipped``; return sha256 by path."""
     paths = [path for by_class in per_split.values() for files in by_class.values() for path in files]
     hashes: dict[str, str] = {}
     usable = set()
-    for verdict in checking.inspect_files(paths, IMAGE_EXTENSIONS):
+    for verdict in inspector(paths):
         if verdict.usable:
             usable.add(verdict.path)
             hashes[verdict.path] = verdict.sha256
@@ -153,10 +157,12 @@ def scan_folder(
     seed: int = 0,
     inspect: bool = True,
     errors: list[str] | None = None,
+    inspector: Callable[[Sequence[str]], list[Any]] = inspect_images,
 ) -> Dataset:
     """Find the images and labels under ``root``. Raises :class:`DataError` with what to fix.
 
-    ``inspect`` decodes every file first (``graft.image.checking``): unusable ones are skipped with the
+    ``inspect`` decodes every file first (``inspector``: ``graft.image.checking`` by default; another
+    modality's files, e.g. sound, are read by its own): unusable ones are skipped with the
     reason, duplicates across splits are warned about. With an ``errors`` list, problems that make
     the data unusable for training are appended there instead of raised (``graft check``).
     """
@@ -175,7 +181,7 @@ def scan_folder(
         if "train" not in split_dirs:
             raise DataError(f"'{root}' has {', '.join(d.name for d in split_dirs.values())} but no train/ folder")
         per_split = {name: _scan_class_folders(folder, skipped, warnings) for name, folder in split_dirs.items()}
-        hashes = _keep_usable(per_split, skipped, warnings) if inspect else {}
+        hashes = _keep_usable(per_split, skipped, warnings, inspector) if inspect else {}
         classes = sorted(name for name, files in per_split["train"].items() if files)
         _check_classes(root, classes, per_split["train"], skipped, errors)
         splits = {}
@@ -205,7 +211,7 @@ def scan_folder(
             layout = "split folders"
     else:
         by_class = _scan_class_folders(root_path, skipped, warnings)
-        hashes = _keep_usable({"all": by_class}, skipped, warnings) if inspect else {}
+        hashes = _keep_usable({"all": by_class}, skipped, warnings, inspector) if inspect else {}
         classes = sorted(name for name, files in by_class.items() if files)
         _check_classes(root, classes, by_class, skipped, errors)
         items = sorted(
@@ -319,13 +325,15 @@ class ImageDataset(torch.utils.data.Dataset):
             return self.transform(image), label
 
 
-def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Expand files and folders (recursively) into image paths, for predict/classify."""
+def collect_image_paths(
+    inputs: Sequence[str | os.PathLike], extensions: set[str] = IMAGE_EXTENSIONS, what: str = "images"
+) -> list[str]:
+    """Expand files and folders (recursively) into the paths of files with ``extensions``, for predict/classify."""
     paths: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and _is_image_name(p))
+            paths.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in extensions)
         elif path.is_file():
             paths.append(str(path))
         elif path.exists():
@@ -333,12 +341,14 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise DataError(f"'{item}' does not exist")
     if not paths:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+        raise DataError(f"no {what} found in {', '.join(map(str, inputs))}")
     return paths
 
 
 def scan_for_evaluation(
-    root: str | os.PathLike, classes: Sequence[str]
+    root: str | os.PathLike,
+    classes: Sequence[str],
+    inspector: Callable[[Sequence[str]], list[Any]] = inspect_images,
 ) -> tuple[list[tuple[str, int]], list[dict[str, str]], str]:
     """Labelled images to evaluate a trained model on, labelled with the model's class indices.
 
@@ -354,7 +364,7 @@ def scan_for_evaluation(
     if folder is None:
         raise DataError(f"'{root}' has split folders but no test/ or valid/ to evaluate on")
     by_class = _scan_class_folders(folder, skipped)
-    _keep_usable({"eval": by_class}, skipped, [])
+    _keep_usable({"eval": by_class}, skipped, [], inspector)
     unknown = sorted(name for name, files in by_class.items() if files and name not in classes)
     if unknown:
         raise DataError(

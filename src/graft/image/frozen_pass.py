@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from graft.console import progress_task
 from graft.core.inputs import make_loader, whole_batches
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler
@@ -102,19 +103,16 @@ def forward_batches(
     loader = make_loader(
         FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches
     )
-    task = progress.add_task(description, total=len(pixels), status="") if progress is not None else None
     batches = iter(loader)
-    try:
-        for outputs in batches:
-            yield outputs
-            if task is not None:
-                progress.advance(task, len(outputs))
-    finally:  # on an error too: worker processes must never outlive the pass (or graft)
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        if task is not None:
-            progress.remove_task(task)
+    with progress_task(progress, description, len(pixels)) as advance:
+        try:
+            for outputs in batches:
+                yield outputs
+                advance(len(outputs))
+        finally:  # on an error too: worker processes must never outlive the pass (or graft)
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def frozen_pass(

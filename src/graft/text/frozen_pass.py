@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from graft.console import progress_task
 from graft.core.model import TransferModel
 from graft.text.preprocessing import TextPreprocessing
 
@@ -41,8 +42,7 @@ def frozen_pass(
     """Activations of stages ``[0, stop)`` (pooled features past the last stage) for the texts ``items``, in order."""
     prefix = model.prefix(stop).eval()
     texts = [text for text, _ in items]
-    task = progress.add_task(description, total=len(texts), status="") if progress is not None else None
-    try:
+    with progress_task(progress, description, len(texts)) as advance:
         for begin in range(0, len(texts), SORT_CHUNK):
             tokens = preprocessing.encode(texts[begin : begin + SORT_CHUNK])
             order = torch.argsort(tokens[:, 1].sum(1), stable=True)
@@ -56,9 +56,5 @@ def frozen_pass(
                 if rows is None:
                     rows = np.empty((len(order), *out.shape[1:]), dtype=np.float32)
                 rows[chosen.numpy()] = out
-                if task is not None:
-                    progress.advance(task, len(chosen))
+                advance(len(chosen))
             yield rows
-    finally:
-        if task is not None:
-            progress.remove_task(task)
