@@ -4,6 +4,7 @@ check names every unusable file and why."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,88 @@ def test_the_speech_embedding_is_never_fine_tuned_and_a_log_mel_cnn_learns_from_
         sound_folder, tmp_path / "cnn", backbone="log-mel-cnn", mode="finetune", unfreeze=3, epochs=2, quiet=True
     )
     assert summary["backbone"] == "log-mel-cnn" and summary["epochs_run"] == 2
+
+
+speaks = pytest.mark.skipif(
+    __import__("shutil").which("espeak-ng") is None, reason="the wake-word tests speak through espeak-ng"
+)
+
+
+def test_streaming_scores_equal_the_scores_of_the_same_windows_cut_as_clips(sound_folder, tmp_path):
+    from graft.audio.stream import Detector
+
+    graft.train(sound_folder, tmp_path / "run", epochs=3, quiet=True, seed=0)
+    trained = graft.load(tmp_path / "run")
+    detector = Detector.from_run(trained, wake_label="up", threshold=0.5)
+    stream = np.concatenate([tone(0.8, True, 5), np.zeros(RATE), tone(0.8, False, 6), np.zeros(RATE // 2)])
+    times, scores = detector.scores(stream.astype(np.float32))
+    assert len(scores) and np.allclose(np.diff(times), 0.08)
+    # score k reads the 2 s window starting at k x 80 ms (its last 10 ms frame hop unused)
+    last = (len(stream) - 2 * RATE) // 1280
+    for index in (0, last // 2, last):
+        clip = write_clip(tmp_path / f"window{index}.wav", stream[index * 1280 : index * 1280 + 2 * RATE])
+        (answer,) = trained.predict([str(clip)])
+        assert answer["probs"]["up"] == pytest.approx(float(scores[index]), abs=2e-3)
+
+
+@speaks
+def test_a_wake_word_from_a_phrase_alone_end_to_end_and_listen_finds_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from graft.audio.wakeword import WakewordSettings, train_wakeword
+    from graft.cli import app
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    settings = WakewordSettings(
+        "hey graft",
+        positives=40,
+        negatives=60,
+        eval_minutes=1.0,
+        stream_minutes=1.0,
+        test_positives=10,
+        epochs=5,
+        hold_out="espeak-ng:en-gb-scotland,flite,hibari",
+    )
+    result = train_wakeword(settings, tmp_path / "run", quiet=True)
+    assert result["clips"] == {"wake": 40, "other": 60} and result["refit"]["stream_windows"] > 300
+    assert result["voices"]["test_positives_from_held_out_voices"]
+    assert 0 < result["threshold"] < 1 and result["streams"]["positives"] == 10
+    assert result["streams"]["negative_hours"] == pytest.approx(1 / 60, rel=0.01)
+    saved = json.loads((tmp_path / "run" / "wakeword.json").read_text())
+    assert saved["threshold"] == result["threshold"] and saved["curve"]
+    assert (tmp_path / "run" / "wakeword_curve.png").stat().st_size > 1000
+    # a second phrase reuses the cached negatives that do not depend on it
+    before = set((tmp_path / "cache" / "wakeword" / "clips").iterdir())
+    train_wakeword(
+        WakewordSettings(**{**settings.__dict__, "phrase": "hello toaster"}), tmp_path / "second", quiet=True
+    )
+    made = set((tmp_path / "cache" / "wakeword" / "clips").iterdir()) - before
+    assert len(made) == 40 + 15  # the phrase's clips and its confusables; sentences and noise reused
+    # listen: the phrase said twice in a recording, found at threshold 0.01 at least near where it was said
+    from graft.audio.voices import Voice
+
+    voice = Voice("espeak-ng", "en-us+m3")
+    speech = voice.speak("hey graft")
+    recording = np.concatenate([np.zeros(RATE), speech, np.zeros(2 * RATE), speech, np.zeros(RATE)])
+    path = write_clip(tmp_path / "recording.wav", recording)
+    run = CliRunner().invoke(app, ["listen", str(tmp_path / "run"), str(path), "--json"])
+    answer = json.loads(run.stdout)
+    assert run.exit_code == 0 and answer["seconds"] == pytest.approx(len(recording) / RATE, abs=0.01)
+    assert answer["realtime_factor"] > 1 and isinstance(answer["detections"], list)
+    refused = CliRunner().invoke(app, ["listen", str(tmp_path / "run"), "--mic"])
+    assert refused.exit_code != 0 and "microphone" in refused.output
+
+
+def test_detections_are_smoothed_and_one_per_refractory_period():
+    from graft.audio.stream import Detector
+
+    detector = Detector(model=None, wake_index=1, threshold=0.5, smooth=3, refractory=1.5)
+    times = np.arange(60) * 0.08
+    scores = np.zeros(60)
+    scores[10] = 0.99  # one spike: its 3-step mean (0.33) stays under the threshold
+    scores[20:26] = 0.9  # a phrase: fires once, although the score stays high for six steps
+    scores[30:34] = 0.9  # 0.8 s later: inside the refractory period, ignored
+    scores[50:54] = 0.9  # 2.4 s after the first detection: fires again
+    found = detector.detections(times, scores)
+    assert [d["time"] for d in found] == [pytest.approx(times[21]), pytest.approx(times[51])]  # 2 of 3 steps high
+    assert detector.detections(times, scores, threshold=0.95) == []

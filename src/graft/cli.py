@@ -977,6 +977,112 @@ def studio(
 
 @app.command()
 @_handle_errors
+def wakeword(
+    phrase: Annotated[str, typer.Argument(help='The wake phrase, e.g. "hey graft".')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")],
+    positives: Annotated[int, typer.Option("--positives", help="Synthetic clips of the phrase.")] = 1500,
+    negatives: Annotated[
+        int, typer.Option("--negatives", help="Clips of confusable phrases, sentences and noise.")
+    ] = 3000,
+    target_fa: Annotated[
+        float, typer.Option("--target-fa", help="False accepts per hour the threshold is chosen for.")
+    ] = 0.5,
+    hold_out: Annotated[
+        str,
+        typer.Option(
+            "--hold-out",
+            help="Voices kept for evaluation only (engine, engine:voice or espeak-ng:accent, comma-separated; "
+            "none: train on every voice).",
+        ),
+    ] = "hibari,flite:slt,espeak-ng:en-gb-scotland",
+    recordings: Annotated[
+        Optional[Path], typer.Option("--recordings", help="A folder of your own recordings of the phrase.")
+    ] = None,
+    recordings_weight: Annotated[
+        int, typer.Option("--recordings-weight", help="Times each recording is used, differently augmented.")
+    ] = 5,
+    eval_minutes: Annotated[
+        float, typer.Option("--eval-minutes", help="Minutes of held-out negative stream to measure on.")
+    ] = 60.0,
+    test_positives: Annotated[
+        int, typer.Option("--test-positives", help="Phrases by held-out voices in the recall stream.")
+    ] = 200,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the head.")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Move what --out holds aside first.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    json_output: JsonOption = False,
+):
+    """A wake-word detector from a phrase alone: synthetic voices, training, a threshold, held-out figures."""
+    from graft.audio.wakeword import WakewordSettings, train_wakeword
+    from graft.console import emit_json, stdout
+
+    settings = WakewordSettings(
+        phrase=phrase,
+        positives=positives,
+        negatives=negatives,
+        target_fa_per_hour=target_fa,
+        hold_out=hold_out,
+        recordings=None if recordings is None else str(recordings),
+        recordings_weight=recordings_weight,
+        eval_minutes=eval_minutes,
+        test_positives=test_positives,
+        epochs=epochs,
+        seed=seed,
+    )
+    result = train_wakeword(settings, out, quiet=quiet or json_output, overwrite=overwrite)
+    if json_output:
+        emit_json(result)
+        return
+    stdout.print(
+        f'"{phrase}": recall {result["recall"]:.1%} (false rejects {result["false_reject_rate"]:.1%}) at '
+        f"{result['fa_per_hour']:.2f} false accepts per hour (threshold {result['threshold']:.3f}, chosen for "
+        f"{target_fa}/h); best recall within 1 FA/h {result['best_recall_at_1_fa_per_hour']:.1%}; "
+        f"{result['streams']['negative_hours']:.2f} h of negatives, {result['streams']['positives']} phrases by "
+        f"{'held-out' if result['voices']['test_positives_from_held_out_voices'] else 'training'} voices; "
+        f"{result['seconds']['total']:.0f} s; run saved to {out}"
+    )
+
+
+@app.command()
+@_handle_errors
+def listen(
+    run: Annotated[Path, typer.Argument(help="Run folder written by graft wakeword.")],
+    file: Annotated[Optional[Path], typer.Argument(help="A recording (WAV/FLAC) to scan.")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Score to fire at (default: the run's own).")
+    ] = None,
+    mic: Annotated[bool, typer.Option("--mic", help="Listen to the microphone instead of a file.")] = False,
+    json_output: JsonOption = False,
+):
+    """Detect the wake word in a long recording: the times it was said."""
+    from graft.api import require_paths
+    from graft.audio.stream import listen as run_listen
+    from graft.audio.stream import require_microphone
+    from graft.console import emit_json, stdout
+    from graft.errors import ConfigError
+
+    if mic:
+        if file is not None:
+            raise ConfigError("give a FILE or --mic, not both")
+        require_microphone()
+    if file is None:
+        raise ConfigError("give a recording to scan (FILE), or --mic", hint="graft listen RUN recording.wav")
+    require_paths([run, file])
+    result = run_listen(run, str(file), threshold=threshold)
+    if json_output:
+        emit_json(result)
+        return
+    for detection in result["detections"]:
+        stdout.print(f"{detection['time']:.2f}s\t{detection['score']:.3f}")
+    stdout.print(
+        f"{len(result['detections'])} detection(s) in {result['seconds']:.1f} s of audio at threshold "
+        f"{result['threshold']:.3f} ({result['realtime_factor']}x real time)"
+    )
+
+
+@app.command()
+@_handle_errors
 def cache(
     cache_dir: Annotated[
         Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $GRAFT_CACHE_DIR or ~/.cache/graft).")

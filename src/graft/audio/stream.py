@@ -1,0 +1,162 @@
+"""Streaming wake-word detection over a long recording: ``graft listen RUN FILE.wav``.
+
+The log-mel frames of the whole recording are computed once (in chunks; a frame depends only on its
+own 40 ms, so they equal the frames of any 2 s window cut from it), one speech embedding every 80 ms,
+and the run's head scores every 2 s window of 16 embeddings: a score every 80 ms. A detection is a
+moment the score, averaged over ``smooth`` steps, reaches the threshold; after one, the detector is
+deaf for ``refractory`` seconds (one utterance, one detection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from graft.audio.backbones import EMBEDDING_FRAMES, EMBEDDING_SIZE, EMBEDDING_STRIDE, SPEECH_EMBEDDING
+from graft.audio.signal import SAMPLE_RATE
+from graft.errors import ConfigError
+
+HOP = 160  # samples between log-mel frames (10 ms)
+FRAME = 640  # samples one log-mel frame reads
+STEP_SECONDS = EMBEDDING_STRIDE * HOP / SAMPLE_RATE  # 80 ms between scores
+WINDOW_EMBEDDINGS = 16
+CHUNK_FRAMES = 6000  # one minute of frames per log-mel call
+EMBEDDING_BATCH = 256
+
+
+@dataclass
+class Detector:
+    """A trained wake-word run's frozen stages and head, scoring a stream."""
+
+    model: Any  # TransferModel: stages melspectrogram, embedding; pooled by flattening
+    wake_index: int
+    threshold: float
+    smooth: int = 3
+    refractory: float = 1.5
+
+    @classmethod
+    def from_run(cls, trained, wake_label: str | None = None, threshold: float | None = None) -> Detector:
+        """The detector of a run trained on the speech embedding; its wake class and threshold come from
+        ``wakeword.json`` when ``graft wakeword`` wrote the run."""
+        import json
+        from pathlib import Path
+
+        if trained.config["backbone"]["name"] != SPEECH_EMBEDDING or trained.modality.name != "audio":
+            raise ConfigError(
+                f"'{trained.path}' is not a run on the speech embedding; graft listen needs one",
+                hint='train one with graft wakeword "your phrase" --out RUN',
+            )
+        settings_file = Path(trained.path) / "wakeword.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        label = wake_label or settings.get("wake_label", "wake")
+        if label not in trained.classes:
+            raise ConfigError(f"the run has no class '{label}'", hint=f"its classes: {', '.join(trained.classes)}")
+        chosen = settings.get("threshold", 0.5) if threshold is None else threshold
+        if not 0 < chosen < 1:
+            raise ConfigError(f"--threshold must be between 0 and 1; got {chosen}")
+        return cls(trained.model.eval(), trained.classes.index(label), float(chosen))
+
+    def embeddings(self, samples: np.ndarray) -> np.ndarray:
+        """One speech embedding every 80 ms of mono 16 kHz ``samples``: ``(count, 96)``."""
+        mel_stage, embedding_stage = self.model.stages["melspectrogram"], self.model.stages["embedding"]
+        frames = []
+        step = CHUNK_FRAMES * HOP
+        for start in range(0, max(1, len(samples) - FRAME + HOP), step):
+            piece = samples[start : start + step + FRAME - HOP]
+            if len(piece) < FRAME:
+                break
+            frames.append(mel_stage(torch.from_numpy(np.ascontiguousarray(piece[None], dtype=np.float32)))[0].numpy())
+        mel = np.concatenate(frames) if frames else np.zeros((0, 32), dtype=np.float32)
+        count = max(0, (len(mel) - EMBEDDING_FRAMES) // EMBEDDING_STRIDE + 1)
+        if count == 0:
+            return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
+        starts = np.arange(count) * EMBEDDING_STRIDE
+        return np.concatenate(
+            [
+                embedding_stage.run(np.stack([mel[s : s + EMBEDDING_FRAMES] for s in batch])[..., None])
+                for batch in np.array_split(starts, max(1, -(-count // EMBEDDING_BATCH)))
+            ]
+        ).reshape(count, EMBEDDING_SIZE)
+
+    def scores(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Times (s, at each window's end) and wake scores, one every 80 ms, for mono 16 kHz ``samples``."""
+        features = window_features(self.embeddings(samples))
+        if len(features) == 0:
+            return np.zeros(0), np.zeros(0)
+        with torch.inference_mode():
+            scores = torch.softmax(self.model.head(torch.from_numpy(features)), dim=1)[:, self.wake_index].numpy()
+        # window k reads frames [8k, 8k + 196): it ends at sample (8k + 195) x 160 + 640
+        ends = (
+            (np.arange(len(scores)) * EMBEDDING_STRIDE + EMBEDDING_FRAMES + 15 * EMBEDDING_STRIDE) * HOP + FRAME - HOP
+        )
+        return ends / SAMPLE_RATE, scores
+
+    def detections(self, times: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> list[dict]:
+        """The moments the smoothed score reaches ``threshold`` (the detector's own by default), at most one
+        per ``refractory`` seconds: ``{"time", "score"}``."""
+        threshold = self.threshold if threshold is None else threshold
+        smoothed = smooth(scores, self.smooth)
+        found, deaf_until = [], -np.inf
+        for index in np.flatnonzero(smoothed >= threshold):
+            if times[index] >= deaf_until:
+                found.append({"time": round(float(times[index]), 2), "score": round(float(smoothed[index]), 4)})
+                deaf_until = times[index] + self.refractory
+        return found
+
+
+def window_features(embeddings: np.ndarray, every: int = 1) -> np.ndarray:
+    """The flattened 16 x 96 features of every ``every``-th window of 16 consecutive embeddings (what the
+    head reads, as :class:`graft.audio.backbones.SpeechNetwork` pools a clip)."""
+    if len(embeddings) < WINDOW_EMBEDDINGS:
+        return np.zeros((0, WINDOW_EMBEDDINGS * EMBEDDING_SIZE), dtype=np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(embeddings, WINDOW_EMBEDDINGS, axis=0)[::every]
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1).astype(np.float32)
+
+
+def smooth(scores: np.ndarray, steps: int) -> np.ndarray:
+    """The mean of each score and the ``steps - 1`` before it."""
+    if steps <= 1 or len(scores) == 0:
+        return scores
+    total = np.cumsum(np.concatenate([np.zeros(steps), scores]))
+    return (total[steps:] - total[:-steps]) / steps
+
+
+def listen(run, path: str, threshold: float | None = None) -> dict[str, Any]:
+    """Detections in the sound file ``path`` by the wake-word ``run``, with how fast it went."""
+    import time
+
+    from graft.api import load
+    from graft.audio.signal import load_16k
+
+    detector = Detector.from_run(load(run), threshold=threshold)
+    samples = load_16k(path)
+    began = time.perf_counter()
+    times, scores = detector.scores(samples)
+    found = detector.detections(times, scores)
+    seconds = time.perf_counter() - began
+    duration = len(samples) / SAMPLE_RATE
+    return {
+        "file": str(path),
+        "seconds": round(duration, 2),
+        "threshold": detector.threshold,
+        "detections": found,
+        "realtime_factor": round(duration / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def require_microphone() -> None:
+    """Microphone input needs a capture device and a library to read it; refuse plainly where there is none."""
+    import importlib.util
+    from pathlib import Path
+
+    devices = Path("/proc/asound/pcm")
+    capture = devices.is_file() and "capture" in devices.read_text(errors="replace")
+    if importlib.util.find_spec("sounddevice") is None or not capture:
+        raise ConfigError(
+            "no microphone here: " + ("no capture device" if not capture else "the sounddevice package is missing"),
+            hint="record to a file and run graft listen RUN FILE.wav",
+        )
+    raise ConfigError("--mic is not available in this version of graft", hint="graft listen RUN FILE.wav")

@@ -1,0 +1,548 @@
+"""``graft wakeword "hey graft" --out RUN``: a wake-word detector from a phrase alone, offline.
+
+1. **Clips** (2 s, 16 kHz): the phrase spoken by every training voice (:mod:`graft.audio.voices`) at
+   random speed and pitch; negatives that matter (confusable phrases and parts of the phrase, everyday
+   sentences, speech-like word strings; :mod:`graft.audio.phrases`) and background noise; each made to
+   sound recorded (:mod:`graft.audio.augment`). Every clip is a file in graft's cache, named by its
+   recipe, so a second phrase reuses every negative that does not depend on the phrase.
+2. **Training**: ``graft train`` on the clips (``wake`` / ``other``), extract mode on the speech embedding
+   (cached activations) with an MLP head; a user's own recordings of the phrase join the positives.
+3. **Threshold**: on a validation stream of negatives (training voices, sentences training never used),
+   the lowest threshold whose false accepts per hour stay within ``--target-fa``.
+4. **Evaluation** on held-out streams: positives from voices never used in training (``--hold-out``),
+   spaced by other speech and noise; an hour (``--eval-minutes``) of speech-like negatives and noise.
+   Recall, false rejects and false accepts per hour, and the recall-vs-false-accepts curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.audio.augment import noise_clip, recorded
+from graft.audio.phrases import confusable_phrases, sentences, words_of
+from graft.audio.signal import SAMPLE_RATE, inspect_files, load_16k
+from graft.audio.voices import Voice, available_voices, matches, parse_voices
+from graft.errors import ConfigError, DataError
+
+RECIPE_VERSION = 1  # bump when the way a clip is made changes: old cached clips are then not reused
+WINDOW = 2 * SAMPLE_RATE
+WAKE, OTHER = "wake", "other"
+DEFAULT_HOLD_OUT = "hibari,flite:slt,espeak-ng:en-gb-scotland"
+HIT_BEFORE, HIT_AFTER = 0.5, 1.5  # a detection this close to a positive's end (s) counts as hitting it
+_hibari_lock = threading.Lock()  # one hibari synthesis at a time (its session is shared)
+
+
+@dataclass(frozen=True)
+class WakewordSettings:
+    phrase: str
+    positives: int = 1500
+    negatives: int = 3000
+    target_fa_per_hour: float = 0.5
+    hold_out: str = DEFAULT_HOLD_OUT  # voices kept for evaluation only ("none": train on every voice)
+    recordings: str | None = None  # a folder of the user's own recordings of the phrase
+    recordings_weight: int = 5  # each recording is used this many times, differently augmented
+    eval_minutes: float = 60.0
+    stream_minutes: float = 30.0  # training negatives cut from a stream of this many minutes
+    test_positives: int = 200
+    epochs: int = 30
+    seed: int = 0
+
+    def validate(self) -> None:
+        words_of(self.phrase)
+        for name, low, high in (
+            ("positives", 20, 100_000),
+            ("negatives", 20, 200_000),
+            ("test_positives", 10, 10_000),
+            ("recordings_weight", 1, 100),
+            ("epochs", 1, 1_000),
+        ):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be from {low} to {high:,}; got {getattr(self, name)}"
+                )
+        if not 0 < self.target_fa_per_hour <= 100:
+            raise ConfigError(f"--target-fa must be above 0 and at most 100 per hour; got {self.target_fa_per_hour}")
+        for name in ("eval_minutes", "stream_minutes"):
+            if not 1 <= getattr(self, name) <= 600:
+                raise ConfigError(f"--{name.replace('_', '-')} must be from 1 to 600; got {getattr(self, name)}")
+        if self.recordings is not None and not Path(self.recordings).is_dir():
+            raise ConfigError(f"--recordings '{self.recordings}' is not a folder", hint="a folder of WAV/FLAC files")
+
+
+def split_voices(hold_out: str) -> tuple[list[Voice], list[Voice]]:
+    """The voices here, as (training, held out)."""
+    voices = available_voices()
+    if not voices:
+        raise ConfigError(
+            "no text-to-speech voice is installed",
+            hint="apt-get install espeak-ng flite, or pip install hibari-tts",
+        )
+    chosen = set() if hold_out.strip().lower() == "none" else parse_voices(hold_out)
+    held = [voice for voice in voices if matches(voice, chosen)]
+    training = [voice for voice in voices if not matches(voice, chosen)]
+    if not training:
+        raise ConfigError(f"--hold-out {hold_out} leaves no voice to train with", hint="--hold-out none")
+    return training, held
+
+
+# ---------------------------------------------------------------------------------------------- clips
+
+
+def clip_folder() -> Path:
+    from graft.core.cache import default_cache_dir
+
+    return default_cache_dir() / "wakeword" / "clips"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one clip is made; its hash names the clip's file."""
+
+    kind: str  # "speech", "noise" or "recording"
+    text: str = ""
+    voice: str = ""  # Voice.key, or a recording's path
+    speed: float = 1.0
+    pitch: float = 1.0
+    seed: int = 0
+    end: tuple[float, float] = (0.05, 0.4)
+
+    def path(self) -> Path:
+        key = json.dumps({"v": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return clip_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.wav"
+
+
+def speech_recipes(texts: list[str], voices: list[Voice], seed: int, end=(0.05, 0.4)) -> list[Recipe]:
+    rng = np.random.default_rng(seed)
+    return [
+        Recipe(
+            "speech",
+            text,
+            voices[int(rng.integers(len(voices)))].key,
+            round(float(rng.uniform(0.8, 1.25)), 2),
+            round(float(rng.uniform(0.8, 1.2)), 2),
+            int(rng.integers(2**31)),
+            end,
+        )
+        for text in texts
+    ]
+
+
+def speak(recipe: Recipe) -> np.ndarray:
+    engine, _, name = recipe.voice.partition(":")
+    voice = Voice(engine, name)
+    if engine == "hibari":
+        with _hibari_lock:
+            return voice.speak(recipe.text, recipe.speed, recipe.pitch, seed=recipe.seed)
+    return voice.speak(recipe.text, recipe.speed, recipe.pitch, seed=recipe.seed)
+
+
+def render(recipe: Recipe, length: int = WINDOW) -> np.ndarray:
+    rng = np.random.default_rng(recipe.seed)
+    if recipe.kind == "noise":
+        return noise_clip(length, rng)
+    source = load_16k(recipe.voice) if recipe.kind == "recording" else speak(recipe)
+    return recorded(trim(source), length, rng, recipe.end)
+
+
+def trim(samples: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """``samples`` without the silence before and after the sound."""
+    loud = np.flatnonzero(np.abs(samples) > floor * max(np.abs(samples).max(), 1e-6))
+    return samples[loud[0] : loud[-1] + 1] if len(loud) else samples
+
+
+def make_clips(recipes: list[Recipe], progress: Any = None, description: str = "clips") -> list[str]:
+    """The clip file of each recipe, made (in parallel) where not already in the cache."""
+    import soundfile
+
+    from graft.console import progress_task
+
+    clip_folder().mkdir(parents=True, exist_ok=True)
+
+    def make(recipe: Recipe) -> str:
+        path = recipe.path()
+        if not path.is_file():
+            temporary = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.wav")
+            soundfile.write(str(temporary), render(recipe), SAMPLE_RATE, subtype="PCM_16")
+            os.replace(temporary, path)
+        return str(path)
+
+    with progress_task(progress, description, len(recipes)) as advance, ThreadPoolExecutor(4) as pool:
+        paths = []
+        for path in pool.map(make, recipes):
+            paths.append(path)
+            advance(1)
+    return paths
+
+
+def training_recipes(settings: WakewordSettings, voices: list[Voice]) -> dict[str, list[Recipe]]:
+    """The training clips' recipes, by class. Negatives: 25% confusable phrases, 55% sentences and
+    speech-like strings, 20% noise."""
+    seed = settings.seed
+    positives = speech_recipes([settings.phrase] * settings.positives, voices, seed)
+    confusable = int(settings.negatives * 0.25)
+    noise = int(settings.negatives * 0.2)
+    spoken = settings.negatives - confusable - noise
+    rng = np.random.default_rng(seed + 3)
+    others = speech_recipes(confusable_phrases(settings.phrase, confusable, seed + 1), voices, seed + 2)
+    # sentences end anywhere in the window: the detector must not fire on any part of one
+    others += speech_recipes(
+        sentences(spoken, 1000 + seed, settings.phrase, held_out=False), voices, 2000 + seed, (0.0, 1.5)
+    )
+    others += [Recipe("noise", seed=int(rng.integers(2**31))) for _ in range(noise)]
+    if settings.recordings is not None:
+        recordings = [verdict.path for verdict in inspect_files(_sound_files(settings.recordings)) if verdict.usable]
+        if not recordings:
+            raise DataError(f"--recordings '{settings.recordings}' holds no usable sound file", hint="graft check it")
+        positives += [
+            Recipe("recording", voice=path, seed=int(rng.integers(2**31)))
+            for path in recordings
+            for _ in range(settings.recordings_weight)
+        ]
+    return {WAKE: positives, OTHER: others}
+
+
+def _sound_files(folder: str) -> list[str]:
+    from graft.audio.data import collect_sound_paths
+
+    return collect_sound_paths([folder])
+
+
+def training_folder(settings: WakewordSettings, clips: dict[str, list[str]]) -> Path:
+    """A folder of class folders linking to the cached clips (what ``graft train`` reads)."""
+    key = hashlib.sha256(json.dumps({c: sorted(paths) for c, paths in clips.items()}).encode()).hexdigest()[:16]
+    folder = clip_folder().parent / "sets" / key
+    complete = folder.with_name(f"{key}.complete")
+    if not complete.is_file():
+        for label, paths in clips.items():
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            for index, path in enumerate(paths):
+                link = folder / label / f"{index:06d}.wav"
+                if not link.exists():
+                    link.symlink_to(path)
+        complete.write_text("")
+    return folder
+
+
+# -------------------------------------------------------------------------------------------- streams
+
+
+@dataclass
+class Stream:
+    """A long recording made of clips, with where each wake phrase in it ends."""
+
+    samples: np.ndarray
+    wake_ends: list[float] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float:
+        return len(self.samples) / SAMPLE_RATE / 3600
+
+
+def negative_stream(
+    minutes: float,
+    voices: list[Voice],
+    phrase: str,
+    seed: int,
+    progress: Any = None,
+    description: str = "stream",
+    held_out: bool = True,
+) -> Stream:
+    """``minutes`` of sentences and speech-like strings spoken by ``voices``, with stretches of noise between
+    them; ``held_out``: sentences training never uses."""
+    rng = np.random.default_rng(seed)
+    count = int(minutes * 60 / 3.0) + 1
+    texts = sentences(count, seed, phrase, held_out=held_out)
+    recipes = speech_recipes(texts, voices, seed + 1)
+    segments = _segments(recipes, rng, progress, description)
+    samples = np.concatenate(segments)[: int(minutes * 60 * SAMPLE_RATE)]
+    return Stream(samples)
+
+
+def positive_stream(
+    settings: WakewordSettings, voices: list[Voice], seed: int, progress: Any = None, description: str = "stream"
+) -> Stream:
+    """The phrase ``test_positives`` times by ``voices``, each after 2-4 s of other speech or noise."""
+    rng = np.random.default_rng(seed)
+    wake = speech_recipes([settings.phrase] * settings.test_positives, voices, seed + 1, end=(0.0, 0.0))
+    fillers = speech_recipes(
+        sentences(settings.test_positives, seed + 2, settings.phrase, held_out=True), voices, seed + 3
+    )
+    pieces, wake_ends, position = [], [], 0
+    for filler, positive in zip(
+        _segments(fillers, rng, progress, description + " (between)"),
+        _segments(wake, rng, progress, description + " (phrases)", gap=(0.0, 0.0)),
+    ):
+        filler = filler[: int(rng.uniform(2, 4) * SAMPLE_RATE)]
+        pieces += [filler, positive]
+        position += len(filler) + len(positive)
+        wake_ends.append(position / SAMPLE_RATE)
+    pieces.append(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    return Stream(np.concatenate(pieces), wake_ends)
+
+
+def _segments(recipes: list[Recipe], rng, progress, description: str, gap=(0.3, 2.0)) -> list[np.ndarray]:
+    """Each recipe's speech made to sound recorded, followed by ``gap`` seconds of its noise."""
+    from graft.console import progress_task
+
+    def one(item):
+        recipe, pause = item
+        speech = trim(speak(recipe))
+        return recorded(
+            speech, len(speech) + int(pause * SAMPLE_RATE), np.random.default_rng(recipe.seed), (pause, pause)
+        )
+
+    pauses = rng.uniform(*gap, size=len(recipes))
+    with progress_task(progress, description, len(recipes)) as advance, ThreadPoolExecutor(4) as pool:
+        out = []
+        for segment in pool.map(one, zip(recipes, pauses)):
+            out.append(segment)
+            advance(1)
+    return out
+
+
+def false_accepts(detector, times, scores, threshold: float) -> int:
+    return len(detector.detections(times, scores, threshold))
+
+
+def hits(detector, stream: Stream, times, scores, threshold: float) -> int:
+    found = [d["time"] for d in detector.detections(times, scores, threshold)]
+    return sum(any(end - HIT_BEFORE <= t <= end + HIT_AFTER for t in found) for end in stream.wake_ends)
+
+
+def choose_threshold(detector, times, scores, hours: float, target: float) -> float:
+    """The lowest threshold at which the validation stream's false accepts per hour are at most ``target``."""
+    candidates = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.99, 95), [0.995, 0.999]]), 4))
+    for threshold in candidates:
+        if false_accepts(detector, times, scores, threshold) / hours <= target:
+            return float(threshold)
+    return float(candidates[-1])
+
+
+# ------------------------------------------------------------------------------ more negatives, cheaply
+
+
+def stream_negatives(detector, stream: Stream, every: int = 2) -> np.ndarray:
+    """Head inputs of every ``every``-th 2 s window of a negative stream: consecutive windows share 15 of
+    their 16 embeddings, so a stream gives ~12 windows a second for the price of one embedding each."""
+    from graft.audio.stream import window_features
+
+    return window_features(detector.embeddings(stream.samples), every)
+
+
+def refit_head(out: Path, negatives: np.ndarray, settings: WakewordSettings, quiet: bool) -> dict[str, Any]:
+    """The run's head trained again, from where ``graft train`` left it, on the clips (read from the
+    activation cache ``graft train`` filled) and ``negatives`` (stream windows); the run's weights are
+    replaced. Positives are repeated to balance the classes; a seeded tenth of every source validates."""
+    import torch
+
+    from graft.api import load
+    from graft.core.cache import resolve_cache_dir
+    from graft.core.fit import fit
+    from graft.core.inputs import frozen_key, frozen_rows
+    from graft.core.objectives import Classification
+    from graft.core.run_files import MANIFEST
+    from graft.core.runs import RunFolder, load_plan
+    from graft.fileio import read_json
+
+    trained = load(out)
+    model, stop = trained.model, len(trained.model.stages)
+    manifest = read_json(out / MANIFEST)
+    items = [tuple(item) for split in manifest["splits"].values() for item in split]
+    rows = frozen_rows(
+        trained.modality,
+        model,
+        items,
+        [manifest["sha256"][path] for path, _ in items],
+        trained.preprocessing,
+        base=frozen_key(model, stop, trained.config["backbone"]["architecture"], trained.preprocessing),
+        root=resolve_cache_dir(None),
+    ).materialize()
+    labels = np.array([label for _, label in items])
+    wake = trained.classes.index(WAKE)
+    features = np.concatenate([rows.numpy(), negatives])
+    targets = np.concatenate([labels, np.full(len(negatives), 1 - wake)])
+    rng = np.random.default_rng(settings.seed)
+    held = rng.random(len(targets)) < 0.1
+    train_index = np.flatnonzero(~held)
+    positives = train_index[targets[train_index] == wake]
+    repeat = max(1, int(round((len(train_index) - len(positives)) / max(1, len(positives)))) - 1)
+    train_index = np.concatenate([train_index, np.repeat(positives, repeat)])
+
+    def loader(index, shuffle):
+        data = torch.utils.data.TensorDataset(torch.from_numpy(features[index]), torch.from_numpy(targets[index]))
+        return torch.utils.data.DataLoader(
+            data, batch_size=256, shuffle=shuffle, generator=torch.Generator().manual_seed(settings.seed)
+        )
+
+    torch.manual_seed(settings.seed)
+    state = fit(
+        model,
+        Classification(),
+        load_plan(out),
+        loader(train_index, True),
+        loader(np.flatnonzero(held), False),
+        epochs=settings.epochs,
+        start=stop,
+    )
+    RunFolder(out).write_weights({name: tensor.contiguous() for name, tensor in model.state_dict().items()})
+    best = state.best_record if state.history else {}
+    return {
+        "rows": int(len(targets)),
+        "stream_windows": int(len(negatives)),
+        "positives_repeated": repeat,
+        "valid_accuracy": best.get("valid_accuracy"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- the job
+
+
+def train_wakeword(
+    settings: WakewordSettings, out: str | os.PathLike, *, quiet: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Generate, train, choose the threshold, evaluate; returns the ``graft wakeword --json`` summary."""
+    import graft
+    from graft.audio.stream import Detector
+    from graft.console import progress as make_progress
+    from graft.fileio import atomic_write_json
+
+    settings.validate()
+    began = time.perf_counter()
+    training_voices, held_voices = split_voices(settings.hold_out)
+    test_voices = held_voices or training_voices
+    timings: dict[str, float] = {}
+    with make_progress(quiet) as progress:
+        recipes = training_recipes(settings, training_voices)
+        clips = {
+            label: make_clips(items, progress, f"{label} clips ({len(items)})") for label, items in recipes.items()
+        }
+        timings["clips"] = time.perf_counter() - began
+        data = training_folder(settings, clips)
+    summary = graft.train(
+        data,
+        out,
+        mode="extract",
+        head="mlp",
+        epochs=settings.epochs,
+        seed=settings.seed,
+        quiet=quiet,
+        overwrite=overwrite,
+    )
+    timings["train"] = time.perf_counter() - began - timings["clips"]
+    detector = Detector.from_run(graft.load(out), wake_label=WAKE, threshold=0.5)
+    with make_progress(quiet) as progress:
+        mark = time.perf_counter()
+        extra = negative_stream(
+            settings.stream_minutes,
+            training_voices,
+            settings.phrase,
+            40_000 + settings.seed,
+            progress,
+            "training stream",
+            held_out=False,
+        )
+    refit = refit_head(Path(out), stream_negatives(detector, extra), settings, quiet)
+    detector = Detector.from_run(graft.load(out), wake_label=WAKE, threshold=0.5)
+    timings["refit"] = time.perf_counter() - mark
+    with make_progress(quiet) as progress:
+        mark = time.perf_counter()
+        validation = negative_stream(
+            settings.eval_minutes / 3,
+            training_voices,
+            settings.phrase,
+            50_000 + settings.seed,
+            progress,
+            "validation stream",
+        )
+        negatives = negative_stream(
+            settings.eval_minutes,
+            test_voices + training_voices,
+            settings.phrase,
+            60_000 + settings.seed,
+            progress,
+            "test stream",
+        )
+        positives = positive_stream(settings, test_voices, 70_000 + settings.seed, progress, "held-out phrases")
+        timings["streams"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    scored = {
+        name: detector.scores(stream.samples)
+        for name, stream in (("validation", validation), ("negatives", negatives), ("positives", positives))
+    }
+    timings["scoring"] = time.perf_counter() - mark
+    audio_seconds = sum(len(s.samples) for s in (validation, negatives, positives)) / SAMPLE_RATE
+    threshold = choose_threshold(detector, *scored["validation"], validation.hours, settings.target_fa_per_hour)
+    curve = []
+    for value in sorted({*np.round(np.linspace(0.1, 0.99, 90), 3), threshold}):
+        accepts = false_accepts(detector, *scored["negatives"], value) / negatives.hours
+        recall = hits(detector, positives, *scored["positives"], value) / len(positives.wake_ends)
+        curve.append({"threshold": float(value), "recall": recall, "fa_per_hour": accepts})
+    chosen = next(point for point in curve if point["threshold"] == threshold)
+    at_one = max((p["recall"] for p in curve if p["fa_per_hour"] <= 1.0), default=0.0)
+    result = {
+        "run": str(out),
+        "phrase": settings.phrase,
+        "threshold": threshold,
+        "recall": chosen["recall"],
+        "false_reject_rate": 1 - chosen["recall"],
+        "fa_per_hour": chosen["fa_per_hour"],
+        "best_recall_at_1_fa_per_hour": at_one,
+        "target_fa_per_hour": settings.target_fa_per_hour,
+        "valid_accuracy": summary.get("valid_accuracy"),
+        "refit": refit,
+        "clips": {label: len(paths) for label, paths in clips.items()},
+        "voices": {
+            "training": len(training_voices),
+            "held_out": [voice.key for voice in held_voices],
+            "test_positives_from_held_out_voices": bool(held_voices),
+        },
+        "streams": {
+            "validation_hours": validation.hours,
+            "negative_hours": negatives.hours,
+            "positives": len(positives.wake_ends),
+            "realtime_factor": audio_seconds / timings["scoring"] if timings["scoring"] else None,
+        },
+        "seconds": {**timings, "total": time.perf_counter() - began},
+        "settings": asdict(settings),
+    }
+    atomic_write_json(Path(out) / "wakeword.json", {**result, "wake_label": WAKE, "curve": curve})
+    _plot_curve(curve, chosen, Path(out) / "wakeword_curve.png", settings.phrase)
+    return result
+
+
+def _plot_curve(curve: list[dict], chosen: dict, path: Path, phrase: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from graft.fileio import atomic_write_bytes
+
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot([p["fa_per_hour"] for p in curve], [p["recall"] for p in curve], marker=".", linewidth=1)
+    axes.scatter(
+        [chosen["fa_per_hour"]], [chosen["recall"]], color="red", zorder=3, label=f"threshold {chosen['threshold']:.3f}"
+    )
+    axes.set_xscale("symlog", linthresh=0.1)
+    axes.set_xlabel("false accepts per hour (held-out stream)")
+    axes.set_ylabel("recall (held-out voices)")
+    axes.set_title(f'"{phrase}"')
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
