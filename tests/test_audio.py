@@ -73,6 +73,9 @@ def test_a_folder_of_clips_trains_on_the_frozen_speech_embedding_and_predicts(so
 
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as weights:
         assert any(key.endswith("embedding.graph") for key in weights.keys())
+    with pytest.raises(ConfigError, match="audio runs do not export to ONNX yet"):
+        graft.export(tmp_path / "run", tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_the_speech_embedding_is_never_fine_tuned_and_a_log_mel_cnn_learns_from_scratch(sound_folder, tmp_path):

@@ -99,6 +99,13 @@ class AudioModality(ModalityDefaults):
 
         return frozen_pass(model, items, stop, preprocessing, progress=progress, description=description)
 
+    def export_form(self, model, example):
+        raise ConfigError(
+            "audio runs do not export to ONNX yet: their frozen stages already are ONNX graphs, which torch's "
+            "exporter cannot trace",
+            hint="use the run with graft predict or graft listen",
+        )
+
     def probe(self, loaded, items, batch_size: int = 16):
         raise ConfigError("--mode auto does not measure speech backbones yet", hint="use --mode extract")
 

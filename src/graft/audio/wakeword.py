@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -115,6 +116,7 @@ class Recipe:
     pitch: float = 1.0
     seed: int = 0
     end: tuple[float, float] = (0.05, 0.4)
+    before: str = ""  # other speech said before the clip's speech, in the same voice
 
     def path(self) -> Path:
         key = json.dumps({"v": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
@@ -150,8 +152,13 @@ def render(recipe: Recipe, length: int = WINDOW) -> np.ndarray:
     rng = np.random.default_rng(recipe.seed)
     if recipe.kind == "noise":
         return noise_clip(length, rng)
-    source = load_16k(recipe.voice) if recipe.kind == "recording" else speak(recipe)
-    return recorded(trim(source), length, rng, recipe.end)
+    source = trim(load_16k(recipe.voice) if recipe.kind == "recording" else speak(recipe))
+    if recipe.before:  # the end of other speech by the same voice, then a pause, as in a stream
+        context = trim(speak(Recipe("speech", recipe.before, recipe.voice, recipe.speed, recipe.pitch, recipe.seed)))
+        context = context[-int(rng.uniform(0.3, 1.2) * SAMPLE_RATE) :]
+        pause = np.zeros(int(rng.uniform(0.1, 0.6) * SAMPLE_RATE), dtype=np.float32)
+        source = np.concatenate([context, pause, source])
+    return recorded(source, length, rng, recipe.end)
 
 
 def trim(samples: np.ndarray, floor: float = 0.01) -> np.ndarray:
@@ -189,6 +196,12 @@ def training_recipes(settings: WakewordSettings, voices: list[Voice]) -> dict[st
     speech-like strings, 20% noise."""
     seed = settings.seed
     positives = speech_recipes([settings.phrase] * settings.positives, voices, seed)
+    # half of them after the end of other speech and a pause: in a stream, a window holds what came before
+    context = sentences(settings.positives // 2, 3000 + seed, settings.phrase, held_out=False)
+    positives = [
+        dataclasses.replace(recipe, before=context[index // 2]) if index % 2 else recipe
+        for index, recipe in enumerate(positives)
+    ]
     confusable = int(settings.negatives * 0.25)
     noise = int(settings.negatives * 0.2)
     spoken = settings.negatives - confusable - noise
@@ -271,7 +284,8 @@ def negative_stream(
 def positive_stream(
     settings: WakewordSettings, voices: list[Voice], seed: int, progress: Any = None, description: str = "stream"
 ) -> Stream:
-    """The phrase ``test_positives`` times by ``voices``, each after 2-4 s of other speech or noise."""
+    """The phrase ``test_positives`` times by ``voices``, each after 2-4 s of other speech or noise and a pause
+    of 0.1-0.6 s."""
     rng = np.random.default_rng(seed)
     wake = speech_recipes([settings.phrase] * settings.test_positives, voices, seed + 1, end=(0.0, 0.0))
     fillers = speech_recipes(
@@ -280,7 +294,7 @@ def positive_stream(
     pieces, wake_ends, position = [], [], 0
     for filler, positive in zip(
         _segments(fillers, rng, progress, description + " (between)"),
-        _segments(wake, rng, progress, description + " (phrases)", gap=(0.0, 0.0)),
+        _segments(wake, rng, progress, description + " (phrases)", gap=(0.1, 0.6), before=True),
     ):
         filler = filler[: int(rng.uniform(2, 4) * SAMPLE_RATE)]
         pieces += [filler, positive]
@@ -290,16 +304,18 @@ def positive_stream(
     return Stream(np.concatenate(pieces), wake_ends)
 
 
-def _segments(recipes: list[Recipe], rng, progress, description: str, gap=(0.3, 2.0)) -> list[np.ndarray]:
-    """Each recipe's speech made to sound recorded, followed by ``gap`` seconds of its noise."""
+def _segments(
+    recipes: list[Recipe], rng, progress, description: str, gap=(0.3, 2.0), before: bool = False
+) -> list[np.ndarray]:
+    """Each recipe's speech made to sound recorded, with ``gap`` seconds of its noise after it (``before``:
+    before it, as a pause before a wake phrase)."""
     from graft.console import progress_task
 
     def one(item):
         recipe, pause = item
         speech = trim(speak(recipe))
-        return recorded(
-            speech, len(speech) + int(pause * SAMPLE_RATE), np.random.default_rng(recipe.seed), (pause, pause)
-        )
+        end = (0.0, 0.0) if before else (pause, pause)
+        return recorded(speech, len(speech) + int(pause * SAMPLE_RATE), np.random.default_rng(recipe.seed), end)
 
     pauses = rng.uniform(*gap, size=len(recipes))
     with progress_task(progress, description, len(recipes)) as advance, ThreadPoolExecutor(4) as pool:
