@@ -63,6 +63,9 @@ def transfer_vs_scratch(sizes: list[int], epochs_scratch: int) -> dict:
     clips = {label: make_clips(items) for label, items in training_recipes(settings, training_voices).items()}
     test = held_out_test_set(settings, held_voices)
     rows = []
+    rng = np.random.default_rng(0)
+    # one seeded order per class, so each smaller set is part of the larger ones and mixes every kind of clip
+    clips = {label: [paths[i] for i in rng.permutation(len(paths))] for label, paths in clips.items()}
     for size in sizes:
         subset = {label: paths[: size * (1 if label == "wake" else 2)] for label, paths in clips.items()}
         data = training_folder(settings, subset)
