@@ -174,3 +174,26 @@ def test_detections_are_smoothed_and_one_per_refractory_period():
     found = detector.detections(times, scores)
     assert [d["time"] for d in found] == [pytest.approx(times[21]), pytest.approx(times[51])]  # 2 of 3 steps high
     assert detector.detections(times, scores, threshold=0.95) == []
+
+
+def test_a_users_recordings_join_the_positives_weighted_and_each_copy_differs(tmp_path, monkeypatch):
+    from graft.audio.voices import Voice
+    from graft.audio.wakeword import WakewordSettings, make_clips, training_recipes
+    from graft.errors import DataError
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    for i in range(3):
+        write_clip(tmp_path / "mine" / f"take{i}.wav", tone(0.7, True, 40 + i))
+    write_clip(tmp_path / "mine" / "silent.wav", np.zeros(RATE))
+    settings = WakewordSettings("hey graft", positives=20, negatives=20, recordings=str(tmp_path / "mine"))
+    recipes = training_recipes(settings, [Voice("espeak-ng", "en-us+m1")])
+    recorded = [recipe for recipe in recipes["wake"] if recipe.kind == "recording"]
+    assert len(recipes["wake"]) == 20 + 3 * 5 and len(recorded) == 15  # the silent take is not used
+    assert {Path(recipe.voice).name for recipe in recorded} == {"take0.wav", "take1.wav", "take2.wav"}
+    copies = [soundfile.read(path)[0] for path in make_clips([r for r in recorded if r.voice.endswith("take0.wav")])]
+    assert len(copies) == 5 and all(len(copy) == 2 * RATE for copy in copies)
+    assert not np.allclose(copies[0], copies[1])  # placed, reverberated and mixed differently
+    (tmp_path / "none").mkdir()
+    write_clip(tmp_path / "none" / "silent.wav", np.zeros(RATE))
+    with pytest.raises(DataError, match="holds no usable sound file"):
+        training_recipes(WakewordSettings("hey graft", recordings=str(tmp_path / "none")), [Voice("flite", "kal")])

@@ -102,7 +102,7 @@ def everyday_sentences() -> list[str]:
 def speech_like(count: int, seed: int, avoid: str) -> list[str]:
     """``count`` strings of 3 to 9 dictionary words (speech without meaning) that never contain ``avoid``'s words
     in order."""
-    table = sorted(word for word in pronouncing() if 2 <= len(word) <= 9)
+    table = _short_words()
     rng = np.random.default_rng(seed)
     phrase = " ".join(words_of(avoid))
     out = []
@@ -111,6 +111,11 @@ def speech_like(count: int, seed: int, avoid: str) -> list[str]:
         if phrase not in text:
             out.append(text)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _short_words() -> np.ndarray:
+    return np.array(sorted(word for word in pronouncing() if 2 <= len(word) <= 9))
 
 
 def sentences(count: int, seed: int, avoid: str, held_out: bool) -> list[str]:
