@@ -1007,6 +1007,9 @@ def wakeword(
     test_positives: Annotated[
         int, typer.Option("--test-positives", help="Phrases by held-out voices in the recall stream.")
     ] = 200,
+    stream_minutes: Annotated[
+        float, typer.Option("--stream-minutes", help="Minutes of negative stream the head is refit with.")
+    ] = 30.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the head.")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Move what --out holds aside first.")] = False,
@@ -1027,6 +1030,7 @@ def wakeword(
         recordings_weight=recordings_weight,
         eval_minutes=eval_minutes,
         test_positives=test_positives,
+        stream_minutes=stream_minutes,
         epochs=epochs,
         seed=seed,
     )
