@@ -135,6 +135,15 @@ def test_a_wake_word_from_a_phrase_alone_end_to_end_and_listen_finds_it(tmp_path
     assert result["clips"] == {"wake": 40, "other": 60} and result["refit"]["stream_windows"] > 300
     assert result["voices"]["test_positives_from_held_out_voices"]
     assert 0 < result["threshold"] < 1 and result["streams"]["positives"] == 10
+    assert result["recall_by_voice"] and set(result["recall_by_voice"]) <= {
+        "espeak-ng:en-gb-scotland",
+        "flite:slt",
+        "flite:kal",
+        "flite:kal16",
+        "flite:awb",
+        "flite:rms",
+        "hibari:heart",
+    }
     assert result["streams"]["negative_hours"] == pytest.approx(1 / 60, rel=0.01)
     saved = json.loads((tmp_path / "run" / "wakeword.json").read_text())
     assert saved["threshold"] == result["threshold"] and saved["curve"]

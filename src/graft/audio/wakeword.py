@@ -255,6 +255,7 @@ class Stream:
 
     samples: np.ndarray
     wake_ends: list[float] = field(default_factory=list)
+    wake_voices: list[str] = field(default_factory=list)  # the voice that said each phrase
 
     @property
     def hours(self) -> float:
@@ -301,7 +302,7 @@ def positive_stream(
         position += len(filler) + len(positive)
         wake_ends.append(position / SAMPLE_RATE)
     pieces.append(np.zeros(SAMPLE_RATE, dtype=np.float32))
-    return Stream(np.concatenate(pieces), wake_ends)
+    return Stream(np.concatenate(pieces), wake_ends, [recipe.voice for recipe in wake])
 
 
 def _segments(
@@ -330,9 +331,22 @@ def false_accepts(detector, times, scores, threshold: float) -> int:
     return len(detector.detections(times, scores, threshold))
 
 
-def hits(detector, stream: Stream, times, scores, threshold: float) -> int:
+def hit_each(detector, stream: Stream, times, scores, threshold: float) -> list[bool]:
+    """Whether each phrase in ``stream`` was detected (a detection from 0.5 s before to 1.5 s after its end)."""
     found = [d["time"] for d in detector.detections(times, scores, threshold)]
-    return sum(any(end - HIT_BEFORE <= t <= end + HIT_AFTER for t in found) for end in stream.wake_ends)
+    return [any(end - HIT_BEFORE <= t <= end + HIT_AFTER for t in found) for end in stream.wake_ends]
+
+
+def hits(detector, stream: Stream, times, scores, threshold: float) -> int:
+    return sum(hit_each(detector, stream, times, scores, threshold))
+
+
+def recall_by_voice(detector, stream: Stream, times, scores, threshold: float) -> dict[str, float]:
+    """Recall per engine and accent (``espeak-ng:en-gb-scotland``, ``flite:slt``): which voices it misses."""
+    groups: dict[str, list[bool]] = {}
+    for voice, hit in zip(stream.wake_voices, hit_each(detector, stream, times, scores, threshold)):
+        groups.setdefault(voice.split("+")[0], []).append(hit)
+    return {group: float(np.mean(found)) for group, found in sorted(groups.items())}
 
 
 def choose_threshold(detector, times, scores, hours: float, target: float) -> float:
@@ -513,6 +527,7 @@ def train_wakeword(
         "false_reject_rate": 1 - chosen["recall"],
         "fa_per_hour": chosen["fa_per_hour"],
         "best_recall_at_1_fa_per_hour": at_one,
+        "recall_by_voice": recall_by_voice(detector, positives, *scored["positives"], threshold),
         "target_fa_per_hour": settings.target_fa_per_hour,
         "valid_accuracy": summary.get("valid_accuracy"),
         "refit": refit,
