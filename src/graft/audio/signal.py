@@ -7,13 +7,13 @@ clipped, and a sample rate other than 16 kHz (a warning: resampled).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from graft.fileio import sha256_file
 from graft.image.checking import Verdict
 
 SAMPLE_RATE = 16_000
@@ -88,12 +88,11 @@ def inspect_audio(path: str | os.PathLike) -> AudioVerdict:
         verdict.warnings.append(f"clipped: {clipped:.1%} of samples at full scale (the recording was overdriven)")
     if rate != SAMPLE_RATE:
         verdict.warnings.append(f"sample rate {rate} Hz, resampled to {SAMPLE_RATE} Hz")
-    with open(path, "rb") as handle:
-        verdict.sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    verdict.sha256 = sha256_file(path)
     return verdict
 
 
-def inspect_files(paths, workers: int | None = None) -> list[AudioVerdict]:
+def inspect_files(paths) -> list[AudioVerdict]:
     """Inspect many files, in input order."""
     return [inspect_audio(path) for path in paths]
 

@@ -15,14 +15,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from graft.audio.backbones import EMBEDDING_FRAMES, EMBEDDING_SIZE, EMBEDDING_STRIDE, SPEECH_EMBEDDING
+from graft.audio.backbones import (
+    EMBEDDING_FRAMES,
+    EMBEDDING_SIZE,
+    EMBEDDING_STRIDE,
+    EMBEDDINGS_PER_WINDOW,
+    SPEECH_EMBEDDING,
+    embedding_starts,
+)
 from graft.audio.signal import SAMPLE_RATE
 from graft.errors import ConfigError
 
 HOP = 160  # samples between log-mel frames (10 ms)
 FRAME = 640  # samples one log-mel frame reads
-STEP_SECONDS = EMBEDDING_STRIDE * HOP / SAMPLE_RATE  # 80 ms between scores
-WINDOW_EMBEDDINGS = 16
 CHUNK_FRAMES = 6000  # one minute of frames per log-mel call
 EMBEDDING_BATCH = 256
 
@@ -41,8 +46,9 @@ class Detector:
     def from_run(cls, trained, wake_label: str | None = None, threshold: float | None = None) -> Detector:
         """The detector of a run trained on the speech embedding; its wake class and threshold come from
         ``wakeword.json`` when ``graft wakeword`` wrote the run."""
-        import json
         from pathlib import Path
+
+        from graft.fileio import read_json
 
         if trained.config["backbone"]["name"] != SPEECH_EMBEDDING or trained.modality.name != "audio":
             raise ConfigError(
@@ -50,7 +56,7 @@ class Detector:
                 hint='train one with graft wakeword "your phrase" --out RUN',
             )
         settings_file = Path(trained.path) / "wakeword.json"
-        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        settings = read_json(settings_file) if settings_file.is_file() else {}
         label = wake_label or settings.get("wake_label", "wake")
         if label not in trained.classes:
             raise ConfigError(f"the run has no class '{label}'", hint=f"its classes: {', '.join(trained.classes)}")
@@ -69,17 +75,12 @@ class Detector:
             if len(piece) < FRAME:
                 break
             frames.append(mel_stage(torch.from_numpy(np.ascontiguousarray(piece[None], dtype=np.float32)))[0].numpy())
-        mel = np.concatenate(frames) if frames else np.zeros((0, 32), dtype=np.float32)
-        count = max(0, (len(mel) - EMBEDDING_FRAMES) // EMBEDDING_STRIDE + 1)
-        if count == 0:
+        starts = embedding_starts(sum(len(chunk) for chunk in frames))
+        if len(starts) == 0:
             return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
-        starts = np.arange(count) * EMBEDDING_STRIDE
-        return np.concatenate(
-            [
-                embedding_stage.run(np.stack([mel[s : s + EMBEDDING_FRAMES] for s in batch])[..., None])
-                for batch in np.array_split(starts, max(1, -(-count // EMBEDDING_BATCH)))
-            ]
-        ).reshape(count, EMBEDDING_SIZE)
+        mel = np.concatenate(frames)
+        batches = np.array_split(starts, -(-len(starts) // EMBEDDING_BATCH))
+        return np.concatenate([embedding_stage.embed(mel, batch) for batch in batches])
 
     def scores(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Times (s, at each window's end) and wake scores, one every 80 ms, for mono 16 kHz ``samples``."""
@@ -89,9 +90,8 @@ class Detector:
         with torch.inference_mode():
             scores = torch.softmax(self.model.head(torch.from_numpy(features)), dim=1)[:, self.wake_index].numpy()
         # window k reads frames [8k, 8k + 196): it ends at sample (8k + 195) x 160 + 640
-        ends = (
-            (np.arange(len(scores)) * EMBEDDING_STRIDE + EMBEDDING_FRAMES + 15 * EMBEDDING_STRIDE) * HOP + FRAME - HOP
-        )
+        last_frame = np.arange(len(scores)) * EMBEDDING_STRIDE + (EMBEDDINGS_PER_WINDOW - 1) * EMBEDDING_STRIDE
+        ends = (last_frame + EMBEDDING_FRAMES - 1) * HOP + FRAME
         return ends / SAMPLE_RATE, scores
 
     def detections(self, times: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> list[dict]:
@@ -110,9 +110,9 @@ class Detector:
 def window_features(embeddings: np.ndarray, every: int = 1) -> np.ndarray:
     """The flattened 16 x 96 features of every ``every``-th window of 16 consecutive embeddings (what the
     head reads, as :class:`graft.audio.backbones.SpeechNetwork` pools a clip)."""
-    if len(embeddings) < WINDOW_EMBEDDINGS:
-        return np.zeros((0, WINDOW_EMBEDDINGS * EMBEDDING_SIZE), dtype=np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(embeddings, WINDOW_EMBEDDINGS, axis=0)[::every]
+    if len(embeddings) < EMBEDDINGS_PER_WINDOW:
+        return np.zeros((0, EMBEDDINGS_PER_WINDOW * EMBEDDING_SIZE), dtype=np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(embeddings, EMBEDDINGS_PER_WINDOW, axis=0)[::every]
     return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1).astype(np.float32)
 
 

@@ -16,12 +16,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,11 +144,8 @@ def speech_recipes(texts: list[str], voices: list[Voice], seed: int, end=(0.05, 
 
 def speak(recipe: Recipe) -> np.ndarray:
     engine, _, name = recipe.voice.partition(":")
-    voice = Voice(engine, name)
-    if engine == "hibari":
-        with _hibari_lock:
-            return voice.speak(recipe.text, recipe.speed, recipe.pitch, seed=recipe.seed)
-    return voice.speak(recipe.text, recipe.speed, recipe.pitch, seed=recipe.seed)
+    with _hibari_lock if engine == "hibari" else contextlib.nullcontext():
+        return Voice(engine, name).speak(recipe.text, recipe.speed, recipe.pitch, seed=recipe.seed)
 
 
 def render(recipe: Recipe, length: int = WINDOW) -> np.ndarray:
@@ -167,28 +167,34 @@ def trim(samples: np.ndarray, floor: float = 0.01) -> np.ndarray:
     return samples[loud[0] : loud[-1] + 1] if len(loud) else samples
 
 
+def in_parallel(function: Callable[[Any], Any], items: list, progress: Any, description: str) -> list:
+    """``function`` of each item, in order, on 4 threads (speech engines are subprocesses or release the GIL),
+    with a progress bar."""
+    from graft.console import progress_task
+
+    with progress_task(progress, description, len(items)) as advance, ThreadPoolExecutor(4) as pool:
+        out = []
+        for result in pool.map(function, items):
+            out.append(result)
+            advance(1)
+    return out
+
+
 def make_clips(recipes: list[Recipe], progress: Any = None, description: str = "clips") -> list[str]:
     """The clip file of each recipe, made (in parallel) where not already in the cache."""
     import soundfile
 
-    from graft.console import progress_task
-
-    clip_folder().mkdir(parents=True, exist_ok=True)
+    from graft.fileio import atomic_write_bytes
 
     def make(recipe: Recipe) -> str:
         path = recipe.path()
         if not path.is_file():
-            temporary = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.wav")
-            soundfile.write(str(temporary), render(recipe), SAMPLE_RATE, subtype="PCM_16")
-            os.replace(temporary, path)
+            buffer = io.BytesIO()
+            soundfile.write(buffer, render(recipe), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            atomic_write_bytes(path, buffer.getvalue())
         return str(path)
 
-    with progress_task(progress, description, len(recipes)) as advance, ThreadPoolExecutor(4) as pool:
-        paths = []
-        for path in pool.map(make, recipes):
-            paths.append(path)
-            advance(1)
-    return paths
+    return in_parallel(make, recipes, progress, description)
 
 
 def training_recipes(settings: WakewordSettings, voices: list[Voice]) -> dict[str, list[Recipe]]:
@@ -230,7 +236,7 @@ def _sound_files(folder: str) -> list[str]:
     return collect_sound_paths([folder])
 
 
-def training_folder(settings: WakewordSettings, clips: dict[str, list[str]]) -> Path:
+def training_folder(clips: dict[str, list[str]]) -> Path:
     """A folder of class folders linking to the cached clips (what ``graft train`` reads)."""
     key = hashlib.sha256(json.dumps({c: sorted(paths) for c, paths in clips.items()}).encode()).hexdigest()[:16]
     folder = clip_folder().parent / "sets" / key
@@ -310,7 +316,6 @@ def _segments(
 ) -> list[np.ndarray]:
     """Each recipe's speech made to sound recorded, with ``gap`` seconds of its noise after it (``before``:
     before it, as a pause before a wake phrase)."""
-    from graft.console import progress_task
 
     def one(item):
         recipe, pause = item
@@ -319,12 +324,7 @@ def _segments(
         return recorded(speech, len(speech) + int(pause * SAMPLE_RATE), np.random.default_rng(recipe.seed), end)
 
     pauses = rng.uniform(*gap, size=len(recipes))
-    with progress_task(progress, description, len(recipes)) as advance, ThreadPoolExecutor(4) as pool:
-        out = []
-        for segment in pool.map(one, zip(recipes, pauses)):
-            out.append(segment)
-            advance(1)
-    return out
+    return in_parallel(one, list(zip(recipes, pauses)), progress, description)
 
 
 def false_accepts(detector, times, scores, threshold: float) -> int:
@@ -369,7 +369,7 @@ def stream_negatives(detector, stream: Stream, every: int = 2) -> np.ndarray:
     return window_features(detector.embeddings(stream.samples), every)
 
 
-def refit_head(out: Path, negatives: np.ndarray, settings: WakewordSettings, quiet: bool) -> dict[str, Any]:
+def refit_head(out: Path, negatives: np.ndarray, settings: WakewordSettings) -> dict[str, Any]:
     """The run's head trained again, from where ``graft train`` left it, on the clips (read from the
     activation cache ``graft train`` filled) and ``negatives`` (stream windows); the run's weights are
     replaced. Positives are repeated to balance the classes; a seeded tenth of every source validates."""
@@ -457,7 +457,7 @@ def train_wakeword(
             label: make_clips(items, progress, f"{label} clips ({len(items)})") for label, items in recipes.items()
         }
         timings["clips"] = time.perf_counter() - began
-        data = training_folder(settings, clips)
+        data = training_folder(clips)
     summary = graft.train(
         data,
         out,
@@ -481,7 +481,7 @@ def train_wakeword(
             "training stream",
             held_out=False,
         )
-    refit = refit_head(Path(out), stream_negatives(detector, extra), settings, quiet)
+    refit = refit_head(Path(out), stream_negatives(detector, extra), settings)
     detector = Detector.from_run(graft.load(out), wake_label=WAKE, threshold=0.5)
     timings["refit"] = time.perf_counter() - mark
     with make_progress(quiet) as progress:
@@ -552,14 +552,9 @@ def train_wakeword(
 
 
 def _plot_curve(curve: list[dict], chosen: dict, path: Path, phrase: str) -> None:
-    import matplotlib
+    from graft.core.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from graft.fileio import atomic_write_bytes
-
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure, axes = pyplot().subplots(figsize=(5, 3.5))
     axes.plot([p["fa_per_hour"] for p in curve], [p["recall"] for p in curve], marker=".", linewidth=1)
     axes.scatter(
         [chosen["fa_per_hour"]], [chosen["recall"]], color="red", zorder=3, label=f"threshold {chosen['threshold']:.3f}"
@@ -570,10 +565,4 @@ def _plot_curve(curve: list[dict], chosen: dict, path: Path, phrase: str) -> Non
     axes.set_title(f'"{phrase}"')
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(figure, path)

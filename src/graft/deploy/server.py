@@ -158,10 +158,24 @@ def page(name: str) -> str:
     return resources.files("graft.deploy").joinpath("pages", name).read_text(encoding="utf-8")
 
 
-def create_app(model: ServedModel, limits: Limits | None = None):
-    """The FastAPI application serving ``model`` within ``limits``."""
+def graft_app(title: str, limits: Limits, hint: str, home_page: str, **options: Any) -> FastAPI:
+    """A FastAPI application as graft serves every one: the request-size limit, errors as ``{"error",
+    "hint"}`` (``hint`` for a malformed request), and the page ``home_page`` at ``/``."""
     from graft import __version__
 
+    app = FastAPI(title=title, version=__version__, **options)
+    app.add_middleware(BodyLimit, limit=int(limits.max_request_mb * 1e6))
+    add_error_handlers(app, hint)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> str:
+        return page(home_page)
+
+    return app
+
+
+def create_app(model: ServedModel, limits: Limits | None = None):
+    """The FastAPI application serving ``model`` within ``limits``."""
     limits = limits or Limits()
     batcher = Batcher(model, limits)
 
@@ -172,19 +186,14 @@ def create_app(model: ServedModel, limits: Limits | None = None):
         worker.cancel()
         batcher.executor.shutdown(wait=False)
 
-    app = FastAPI(
-        title="graft: a transfer-learned image model",
+    app = graft_app(
+        "graft: a transfer-learned image model",
+        limits,
+        "POST images as multipart/form-data, each in a field named 'file'",
+        "predict.html",
         description=f"{model.description.get('backbone', 'a model')} from {model.source}, on {model.engine}",
-        version=__version__,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=int(limits.max_request_mb * 1e6))
-
-    add_error_handlers(app, "POST images as multipart/form-data, each in a field named 'file'")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> str:
-        return page("predict.html")
 
     @app.get("/health", summary="The server is up and the model loaded")
     async def health() -> dict[str, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,15 +32,13 @@ from starlette.exceptions import HTTPException
 from graft.core.run_files import CONFIG, HISTORY, METRICS
 from graft.deploy.server import (
     Batcher,
-    BodyLimit,
     Limits,
-    add_error_handlers,
+    graft_app,
     label_uploads,
     listen,
-    page,
     require_file_count,
 )
-from graft.fileio import read_json
+from graft.fileio import atomic_write_bytes, read_json
 
 CLASS_NAME = re.compile(r"^[^/\\.\x00-\x1f][^/\\\x00-\x1f]{0,63}$")  # a folder name: no separators or leading dot
 MIN_EXAMPLES = 2  # per class: graft needs one to train on and one to validate with
@@ -98,12 +96,11 @@ class Studio:
             suffix = suffix if suffix in {".jpg", ".jpeg", ".png"} else ""
             target = folder / (hashlib.sha256(data).hexdigest()[:16] + (suffix or ".png"))
             if not target.exists():
-                temporary = target.with_name(target.name + ".part")
-                if suffix:
-                    temporary.write_bytes(data)
-                else:  # another format: stored as PNG, which every reader of the folder takes
-                    image.save(temporary, format="PNG")
-                os.replace(temporary, target)
+                if not suffix:  # another format: stored as PNG, which every reader of the folder takes
+                    buffer = io.BytesIO()
+                    image.save(buffer, format="PNG")
+                    data = buffer.getvalue()
+                atomic_write_bytes(target, data)
                 added += 1
         return {"class": name, "added": added, "skipped": skipped, "count": self.classes().get(name, 0)}
 
@@ -177,17 +174,9 @@ class Studio:
 def create_studio_app(folder: str | os.PathLike, limits: Limits | None = None, **train_options: Any) -> FastAPI:
     """The studio's application over ``folder``; ``train_options`` go to :func:`graft.train` (tests pass a
     tiny backbone)."""
-    from graft import __version__
-
     limits = limits or Limits(max_request_mb=200, max_files=500)
     studio = Studio(Path(folder), limits, train_options)
-    app = FastAPI(title="graft studio", version=__version__)
-    app.add_middleware(BodyLimit, limit=int(limits.max_request_mb * 1e6))
-    add_error_handlers(app, "send images as multipart/form-data in fields named 'file'")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> str:
-        return page("studio.html")
+    app = graft_app("graft studio", limits, "send images as multipart/form-data in fields named 'file'", "studio.html")
 
     @app.get("/api/state", summary="Classes and their example counts, the training job, its learning curve")
     async def state() -> dict[str, Any]:
