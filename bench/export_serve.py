@@ -11,6 +11,8 @@
    a bounded load test on loopback (8 concurrent clients: the p95 target; 32 clients, thousands of
    requests: errors), latency percentiles and requests a second.
 
+With ``--audio-run RUN``: step 1 only, for an audio run (e.g. ``graft wakeword``'s), as ``export_audio``.
+
 Results: bench/results/export_serve.json. (Its ``export_utkface`` entry, the multi-task UTKFace export, was
 measured by training `graft train utkface/images --labels utkface --tasks age,gender --mode extract` and
 `graft export` with `--samples` = the whole valid split, then `--int8 --max-drop 100`.)
@@ -168,8 +170,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and requests")
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--serving", nargs="*", help="only these serving kinds (torch, run_auto, onnx_fp32, onnx_int8)")
+    parser.add_argument("--audio-run", type=Path, help="only the export figures of this audio run (a graft wakeword)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.audio_run:
+        results["export_audio"] = export_figures("audio", args.audio_run, args.quick)
+        results["export_audio"]["command"] = " ".join(["bench/export_serve.py", *sys.argv[1:]])
+        results["export_audio"]["date"] = time.strftime("%Y-%m-%d")
+        print(json.dumps(results["export_audio"]["engines"], indent=1))
+        RESULTS.write_text(json.dumps(results, indent=2))
+        return
     results["date"] = time.strftime("%Y-%m-%d")
     results["command"] = " ".join(["bench/export_serve.py", *sys.argv[1:]])
     if not args.skip_export:

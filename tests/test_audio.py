@@ -73,9 +73,26 @@ def test_a_folder_of_clips_trains_on_the_frozen_speech_embedding_and_predicts(so
 
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as weights:
         assert any(key.endswith("embedding.graph") for key in weights.keys())
-    with pytest.raises(ConfigError, match="audio runs do not export to ONNX yet"):
-        graft.export(tmp_path / "run", tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
+    # one ONNX file from samples to probabilities: the package's graphs, graft's windowing and the head
+    result = graft.export(tmp_path / "run", tmp_path / "model.onnx")
+    assert result["parity"]["passed"] and result["parity"]["max_abs_diff"] < 1e-4
+    assert_onnx_file_answers_like_the_run(tmp_path / "model.onnx", trained, [up, down])
+
+
+def assert_onnx_file_answers_like_the_run(file: Path, trained, clips: list[Path]) -> None:
+    """The exported file, given the samples its metadata describes, gives the run's probabilities."""
+    import onnxruntime
+
+    from graft.audio.backbones import AudioPreprocessing
+
+    session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert metadata["modality"] == "audio" and json.loads(metadata["labels"])["probabilities"] == trained.classes
+    preprocessing = AudioPreprocessing.from_dict(json.loads(metadata["preprocessing"]))
+    samples = np.stack([preprocessing.load(str(clip)) for clip in clips]).astype(np.float32)
+    (probabilities,) = session.run(None, {"input": samples})
+    expected = [[answer["probs"][label] for label in trained.classes] for answer in trained.predict(clips)]
+    assert np.allclose(probabilities, expected, atol=1e-4)
 
 
 def test_the_speech_embedding_is_never_fine_tuned_and_a_log_mel_cnn_learns_from_scratch(sound_folder, tmp_path):
@@ -89,6 +106,23 @@ def test_the_speech_embedding_is_never_fine_tuned_and_a_log_mel_cnn_learns_from_
         sound_folder, tmp_path / "cnn", backbone="log-mel-cnn", mode="finetune", unfreeze=3, epochs=2, quiet=True
     )
     assert summary["backbone"] == "log-mel-cnn" and summary["epochs_run"] == 2
+    # exported: the log-mel graph, then the convolutions torch's exporter writes; in int8 the log-mel front
+    # stays float (quantising a spectrogram's log loses quiet frames) while the learnt layers are quantised
+    result = graft.export(tmp_path / "cnn", tmp_path / "cnn.onnx", int8=True, max_drop=100)
+    assert result["parity"]["passed"] and result["int8"]["int8"]["bytes"] < result["int8"]["fp32"]["bytes"]
+    import onnx
+
+    nodes = onnx.load(str(tmp_path / "cnn.onnx")).graph.node
+    dequantised = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
+    reads_int8 = {
+        node.name.split("/")[0]
+        for node in nodes
+        if node.op_type in ("Conv", "MatMul", "Gemm") and dequantised & {*node.input}
+    }
+    assert reads_int8 == {"head"}
+    clip = write_clip(tmp_path / "new" / "up.wav", tone(0.8, True, 999))
+    graft.export(tmp_path / "cnn", tmp_path / "cnn32.onnx")
+    assert_onnx_file_answers_like_the_run(tmp_path / "cnn32.onnx", graft.load(tmp_path / "cnn"), [clip])
 
 
 speaks = pytest.mark.skipif(

@@ -845,9 +845,9 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run folder written by graft train.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write, e.g. model.onnx.")],
     format: Annotated[str, typer.Option("--format", help="onnx (the only format so far).")] = "onnx",
-    samples: Annotated[int, typer.Option("--samples", help="Valid-split images the parity gate compares.")] = 64,
+    samples: Annotated[int, typer.Option("--samples", help="Valid-split examples the parity gate compares.")] = 64,
     int8: Annotated[
-        bool, typer.Option("--int8", help="Static int8 quantisation, calibrated on the run's training images.")
+        bool, typer.Option("--int8", help="Static int8 quantisation, calibrated on the run's training examples.")
     ] = False,
     max_drop: Annotated[
         Optional[float],
@@ -857,7 +857,7 @@ def export(
     ] = None,
     json_output: JsonOption = False,
 ):
-    """Export a run (ONNX), written only if ONNX Runtime matches torch on the run's own valid images."""
+    """Export a run (ONNX), written only if ONNX Runtime matches torch on the run's own valid examples."""
     from graft.api import export as run_export
     from graft.console import emit_json, stdout
 
@@ -874,7 +874,7 @@ def export(
     parity = result["parity"]
     stdout.print(
         f"wrote {result['file']} ({result['bytes'] / 1e6:.1f} MB; outputs {', '.join(result['outputs'])}); parity on "
-        f"{parity['n']} {parity['split']} images: max abs difference {parity['max_abs_diff']:.1e}, top-1 agreement "
+        f"{parity['n']} {parity['split']} examples: max abs difference {parity['max_abs_diff']:.1e}, top-1 agreement "
         f"{parity['top1_agreement']:.0%}"
     )
     if "int8" in result:
@@ -891,7 +891,7 @@ def export(
         stdout.print(
             f"int8: {figures['split']} {scores}, "
             f"{figures['fp32']['bytes'] / 1e6:.1f} -> {figures['int8']['bytes'] / 1e6:.1f} MB, "
-            f"{figures['fp32']['ms_per_image']:.1f} -> {figures['int8']['ms_per_image']:.1f} ms an image"
+            f"{figures['fp32']['ms_per_image']:.1f} -> {figures['int8']['ms_per_image']:.1f} ms an example"
         )
 
 

@@ -19,7 +19,7 @@ from graft.audio.backbones import (
     load_speech_backbone,
 )
 from graft.audio.data import Clips, collect_sound_paths, is_audio_data, scan_for_evaluation, scan_sounds
-from graft.core.modality import ModalityDefaults
+from graft.core.modality import FLOAT_ONLY, ModalityDefaults
 from graft.core.model import TransferModel
 from graft.errors import ConfigError
 
@@ -99,12 +99,27 @@ class AudioModality(ModalityDefaults):
 
         return frozen_pass(model, items, stop, preprocessing, progress=progress, description=description)
 
-    def export_form(self, model, example):
-        raise ConfigError(
-            "audio runs do not export to ONNX yet: their frozen stages already are ONNX graphs, which torch's "
-            "exporter cannot trace",
-            hint="use the run with graft predict or graft listen",
-        )
+    def onnx_graph(self, model, example, names, export):
+        """The run's ONNX stages (the package's graphs, converted to the exporter's opset, with graft's glue)
+        chained with the torch stages after them, which torch's exporter writes."""
+        import onnx
+
+        from graft.audio.backbones import OnnxStage
+        from graft.audio.onnx_glue import chain
+
+        front, inputs, features = [], [], example
+        for stage in model.model.stages.values():
+            if not isinstance(stage, OnnxStage):
+                break
+            front.append(stage)
+            inputs.append(features)
+            with torch.no_grad():
+                features = stage(features)
+        tail = onnx.load_from_string(export(model.from_stage(len(front)), features, names))
+        opset = next(entry.version for entry in tail.opset_import if entry.domain in ("", "ai.onnx"))
+        pieces = [stage.onnx_model(given, opset) for stage, given in zip(front, inputs)]
+        prefixes = [f"{'' if stage.int8 else FLOAT_ONLY}s{index}/" for index, stage in enumerate(front)]
+        return chain([*pieces, tail], [*prefixes, "head/"], input_name="input").SerializeToString()
 
     def probe(self, loaded, items, batch_size: int = 16):
         raise ConfigError("--mode auto does not measure speech backbones yet", hint="use --mode extract")

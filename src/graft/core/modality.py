@@ -128,6 +128,11 @@ class Modality(Protocol):
     def export_form(self, model: Any, example: Any) -> Any:
         """A copy of ``model`` giving the same outputs (up to rounding) in the form best exported (ONNX)."""
 
+    def onnx_graph(self, model: Any, example: Any, names: list[str], export: Callable[..., bytes]) -> bytes:
+        """``model`` (input ``input``, outputs ``names``) as ONNX bytes; ``export(module, example, names)`` is
+        torch's exporter as graft calls it (a modality whose model torch cannot trace composes its own).
+        Nodes whose names begin with :data:`FLOAT_ONLY` stay in float when the file is quantised to int8."""
+
     # evidence for the advisor
     def probe(self, loaded: Any, items: Sequence[tuple[str, int]], batch_size: int = 16) -> Any:
         """One pass over ``items`` through the pretrained network: a :class:`graft.core.advisor.Probe`."""
@@ -172,6 +177,13 @@ class ModalityDefaults:
     def export_form(self, model: Any, example: Any) -> Any:
         """``model`` as it is best exported (same outputs up to rounding); the model itself by default."""
         return model
+
+    def onnx_graph(self, model: Any, example: Any, names: list[str], export: Callable[..., bytes]) -> bytes:
+        """The export form of ``model`` through torch's exporter."""
+        return export(self.export_form(model, example), example, names)
+
+
+FLOAT_ONLY = "float_only/"  # prefix of ONNX node names ``export --int8`` leaves in float
 
 
 # Modalities, most specific first: a new modality registers before the image modality, which claims

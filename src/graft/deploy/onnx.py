@@ -1,21 +1,23 @@
 """``graft export RUN --format onnx``: one ONNX file that carries its preprocessing, labels and graft
-version in its metadata, written only if it passes a **parity gate**: on real images of the run's own
+version in its metadata, written only if it passes a **parity gate**: on real examples of the run's own
 valid split, ONNX Runtime's outputs must match torch's (``numpy.allclose`` with rtol 1e-3, atol 1e-5,
 the de-facto tolerance) and agree on every top-1 class. A file that fails is never written.
 
-What is exported is the modality's export form of the model (for images: BatchNorm folded into the
-convolutions, the static padding as explicit pads) after ONNX Runtime's basic graph rewrites; the gate
-compares the file with the run's own model, not with that form.
+What is exported is the modality's ONNX graph of the model (for images: the export form, BatchNorm
+folded into the convolutions and the static padding as explicit pads; for audio: the package's log-mel
+and embedding graphs chained with the trained layers) after ONNX Runtime's basic graph rewrites; the
+gate compares the file with the run's own model, not with that form.
 
 Outputs: a classifier gives ``probabilities`` (batch, classes); a multi-task run gives one output per
 task, ``<task>`` probabilities or values in the task's units. The batch axis is dynamic; the image
-size is the run's (graft's static "same" padding is what makes the export exact).
+size (or clip length) is the run's (graft's static "same" padding is what makes an image export exact).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 import warnings
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from graft.core.inputs import make_loader
+from graft.core.modality import FLOAT_ONLY
 from graft.core.run_files import MANIFEST, first_split
 from graft.core.runs import TrainedRun
 from graft.deploy.outputs import UserOutputs, output_labels, output_names
@@ -34,6 +37,7 @@ from graft.errors import ConfigError, GraftError
 from graft.fileio import atomic_write_bytes, read_json
 
 RTOL, ATOL = 1e-3, 1e-5
+OPSET = 17
 
 
 class ExportError(GraftError, RuntimeError):
@@ -70,21 +74,8 @@ def gated_onnx(trained: TrainedRun, samples: int = 64, batch_size: int = 16) -> 
     valid examples, and what was measured; :class:`ExportError` when it does not pass."""
     wrapped = UserOutputs(trained).eval()
     names = output_names(trained)
-    buffer = io.BytesIO()
-    example = trained.example_input()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes about the static padding's constant shape check
-        torch.onnx.export(
-            trained.modality.export_form(wrapped, example).eval(),
-            (example,),
-            buffer,
-            input_names=["input"],
-            output_names=names,
-            dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in names}},
-            opset_version=17,
-            dynamo=False,
-        )
-    data = _with_metadata(_optimised(buffer.getvalue()), trained, names)
+    graph = trained.modality.onnx_graph(wrapped, trained.example_input(), names, torch_onnx)
+    data = _with_metadata(_optimised(graph), trained, names)
     parity = _parity(wrapped, data, trained, names, samples, batch_size)
     if not parity["passed"]:
         raise ExportError(
@@ -93,6 +84,24 @@ def gated_onnx(trained: TrainedRun, samples: int = 64, batch_size: int = 16) -> 
             hint="report it with the run's config.json; the run itself is unaffected",
         )
     return data, {"format": "onnx", "outputs": names, "parity": parity}
+
+
+def torch_onnx(module: nn.Module, example: torch.Tensor, names: list[str], input_name: str = "input") -> bytes:
+    """``module`` exported by torch's exporter as graft uses it everywhere: a dynamic batch axis, opset 17."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes about the static padding's constant shape check
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            buffer,
+            input_names=[input_name],
+            output_names=names,
+            dynamic_axes={input_name: {0: "batch"}, **{name: {0: "batch"} for name in names}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
 
 
 def _int8(
@@ -104,7 +113,7 @@ def _int8(
     import tempfile
 
     import onnxruntime
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader
 
     onnxruntime.set_default_logger_severity(3)  # errors only: the quantiser's notes are not the user's business
 
@@ -128,19 +137,19 @@ def _int8(
             batch = next(self.batches, None)
             return None if batch is None else {"input": batch[0].numpy()}
 
+    import onnx
+
+    float_only = [node.name for node in onnx.load_from_string(fp32).graph.node if node.name.startswith(FLOAT_ONLY)]
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(fp32)
-        quantize_static(
-            str(source),
-            str(target),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=trained.modality.int8_operators,
-        )
+        quiet_root = logging.getLogger()  # the quantiser notes skipped axes on the root logger
+        level = quiet_root.level
+        quiet_root.setLevel(logging.ERROR)
+        try:
+            _quantise(source, target, Reader(), trained.modality.int8_operators, float_only)
+        finally:
+            quiet_root.setLevel(level)
         quantised = target.read_bytes()
     figures, scores_of = {}, {}
     for version, model in (("fp32", fp32), ("int8", quantised)):
@@ -189,6 +198,22 @@ def _int8(
             hint="export without --int8, or allow the drop with a larger --max-drop",
         )
     return quantised, report
+
+
+def _quantise(source: Path, target: Path, reader, operators, float_only: list[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(source),
+        str(target),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=operators,
+        nodes_to_exclude=float_only,
+    )
 
 
 def _score(values: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, float]:

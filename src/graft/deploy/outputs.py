@@ -12,14 +12,20 @@ from graft.core.runs import TrainedRun
 class UserOutputs(nn.Module):
     """The run's model with what a user wants out of it: probabilities, or values in the task's units."""
 
-    def __init__(self, trained: TrainedRun):
+    def __init__(self, trained: TrainedRun, start: int = 0):
         super().__init__()
+        self.trained = trained
         self.model = trained.model
         self.tasks = getattr(trained, "tasks", None)
         self.scales = getattr(trained, "scales", {})
+        self.start = start
+
+    def from_stage(self, start: int) -> UserOutputs:
+        """The same outputs computed from the input of stage ``start`` (a cached or separately run prefix)."""
+        return UserOutputs(self.trained, start).eval()
 
     def forward(self, x: torch.Tensor):
-        outputs = self.model(x)
+        outputs = self.model(x) if self.start == 0 else self.model(x, start=self.start)
         if self.tasks is None:
             return torch.softmax(outputs, dim=1)
         result = []
