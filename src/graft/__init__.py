@@ -27,6 +27,7 @@ _EXPORTS = {
     "predict": "graft.api",
     "resume": "graft.api",
     "train": "graft.api",
+    "pretrain": "graft.api",
     "adapt": "graft.api",
     "train_multitask": "graft.api",
     "create_backbone": "graft.image.backbones",

@@ -243,6 +243,7 @@ def train(
     bn: str | None = None,
     head: str = "linear",
     head_epochs: int | None = None,
+    greedy_epochs: int | None = None,
     batch_size: int = 32,
     augment: bool | None = None,
     views: int | None = None,
@@ -303,6 +304,8 @@ def train(
             ``pretrained=False`` for a from-scratch baseline).
         bn: BatchNorm statistics of trained stages (``"train"`` or ``"frozen"``); head: ``"linear"`` or
             ``"mlp"``; head_epochs: epochs training the new head alone first (fastai's ``fine_tune``).
+        greedy_epochs: from scratch, greedy layer-wise pre-training first (each stage this many epochs with
+            its own classifier, the earlier ones frozen), then the whole network (see :func:`pretrain`).
         sharing, tie, task_weighting: several tasks: one trunk (``"hard"``) or a tower per task tied by
             ``tie`` (``"soft"``); learned (``"uncertainty"``) or ``"equal"`` task weights.
 
@@ -349,6 +352,7 @@ def train(
         bn=bn,
         head=head,
         head_epochs=head_epochs,
+        greedy_epochs=greedy_epochs,
         sharing=sharing,
         tie=tie,
         task_weighting=task_weighting,
@@ -372,6 +376,72 @@ def train(
     from graft.core import trainer
 
     return trainer.train(config, out, num_workers=num_workers, quiet=quiet, overwrite=overwrite)
+
+
+def pretrain(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    greedy: bool = False,
+    greedy_epochs: int | None = None,
+    epochs: int = 5,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+    image_size: int | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    device: str = "auto",
+    num_workers: int | None = None,
+    quiet: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Pre-train a source network from nothing on a large labelled set; the run folder is then a backbone
+    (``train(TARGET, backbone=RUN)``, ``advise(TARGET, backbone=RUN)``).
+
+    data: image class folders, an ``.npz`` file (Keras's ``mnist.npz`` layout: ``x_train``, ``y_train``,
+        ``x_test``, ``y_test``) or a folder of MNIST-named IDX files (:mod:`graft.image.arrays`).
+    arch: ``graft_cnn`` (default, a plain CNN) or ``graft_resnet`` (a small residual network), for 32 px
+        inputs; any timm architecture name works too (trained at its own input size unless ``image_size``).
+    greedy: greedy supervised layer-wise pre-training (each stage ``greedy_epochs`` epochs, default 2, with its
+        own classifier, the earlier stages frozen), then the whole network ``epochs`` epochs; without it the
+        whole network trains end to end. Everything trains at ``lr`` (no smaller rate for the "backbone":
+        nothing in it is pretrained).
+    """
+    from graft.image.backbones import split_into_stages  # the stage count, without loading twice
+    from graft.image.backbones.small import DEFAULT_ARCHITECTURE
+
+    if greedy_epochs is not None and not greedy:
+        raise ConfigError("--greedy-epochs only applies with --greedy", hint="add --greedy, or drop --greedy-epochs")
+    arch = arch or DEFAULT_ARCHITECTURE
+    import timm
+
+    if not timm.is_model(arch):
+        from graft.image.backbones.registry import unknown_backbone_error
+
+        raise unknown_backbone_error(arch, timm.list_models())
+    stages = len(split_into_stages(timm.create_model(arch, pretrained=False)))
+    return train(
+        data,
+        out,
+        mode="finetune",
+        backbone=arch,
+        pretrained=False,
+        unfreeze=stages,
+        backbone_lr_mult=1.0,
+        greedy_epochs=(greedy_epochs or 2) if greedy else None,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        augment=False,
+        image_size=image_size,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
+        num_workers=num_workers,
+        quiet=quiet,
+        overwrite=overwrite,
+    )
 
 
 def _require_inputs(config: RunConfig) -> None:
@@ -452,8 +522,8 @@ def evaluate(
     ``tta`` seeded augmented views (single-task runs)."""
     if isinstance(run, (str, os.PathLike)):
         require_run_folder(run)  # a wrong run answers before a wrong DATA, and before torch loads
-    if data is not None:  # labelled images are a folder; labelled texts may be a table file
-        if _is_text_run(run):
+    if data is not None:  # labelled images are a folder or arrays; labelled texts may be a table file
+        if _is_text_run(run) or Path(data).suffix == ".npz":
             require_paths([data])
         else:
             require_folder(data)

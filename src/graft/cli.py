@@ -230,6 +230,13 @@ def train(
             help="finetune: epochs training the new head alone before unfreezing (default 0; auto decides).",
         ),
     ] = None,
+    greedy_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--greedy-epochs",
+            help="--from-scratch --mode finetune: greedy layer-wise pre-training first, this many epochs a stage.",
+        ),
+    ] = None,
     patience: Annotated[
         int, typer.Option("--patience", help="Stop after this many epochs without a better validation score.")
     ] = 5,
@@ -456,6 +463,7 @@ def train(
         bn=bn,
         head=head,
         head_epochs=head_epochs,
+        greedy_epochs=greedy_epochs,
         batch_size=batch_size,
         augment=augment,
         views=views,
@@ -481,6 +489,69 @@ def train(
         label_column=label_column,
         reweight=reweight,
         weight_estimator=weight_estimator,
+        num_workers=workers,
+        overwrite=overwrite,
+    )
+    if json_output:
+        emit_json(summary)
+
+
+@app.command()
+@_handle_errors
+def pretrain(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A large labelled set: image class folders, an .npz (x_train, y_train, x_test, y_test, as Keras's "
+            "mnist.npz) or a folder of MNIST-named IDX files."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write; it is then a backbone.")],
+    arch: Annotated[
+        Optional[str],
+        typer.Option("--arch", help="graft_cnn (default, plain CNN), graft_resnet (small ResNet), or a timm name."),
+    ] = None,
+    greedy: Annotated[
+        bool,
+        typer.Option("--greedy", help="Greedy layer-wise: one stage at a time, the earlier ones frozen, then all."),
+    ] = False,
+    greedy_epochs: Annotated[
+        Optional[int], typer.Option("--greedy-epochs", help="With --greedy: epochs for each stage (default 2).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the whole network (after --greedy's stages).")] = 5,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (one-cycle peak).")] = 2e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
+    image_size: Annotated[
+        Optional[int], typer.Option("--image-size", help="Input size instead of the architecture's (32 px).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels: identical numbers on a rerun.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding worker processes.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Move what --out holds aside (never deleted) and train anew.")
+    ] = False,
+    json_output: JsonOption = False,
+):
+    """Pre-train a source network from nothing (end to end or --greedy); then graft train TARGET --backbone RUN."""
+    from graft.api import pretrain as run_pretrain
+    from graft.console import emit_json
+
+    summary = run_pretrain(
+        data,
+        out,
+        arch=arch,
+        greedy=greedy,
+        greedy_epochs=greedy_epochs,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
         num_workers=workers,
         overwrite=overwrite,
     )

@@ -34,6 +34,7 @@ import torch
 
 from graft.core.dataset import Dataset
 from graft.core.modality import Modality, modality_for
+from graft.core.source_runs import resolve_source
 from graft.core.strategies import default_unfreeze
 from graft.core.transferability import logme
 from graft.errors import ConfigError
@@ -304,9 +305,10 @@ def advise(
     """Measure ``data`` against ``backbone`` and return the advice (scenario, similarity, size, plan, evidence)."""
     began = time.perf_counter()
     _check_per_class(per_class)  # before the scan, which decodes every file
-    source = modality_for(str(data), backbone)
+    resolved = resolve_source(backbone, weights, None)  # a run folder: its architecture and weights
+    source = modality_for(str(data), resolved.backbone)
     dataset = source.scan(str(data), valid_fraction=valid_fraction, seed=seed)
-    loaded = source.load_backbone(backbone, weights=weights)
+    loaded = source.load_backbone(resolved.backbone, weights=resolved.weights)
     advice = advise_scanned(dataset, loaded, backbone, source, seed=seed, per_class=per_class, batch_size=batch_size)
     return dataclasses.replace(advice, seconds=round(time.perf_counter() - began, 3))
 

@@ -305,7 +305,11 @@ def prune_cache(
 
 
 def _namespaces(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    """The activation namespaces in ``folder`` (the cache folder also holds other kinds of files: wake-word
+    clips, images unpacked from arrays; pruning never touches those)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and ((p / KEY).is_file() or (p / INDEX).is_file()))
 
 
 def _describe(namespace: Path, details: bool = True) -> dict[str, Any]:

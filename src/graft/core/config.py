@@ -128,6 +128,7 @@ FIELDS: dict[str, Field] = {
     "bn": Field("transfer", "--bn", str, _one_of(BN_POLICIES)),
     "head": Field("transfer", "--head", str, _one_of(HEADS)),
     "head_epochs": Field("transfer", "--head-epochs", int, _between(0, 10_000)),
+    "greedy_epochs": Field("transfer", "--greedy-epochs", int, _between(1, 10_000)),
     "sharing": Field("transfer", "--sharing", str, _one_of(SHARING)),
     "tie": Field("transfer", "--tie", float, _between(0, 1e6)),
     "task_weighting": Field("transfer", "--task-weighting", str, _one_of(WEIGHTINGS)),
@@ -181,6 +182,7 @@ class RunConfig:
     bn: str | None = None
     head: str = "linear"
     head_epochs: int | None = None
+    greedy_epochs: int | None = None  # greedy layer-wise pre-training first: epochs per stage
     sharing: str | None = None
     tie: float | None = None
     task_weighting: str | None = None
@@ -339,6 +341,12 @@ APPLICABILITY: list[tuple[str, Callable[[RunConfig], bool], str]] = [
     ("tasks", lambda c: c.labels is not None, "needs --labels (where the tasks' labels come from)"),
     ("tie", lambda c: c.sharing == "soft" or c.tie == 0, "only applies to --sharing soft (hard sharing has one trunk)"),
     ("unfreeze", lambda c: c.mode != "extract", "only applies to --mode finetune, fewshot (or auto)"),
+    (
+        "greedy_epochs",
+        lambda c: c.kind == "classifier" and not c.pretrained and c.mode == "finetune",
+        "builds a network from nothing stage by stage: only with --from-scratch --mode finetune on one classifier "
+        "(graft pretrain --greedy sets them)",
+    ),
     (
         "head_epochs",
         lambda c: c.mode not in HEAD_ONLY_MODES,

@@ -41,6 +41,7 @@ from graft.core.reproducibility import seed_everything
 from graft.core.run_files import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS
 from graft.core.runs import RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.runtime import Runtime
+from graft.core.source_runs import resolve_source
 from graft.core.strategies import AUTO, FEWSHOT, plan_for_mode
 from graft.errors import ConfigError, RunFolderError, TrainingError
 
@@ -121,6 +122,8 @@ def train(
     check_workers(num_workers)
     runtime = Runtime.create(config.device)
     kind: RunKind = run_kind(config.kind)
+    source_run = resolve_source(config.backbone, config.weights, config.image_size, config.pretrained)
+    config = config.replace(backbone=source_run.backbone, weights=source_run.weights, image_size=source_run.image_size)
     source = modality_for(config.data, config.backbone)
     config = _for_modality(config, source, kind)
     run = RunFolder(out)
@@ -358,6 +361,9 @@ def _execute(
             tuned = []
             if config.mode == FEWSHOT and not resuming:  # a checkpoint holds the tuned stages already
                 tuned = _contrastive_step(session, saved, preprocessing, dataset, model, progress)
+            greedy = []
+            if config.greedy_epochs and not resuming:  # a checkpoint holds the pre-trained stages already
+                greedy = _greedy_step(session, saved, preprocessing, dataset, model, plan, progress)
             if hasattr(kind, "build_inputs"):  # a kind that feeds the loop its own way (domain adaptation)
                 inputs = kind.build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)
             else:
@@ -422,6 +428,8 @@ def _execute(
             logger.close()
     if tuned:
         metrics["contrastive"] = tuned
+    if greedy:
+        metrics["greedy"] = greedy
     metrics.update(
         {
             "best_epoch": state.best_epoch,
@@ -495,6 +503,37 @@ def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, mod
             f"best valid centroid accuracy {tuned.best['valid_centroid_accuracy']:.3f}"
         )
     return tuned.history
+
+
+def _greedy_step(session: Session, saved: dict, preprocessing, dataset, model, plan, progress) -> list[dict]:
+    """Greedy layer-wise pre-training (:mod:`graft.pretraining.greedy`) before the run's whole-network fit."""
+    from graft.pretraining.greedy import greedy_layerwise, require_greedy_plan
+
+    config = session.config
+    require_greedy_plan(plan.trainable_from, list(plan.stages))
+    records = greedy_layerwise(
+        model,
+        session.source,
+        dataset,
+        preprocessing,
+        architecture=saved["backbone"]["architecture"],
+        epochs=config.greedy_epochs,
+        lr=plan.lr,
+        head=config.head,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        workers=session.num_workers,
+        runtime=session.runtime,
+        progress=progress,
+    )
+    if not session.quiet:
+        stderr.print(
+            "greedy layer-wise: "
+            + ", ".join(f"{r['stage']} {r['valid_accuracy']:.3f} ({r['seconds']:.0f}s)" for r in records)
+            + "; now the whole network"
+        )
+    return records
 
 
 def _describe_inputs(inputs: Inputs, seconds: float) -> str:

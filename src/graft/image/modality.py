@@ -47,10 +47,10 @@ class ImageModality(ModalityDefaults):
         return torch.zeros(batch, 3, preprocessing.input_size, preprocessing.input_size)
 
     def scan(self, location: str, *, valid_fraction: float, seed: int) -> Dataset:
-        return scan_folder(location, valid_fraction=valid_fraction, seed=seed)
+        return scan_folder(unpacked(location), valid_fraction=valid_fraction, seed=seed)
 
     def scan_for_evaluation(self, location: str, classes: Sequence[str]):
-        return scan_for_evaluation(location, classes)
+        return scan_for_evaluation(unpacked(location), classes)
 
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return collect_image_paths(inputs)
@@ -136,6 +136,13 @@ class ImageModality(ModalityDefaults):
         from graft.image.probing import probe
 
         return probe(loaded, items, batch_size=batch_size)
+
+
+def unpacked(location: str) -> str:
+    """``location`` itself, or for arrays (``.npz``, IDX files) the image folders unpacked from them."""
+    from graft.image.arrays import as_image_folder, is_array_data
+
+    return str(as_image_folder(location)) if is_array_data(location) else location
 
 
 IMAGE = ImageModality()

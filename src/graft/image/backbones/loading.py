@@ -17,11 +17,14 @@ from urllib.parse import urlparse
 import timm
 import torch
 from timm.data import resolve_data_config
+from torch import nn
 
 from graft.core.weights import LoadReport, read_state_dict
 from graft.errors import BackboneError
 from graft.fileio import sha256_file
 from graft.image.backbones.registry import get_spec, unknown_backbone_error
+from graft.image.backbones.small import ARCHITECTURES
+from graft.image.backbones.stages import split_into_stages
 from graft.image.preprocessing import Preprocessing
 
 
@@ -42,7 +45,8 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     """Build backbone ``name`` with ImageNet weights.
 
     Built-in names load offline from pip packages; other timm names download from the hub, or load
-    from ``weights`` (a safetensors or ``.pth`` state dict). ``pretrained=False`` gives random weights
+    from ``weights`` (a safetensors or ``.pth`` state dict, or a graft run's ``model.safetensors``, whose
+    stages are taken and head left). ``pretrained=False`` gives random weights
     (used when a run folder's own weights are loaded next).
     """
     spec = get_spec(name)
@@ -54,11 +58,17 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     report = LoadReport(backbone=name, architecture=architecture, source="random")
     if not pretrained:
         return Backbone(model.eval(), preprocessing, report)
+    if weights is None and name in ARCHITECTURES:
+        timm.create_model(architecture, pretrained=True)  # raises: what to do instead
     if weights is not None:
         state = read_state_dict(weights)
         if spec is not None and set(state) != set(model.state_dict()):
             state = spec.convert(state, model.state_dict())
-        result = model.load_state_dict(state, strict=False)
+        # a graft run's weights (stages.<stage>.*, head.*): the stages are the backbone's own modules
+        target = nn.ModuleDict(split_into_stages(model)) if is_run_weights(state) else model
+        if target is not model:
+            state = {key.removeprefix("stages."): value for key, value in state.items() if key.startswith("stages.")}
+        result = target.load_state_dict(state, strict=False)
         report.source, report.weights_file, report.sha256 = "file", str(weights), sha256_file(weights)
         report.missing_keys, report.unexpected_keys = list(result.missing_keys), list(result.unexpected_keys)
         if len(report.missing_keys) > len(model.state_dict()) // 2:
@@ -90,6 +100,13 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         preprocessing = _preprocessing_from_timm(model)
         report.source = f"hub:{model.pretrained_cfg.get('hf_hub_id') or architecture}"
     return Backbone(model.eval(), preprocessing, report)
+
+
+def is_run_weights(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is a graft run's (``model.safetensors``: the stages and the head)."""
+    return any(key.startswith("stages.") for key in state) and all(
+        key.startswith(("stages.", "head.", "pool.")) for key in state
+    )
 
 
 def _hub_reachable(timeout: float = 1.5) -> bool:

@@ -1,0 +1,66 @@
+"""A finished run as the source of another transfer (``--backbone RUN``): the network a user pre-trained
+(``graft pretrain``) or trained on an earlier task becomes a backbone like a built-in one. What the run
+stands for is resolved once, before anything loads: its architecture, its weights file (whose stages are
+taken, its head left) and the input size it was trained at. The new run records those, so it loads
+without the source run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from graft.core.run_files import CONFIG, WEIGHTS
+from graft.errors import ConfigError, RunFolderError
+from graft.fileio import read_json
+
+TRANSFERABLE_KINDS = ("classifier",)
+
+
+@dataclass(frozen=True)
+class Source:
+    backbone: str | None
+    weights: str | None
+    image_size: int | None
+    run: str | None = None  # the run folder it came from, if any
+
+
+def is_run_folder(backbone: str | None) -> bool:
+    return backbone is not None and (Path(backbone) / CONFIG).is_file()
+
+
+def resolve_source(
+    backbone: str | None, weights: str | None, image_size: int | None, pretrained: bool = True
+) -> Source:
+    """``backbone`` as given when it names a network; when it is a run folder, that run's architecture,
+    weights and input size (an explicit ``image_size`` wins)."""
+    if not is_run_folder(backbone):
+        return Source(backbone, weights, image_size)
+    folder = Path(backbone)
+    if weights is not None:
+        raise ConfigError(
+            f"--weights does not apply with --backbone {folder}: the run folder's weights are the source",
+            hint="drop --weights",
+        )
+    if not pretrained:
+        raise ConfigError(
+            f"--from-scratch does not apply with --backbone {folder}: a run folder is a trained source",
+            hint=f"--backbone {read_json(folder / CONFIG).get('backbone', {}).get('name', 'NAME')} --from-scratch "
+            "trains its architecture from nothing",
+        )
+    saved = read_json(folder / CONFIG)
+    kind, modality = saved.get("kind", "classifier"), saved.get("modality", "image")
+    if kind not in TRANSFERABLE_KINDS or modality != "image":
+        raise ConfigError(
+            f"--backbone {folder} is a {modality} {kind} run; a run folder is a source for image classifier runs "
+            "so far",
+            hint="use an image classifier run (graft pretrain or graft train)",
+        )
+    if not (folder / WEIGHTS).is_file():
+        raise RunFolderError(f"run folder '{folder}' has no {WEIGHTS}: it never finished an epoch")
+    size = saved.get("preprocessing", {}).get("input_size")
+    return Source(
+        backbone=str(saved["backbone"]["name"]),
+        weights=str((folder / WEIGHTS).resolve()),
+        image_size=image_size or size,
+        run=str(folder.resolve()),
+    )
