@@ -129,3 +129,62 @@ def test_pruning_the_activation_cache_leaves_unpacked_arrays_alone(tmp_path, arr
     folder = as_image_folder(array_file, cache_root=tmp_path, quiet=True)
     prune_cache(tmp_path, max_bytes=0, older_than_days=0)
     assert folder.is_dir() and any(folder.rglob("*.png"))
+
+
+@pytest.fixture
+def short_points(monkeypatch):
+    """Curve points of two epochs: the tests check the bookkeeping, not the accuracies."""
+    import graft.pretraining.curve as curve
+
+    monkeypatch.setattr(curve, "MIN_EPOCHS", 2)
+    monkeypatch.setattr(curve, "MAX_EPOCHS", 2)
+
+
+def test_curve_per_class_compares_sources_says_so_in_words_and_resumes(tmp_path, array_file, short_points, monkeypatch):
+    graft.pretrain(array_file, tmp_path / "source", epochs=1, quiet=True)
+    sources = f"scratch,{tmp_path / 'source'}:finetune"
+    result = graft.curve(array_file, tmp_path / "curve", sources=sources, per_class="2,5", repeats=2, quiet=True)
+    assert len(result["points"]) == 2 * 2 * 2 and result["judged_on"] == "test"
+    assert set(result["table"]) == {"scratch", "source"} and set(result["table"]["scratch"]) == {"2", "5"}
+    rows = result["verdicts"]["source"]
+    assert [row["per_class"] for row in rows] == ["2", "5"]
+    assert all(row["verdict"] in ("helps", "hurts", "no difference") for row in rows)
+    assert result["summary"][0].startswith("source against scratch: ")
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 10_000
+    # nested draws: the 5 per class of a repeat hold its 2 per class, and every source sees the same draw
+    from graft.pretraining.curve import sample, target_splits
+
+    pool = target_splits(str(array_file), 0).pool
+    assert set(sample(pool, 2, 1, 0)) <= set(sample(pool, 5, 1, 0)) and sample(pool, 2, 0, 0) != sample(pool, 2, 1, 0)
+    # a finished (or killed) curve is not trained again: its points are read back
+    import graft.pretraining.curve as curve
+
+    monkeypatch.setattr(curve, "train_point", lambda *args, **kwargs: pytest.fail("retrained a saved point"))
+    again = graft.curve(array_file, tmp_path / "curve", sources=sources, per_class="2,5", repeats=2, quiet=True)
+    assert again["points"] == result["points"]
+    with pytest.raises(ConfigError, match="holds a curve with other settings"):
+        graft.curve(array_file, tmp_path / "curve", sources="scratch", per_class="2", quiet=True)
+    with pytest.raises(ConfigError, match="--per-class 40 is more than the smallest class's"):
+        graft.curve(array_file, tmp_path / "other", sources="scratch", per_class="40", quiet=True)
+
+
+def test_curve_by_depth_transfers_the_first_n_stages_frozen_and_fine_tuned(tmp_path, array_file, short_points):
+    graft.pretrain(array_file, tmp_path / "source", epochs=1, quiet=True)
+    result = graft.curve(
+        array_file, tmp_path / "depth", sources=str(tmp_path / "source"), per_class="5", by_depth=True, quiet=True
+    )
+    assert result["stages"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert len(result["points"]) == 1 + 2 * 5  # scratch once, then frozen and fine-tuned for n = 1..5
+    assert set(result["table"]) == {"scratch", "frozen", "fine-tuned"} and sorted(result["table"]["frozen"]) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert result["summary"] and (tmp_path / "depth" / "curve.png").is_file()
+    # the weights of n = 2 hold exactly the source's first two stages
+    from safetensors.torch import load_file
+
+    first_two = load_file(tmp_path / "depth" / "weights" / "first-2.safetensors")
+    assert {key.split(".")[1] for key in first_two} == {"stem", "layer1"}

@@ -28,6 +28,7 @@ _EXPORTS = {
     "resume": "graft.api",
     "train": "graft.api",
     "pretrain": "graft.api",
+    "curve": "graft.api",
     "adapt": "graft.api",
     "train_multitask": "graft.api",
     "create_backbone": "graft.image.backbones",

@@ -444,6 +444,44 @@ def pretrain(
     )
 
 
+def curve(
+    target: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sources: str = "scratch,imagenet",
+    per_class: str = "1,5,10,25,50,all",
+    by_depth: bool = False,
+    repeats: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """When transfer pays on ``target`` (:mod:`graft.pretraining.curve`): accuracy against examples per class
+    for each of ``sources`` (``scratch``, ``imagenet``, run folders, backbone names; ``:finetune`` or
+    ``:extract`` after one picks the mode), ``repeats`` seeded draws each (default 3), with verdicts in words;
+    or with ``by_depth``, the layer table of the one run folder in ``sources`` at the one ``per_class`` size
+    (default all; repeats default 1). Writes ``curve.json`` and ``curve.png`` in ``out``; a killed curve
+    resumes where it stopped."""
+    from graft.pretraining.curve import depth_curve, parse_sizes, parse_sources, per_class_curve
+
+    check_workers(num_workers)
+    if not Path(target).exists():
+        raise DataError(f"target '{target}' does not exist")
+    sizes = parse_sizes(per_class)
+    if by_depth:
+        runs = [entry for entry in sources.split(",") if entry.strip() not in ("scratch", "imagenet", "")]
+        if len(runs) != 1 or len(sizes) != 1:
+            raise ConfigError(
+                "--by-depth takes one run folder in --from and one --per-class size",
+                hint="e.g. graft curve TARGET --by-depth --from runs/mnist --per-class 10",
+            )
+        return depth_curve(target, out, runs[0].strip(), sizes[0], repeats or 1, seed, batch_size, num_workers, quiet)
+    return per_class_curve(
+        target, out, sizes, parse_sources(sources), repeats or 3, seed, batch_size, num_workers, quiet
+    )
+
+
 def _require_inputs(config: RunConfig) -> None:
     """The data, label file, domains and weights a config names exist (before anything slow)."""
     if config.data is not None and not Path(config.data).exists():

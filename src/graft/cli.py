@@ -561,6 +561,61 @@ def pretrain(
 
 @app.command()
 @_handle_errors
+def curve(
+    target: Annotated[Path, typer.Argument(help="The user's labelled data (class folders, .npz or IDX files).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for curve.json and curve.png (resumable).")],
+    sources: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Sources, comma-separated: scratch, imagenet, run folders, backbone names; NAME:finetune to "
+            "fine-tune (default: extract; scratch trains everything).",
+        ),
+    ] = "scratch,imagenet",
+    per_class: Annotated[
+        str, typer.Option("--per-class", help="Labelled examples per class to try, e.g. 1,5,10,25,50,all.")
+    ] = "1,5,10,25,50,all",
+    by_depth: Annotated[
+        bool,
+        typer.Option(
+            "--by-depth",
+            help="Yosinski's layer table: the first n stages of the one run in --from transferred (frozen, "
+            "fine-tuned), for every n, at one --per-class size.",
+        ),
+    ] = False,
+    repeats: Annotated[
+        Optional[int], typer.Option("--repeats", help="Seeded draws per point (default 3; --by-depth 1).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes of the frozen pass.")] = None,
+    json_output: JsonOption = False,
+):
+    """When transfer pays on your data: accuracy against examples per class, or stage by stage (--by-depth)."""
+    from graft.api import curve as run_curve
+    from graft.console import emit_json, stdout
+
+    result = run_curve(
+        target,
+        out,
+        sources=sources,
+        per_class=per_class,
+        by_depth=by_depth,
+        repeats=repeats,
+        seed=seed,
+        batch_size=batch_size,
+        num_workers=workers,
+    )
+    if json_output:
+        emit_json(result)
+        return
+    for line in result["summary"]:
+        stdout.print(line)
+    stdout.print(f"table and plot: {Path(out) / 'curve.json'}, {Path(out) / 'curve.png'}")
+
+
+@app.command()
+@_handle_errors
 def adapt(
     source: Annotated[Path, typer.Argument(help="The labelled source domain: SOURCE/<class>/... (as graft train).")],
     target: Annotated[

@@ -71,7 +71,9 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         result = target.load_state_dict(state, strict=False)
         report.source, report.weights_file, report.sha256 = "file", str(weights), sha256_file(weights)
         report.missing_keys, report.unexpected_keys = list(result.missing_keys), list(result.unexpected_keys)
-        if len(report.missing_keys) > len(model.state_dict()) // 2:
+        if target is not model and not state:  # a run's weights for its first stages only are allowed (graft curve)
+            raise BackboneError(f"weights file '{weights}' holds no stage of '{architecture}'")
+        if target is model and len(report.missing_keys) > len(model.state_dict()) // 2:
             raise BackboneError(
                 f"weights file '{weights}' does not fit '{architecture}': {len(report.missing_keys)} tensors missing"
             )
