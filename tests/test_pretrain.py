@@ -188,3 +188,27 @@ def test_curve_by_depth_transfers_the_first_n_stages_frozen_and_fine_tuned(tmp_p
 
     first_two = load_file(tmp_path / "depth" / "weights" / "first-2.safetensors")
     assert {key.split(".")[1] for key in first_two} == {"stem", "layer1"}
+
+
+def test_self_taught_features_from_unlabelled_images_become_a_backbone(tmp_path, array_file):
+    from graft.errors import RunFolderError
+
+    summary = graft.pretrain(array_file, tmp_path / "dae", unlabelled=True, epochs=3, quiet=True)
+    assert summary["kind"] == "self-taught" and summary["epochs_run"] == 3
+    history = json.loads((tmp_path / "dae" / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns to rebuild the clean images
+    config = json.loads((tmp_path / "dae" / "config.json").read_text())
+    assert config["data"]["labels"] == "unused" and config["objective"]["name"] == "denoising autoencoder"
+    with pytest.raises(RunFolderError, match="self-taught run: it learned features without labels"):
+        graft.load(tmp_path / "dae")
+    graft.train(array_file, tmp_path / "probe", backbone=str(tmp_path / "dae"), epochs=2, quiet=True)
+    from safetensors.torch import load_file
+
+    source, target = (
+        load_file(tmp_path / "dae" / "model.safetensors"),
+        load_file(tmp_path / "probe" / "model.safetensors"),
+    )
+    stages = [key for key in target if key.startswith("stages.")]
+    assert stages and all(np.array_equal(source[key].numpy(), target[key].numpy()) for key in stages)
+    with pytest.raises(ConfigError, match="--greedy trains with labels"):
+        graft.pretrain(array_file, tmp_path / "both", unlabelled=True, greedy=True, quiet=True)

@@ -385,6 +385,7 @@ def pretrain(
     arch: str | None = None,
     greedy: bool = False,
     greedy_epochs: int | None = None,
+    unlabelled: bool = False,
     epochs: int = 5,
     lr: float = 2e-3,
     batch_size: int = 128,
@@ -407,6 +408,8 @@ def pretrain(
         own classifier, the earlier stages frozen), then the whole network ``epochs`` epochs; without it the
         whole network trains end to end. Everything trains at ``lr`` (no smaller rate for the "backbone":
         nothing in it is pretrained).
+    unlabelled: self-taught learning: the labels of ``data`` (if any) are not used; the network learns
+        features as a denoising autoencoder (:mod:`graft.pretraining.self_taught`).
     """
     from graft.image.backbones import split_into_stages  # the stage count, without loading twice
     from graft.image.backbones.small import DEFAULT_ARCHITECTURE
@@ -415,6 +418,30 @@ def pretrain(
         raise ConfigError("--greedy-epochs only applies with --greedy", hint="add --greedy, or drop --greedy-epochs")
     arch = arch or DEFAULT_ARCHITECTURE
     import timm
+
+    if unlabelled:
+        if greedy:
+            raise ConfigError("--greedy trains with labels; it does not apply with --unlabelled", hint="drop one")
+        from graft.pretraining.self_taught import self_taught
+
+        check_workers(num_workers)
+        if not Path(data).exists():
+            raise DataError(f"data '{data}' does not exist")
+        return self_taught(
+            str(data),
+            str(out),
+            arch=arch,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            image_size=image_size,
+            seed=seed,
+            deterministic=deterministic,
+            device=device,
+            num_workers=num_workers,
+            quiet=quiet,
+            overwrite=overwrite,
+        )
 
     if not timm.is_model(arch):
         from graft.image.backbones.registry import unknown_backbone_error

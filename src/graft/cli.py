@@ -518,6 +518,13 @@ def pretrain(
     greedy_epochs: Annotated[
         Optional[int], typer.Option("--greedy-epochs", help="With --greedy: epochs for each stage (default 2).")
     ] = None,
+    unlabelled: Annotated[
+        bool,
+        typer.Option(
+            "--unlabelled",
+            help="Self-taught: learn features without labels (a denoising autoencoder); DATA's labels are unused.",
+        ),
+    ] = False,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the whole network (after --greedy's stages).")] = 5,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (one-cycle peak).")] = 2e-3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
@@ -545,6 +552,7 @@ def pretrain(
         arch=arch,
         greedy=greedy,
         greedy_epochs=greedy_epochs,
+        unlabelled=unlabelled,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,

@@ -249,6 +249,7 @@ RUN_KINDS = Registry(
         "multitask": "graft.multitask.run:KIND",
         "adaptation": "graft.adaptation.run:KIND",
         "reweighted": "graft.adaptation.reweighted:KIND",
+        "self-taught": "graft.pretraining.self_taught:FEATURES_ONLY",
     },
 )
 

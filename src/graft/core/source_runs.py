@@ -13,7 +13,7 @@ from graft.core.run_files import CONFIG, WEIGHTS
 from graft.errors import ConfigError, RunFolderError
 from graft.fileio import read_json
 
-TRANSFERABLE_KINDS = ("classifier",)
+TRANSFERABLE_KINDS = ("classifier", "self-taught")  # runs whose stages are a backbone
 
 
 @dataclass(frozen=True)
