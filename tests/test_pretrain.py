@@ -89,6 +89,7 @@ def test_pretrain_greedy_then_the_run_is_a_backbone(tmp_path, array_file, monkey
     assert [record["stage"] for record in metrics["greedy"]] == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert all(record["epochs"] == 1 and len(record["history"]) == 1 for record in metrics["greedy"])
     assert metrics["test"]["accuracy"] >= 0.6  # three easy classes
+    assert "greedy layer-wise (valid accuracy after each stage)" in (tmp_path / "source" / "report.html").read_text()
 
     # the run as a backbone: extract mode keeps its stages exactly; the new run records the architecture
     # and the weights file, and loads after the source run is gone

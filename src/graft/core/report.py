@@ -115,6 +115,9 @@ def render(
         {"what": "created", "value": str(config.get("created", ""))},
         {"what": "graft", "value": str(config.get("graft_version", ""))},
     ]
+    if metrics.get("greedy"):  # greedy layer-wise pre-training: the network after each stage
+        stages = ", ".join(f"{r['stage']} {r['valid_accuracy']:.3f}" for r in metrics["greedy"])
+        summary.append({"what": "greedy layer-wise (valid accuracy after each stage)", "value": stages})
     options = [
         {"section": section, "option": name, "value": json.dumps(value)}
         for section, entries in config.get("options", {}).items()

@@ -25,7 +25,14 @@ class Source:
 
 
 def is_run_folder(backbone: str | None) -> bool:
-    return backbone is not None and (Path(backbone) / CONFIG).is_file()
+    """Whether ``backbone`` is a graft run folder (a Hugging Face model folder also has a config.json)."""
+    if backbone is None or not (Path(backbone) / CONFIG).is_file():
+        return False
+    try:
+        saved = read_json(Path(backbone) / CONFIG)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and isinstance(saved.get("backbone"), dict) and "preprocessing" in saved
 
 
 def resolve_source(
