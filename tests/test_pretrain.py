@@ -146,11 +146,11 @@ def test_curve_per_class_compares_sources_says_so_in_words_and_resumes(tmp_path,
     sources = f"scratch,{tmp_path / 'source'}:finetune"
     result = graft.curve(array_file, tmp_path / "curve", sources=sources, per_class="2,5", repeats=2, quiet=True)
     assert len(result["points"]) == 2 * 2 * 2 and result["judged_on"] == "test"
-    assert set(result["table"]) == {"scratch", "source"} and set(result["table"]["scratch"]) == {"2", "5"}
-    rows = result["verdicts"]["source"]
+    assert set(result["table"]) == {"scratch", "source:finetune"} and set(result["table"]["scratch"]) == {"2", "5"}
+    rows = result["verdicts"]["source:finetune"]
     assert [row["per_class"] for row in rows] == ["2", "5"]
     assert all(row["verdict"] in ("helps", "hurts", "no difference") for row in rows)
-    assert result["summary"][0].startswith("source against scratch: ")
+    assert result["summary"][0].startswith("source:finetune against scratch: ")
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 10_000
     # nested draws: the 5 per class of a repeat hold its 2 per class, and every source sees the same draw
     from graft.pretraining.curve import sample, target_splits

@@ -65,12 +65,10 @@ def parse_sources(text: str, scratch_arch: str | None = None) -> list[Source]:
                 raise ConfigError("--from scratch:extract does not apply: a random network must train", hint="scratch")
             size = runs[0].image_size if runs and arch == runs[0].backbone else None
             sources.append(Source("scratch", arch, False, "finetune", image_size=size))
-        elif name == "imagenet":
-            sources.append(Source("imagenet", DEFAULT_BACKBONE, True, mode or "extract"))
-        elif is_run_folder(name):
-            sources.append(Source(Path(name).name, name, True, mode or "extract"))
-        else:
-            sources.append(Source(name, name, True, mode or "extract"))
+        else:  # labelled by name, and by mode when one is given (a run may be both frozen and fine-tuned)
+            label = "imagenet" if name == "imagenet" else Path(name).name if is_run_folder(name) else name
+            backbone = DEFAULT_BACKBONE if name == "imagenet" else name
+            sources.append(Source(f"{label}:{mode}" if mode else label, backbone, True, mode or "extract"))
     if not sources:
         raise ConfigError("--from names no source", hint="e.g. --from scratch,imagenet,runs/mnist")
     labels = [source.label for source in sources]
