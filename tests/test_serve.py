@@ -98,7 +98,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_good_files_are_still_answered
         }
         # nothing usable at all
         none = client.post("/predict", files=[("file", ("empty.jpg", b"", "image/jpeg"))])
-        assert none.status_code == 422 and "empty.jpg" in none.json()["error"]
+        assert none.status_code == 422 and "empty.jpg" in none.json()["error"] and "JPEG" in none.json()["hint"]
         # no file field
         missing = client.post("/predict", data={"image": "x"})
         assert missing.status_code == 422 and "file" in missing.json()["error"]

@@ -242,7 +242,9 @@ async def label_uploads(
             failures[position] = str(reason)
     if len(failures) == len(files):
         details = "; ".join(f"{names[p]}: {reason}" for p, reason in failures.items())
-        raise HTTPException(422, f"no usable image ({details})")
+        refusal = HTTPException(422, f"no usable image ({details})")
+        refusal.hint = "send image files (JPEG, PNG, WebP, BMP, TIFF, GIF) in the form field 'file'"
+        raise refusal
     try:
         outputs = await batcher.outputs(np.stack(inputs))
     except Busy:
@@ -278,7 +280,8 @@ def add_error_handlers(app: FastAPI, hint: str) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_problem(_request, error: HTTPException):
-        return problem(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+        hint = getattr(error, "hint", None)
+        return problem(error.status_code, str(error.detail), hint, headers=getattr(error, "headers", None))
 
 
 def serve(
