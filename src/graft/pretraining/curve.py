@@ -31,6 +31,7 @@ from graft.fileio import atomic_write_json, read_json
 STEPS = 150  # optimiser steps a point trains for at least (small samples get more epochs)
 MIN_EPOCHS, MAX_EPOCHS = 10, 60
 MARGIN = 1.0  # accuracy points below which a difference "does not matter", unless the spread is larger
+SELECT_PER_CLASS, JUDGE_PER_CLASS = 50, 500  # a point is validated every epoch: the splits stay small
 RESULT, PLOT = "curve.json", "curve.png"
 
 
@@ -115,31 +116,35 @@ class Splits:
 
 
 def target_splits(target: str, seed: int) -> Splits:
+    """The pool (the target's training split), the selection split (its valid split, or half of it when the
+    target has no test split) and the judged split (test, or the other half); at most SELECT_PER_CLASS and
+    JUDGE_PER_CLASS examples of each class in the last two (a seeded draw), so a point costs seconds."""
     from graft.core.modality import modality_for
 
     source = modality_for(target, None)
     dataset = source.scan(target, valid_fraction=0.2, seed=seed)
     valid = list(dataset.split("valid"))
     if dataset.split("test"):
-        return Splits(dataset.classes, dataset.split("train"), valid, dataset.split("test"), "test")
-    order = np.random.default_rng(seed).permutation(len(valid))
-    half = len(valid) // 2
-    return Splits(
-        dataset.classes,
-        dataset.split("train"),
-        [valid[i] for i in sorted(order[:half])],
-        [valid[i] for i in sorted(order[half:])],
-        "half of valid",
-    )
+        select, judge, judged_on = valid, list(dataset.split("test")), "test"
+    else:
+        order = np.random.default_rng(seed).permutation(len(valid))
+        half = len(valid) // 2
+        select, judge = [valid[i] for i in sorted(order[:half])], [valid[i] for i in sorted(order[half:])]
+        judged_on = "half of valid"
+    select, judge = sample(select, SELECT_PER_CLASS, 0, seed), sample(judge, JUDGE_PER_CLASS, 0, seed)
+    return Splits(dataset.classes, dataset.split("train"), select, judge, judged_on)
 
 
 def sample(pool: list[tuple[str, int]], per_class: int | None, repeat: int, seed: int) -> list[tuple[str, int]]:
     """``per_class`` examples of each class (all of them for None), the same draw for every source; the
     draws of one repeat are nested (10 per class holds the 5)."""
     rng = np.random.default_rng([seed, repeat])
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for item in pool:
+        by_class.setdefault(item[1], []).append(item)
     chosen = []
-    for label in sorted({label for _, label in pool}):
-        items = [item for item in pool if item[1] == label]
+    for label in sorted(by_class):
+        items = by_class[label]
         order = rng.permutation(len(items))
         chosen.extend(items[i] for i in order[: per_class or len(items)])
     return chosen
