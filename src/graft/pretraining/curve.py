@@ -438,19 +438,26 @@ def _sentence(label: str, baseline: str, rows: list[dict]) -> str:
 
 
 def _depth_words(table: dict, names: list[str]) -> list[str]:
+    """Each variant's row in words, and the depth from which every deeper transfer is worse than scratch
+    (where, for this data, the source's features stop being general), if there is one."""
     scratch = table.get("scratch", {}).get(0, {}).get("mean")
     words = []
     for variant in ("frozen", "fine-tuned"):
         row = table.get(variant, {})
         if not row or scratch is None:
             continue
-        cells = ", ".join(f"{n} {100 * row[n]['mean']:.1f}" for n in sorted(row))
-        worse = [n for n in sorted(row) if 100 * (row[n]["mean"] - scratch) < -MARGIN]
+        depths = sorted(row)
+        cells = ", ".join(f"{n} {100 * row[n]['mean']:.1f}" for n in depths)
+        worse = [100 * (row[n]["mean"] - scratch) < -MARGIN for n in depths]
+        onward = next((depths[i] for i in range(len(depths)) if all(worse[i:])), None)
         words.append(
             f"{variant}: first n stages transferred -> accuracy {cells} (scratch {100 * scratch:.1f})"
             + (
-                f"; below scratch from n = {worse[0]} ({names[worse[0] - 1]}): features stop being general there"
-                if worse
+                f"; worse than scratch from n = {onward} ({names[onward - 1]}) on: the source's features stop "
+                "being general for this data there"
+                if onward is not None
+                else "; never worse than scratch all the way down"
+                if not any(worse)
                 else ""
             )
             + "."
