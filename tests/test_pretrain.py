@@ -213,3 +213,23 @@ def test_self_taught_features_from_unlabelled_images_become_a_backbone(tmp_path,
     assert stages and all(np.array_equal(source[key].numpy(), target[key].numpy()) for key in stages)
     with pytest.raises(ConfigError, match="--greedy trains with labels"):
         graft.pretrain(array_file, tmp_path / "both", unlabelled=True, greedy=True, quiet=True)
+
+
+def test_pretrain_and_curve_on_the_command_line_answer_json(tmp_path, array_file, short_points):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["pretrain", str(array_file), "--out", str(tmp_path / "src"), "--epochs", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["backbone"] == "graft_cnn"
+    curve = ["curve", str(array_file), "--out", str(tmp_path / "c"), "--from", f"scratch,{tmp_path / 'src'}"]
+    result = runner.invoke(app, [*curve, "--per-class", "3", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert {"points", "table", "verdicts", "summary", "judged_on"} <= set(answer) and len(answer["points"]) == 2
+    result = runner.invoke(app, [*curve, "--per-class", "0,3", "--json"])
+    assert result.exit_code != 0 and "--per-class takes whole numbers from 1" in json.loads(result.stdout)["error"]
