@@ -476,7 +476,7 @@ def curve(
     out: str | os.PathLike,
     *,
     sources: str = "scratch,imagenet",
-    per_class: str = "1,5,10,25,50,all",
+    per_class: str | None = None,
     by_depth: bool = False,
     repeats: int | None = None,
     seed: int = 0,
@@ -488,14 +488,14 @@ def curve(
     for each of ``sources`` (``scratch``, ``imagenet``, run folders, backbone names; ``:finetune`` or
     ``:extract`` after one picks the mode), ``repeats`` seeded draws each (default 3), with verdicts in words;
     or with ``by_depth``, the layer table of the one run folder in ``sources`` at the one ``per_class`` size
-    (default all; repeats default 1). Writes ``curve.json`` and ``curve.png`` in ``out``; a killed curve
-    resumes where it stopped."""
+    (default all; repeats default 1). ``per_class`` defaults to ``1,5,10,25,50,all``. Writes ``curve.json``
+    and ``curve.png`` in ``out``; a killed curve resumes where it stopped."""
     from graft.pretraining.curve import depth_curve, parse_sizes, parse_sources, per_class_curve
 
     check_workers(num_workers)
     if not Path(target).exists():
         raise DataError(f"target '{target}' does not exist")
-    sizes = parse_sizes(per_class)
+    sizes = parse_sizes(per_class or ("all" if by_depth else "1,5,10,25,50,all"))
     if by_depth:
         runs = [entry for entry in sources.split(",") if entry.strip() not in ("scratch", "imagenet", "")]
         if len(runs) != 1 or len(sizes) != 1:

@@ -581,8 +581,11 @@ def curve(
         ),
     ] = "scratch,imagenet",
     per_class: Annotated[
-        str, typer.Option("--per-class", help="Labelled examples per class to try, e.g. 1,5,10,25,50,all.")
-    ] = "1,5,10,25,50,all",
+        Optional[str],
+        typer.Option(
+            "--per-class", help="Labelled examples per class to try (default 1,5,10,25,50,all; --by-depth: all)."
+        ),
+    ] = None,
     by_depth: Annotated[
         bool,
         typer.Option(
