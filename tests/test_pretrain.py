@@ -211,6 +211,12 @@ def test_self_taught_features_from_unlabelled_images_become_a_backbone(tmp_path,
     )
     stages = [key for key in target if key.startswith("stages.")]
     assert stages and all(np.array_equal(source[key].numpy(), target[key].numpy()) for key in stages)
+    # fine-tuned from a self-taught run, its stages train at the head's rate unless told otherwise
+    tuned = graft.train(
+        array_file, tmp_path / "tuned", backbone=str(tmp_path / "dae"), mode="finetune", epochs=1, quiet=True
+    )
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["hyperparameters"]["backbone_lr_mult"] == 1.0
+    assert tuned["epochs_run"] == 1
     with pytest.raises(ConfigError, match="--greedy trains with labels"):
         graft.pretrain(array_file, tmp_path / "both", unlabelled=True, greedy=True, quiet=True)
 

@@ -14,6 +14,10 @@ from graft.errors import ConfigError, RunFolderError
 from graft.fileio import read_json
 
 TRANSFERABLE_KINDS = ("classifier", "self-taught")  # runs whose stages are a backbone
+# the rate its stages fine-tune at, relative to the head's, unless the user says otherwise: features learnt
+# without labels must move to become discriminative (MNIST 5-9 -> 0-4 at 10 a class: at 0.1x they lose 1.8
+# points to scratch, at 1x they gain 1.1; BENCHMARKS.md section 10)
+FINE_TUNE_RATE = {"self-taught": 1.0}
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Source:
     weights: str | None
     image_size: int | None
     run: str | None = None  # the run folder it came from, if any
+    backbone_lr_mult: float | None = None  # the rate the source's kind fine-tunes at (None: graft's default)
 
 
 def is_run_folder(backbone: str | None) -> bool:
@@ -70,4 +75,5 @@ def resolve_source(
         weights=str((folder / WEIGHTS).resolve()),
         image_size=image_size or size,
         run=str(folder.resolve()),
+        backbone_lr_mult=FINE_TUNE_RATE.get(kind),
     )

@@ -29,7 +29,7 @@ from graft.console import stderr, table
 from graft.core import report
 from graft.core.callbacks import ProgressBars, TensorBoardLog
 from graft.core.checkpoint import load_checkpoint
-from graft.core.config import RunConfig, check_workers, validate
+from graft.core.config import HEAD_ONLY_MODES, RunConfig, check_workers, validate
 from graft.core.evaluation import collect_outputs
 from graft.core.fit import apply_plan, fit
 from graft.core.freeze import FreezePlan, parameter_counts
@@ -124,6 +124,12 @@ def train(
     kind: RunKind = run_kind(config.kind)
     source_run = resolve_source(config.backbone, config.weights, config.image_size, config.pretrained)
     config = config.replace(backbone=source_run.backbone, weights=source_run.weights, image_size=source_run.image_size)
+    if (
+        source_run.backbone_lr_mult is not None
+        and config.backbone_lr_mult is None
+        and config.mode not in HEAD_ONLY_MODES
+    ):
+        config = config.replace(backbone_lr_mult=source_run.backbone_lr_mult)
     source = modality_for(config.data, config.backbone)
     config = _for_modality(config, source, kind)
     run = RunFolder(out)
