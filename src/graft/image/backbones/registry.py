@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from graft.errors import BackboneError
+from graft.image.backbones.small import ARCHITECTURES
 from graft.image.preprocessing import Preprocessing
 
 StateDictConverter = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -79,12 +80,13 @@ def get_spec(name: str) -> BackboneSpec | None:
 
 
 def unknown_backbone_error(name: str, timm_names: list[str]) -> BackboneError:
-    close = difflib.get_close_matches(name, list(_REGISTRY) + timm_names, n=3, cutoff=0.6)
+    known = list(dict.fromkeys([*_REGISTRY, *ARCHITECTURES, *timm_names]))  # timm lists graft's own too
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     suggestion = f"did you mean {', '.join(close)}? " if close else ""
     return BackboneError(
         f"unknown backbone '{name}'",
-        hint=f"{suggestion}built-in (offline): {', '.join(list_backbones())}; any timm model name works online or "
-        "with --weights FILE",
+        hint=f"{suggestion}built-in (offline): {', '.join(list_backbones())}; to pre-train (graft pretrain --arch): "
+        f"{', '.join(ARCHITECTURES)}; any timm model name works online or with --weights FILE",
     )
 
 
