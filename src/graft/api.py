@@ -411,14 +411,13 @@ def pretrain(
     unlabelled: self-taught learning: the labels of ``data`` (if any) are not used; the network learns
         features as a denoising autoencoder (:mod:`graft.pretraining.self_taught`).
     """
-    from graft.image.backbones import split_into_stages  # the stage count, without loading twice
+    from graft.image.backbones import stage_names
     from graft.image.backbones.small import DEFAULT_ARCHITECTURE
 
     if greedy_epochs is not None and not greedy:
         raise ConfigError("--greedy-epochs only applies with --greedy", hint="add --greedy, or drop --greedy-epochs")
     arch = arch or DEFAULT_ARCHITECTURE
-    import timm
-
+    stages = len(stage_names(arch))  # an unknown name is refused here, before any data is read
     if unlabelled:
         if greedy:
             raise ConfigError("--greedy trains with labels; it does not apply with --unlabelled", hint="drop one")
@@ -443,11 +442,6 @@ def pretrain(
             overwrite=overwrite,
         )
 
-    if not timm.is_model(arch):
-        from graft.image.backbones.registry import unknown_backbone_error
-
-        raise unknown_backbone_error(arch, timm.list_models())
-    stages = len(split_into_stages(timm.create_model(arch, pretrained=False)))
     return train(
         data,
         out,

@@ -29,15 +29,24 @@ class Source:
     backbone_lr_mult: float | None = None  # the rate the source's kind fine-tunes at (None: graft's default)
 
 
-def is_run_folder(backbone: str | None) -> bool:
-    """Whether ``backbone`` is a graft run folder (a Hugging Face model folder also has a config.json)."""
+def run_config(backbone: str | None) -> dict | None:
+    """The config of the graft run folder ``backbone`` names, or None when it names none (a Hugging Face
+    model folder also has a config.json: a graft run's has a ``backbone`` section and ``preprocessing``)."""
     if backbone is None or not (Path(backbone) / CONFIG).is_file():
-        return False
+        return None
     try:
         saved = read_json(Path(backbone) / CONFIG)
     except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and isinstance(saved.get("backbone"), dict) and "preprocessing" in saved
+        return None
+    return (
+        saved
+        if isinstance(saved, dict) and isinstance(saved.get("backbone"), dict) and "preprocessing" in saved
+        else None
+    )
+
+
+def is_run_folder(backbone: str | None) -> bool:
+    return run_config(backbone) is not None
 
 
 def resolve_source(
@@ -45,7 +54,8 @@ def resolve_source(
 ) -> Source:
     """``backbone`` as given when it names a network; when it is a run folder, that run's architecture,
     weights and input size (an explicit ``image_size`` wins)."""
-    if not is_run_folder(backbone):
+    saved = run_config(backbone)
+    if saved is None:
         return Source(backbone, weights, image_size)
     folder = Path(backbone)
     if weights is not None:
@@ -56,10 +66,9 @@ def resolve_source(
     if not pretrained:
         raise ConfigError(
             f"--from-scratch does not apply with --backbone {folder}: a run folder is a trained source",
-            hint=f"--backbone {read_json(folder / CONFIG).get('backbone', {}).get('name', 'NAME')} --from-scratch "
+            hint=f"--backbone {saved['backbone'].get('name', 'NAME')} --from-scratch "
             "trains its architecture from nothing",
         )
-    saved = read_json(folder / CONFIG)
     kind, modality = saved.get("kind", "classifier"), saved.get("modality", "image")
     if kind not in TRANSFERABLE_KINDS or modality != "image":
         raise ConfigError(

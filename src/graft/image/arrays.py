@@ -121,15 +121,12 @@ def _checked(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> 
 
 
 def sources_digest(location: str | os.PathLike) -> str:
+    """The identity of the arrays at ``location``: the names and contents of its files."""
+    from graft.fileio import sha256_file
+
     path = Path(location)
     files = sorted(p for p in path.iterdir() if "idx" in p.name) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return hashlib.sha256("".join(f"{file.name}:{sha256_file(file)};" for file in files).encode()).hexdigest()[:16]
 
 
 def as_image_folder(

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.console import progress, progress_task
 from graft.errors import ConfigError
 from graft.fileio import atomic_write_json, read_json
 
@@ -177,7 +178,7 @@ def train_point(
         if source.image_size is not None:
             options["image_size"] = source.image_size
         if source.mode == "finetune":
-            options["unfreeze"] = source.unfreeze or _stage_count(source)
+            options["unfreeze"] = source.unfreeze or len(_stage_names(source))
             options["backbone_lr_mult"] = 1.0 if not source.pretrained or source.weights else None
             options["augment"] = False
         summary = graft.train(
@@ -200,12 +201,12 @@ def train_point(
     }
 
 
-def _stage_count(source: Source) -> int:
+def _stage_names(source: Source) -> list[str]:
+    """The stages of a source's network (a run folder's: its architecture's)."""
     from graft.core.source_runs import resolve_source
-    from graft.image.backbones import create_backbone, split_into_stages
+    from graft.image.backbones import stage_names
 
-    backbone = resolve_source(source.backbone, source.weights, None).backbone
-    return len(split_into_stages(create_backbone(backbone, pretrained=False).model))
+    return stage_names(resolve_source(source.backbone, source.weights, None).backbone)
 
 
 def per_class_curve(
@@ -222,6 +223,8 @@ def per_class_curve(
     """Accuracy against examples per class for every source; ``curve.json`` and ``curve.png`` in ``out``."""
     if not 1 <= repeats <= 100:
         raise ConfigError(f"--repeats must be from 1 to 100; got {repeats}")
+    for source in sources:  # a wrong name is answered now, not after the points before its first one
+        _stage_names(source)
     splits = target_splits(str(target), seed)
     biggest = min(sum(1 for _, label in splits.pool if label == c) for c in range(len(splits.classes)))
     for size in sizes:
@@ -234,7 +237,8 @@ def per_class_curve(
     result = _resume(out, "per-class", target, sources, seed, {"sizes": sizes, "repeats": repeats})
     result["judged_on"] = splits.judged_on
     done = {(p["source"], p["per_class"], p["repeat"]) for p in result["points"]}
-    with _bar(quiet, "curve points", len(grid), len(done)) as advance:
+    with progress(quiet) as bars, progress_task(bars, "curve points", len(grid)) as advance:
+        advance(len(done))
         for source, size, repeat in grid:
             if (source.label, size, repeat) in done:
                 continue
@@ -242,7 +246,7 @@ def per_class_curve(
             point = train_point(source, splits.classes, items, repeat, seed, batch_size, workers)
             result["points"].append({"source": source.label, "per_class": size, "repeat": repeat, **point})
             _save(out, result)
-            advance()
+            advance(1)
     result["table"] = _table(result["points"], "per_class")
     result["verdicts"], result["summary"] = _verdicts(result["table"], [s.label for s in sources], sizes)
     _plot_per_class(result, Path(out) / PLOT, Path(str(target)).name, biggest)
@@ -268,7 +272,9 @@ def depth_curve(
     if not is_run_folder(run):
         raise ConfigError(f"--by-depth needs one run folder in --from; got '{run}'", hint="--from runs/mnist")
     resolved = resolve_source(run, None, None)
-    names = _stage_names(resolved.backbone)
+    from graft.image.backbones import stage_names
+
+    names = stage_names(resolved.backbone)
     splits = target_splits(str(target), seed)
     result = _resume(out, "by-depth", target, [], seed, {"run": str(run), "per_class": per_class, "repeats": repeats})
     result["judged_on"], result["stages"] = splits.judged_on, names
@@ -277,7 +283,8 @@ def depth_curve(
     ]
     grid = [(n, v, r) for n, v, r in grid if not (n == 0 and v == "fine-tuned")]  # n = 0: scratch, once
     done = {(p["depth"], p["variant"], p["repeat"]) for p in result["points"]}
-    with _bar(quiet, "layer table", len(grid), len(done)) as advance:
+    with progress(quiet) as bars, progress_task(bars, "layer table", len(grid)) as advance:
+        advance(len(done))
         for depth, variant, repeat in grid:
             if (depth, variant, repeat) in done:
                 continue
@@ -300,7 +307,7 @@ def depth_curve(
             point = train_point(source, splits.classes, items, repeat, seed, batch_size, workers)
             result["points"].append({"depth": depth, "variant": variant, "repeat": repeat, **point})
             _save(out, result)
-            advance()
+            advance(1)
     rows = {}
     for point in result["points"]:
         key = "scratch" if point["depth"] == 0 else point["variant"]
@@ -310,12 +317,6 @@ def depth_curve(
     _plot_depth(result, Path(out) / PLOT, Path(str(target)).name, names)
     _save(out, result)
     return result
-
-
-def _stage_names(backbone: str) -> list[str]:
-    from graft.image.backbones import create_backbone, split_into_stages
-
-    return list(split_into_stages(create_backbone(backbone, pretrained=False).model))
 
 
 def _first_stages(weights: str, stages: list[str], out: Path) -> str | None:
@@ -356,24 +357,6 @@ def _resume(out, kind: str, target, sources: list[Source], seed: int, settings: 
 
 def _save(out, result: dict[str, Any]) -> None:
     atomic_write_json(Path(out) / RESULT, result)
-
-
-class _bar:
-    """A Rich bar over the points (the completed ones counted)."""
-
-    def __init__(self, quiet: bool, description: str, total: int, completed: int):
-        from graft.console import progress
-
-        self.progress = progress(quiet)
-        self.description, self.total, self.completed = description, total, completed
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task(self.description, total=self.total, completed=self.completed, status="")
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
 
 
 def _stats(values: list[float]) -> dict[str, Any]:

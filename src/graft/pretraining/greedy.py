@@ -62,7 +62,7 @@ def greedy_layerwise(
         with torch.no_grad():
             was_training = model.training
             model.eval()
-            width = pool(TransferModel(stages, nn.Identity(), 0, layout=model.layout).forward_stages(example))
+            width = pool(model.forward_stages(example, stop=depth))
             model.train(was_training)
         features = int(width.shape[1])
         shallow = TransferModel(stages, make_head(head, features, classes), features, pool, model.layout)

@@ -94,6 +94,7 @@ def self_taught(
     overwrite: bool,
 ) -> dict[str, Any]:
     """Train a denoising autoencoder on ``data``'s images (their labels, if any, unused) into ``out``."""
+    from graft import __version__
     from graft.console import progress, stderr
     from graft.core.callbacks import ProgressBars
     from graft.core.fit import fit
@@ -173,7 +174,7 @@ def self_taught(
             {
                 "kind": KIND,
                 "modality": "image",
-                "graft_version": _version(),
+                "graft_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "data": {"root": data, "counts": {k: len(v) for k, v in dataset.splits.items()}, "labels": "unused"},
                 "backbone": {"name": arch, "architecture": loaded.report.architecture},
@@ -210,9 +211,3 @@ class FeaturesOnly:
 
 
 FEATURES_ONLY = FeaturesOnly()
-
-
-def _version() -> str:
-    from graft import __version__
-
-    return __version__

@@ -104,6 +104,11 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     return Backbone(model.eval(), preprocessing, report)
 
 
+def stage_names(name: str) -> list[str]:
+    """The stages graft cuts backbone ``name`` into (built with random weights: nothing is downloaded)."""
+    return list(split_into_stages(create_backbone(name, pretrained=False).model))
+
+
 def is_run_weights(state: dict[str, torch.Tensor]) -> bool:
     """Whether a state dict is a graft run's (``model.safetensors``: the stages and the head)."""
     return any(key.startswith("stages.") for key in state) and all(
