@@ -88,9 +88,10 @@ def utkface_gender(max_train_per_class: int, max_valid_per_class: int, max_test_
     return splits, report
 
 
-def small_version(splits: dict, per_class: int) -> dict:
-    """``per_class`` training and ``max(3, per_class // 2)`` validation images per class, seeded; test unchanged."""
-    rng = random.Random(SEED + per_class)
+def small_version(splits: dict, per_class: int, seed: int = 0) -> dict:
+    """``per_class`` training and ``max(3, per_class // 2)`` validation images per class, drawn with ``seed``
+    (seed 0: the draw of the first runs); test unchanged."""
+    rng = random.Random(SEED + per_class + 1000 * seed)
     valid_count = max(3, per_class // 2)
     return {
         "train": {c: sorted(rng.sample(paths, min(per_class, len(paths)))) for c, paths in splits["train"].items()},
@@ -115,18 +116,45 @@ def write_view(name: str, splits: dict) -> Path:
     return root
 
 
-def build_views(test_per_class: int) -> tuple[dict[str, Path], dict]:
+def pacs_art(test_per_class: int) -> dict:
+    """PACS art paintings (7 classes): ``test_per_class`` test and 25 validation images per class, seeded; the rest
+    train (no split ships with PACS)."""
+    rng = random.Random(SEED)
+    splits: dict[str, dict[str, list[Path]]] = {"train": {}, "valid": {}, "test": {}}
+    for folder in sorted((DATASETS / "pacs-photo-art" / "art_painting").iterdir()):
+        paths = sorted(folder.iterdir())
+        rng.shuffle(paths)
+        splits["test"][folder.name] = sorted(paths[:test_per_class])
+        splits["valid"][folder.name] = sorted(paths[test_per_class : test_per_class + 25])
+        splits["train"][folder.name] = sorted(paths[test_per_class + 25 :])
+    return splits
+
+
+def build_views(test_per_class: int, seeds: list[int]) -> tuple[dict[str, Path], dict]:
+    """Every view by name: the full datasets, and their small versions per seed (``-s<seed>`` after seed 0)."""
     views, notes = {}, {}
     signs = _split_folder_items(DATASETS / "sign-language-digits")
     dogs = cap_test(_split_folder_items(DATASETS / "dogs-vs-cats-small"), test_per_class)
     faces, notes["utkface"] = utkface_gender(
         max_train_per_class=600, max_valid_per_class=100, max_test_per_class=test_per_class
     )
-    for name, splits in (("signs", signs), ("dogs-cats", dogs), ("utk-gender", faces)):
+    art = pacs_art(50)
+    for name, splits in (("signs", signs), ("dogs-cats", dogs), ("utk-gender", faces), ("pacs-art", art)):
         views[name] = write_view(name, splits)
         for k in (10, 50):
-            views[f"{name}-{k}"] = write_view(f"{name}-{k}", small_version(splits, k))
+            for seed in seeds:
+                small = f"{name}-{k}" + (f"-s{seed}" if seed else "")
+                views[small] = write_view(small, small_version(splits, k, seed))
     return views, notes
+
+
+def view_seed(name: str) -> int:
+    """The seed a view was drawn with (and its runs train with)."""
+    return int(name.rsplit("-s", 1)[1]) if "-s" in name else 0
+
+
+def base_name(name: str) -> str:
+    return name.rsplit("-s", 1)[0] if "-s" in name else name
 
 
 def graft(*args: str) -> dict:
@@ -150,17 +178,24 @@ def main() -> None:
     parser.add_argument(
         "--test-per-class", type=int, default=100, help="cap on test images per class (dogs-cats, UTKFace)"
     )
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds: small versions drawn and runs trained with each"
+    )
+    parser.add_argument("--results", default="advise.json", help="file under bench/out to append to")
     parser.add_argument("--advise-only", action="store_true")
     parser.add_argument("--report", action="store_true", help="only print the Markdown tables of bench/out/advise.json")
     args = parser.parse_args()
     if args.report:
-        print(report(json.loads((OUT / "advise.json").read_text())))
+        results = json.loads((OUT / args.results).read_text())
+        print(report_over_seeds(results) if any("-s" in name for name in results["runs"]) else report(results))
         return
-    views, notes = build_views(args.test_per_class)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    views, notes = build_views(args.test_per_class, seeds)
     OUT.mkdir(parents=True, exist_ok=True)
-    results_path = OUT / "advise.json"
+    results_path = OUT / args.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {"notes": notes, "runs": {}}
-    names = [n for n in args.only.split(",") if n] or list(views)
+    wanted = [n for n in args.only.split(",") if n] or sorted({base_name(n) for n in views})
+    names = sorted((n for n in views if base_name(n) in wanted and view_seed(n) in seeds), key=view_seed)
     for name in names:
         data = str(views[name])
         entry = results["runs"].setdefault(name, {})
@@ -196,12 +231,13 @@ def main() -> None:
                 "--epochs",
                 str(args.epochs),
                 "--seed",
-                str(SEED),
+                str(SEED + view_seed(name)),
             )
             entry[key] = {
                 k: summary.get(k)
                 for k in ("test_accuracy", "valid_accuracy", "best_epoch", "seconds", "mode", "unfreeze", "advice")
             }
+            entry[key]["wall_seconds"] = summary["wall_seconds"]
             results_path.write_text(json.dumps(results, indent=2))
             print(f"  {key}: test {summary['test_accuracy']:.4f} in {summary['seconds']:.0f}s", flush=True)
 
@@ -252,6 +288,56 @@ def report(results: dict) -> str:
                 f"{best * 100:.1f}% ({', '.join(p for p, a in fixed.items() if a == best)})" if best is not None else ""
             )
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {best_text} | {gap} | {share * 100:.0f}% |")
+    return "\n".join(lines)
+
+
+def _plan_words(plan: dict) -> str:
+    if plan["mode"] == "extract":
+        return f"extract {plan['lr']:.0e}"
+    return f"last {plan['unfreeze']} {plan['lr']:.0e}"
+
+
+def report_over_seeds(results: dict) -> str:
+    """Test accuracy per plan, mean over the seeds (small versions drawn anew per seed), auto's gaps, what the race
+    cost and what it chose."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for name, entry in results["runs"].items():
+        groups[base_name(name)].append(entry)
+    plans = ("auto", "extract", "third", "half", "all")
+    budgets = sorted({key.split("@")[1] for entries in groups.values() for e in entries for key in e if "@" in key})
+    lines = []
+    for epochs in budgets:
+        lines += [
+            f"Test accuracy, {epochs} epochs for every plan, mean over seeds (min-max; training seconds, mean):",
+            "",
+            "| data | seeds | test images | auto | extract | last third | last half | all | auto - best fixed | "
+            "auto - extract | race s / auto s | auto chose |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, entries in groups.items():
+            runs = {p: [e[f"{p}@{epochs}"] for e in entries if f"{p}@{epochs}" in e] for p in plans}
+            seeds = len(runs["auto"])
+            if not seeds or any(len(runs[p]) not in (0, seeds) for p in plans):
+                continue
+            mean = {p: sum(r["test_accuracy"] for r in rs) / len(rs) * 100 for p, rs in runs.items() if rs}
+            cells = [
+                f"{mean[p]:.1f} ({min(r['test_accuracy'] for r in rs) * 100:.0f}-"
+                f"{max(r['test_accuracy'] for r in rs) * 100:.0f}; {sum(r['seconds'] for r in rs) / len(rs):.0f}s)"
+                if rs
+                else ""
+                for p, rs in runs.items()
+            ]
+            best = max(v for p, v in mean.items() if p != "auto")
+            race = [((r.get("advice") or {}).get("race_seconds") or 0.0) / r["seconds"] for r in runs["auto"]]
+            chose = ", ".join(_plan_words(r["advice"]["plan"]) for r in runs["auto"] if r.get("advice"))
+            test_images = sum(1 for path in (VIEWS / name / "test").rglob("*") if path.is_file())
+            lines.append(
+                f"| {name} | {seeds} | {test_images} | "
+                + " | ".join(cells)
+                + f" | {mean['auto'] - best:+.1f} | {mean['auto'] - mean['extract']:+.1f} | "
+                f"{sum(race) / len(race) * 100:.0f}% | {chose} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 

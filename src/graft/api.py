@@ -298,7 +298,8 @@ def train(
     How much is transferred:
         mode: ``"extract"`` (frozen backbone, new head), ``"finetune"`` (also the last ``unfreeze``
             stages, at ``lr * backbone_lr_mult``), or ``"auto"`` (``graft.advise`` measures the data and
-            picks; options given explicitly win; the advice is saved as ``advice.json``).
+            picks, and on small data a race of candidate plans on folds of the data decides (``graft.core.race``);
+            options given explicitly win; the advice is saved as ``advice.json``).
         backbone, weights, pretrained: the source network (default: the modality's, EfficientNet-Lite0 for
             images, all-MiniLM-L6-v2 for text; a built-in, timm or Hugging Face name; a weights file;
             ``pretrained=False`` for a from-scratch baseline).
@@ -314,7 +315,8 @@ def train(
             image computed through the frozen stages once and cached (default 4); cache, cache_dir:
             the activation cache (``cache=False`` recomputes the frozen part every epoch); image_size:
             instead of the backbone's input size.
-        epochs (default 10), patience (epochs without a better validation score), time_budget (seconds).
+        epochs (default 10), patience (epochs without a better validation score), time_budget (seconds;
+            ``mode="auto"``: half of it bounds the race of plans on small data).
         seed, deterministic (identical numbers on a rerun on the same CPU), device (``"auto"``: CUDA when
             torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), num_workers (processes of the frozen pass
             and of image decoding), quiet; log: ``"tensorboard"`` writes every epoch's scalars and the

@@ -179,7 +179,7 @@ def train(
         typer.Option(
             "--mode",
             help="extract (frozen backbone, new head), finetune (also train the last K stages), or auto (graft advise "
-            "decides; saved as advice.json).",
+            "decides; on small data a race of plans on folds of the data; saved as advice.json).",
         ),
     ] = "extract",
     backbone: Annotated[
@@ -390,7 +390,11 @@ def train(
     ] = None,
     time_budget: Annotated[
         Optional[float],
-        typer.Option("--time-budget", help="Stop after the epoch that passes this many seconds of training."),
+        typer.Option(
+            "--time-budget",
+            help="Stop after the epoch that passes this many seconds of training (--mode auto: half of it bounds the "
+            "race of plans on small data, the rest the final training).",
+        ),
     ] = None,
     reweight: Annotated[
         Optional[Path],

@@ -104,6 +104,7 @@ class Advice:
     evidence: dict[str, Any]
     reasons: tuple[str, ...]
     seconds: float
+    race: dict[str, Any] | None = None  # --mode auto's race of plans on small data (graft.core.race)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +116,7 @@ class Advice:
             "evidence": self.evidence,
             "reasons": list(self.reasons),
             "seconds": self.seconds,
+            "race": self.race,
         }
 
 

@@ -86,6 +86,33 @@ def _adaptation(run_path: Path, adaptation: dict | None, target: dict) -> str:
     )
 
 
+def _auto(advice: dict | None) -> str:
+    """How ``--mode auto`` chose: the advisor's scenario and, on small data, the race of plans."""
+    if not advice:
+        return ""
+    race = advice.get("race") or {}
+    text = (
+        f"<h2>How --mode auto chose</h2><p>Scenario {advice['scenario']}, similarity {advice['similarity']:.2f} "
+        f"(details in {html.escape(advice['file'])}).</p>"
+    )
+    if "skipped" in race:
+        return text + f"<p>No race: {html.escape(race['skipped'])}.</p>"
+    rows = [
+        {
+            "plan": ("winner: " if index == race["winner"] else "") + entry["label"],
+            "held-out accuracy per fold": " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
+            "mean": entry["mean_score"],
+            "seconds": entry["seconds"],
+        }
+        for index, entry in enumerate(race.get("candidates", []))
+    ]
+    return (
+        text
+        + f"<p>A race over {race['folds']} folds of the training data ({race['seconds']:.0f}s; successive halving: "
+        "the better half of the plans goes on to the next fold).</p>" + _table(rows)
+    )
+
+
 def render(
     run_path: Path,
     config: dict,
@@ -151,6 +178,7 @@ def render(
             metrics.get(final, {}).get("worst", []), thumbnails or {}
         )
     rows = [{k: v for k, v in record.items() if not isinstance(v, dict)} for record in history]
+    chosen = _auto(config.get("advice"))
     adaptation = _adaptation(run_path, metrics.get("adaptation"), metrics.get("target", {}))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>graft run {html.escape(run_path.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
@@ -160,6 +188,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f
 <h1>graft run: {html.escape(run_path.name)}</h1>
 {_table(summary)}
 <h2>Scores</h2>{_table(scores)}
+{chosen}
 {adaptation}
 <h2>Freeze plan</h2>{_table(plan_rows)}
 <h2>Learning curve</h2>{_image(run_path / "learning_curve.png")}

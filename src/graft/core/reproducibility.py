@@ -58,6 +58,19 @@ def seeded(seed: int) -> Iterator[None]:
             random.setstate(python_state)
 
 
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Run a block that may reseed Python, NumPy and torch, then put all three states back (what follows
+    draws exactly as if the block had not run)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(epoch, index)`` keys: a seeded permutation per epoch (or the plain order).
 

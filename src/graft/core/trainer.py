@@ -16,6 +16,8 @@ again, and continues from ``checkpoint.safetensors``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from graft.console import progress as make_progress
-from graft.console import stderr, table
+from graft.console import progress_task, stderr, table
 from graft.core import report
 from graft.core.callbacks import ProgressBars, TensorBoardLog
 from graft.core.checkpoint import load_checkpoint
@@ -189,14 +191,18 @@ def _train(session: Session) -> dict[str, Any]:
         from graft.core.advisor import advise_scanned
 
         advice = advise_scanned(kind.advice_view(dataset), loaded, config.backbone, source, seed=config.seed)
-    config = session.config = config.resolved(advice.plan.to_dict() if advice is not None else None)
-    validate(config)  # what config.json will hold, and --resume will check again
     preprocessing = (
         loaded.preprocessing
         if config.image_size is None
         else source.with_input_size(loaded.preprocessing, config.image_size)
     )
     preprocessing = source.fit_preprocessing(preprocessing, dataset)
+    if advice is not None:
+        advice = _choose(session, advice, dataset, loaded, preprocessing)
+        if config.time_budget is not None and advice.race and "seconds" in advice.race:
+            config = config.replace(time_budget=max(1.0, config.time_budget - advice.race["seconds"]))
+    config = session.config = config.resolved(advice.plan.to_dict() if advice is not None else None)
+    validate(config)  # what config.json will hold, and --resume will check again
     first = [loaded.model]  # the backbone just loaded serves the first tower; more towers load fresh copies
 
     def make_backbone() -> nn.Module:
@@ -206,16 +212,7 @@ def _train(session: Session) -> dict[str, Any]:
             else source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained).model
         )
 
-    model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
-    plan = plan_for_mode(
-        config.mode,
-        model.stage_names,
-        lr=config.lr,
-        unfreeze=config.unfreeze,
-        backbone_lr_mult=config.backbone_lr_mult,
-        bn_policy=config.bn,
-    )
-    apply_plan(plan, model)
+    model, plan = _model_and_plan(config, kind, source, make_backbone, dataset, preprocessing)
     objective = kind.objective(config, dataset)
     run.require_space(model)
     saved = {
@@ -263,6 +260,7 @@ def _train(session: Session) -> dict[str, Any]:
             "scenario": advice.scenario,
             "similarity": advice.similarity,
             "plan": advice.plan.to_dict(),
+            "race": advice.race,
         }
         run.write_json(ADVICE, advice.to_dict())
     if not quiet:
@@ -272,7 +270,13 @@ def _train(session: Session) -> dict[str, Any]:
     run.write_json(CONFIG, saved)  # last: a config.json means the run folder is complete enough to resume
     summary = _execute(session, saved, preprocessing, dataset, model, plan, objective, resuming=False)
     if advice is not None:
-        summary["advice"] = {"scenario": advice.scenario, "similarity": advice.similarity, "seconds": advice.seconds}
+        summary["advice"] = {
+            "scenario": advice.scenario,
+            "similarity": advice.similarity,
+            "seconds": advice.seconds,
+            "plan": advice.plan.to_dict(),
+            "race_seconds": (advice.race or {}).get("seconds"),
+        }
     return summary
 
 
@@ -356,7 +360,7 @@ def _execute(
     resuming: bool,
 ) -> dict[str, Any]:
     run, config, kind, source, runtime = session.run, session.config, session.kind, session.source, session.runtime
-    num_workers, quiet, began = session.num_workers, session.quiet, session.began
+    quiet, began = session.quiet, session.began
     title = f"{config.backbone}, {config.mode}" + (f", {config.sharing} sharing" if config.sharing else "")
     model.to(runtime.device)
     objective.to(runtime.device)
@@ -373,22 +377,8 @@ def _execute(
             if hasattr(kind, "build_inputs"):  # a kind that feeds the loop its own way (domain adaptation)
                 inputs = kind.build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)
             else:
-                inputs = build_inputs(
-                    source,
-                    kind.frozen_trunk(model),
-                    dataset,
-                    preprocessing,
-                    architecture=saved["backbone"]["architecture"],
-                    trainable_from=plan.trainable_from,
-                    augment=config.augment,
-                    views=config.views or 0,
-                    seed=config.seed,
-                    batch_size=config.batch_size,
-                    workers=num_workers,
-                    cache=config.cache,
-                    cache_dir=config.cache_dir,
-                    progress=progress,
-                    device=runtime.device,
+                inputs = _loaders(
+                    session, config, saved["backbone"]["architecture"], dataset, preprocessing, model, plan, progress
                 )
             prepared = time.perf_counter()
             if not quiet:
@@ -481,6 +471,121 @@ def _execute(
             f"{run.path}"
         )
     return summary
+
+
+def _model_and_plan(
+    config: RunConfig, kind: RunKind, source: Modality, make_backbone, dataset, preprocessing
+) -> tuple[nn.Module, FreezePlan]:
+    """The run's model with its freeze plan applied."""
+    model = kind.build_model(config, source, make_backbone, dataset, getattr(preprocessing, "input_size", None))
+    plan = plan_for_mode(
+        config.mode,
+        model.stage_names,
+        lr=config.lr,
+        unfreeze=config.unfreeze,
+        backbone_lr_mult=config.backbone_lr_mult,
+        bn_policy=config.bn,
+    )
+    apply_plan(plan, model)
+    return model, plan
+
+
+def _loaders(
+    session: Session, config: RunConfig, architecture: str, dataset, preprocessing, model, plan: FreezePlan, progress
+) -> Inputs:
+    """The loop's inputs for ``config``'s plan: activations of the frozen stages through the cache, or examples."""
+    return build_inputs(
+        session.source,
+        session.kind.frozen_trunk(model),
+        dataset,
+        preprocessing,
+        architecture=architecture,
+        trainable_from=plan.trainable_from,
+        augment=config.augment,
+        views=config.views or 0,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        workers=session.num_workers,
+        cache=config.cache,
+        cache_dir=config.cache_dir,
+        progress=progress,
+        device=session.runtime.device,
+    )
+
+
+def _choose(session: Session, advice, dataset, loaded, preprocessing):
+    """``--mode auto``'s plan: on small data the winner of a race of plans on folds of the data
+    (:mod:`graft.core.race`), else the advised one. The random state afterwards is as if no race ran."""
+    from graft.core import race as racing
+    from graft.core.advisor import AdvisedPlan
+    from graft.core.reproducibility import preserved_random_state
+
+    why = (
+        racing.why_no_race(advice)
+        if getattr(session.kind, "races", False)
+        else f"{session.kind.name} runs are not raced"
+    )
+    if why is not None:
+        return dataclasses.replace(advice, race={"skipped": why})
+    config = session.config
+    plans: list[AdvisedPlan] = []
+    for candidate in racing.candidates(advice):  # as the run would train it: options the user gave win
+        resolved = config.resolved(candidate.to_dict())
+        plan = AdvisedPlan(
+            resolved.mode,
+            resolved.unfreeze or 0,
+            resolved.lr,
+            resolved.backbone_lr_mult if resolved.backbone_lr_mult is not None else candidate.backbone_lr_mult,
+            resolved.epochs,
+            resolved.head_epochs or 0,
+            resolved.bn or "frozen",
+        )
+        if plan not in plans:
+            plans.append(plan)
+    fold_data = racing.folds(dataset, config.seed)
+    budget = None if config.time_budget is None else config.time_budget / 2
+    architecture = loaded.report.architecture
+
+    def train_one(plan: AdvisedPlan, fold) -> dict[str, float]:
+        began = time.perf_counter()
+        candidate = config.resolved(plan.to_dict())
+        seed_everything(candidate.seed, candidate.deterministic)
+        model, freeze_plan = _model_and_plan(
+            candidate, session.kind, session.source, lambda: copy.deepcopy(loaded.model), fold, preprocessing
+        )
+        model.to(session.runtime.device)
+        objective = session.kind.objective(candidate, fold)
+        objective.to(session.runtime.device)
+        inputs = _loaders(session, candidate, architecture, fold, preprocessing, model, freeze_plan, progress)
+        state = fit(
+            model,
+            objective,
+            freeze_plan,
+            inputs.train,
+            inputs.evaluation["valid"],
+            epochs=candidate.epochs,
+            head_epochs=candidate.head_epochs or 0,
+            patience=candidate.patience,
+            start=inputs.start,
+            runtime=session.runtime,
+        )
+        best = state.best_record
+        return {
+            "score": best["valid_score"],
+            "loss": best.get("valid_loss", 0.0),
+            "seconds": time.perf_counter() - began,
+        }
+
+    total = racing.trainings(len(plans), len(fold_data))
+    with preserved_random_state(), make_progress(session.quiet) as progress:
+        with progress_task(progress, f"choosing a plan ({len(plans)} candidates)", total) as advance:
+            result = racing.race(plans, fold_data, train_one, budget=budget, advance=advance)
+    return dataclasses.replace(
+        advice,
+        plan=result.plans[result.winner],
+        reasons=(*advice.reasons, result.reason()),
+        race=result.to_dict(),
+    )
 
 
 def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, model, progress) -> list[dict]:
@@ -581,11 +686,31 @@ def _print_plan(kind: RunKind, dataset, config: RunConfig, model: nn.Module, pla
     )
     counts = parameter_counts(model)
     stderr.print(f"trainable params: {counts['trainable']:,}   frozen params: {counts['frozen']:,}")
+    if advice is not None and advice.race and "candidates" in advice.race:
+        stderr.print(race_table(advice.race))
     if advice is not None:
         stderr.print(
             f"[bold]advice[/]: scenario {advice.scenario}, similarity {advice.similarity:.2f}; "
             + "; ".join(advice.reasons[2:])
         )
+
+
+def race_table(race: dict[str, Any]):
+    """``--mode auto``'s race as a table: every candidate's held-out accuracy per fold, the winner starred."""
+    rows = [
+        [
+            ("* " if index == race["winner"] else "") + entry["label"],
+            " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
+            "" if entry["mean_score"] is None else f"{entry['mean_score']:.3f}",
+            f"{entry['seconds']:.1f}",
+        ]
+        for index, entry in enumerate(race["candidates"])
+    ]
+    return table(
+        f"--mode auto: race over {race['folds']} folds ({race['seconds']:.0f}s)",
+        ["plan", "held-out accuracy per fold", "mean", "seconds"],
+        rows,
+    )
 
 
 def _version() -> str:

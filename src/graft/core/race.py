@@ -1,0 +1,191 @@
+"""``--mode auto`` on small data: choose the plan by a short, seeded race instead of by the table alone.
+
+The advisor's table (:mod:`graft.core.advisor`) matched the best fixed plan on every full dataset, but
+at 10-50 images a class it was 6-10 points below it (BENCHMARKS.md section 3): there the ranking of
+plans changes with the data, and only trying tells. Trying is cheap there: the activation cache computes
+the frozen stages once per image and depth for every candidate and fold.
+
+The advice is the prior. The candidates are the advised plan, then feature extraction and the usual
+fine-tuning depths (the last third, the last half), each also at a higher learning rate (tiny data
+gives few optimizer steps); the prior's order breaks ties. The race is successive halving over folds:
+every candidate trains on the first fold of the pooled training data (stratified) and is scored on the
+fold's held-out part; the better half goes on to the next fold; the winner has the best mean score
+over the folds it ran. Each training is the run's own (epochs, augmentation, cache, seed), so a score is
+what the final run would see. A time budget stops the race early; what was measured then decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from graft.core.advisor import SMALL_DATA_IMAGES, Advice, AdvisedPlan
+from graft.core.dataset import Dataset
+from graft.core.strategies import default_unfreeze
+
+__all__ = ["Race", "candidates", "folds", "race", "why_no_race"]
+
+FOLDS = 3
+RAISED_LR = 3.0  # the second learning rate tried: 3x the advised one
+
+
+def describe(plan: AdvisedPlan) -> str:
+    """A plan in a few words (the race's tables and messages)."""
+    if plan.mode == "extract":
+        return f"extract, lr {plan.lr:.0e}"
+    return f"finetune last {plan.unfreeze}, lr {plan.lr:.0e}, backbone x{plan.backbone_lr_mult:g}"
+
+
+def candidates(advice: Advice) -> list[AdvisedPlan]:
+    """The plans to race, the advised one first: extraction and the fine-tuning depths around the advice
+    (never the whole network, which the cache cannot help and small data rarely rewards), then the same
+    at a higher learning rate."""
+    advised = advice.plan
+    stages = len(advice.evidence["stages"])
+    depths = [advised.unfreeze if advised.mode == "finetune" else 0]
+    for depth in (0, default_unfreeze(stages), math.ceil(stages / 2)):
+        if depth not in depths and depth < stages:
+            depths.append(depth)
+    multiplier = advised.backbone_lr_mult if advised.mode == "finetune" else 0.1
+    base = [
+        AdvisedPlan("extract", 0, advised.lr, 0.1, advised.epochs, 0, "frozen")
+        if depth == 0
+        else AdvisedPlan("finetune", depth, advised.lr, multiplier, advised.epochs, 1, "train")
+        for depth in depths
+    ]
+    return base + [dataclasses.replace(plan, lr=plan.lr * RAISED_LR) for plan in base]
+
+
+def why_no_race(advice: Advice) -> str | None:
+    """Why the table's plan stands without a race (None: race)."""
+    if advice.plan.mode not in ("extract", "finetune"):
+        return f"the advised mode {advice.plan.mode} is not raced"
+    if advice.size["images"] >= SMALL_DATA_IMAGES:
+        return (
+            f"{advice.size['images']} images is large data (the line is {SMALL_DATA_IMAGES}), where the table's plan "
+            "matched the best fixed plan on every dataset measured (BENCHMARKS.md section 3)"
+        )
+    if advice.size["min_per_class"] < 2:
+        return "a class has fewer than 2 images: no fold could hold one out"
+    return None
+
+
+def folds(dataset: Dataset, seed: int, count: int = FOLDS) -> list[Dataset]:
+    """Stratified folds of the pooled train and valid splits: each a dataset whose ``valid`` is one part."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pool = sorted(dataset.split("train") + dataset.split("valid"))
+    labels = np.array([label for _, label in pool])
+    count = min(count, int(np.bincount(labels).min()))
+    splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=seed % 2**32)
+    return [
+        dataclasses.replace(
+            dataset,
+            splits={"train": [pool[i] for i in train], "valid": [pool[i] for i in valid]},
+            skipped=[],
+            warnings=[],
+        )
+        for train, valid in splitter.split(np.zeros(len(pool)), labels)
+    ]
+
+
+@dataclasses.dataclass
+class Race:
+    """Every candidate's scores per fold, the winner, and what the race cost."""
+
+    plans: list[AdvisedPlan]
+    scores: list[list[dict[str, float]]]  # per candidate, one entry per fold it ran: score, loss, seconds
+    folds: int
+    winner: int
+    seconds: float
+    stopped: str | None = None
+
+    def mean(self, index: int) -> float:
+        return float(np.mean([entry["score"] for entry in self.scores[index]])) if self.scores[index] else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folds": self.folds,
+            "winner": self.winner,
+            "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
+            "candidates": [
+                {
+                    "plan": plan.to_dict(),
+                    "label": describe(plan),
+                    "fold_scores": [round(entry["score"], 4) for entry in self.scores[index]],
+                    "mean_score": None if not self.scores[index] else round(self.mean(index), 4),
+                    "seconds": round(sum(entry["seconds"] for entry in self.scores[index]), 3),
+                }
+                for index, plan in enumerate(self.plans)
+            ],
+        }
+
+    def reason(self) -> str:
+        won = self.plans[self.winner]
+        runs = len(self.scores[self.winner])
+        text = (
+            f"race of {len(self.plans)} plans over {self.folds} folds of the training data ({self.seconds:.0f}s, "
+            f"successive halving): {describe(won)} won with mean held-out accuracy {self.mean(self.winner):.3f} "
+            f"over {runs} fold(s)"
+        )
+        if self.winner != 0:
+            text += f"; the advised plan ({describe(self.plans[0])}) scored {self.mean(0):.3f}"
+        return text + (f"; {self.stopped}" if self.stopped else "")
+
+
+def race(
+    plans: Sequence[AdvisedPlan],
+    fold_data: Sequence[Dataset],
+    train_one: Callable[[AdvisedPlan, Dataset], dict[str, float]],
+    *,
+    budget: float | None = None,
+    advance: Callable[[int], None] = lambda count: None,
+) -> Race:
+    """Successive halving of ``plans`` (prior order) over ``fold_data``. ``train_one(plan, fold)`` trains
+    on the fold's train split and returns ``score`` (higher is better), ``loss`` and ``seconds``.
+    ``budget``: seconds after which no new training starts."""
+    began = time.perf_counter()
+    scores: list[list[dict[str, float]]] = [[] for _ in plans]
+    alive = list(range(len(plans)))
+    stopped = None
+
+    def key(index: int) -> tuple:
+        entries = scores[index]
+        return (
+            -len(entries),
+            -np.mean([e["score"] for e in entries]) if entries else 0.0,
+            np.mean([e["loss"] for e in entries]) if entries else 0.0,
+            index,
+        )
+
+    for number, fold in enumerate(fold_data):
+        for index in alive:
+            if budget is not None and time.perf_counter() - began >= budget:
+                stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}"
+                break
+            scores[index].append(train_one(plans[index], fold))
+            advance(1)
+        if stopped:
+            break
+        alive = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
+        if len(alive) == 1:
+            break
+    winner = min(range(len(plans)), key=key)  # the most folds run, then the best mean, then the prior's order
+    return Race(list(plans), scores, len(fold_data), winner, time.perf_counter() - began, stopped)
+
+
+def trainings(candidates_count: int, fold_count: int) -> int:
+    """How many trainings the race runs without a budget (for the progress bar)."""
+    total, alive = 0, candidates_count
+    for _ in range(fold_count):
+        total += alive
+        alive = max(1, math.ceil(alive / 2))
+        if alive == 1:
+            break
+    return total

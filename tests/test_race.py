@@ -1,0 +1,115 @@
+"""--mode auto's race of plans on small data: candidates, folds, successive halving, budget, the run's record."""
+
+import json
+import time
+
+import pytest
+
+import graft
+from graft.core.advisor import AdvisedPlan, decide
+from graft.core.race import candidates, folds, race, trainings, why_no_race
+from graft.image.data import scan_folder
+from tests.conftest import TINY_BACKBONE
+from tests.test_advisor import FAR, _evidence, tiny_weights  # noqa: F401 (a fixture)
+
+SMALL = {"images": 150, "classes": 10, "min_per_class": 15}
+
+
+def test_candidates_start_with_the_advice_and_never_train_the_whole_network():
+    advice = decide("b", SMALL, _evidence(FAR), 0.1)  # scenario 3: the last 5 of 9 stages
+    plans = candidates(advice)
+    assert plans[0] == advice.plan
+    assert len(set(plans)) == len(plans) == 6
+    assert {(p.mode, p.unfreeze) for p in plans} == {("finetune", 5), ("extract", 0), ("finetune", 3)}
+    assert all(p.unfreeze < 9 for p in plans)
+    assert sorted({p.lr for p in plans}) == [advice.plan.lr, advice.plan.lr * 3]
+
+
+def test_only_small_data_is_raced():
+    assert why_no_race(decide("b", SMALL, _evidence(FAR), 0.1)) is None
+    large = decide("b", {"images": 5000, "classes": 10, "min_per_class": 500}, _evidence(FAR), 0.1)
+    assert "large data" in why_no_race(large)
+    lonely = decide("b", {**SMALL, "min_per_class": 1}, _evidence(FAR), 0.1)
+    assert "fewer than 2" in why_no_race(lonely)
+
+
+def test_folds_are_stratified_and_hold_out_every_image_once(class_folder):
+    dataset = scan_folder(class_folder, valid_fraction=0.2, seed=0)
+    parts = folds(dataset, seed=0)
+    pool = sorted(dataset.split("train") + dataset.split("valid"))
+    assert len(parts) == 3
+    held_out = sorted(item for part in parts for item in part.split("valid"))
+    assert held_out == pool
+    for part in parts:
+        assert sorted(part.split("train") + part.split("valid")) == pool
+        assert sorted({label for _, label in part.split("valid")}) == [0, 1, 2]  # every class held out
+    assert folds(dataset, seed=0)[0].splits == parts[0].splits != folds(dataset, seed=1)[0].splits
+
+
+PLANS = [AdvisedPlan("finetune", k, 1e-3, 0.1, 10, 1, "train") for k in range(1, 7)]
+
+
+def _scripted(scores: dict[int, list[float]], calls: list):
+    def train_one(plan, fold):
+        calls.append((plan.unfreeze, fold))
+        return {"score": scores[plan.unfreeze][fold], "loss": 1.0, "seconds": 0.0}
+
+    return train_one
+
+
+def test_successive_halving_keeps_the_better_half_each_fold_and_picks_the_best_mean():
+    # plan k's scores per fold; plan 6 leads after fold 0, plan 3 has the best mean over all three
+    scores = {1: [0.1] * 3, 2: [0.2] * 3, 3: [0.6, 0.9, 0.9], 4: [0.5, 0.5, 0.5], 5: [0.3] * 3, 6: [0.9, 0.4, 0.4]}
+    calls = []
+    result = race(PLANS, [0, 1, 2], _scripted(scores, calls))
+    assert [k for k, fold in calls if fold == 0] == [1, 2, 3, 4, 5, 6]
+    assert sorted(k for k, fold in calls if fold == 1) == [3, 4, 6]  # the better half after fold 0
+    assert sorted(k for k, fold in calls if fold == 2) == [3, 6]
+    assert len(calls) == trainings(6, 3) == 11
+    assert PLANS[result.winner].unfreeze == 3
+    recorded = result.to_dict()["candidates"]
+    assert recorded[2]["fold_scores"] == [0.6, 0.9, 0.9] and recorded[0]["fold_scores"] == [0.1]
+
+
+def test_ties_go_to_the_prior_order():
+    calls = []
+    result = race(PLANS[:2], [0, 1, 2], _scripted({1: [0.5] * 3, 2: [0.5] * 3}, calls))
+    assert result.winner == 0 and len(calls) == 2  # one survivor after the first fold: no more folds
+
+
+def test_the_budget_stops_the_race_and_what_ran_decides():
+    def slow(plan, fold):
+        time.sleep(0.05)
+        return {"score": plan.unfreeze / 10, "loss": 1.0, "seconds": 0.05}
+
+    result = race(PLANS, [0, 1, 2], slow, budget=0.12)
+    ran = [index for index, entries in enumerate(result.scores) if entries]
+    assert ran == [0, 1, 2] and "time budget" in result.stopped
+    assert result.winner == 2  # the best of the plans measured
+
+
+def test_auto_on_small_data_races_records_it_and_trains_the_winner(class_folder, tiny_weights, tmp_path):  # noqa: F811
+    summary = graft.train(
+        class_folder,
+        tmp_path / "run",
+        mode="auto",
+        backbone=TINY_BACKBONE,
+        weights=tiny_weights,
+        epochs=2,
+        num_workers=0,
+        quiet=True,
+        batch_size=8,
+    )
+    advice = json.loads((tmp_path / "run" / "advice.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    entries = advice["race"]["candidates"]
+    assert advice["race"]["folds"] == 3 and len(entries) >= 4
+    winner = entries[advice["race"]["winner"]]
+    assert winner["plan"] == advice["plan"] == config["advice"]["plan"] == summary["advice"]["plan"]
+    assert winner["mean_score"] == max(e["mean_score"] for e in entries if len(e["fold_scores"]) == 3)
+    assert len(winner["fold_scores"]) == 3 and all(e["fold_scores"] for e in entries)
+    assert config["mode"] == winner["plan"]["mode"] and config["hyperparameters"]["lr"] == winner["plan"]["lr"]
+    assert summary["advice"]["race_seconds"] == pytest.approx(advice["race"]["seconds"])
+    assert any("race of" in reason for reason in advice["reasons"])
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "How --mode auto chose" in page and "winner: " + winner["label"] in page
