@@ -113,3 +113,18 @@ def test_auto_on_small_data_races_records_it_and_trains_the_winner(class_folder,
     assert any("race of" in reason for reason in advice["reasons"])
     page = (tmp_path / "run" / "report.html").read_text()
     assert "How --mode auto chose" in page and "winner: " + winner["label"] in page
+
+
+def test_without_a_budget_the_race_stops_at_a_multiple_of_its_first_training(monkeypatch):
+    import graft.core.race as racing
+
+    monkeypatch.setattr(racing, "MIN_SECONDS", 0.0)
+
+    def timed(plan, fold):
+        time.sleep(0.1 if plan.unfreeze == 1 else 0.02)  # the first (advised) plan takes 0.1 s
+        return {"score": 0.5, "loss": 1.0, "seconds": 0.0}
+
+    result = race(PLANS, [0, 1, 2], timed)
+    runs = sum(len(entries) for entries in result.scores)
+    assert 3 <= runs < trainings(6, 3)  # about 0.3 s: the first and some ten more 0.02 s trainings, not all
+    assert "3x its first training" in result.stopped

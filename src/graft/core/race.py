@@ -32,6 +32,10 @@ __all__ = ["Race", "candidates", "folds", "race", "why_no_race"]
 
 FOLDS = 3
 RAISED_LR = 3.0  # the second learning rate tried: 3x the advised one
+# Without --time-budget the race starts no training after this many times the seconds of its first one
+# (the advised plan on the first fold, about what the final run costs), and never stops before MIN_SECONDS.
+BUDGET_FACTOR = 3.0
+MIN_SECONDS = 30.0
 
 
 def describe(plan: AdvisedPlan) -> str:
@@ -42,23 +46,26 @@ def describe(plan: AdvisedPlan) -> str:
 
 
 def candidates(advice: Advice) -> list[AdvisedPlan]:
-    """The plans to race, the advised one first: extraction and the fine-tuning depths around the advice
-    (never the whole network, which the cache cannot help and small data rarely rewards), then the same
-    at a higher learning rate."""
+    """The plans to race, the advised one first; then feature extraction and the fine-tuning depths around
+    the advice, cheapest first (under a budget the cheap ones still get measured), each at a higher learning
+    rate before the advised one (the higher rate won at every depth on the small sets measured: BENCHMARKS.md
+    section 3). Never the whole network, which the cache cannot help and small data rarely rewards."""
     advised = advice.plan
     stages = len(advice.evidence["stages"])
-    depths = [advised.unfreeze if advised.mode == "finetune" else 0]
-    for depth in (0, default_unfreeze(stages), math.ceil(stages / 2)):
-        if depth not in depths and depth < stages:
-            depths.append(depth)
     multiplier = advised.backbone_lr_mult if advised.mode == "finetune" else 0.1
-    base = [
-        AdvisedPlan("extract", 0, advised.lr, 0.1, advised.epochs, 0, "frozen")
-        if depth == 0
-        else AdvisedPlan("finetune", depth, advised.lr, multiplier, advised.epochs, 1, "train")
-        for depth in depths
-    ]
-    return base + [dataclasses.replace(plan, lr=plan.lr * RAISED_LR) for plan in base]
+
+    def at(depth: int, lr: float) -> AdvisedPlan:
+        if depth == 0:
+            return AdvisedPlan("extract", 0, lr, 0.1, advised.epochs, 0, "frozen")
+        return AdvisedPlan("finetune", depth, lr, multiplier, advised.epochs, 1, "train")
+
+    depths = sorted({0, default_unfreeze(stages), math.ceil(stages / 2)} - {stages})
+    plans = [advised]
+    for depth in depths:
+        for lr in (advised.lr * RAISED_LR, advised.lr):
+            if at(depth, lr) not in plans:
+                plans.append(at(depth, lr))
+    return plans
 
 
 def why_no_race(advice: Advice) -> str | None:
@@ -149,11 +156,13 @@ def race(
 ) -> Race:
     """Successive halving of ``plans`` (prior order) over ``fold_data``. ``train_one(plan, fold)`` trains
     on the fold's train split and returns ``score`` (higher is better), ``loss`` and ``seconds``.
-    ``budget``: seconds after which no new training starts."""
+    ``budget``: seconds after which no new training starts (None: :data:`BUDGET_FACTOR` times the first
+    training's seconds, at least :data:`MIN_SECONDS`)."""
     began = time.perf_counter()
     scores: list[list[dict[str, float]]] = [[] for _ in plans]
     alive = list(range(len(plans)))
     stopped = None
+    given = budget is not None
 
     def key(index: int) -> tuple:
         entries = scores[index]
@@ -167,10 +176,14 @@ def race(
     for number, fold in enumerate(fold_data):
         for index in alive:
             if budget is not None and time.perf_counter() - began >= budget:
-                stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}"
+                stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}" + (
+                    "" if given else f" ({BUDGET_FACTOR:g}x its first training; --time-budget sets it)"
+                )
                 break
             scores[index].append(train_one(plans[index], fold))
             advance(1)
+            if budget is None:  # the default: relative to what the advised plan costs here
+                budget = max(MIN_SECONDS, BUDGET_FACTOR * (time.perf_counter() - began))
         if stopped:
             break
         alive = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
