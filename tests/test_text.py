@@ -232,7 +232,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_text_run(tiny_encoder, tmp_p
         ({"augment": True}, r"--augment/--no-augment \(inputs.augment\) does not apply to text data"),
         ({"image_size": 64}, r"--image-size .* does not apply to text data"),
         ({"mode": "finetune", "bn": "frozen"}, r"--bn .* does not apply to text data: a transformer has LayerNorm"),
-        ({"labels": "re:(?P<x>.)"}, "multitask runs learn from image data"),
+        ({"labels": "re:(?P<x>.)"}, "--labels .re:.*does not apply to text: a text.s labels are columns of its table"),
     ],
 )
 def test_options_that_mean_nothing_for_text_are_refused(tiny_encoder, text_table, tmp_path, options, message):
@@ -323,3 +323,39 @@ def test_auto_on_a_layernorm_encoder_plans_by_size(tiny_encoder, tmp_path):
         "encoder", {"images": 4000, "classes": 6, "min_per_class": 300}, {**evidence, "head_confidence": None}, 1
     )
     assert (large.plan.mode, large.plan.unfreeze) == ("finetune", 2)
+
+
+def test_a_table_with_a_column_per_task_trains_one_multi_task_text_model(tiny_encoder, tmp_path):
+    rows = [
+        (text, label, "yes" if len(text.split()) > 6 else "no", str(len(text.split())))
+        for text, label in generated_rows()
+    ]
+    rows[3] = (rows[3][0], rows[3][1], "maybe", "4")  # not a class of 'long': skipped with its line
+    rows[5] = (rows[5][0], "", "", "")  # no label for any task: skipped
+    rows[7] = (rows[7][0], "", "yes", "5")  # a missing topic: the text still teaches 'long' and 'words'
+    table = write_table(tmp_path / "tasks.csv", rows, header=("text", "topic", "long", "words"))
+    tasks = "topic:classification,long:no/yes,words:regression"
+    checked = graft.check(table, labels="columns", tasks=tasks)
+    assert checked["ok"] and checked["classes"] == {"topic": ["food", "sport"], "long": ["no", "yes"]}
+    assert {(entry["file"], entry["reason"]) for entry in checked["skipped"]} == {
+        (f"{table}:5", "long value 'maybe' is not one of 2 classes (no, yes) nor an index below 2"),
+        (f"{table}:7", "no label for any task"),
+    }
+    summary = graft.train(
+        table, tmp_path / "run", labels="columns", tasks=tasks, backbone=tiny_encoder, epochs=3, quiet=True
+    )
+    assert summary["kind"] == "multi-task" and summary["tasks"] == ["topic", "long", "words"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    texts = [text for items in manifest["splits"].values() for text, _ in items]
+    assert rows[7][0] in texts and rows[5][0] not in texts and len(texts) == len(rows) - 2
+    trained = graft.load(tmp_path / "run")
+    answer = trained.predict(["the goal striker match number 99"])[0]
+    assert answer["text"] == "the goal striker match number 99"
+    assert set(answer["tasks"]) == {"topic", "long", "words"} and answer["tasks"]["topic"]["label"] in ("food", "sport")
+    held_out = trained.evaluate()  # the run's own test split
+    assert held_out["n"] == len(manifest["splits"]["test"]) and set(held_out["tasks"]) == {"topic", "long", "words"}
+    other = shutil.copy(table, tmp_path / "other.csv")  # another table: every usable row, skipped ones listed
+    evaluated = trained.evaluate(other)
+    assert evaluated["n"] == len(rows) - 2 and len(evaluated["skipped"]) == 2
+    with pytest.raises(ConfigError, match="--labels 'utkface' does not apply to text"):
+        graft.train(table, tmp_path / "bad", labels="utkface", tasks=tasks, backbone=tiny_encoder, quiet=True)

@@ -96,8 +96,15 @@ def check(
     from graft.text.data import is_text_data
 
     if is_text_data(data) or text_column is not None or label_column is not None:
-        if labels is not None or tasks is not None:
-            raise ConfigError("--labels and --tasks are for images; a text table names its columns instead")
+        if labels is not None:  # several tasks: a column each
+            from graft.text.tasks import scan_text_tasks
+
+            fraction = 0.15 if valid_fraction is None else valid_fraction
+            return _check_tasks(
+                data, lambda: scan_text_tasks(data, labels, tasks, fraction, 0.15, seed, text_column=text_column)
+            )
+        if tasks is not None:
+            raise ConfigError("--tasks needs --labels columns (a text table's label columns, one per task)")
         from graft.text.checking import check_report as check_texts
 
         return check_texts(
@@ -109,7 +116,6 @@ def check(
         )
     require_folder(data)
     from graft.audio.data import is_audio_data
-    from graft.core.dataset import summarise
     from graft.image.checking import check_report
 
     errors: list[str] = []
@@ -133,8 +139,17 @@ def check(
         return check_report(dataset, errors)
     from graft.multitask.tasks import scan_multitask
 
+    fraction = 0.15 if valid_fraction is None else valid_fraction
+    return _check_tasks(data, lambda: scan_multitask(data, labels, tasks, fraction, 0.15, seed))
+
+
+def _check_tasks(data, scan) -> dict[str, Any]:
+    """``graft check`` of several tasks' labels: what ``scan()`` read, skipped and warned about."""
+    from graft.core.dataset import summarise
+
+    errors: list[str] = []
     try:
-        found = scan_multitask(data, labels, tasks, 0.15 if valid_fraction is None else valid_fraction, 0.15, seed)
+        found = scan()
     except DataError as error:
         errors.append(error.message)
         return {

@@ -309,8 +309,8 @@ def train(
         Optional[str],
         typer.Option(
             "--labels",
-            help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), or "
-            "re:PATTERN with named groups.",
+            help="Multi-task labels: utkface (file-name preset), a CSV (file column + one column per task), "
+            "re:PATTERN with named groups, or columns (a text table: one column per task).",
             rich_help_panel="Multi-task / multi-domain",
         ),
     ] = None,
@@ -816,7 +816,9 @@ def check(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the train/valid split (as in graft train).")] = 0,
     labels: Annotated[
         Optional[str],
-        typer.Option("--labels", help="Read DATA as graft train --labels does: utkface, a CSV file, or re:PATTERN."),
+        typer.Option(
+            "--labels", help="Read DATA as graft train --labels does: utkface, a CSV file, re:PATTERN, or columns."
+        ),
     ] = None,
     tasks: Annotated[
         Optional[str], typer.Option("--tasks", help="Tasks to read from --labels (as in graft train).")

@@ -106,7 +106,12 @@ FIELDS: dict[str, Field] = {
     "data": Field("data", "DATA", str, help="a folder of class folders, of images with --labels, or a table of texts"),
     "text_column": Field("data", "--text-column", str, help="a table's text column (default: text)"),
     "label_column": Field("data", "--label-column", str, help="a table's label column (default: label)"),
-    "labels": Field("data", "--labels", str, help="multi-task labels: utkface, a CSV, or re:PATTERN"),
+    "labels": Field(
+        "data",
+        "--labels",
+        str,
+        help="multi-task labels: utkface, a CSV, re:PATTERN, or columns (a text table's own columns)",
+    ),
     "tasks": Field("data", "--tasks", str, help="tasks to learn from --labels"),
     "domains": Field("data", "--domain", dict, _domains, "multi-domain: NAME=PATH per domain"),
     "target": Field("data", "TARGET", str, help="domain adaptation: a folder of unlabelled target-domain images"),

@@ -41,9 +41,24 @@ class MultiTaskKind:
     """Several tasks on one set of images, or several domains in one model (see :class:`graft.core.trainer.RunKind`)."""
 
     name = "multitask"
-    modalities = ("image",)
+    modalities = ("image", "text")
 
     def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
+        if source.name == "text":
+            if config.domains is not None:
+                raise ConfigError("--domain applies to image folders; several text domains are not supported yet")
+            from graft.text.tasks import scan_text_tasks
+
+            return scan_text_tasks(
+                config.data,
+                config.labels,
+                config.tasks,
+                config.valid_fraction,
+                config.test_fraction,
+                config.seed,
+                config.limit,
+                config.text_column,
+            )
         if config.domains is not None:
             return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
         return scan_multitask(
@@ -267,6 +282,11 @@ class MultiTaskTrainedModel:
                 f"a multi-domain run is evaluated on its own test splits; got DATA '{data}'",
                 hint="run graft evaluate RUN without DATA",
             )
+        elif labels.get("kind") == "columns":  # texts: the labels are columns of the table
+            from graft.text.tasks import read_text_tasks
+
+            _, items, skipped = read_text_tasks(data, list(self.tasks), labels.get("text_column"))
+            evaluated_on = str(data)
         else:
             source = (
                 labels["name"]

@@ -372,7 +372,24 @@ def scan_multitask(
     """
     chosen, items, skipped, source = read_labels(root, labels, tasks)
     items, hashes = _usable_images(items, skipped)
-    for task in chosen:
+    return assemble(root, source, chosen, items, skipped, hashes, (valid_fraction, test_fraction), seed, limit)
+
+
+def assemble(
+    root: str | os.PathLike,
+    source: dict[str, Any],
+    tasks: list[Task],
+    items: list[tuple[str, list[float]]],
+    skipped: list[dict[str, str]],
+    hashes: dict[str, str],
+    fractions: tuple[float, float],
+    seed: int,
+    limit: int | None,
+) -> MultiTaskDataset:
+    """The dataset of labelled ``items`` (any modality's: ``hashes`` key them by content): every
+    classification task checked for two classes, an optional seeded subset of ``limit`` items (said so in
+    ``source``), and the duplicate-aware split."""
+    for task in tasks:
         if task.is_classification and len(task.classes) < 2:
             raise DataError(
                 f"task '{task.name}' has {len(task.classes)} class(es) in '{root}'; classification needs at least 2"
@@ -381,11 +398,11 @@ def scan_multitask(
         keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
         items = [items[i] for i in keep]
         source = {**source, "subset": limit}
-    splits, duplicates = group_split(items, (valid_fraction, test_fraction), seed, hashes)
+    splits, duplicates = group_split(items, fractions, seed, hashes)
     return MultiTaskDataset(
         root=str(root),
         source=source,
-        tasks=chosen,
+        tasks=tasks,
         splits=splits,
         skipped=skipped,
         duplicates=duplicates,

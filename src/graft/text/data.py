@@ -149,27 +149,38 @@ def read_table(
     path: Path, text_column: str | None, label_column: str | None, skipped: list[dict[str, str]]
 ) -> list[Record]:
     """Labelled records of a CSV, TSV or JSON Lines file; unusable records go to ``skipped`` with their line."""
-    text_column = text_column or DEFAULT_TEXT_COLUMN
     label_column = label_column or DEFAULT_LABEL_COLUMN
+    return [
+        Record(text, values[label_column].strip(), where, lines)
+        for text, values, where, lines in read_rows(path, text_column, [label_column], skipped)
+    ]
+
+
+def read_rows(
+    path: Path, text_column: str | None, columns: Sequence[str], skipped: list[dict[str, str]]
+) -> list[tuple[str, dict[str, str], str, int]]:
+    """``(text, {column: value}, "file:line", physical lines)`` for every row of a CSV, TSV or JSON Lines file
+    (a value may be empty); rows that cannot be read go to ``skipped`` with their line."""
+    text_column = text_column or DEFAULT_TEXT_COLUMN
     lines = read_lines(path, skipped)
     if path.suffix.lower() == ".jsonl":
-        return _read_jsonl(path, lines, text_column, label_column, skipped)
+        return _read_jsonl(path, lines, text_column, columns, skipped)
     reader = csv.reader(lines, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     try:
         header = next(reader)
     except StopIteration:
         raise DataError(f"'{path}' is empty (a header row naming the columns is expected)") from None
     header = [name.strip() for name in header]
-    columns = {}
-    for role, name in (("text", text_column), ("label", label_column)):
+    for role, name in (("text", text_column), *(("label", column) for column in columns)):
         if name not in header:
-            flag = f"--{role}-column"
             raise DataError(
                 f"'{path}' has no column '{name}' (its columns: {', '.join(repr(h) for h in header)})",
-                hint=f"name the {role} column with {flag}",
+                hint="name the text column with --text-column"
+                if role == "text"
+                else "name the label column with --label-column (several tasks: --tasks, one per column)",
             )
-        columns[role] = header.index(name)
-    records, first = [], 2
+    text_at, at = header.index(text_column), {column: header.index(column) for column in columns}
+    rows, first = [], 2
     try:
         for row in reader:
             where = f"{path}:{first}"
@@ -179,17 +190,18 @@ def read_table(
             if len(row) != len(header):
                 skipped.append({"file": where, "reason": f"{len(row)} fields where the header has {len(header)}"})
                 continue
-            lines = reader.line_num - int(where.rsplit(":", 1)[1]) + 1
-            records.append(Record(row[columns["text"]], row[columns["label"]].strip(), where, lines))
+            spans = reader.line_num - int(where.rsplit(":", 1)[1]) + 1
+            rows.append((row[text_at], {column: row[i] for column, i in at.items()}, where, spans))
     except csv.Error as error:
         raise DataError(f"'{path}' line {reader.line_num}: {error}") from None
-    return records
+    return rows
 
 
 def _read_jsonl(
-    path: Path, lines: list[str], text_column: str, label_column: str, skipped: list[dict[str, str]]
-) -> list[Record]:
-    records = []
+    path: Path, lines: list[str], text_column: str, columns: Sequence[str], skipped: list[dict[str, str]]
+) -> list[tuple[str, dict[str, str], str, int]]:
+    rows = []
+    keys = " and ".join(f"'{name}'" for name in (text_column, *columns))
     for number, line in enumerate(lines, start=1):
         where = f"{path}:{number}"
         if not line.strip() or "\x00" in line:
@@ -199,15 +211,15 @@ def _read_jsonl(
         except json.JSONDecodeError as error:
             skipped.append({"file": where, "reason": f"not JSON ({error.msg} at column {error.colno})"})
             continue
-        if not isinstance(row, dict) or text_column not in row or label_column not in row:
-            skipped.append({"file": where, "reason": f"no '{text_column}' and '{label_column}' keys"})
+        if not isinstance(row, dict) or any(name not in row for name in (text_column, *columns)):
+            skipped.append({"file": where, "reason": f"no {keys} keys"})
             continue
-        text, label = row[text_column], row[label_column]
-        if not isinstance(text, str) or isinstance(label, (dict, list)) or label is None:
-            skipped.append({"file": where, "reason": f"'{text_column}' must be a string and '{label_column}' a value"})
+        text, values = row[text_column], [row[column] for column in columns]
+        if not isinstance(text, str) or any(isinstance(v, (dict, list)) or v is None for v in values):
+            skipped.append({"file": where, "reason": f"'{text_column}' must be a string and the labels values"})
             continue
-        records.append(Record(text, str(label).strip(), where))
-    return records
+        rows.append((text, {column: str(value) for column, value in zip(columns, values)}, where, 1))
+    return rows
 
 
 def read_class_folders(folder: Path, skipped: list[dict[str, str]]) -> list[Record]:

@@ -29,7 +29,10 @@ class Tokens(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.tokens[index], self.labels[index]
+        label = self.labels[index]
+        if isinstance(label, (list, tuple)):  # one value per task: one row of the batch's targets, not a column each
+            label = torch.as_tensor(label, dtype=torch.float32)
+        return self.tokens[index], label
 
 
 class TextModality(ModalityDefaults):
