@@ -9,8 +9,10 @@ The advice is the prior. The candidates are the advised plan, then feature extra
 fine-tuning depths (the last third, the last half), each also at a higher learning rate (tiny data
 gives few optimizer steps); the prior's order breaks ties. The race is successive halving over folds:
 every candidate trains on the first fold of the pooled training data (stratified) and is scored on the
-fold's held-out part; the better half goes on to the next fold; the winner has the best mean score
-over the folds it ran. Each training is the run's own (epochs, augmentation, cache, seed), so a score is
+fold's held-out part; the better half, and always the advised plan, go on to the next fold. The best
+measured plan replaces the advised one only if it leads it by more than one standard error on the
+held-out examples both saw: on tiny data a lead of a few images is chance, and the table's plan is a
+better bet than noise. Each training is the run's own (epochs, augmentation, cache, seed), so a score is
 what the final run would see. A time budget stops the race early; what was measured then decides.
 """
 
@@ -35,7 +37,7 @@ RAISED_LR = 3.0  # the second learning rate tried: 3x the advised one
 # Without --time-budget the race starts no training after this many times the seconds of its first one
 # (the advised plan on the first fold, about what the final run costs), and never stops before MIN_SECONDS.
 BUDGET_FACTOR = 3.0
-MIN_SECONDS = 30.0
+MIN_SECONDS = 60.0
 
 
 def describe(plan: AdvisedPlan) -> str:
@@ -111,14 +113,32 @@ class Race:
     winner: int
     seconds: float
     stopped: str | None = None
+    leader: int = 0  # the best measured; the winner unless its lead over the advised plan is within the noise
 
     def mean(self, index: int) -> float:
         return float(np.mean([entry["score"] for entry in self.scores[index]])) if self.scores[index] else math.nan
+
+    def _pooled(self, index: int, folds: int) -> tuple[float, int]:
+        entries = self.scores[index][:folds]
+        count = sum(entry.get("n", 1) for entry in entries)
+        return sum(entry["score"] * entry.get("n", 1) for entry in entries) / max(1, count), count
+
+    def lead(self, index: int) -> float:
+        """How far ``index``'s held-out accuracy is above the advised plan's, on the folds both ran."""
+        folds = len(self.scores[index])
+        return self._pooled(index, folds)[0] - self._pooled(0, folds)[0]
+
+    def noise(self, index: int) -> float:
+        """One standard error of that difference: sqrt((p1(1-p1) + p0(1-p0)) / n) for n held-out examples."""
+        folds = len(self.scores[index])
+        (mine, count), (advised, _) = self._pooled(index, folds), self._pooled(0, folds)
+        return math.sqrt((mine * (1 - mine) + advised * (1 - advised)) / max(1, count))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "folds": self.folds,
             "winner": self.winner,
+            "leader": self.leader,
             "seconds": round(self.seconds, 3),
             "stopped": self.stopped,
             "candidates": [
@@ -143,6 +163,11 @@ class Race:
         )
         if self.winner != 0:
             text += f"; the advised plan ({describe(self.plans[0])}) scored {self.mean(0):.3f}"
+        elif self.leader != 0:
+            text += (
+                f"; {describe(self.plans[self.leader])} led by {self.lead(self.leader):.3f}, within the noise of "
+                f"this many held-out examples ({self.noise(self.leader):.3f}), so the advice stands"
+            )
         return text + (f"; {self.stopped}" if self.stopped else "")
 
 
@@ -154,8 +179,10 @@ def race(
     budget: float | None = None,
     advance: Callable[[int], None] = lambda count: None,
 ) -> Race:
-    """Successive halving of ``plans`` (prior order) over ``fold_data``. ``train_one(plan, fold)`` trains
-    on the fold's train split and returns ``score`` (higher is better), ``loss`` and ``seconds``.
+    """Successive halving of ``plans`` (prior order; the first is the advised plan, which runs on every
+    fold) over ``fold_data``. ``train_one(plan, fold)`` trains on the fold's train split and returns
+    ``score`` (held-out accuracy), ``loss``, ``seconds`` and ``n`` (held-out examples). The best measured
+    plan wins if its lead over the advised plan is more than one standard error; else the advice stands.
     ``budget``: seconds after which no new training starts (None: :data:`BUDGET_FACTOR` times the first
     training's seconds, at least :data:`MIN_SECONDS`)."""
     began = time.perf_counter()
@@ -186,19 +213,24 @@ def race(
                 budget = max(MIN_SECONDS, BUDGET_FACTOR * (time.perf_counter() - began))
         if stopped:
             break
-        alive = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
+        kept = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
+        alive = sorted({0, *kept})  # the advised plan always runs on: every challenger is compared with it
         if len(alive) == 1:
             break
-    winner = min(range(len(plans)), key=key)  # the most folds run, then the best mean, then the prior's order
-    return Race(list(plans), scores, len(fold_data), winner, time.perf_counter() - began, stopped)
+    leader = min(range(len(plans)), key=key)  # the most folds run, then the best mean, then the prior's order
+    result = Race(list(plans), scores, len(fold_data), leader, time.perf_counter() - began, stopped, leader)
+    if leader != 0 and result.lead(leader) <= result.noise(leader):
+        result.winner = 0  # a lead within what chance gives on so few held-out examples: the advice stands
+    return result
 
 
 def trainings(candidates_count: int, fold_count: int) -> int:
-    """How many trainings the race runs without a budget (for the progress bar)."""
+    """The most trainings the race runs without a budget (for the progress bar): the better half of the
+    plans and the advised one go on after each fold."""
     total, alive = 0, candidates_count
     for _ in range(fold_count):
         total += alive
-        alive = max(1, math.ceil(alive / 2))
+        alive = min(alive, math.ceil(alive / 2) + 1)
         if alive == 1:
             break
     return total

@@ -574,6 +574,7 @@ def _choose(session: Session, advice, dataset, loaded, preprocessing):
             "score": best["valid_score"],
             "loss": best.get("valid_loss", 0.0),
             "seconds": time.perf_counter() - began,
+            "n": len(fold.split("valid")),
         }
 
     total = racing.trainings(len(plans), len(fold_data))
