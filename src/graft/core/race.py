@@ -34,8 +34,9 @@ __all__ = ["Race", "candidates", "folds", "race", "why_no_race"]
 
 FOLDS = 3
 RAISED_LR = 3.0  # the second learning rate tried: 3x the advised one
-# Without --time-budget the race starts no training after this many times the seconds of its first one
-# (the advised plan on the first fold, about what the final run costs), and never stops before MIN_SECONDS.
+# Without --time-budget every plan runs on the first fold; after it the race starts no training once this
+# many times the seconds of its first (the advised plan on the first fold, about what the final run costs)
+# have passed, nor stops before MIN_SECONDS.
 BUDGET_FACTOR = 3.0
 MIN_SECONDS = 60.0
 
@@ -48,25 +49,26 @@ def describe(plan: AdvisedPlan) -> str:
 
 
 def candidates(advice: Advice) -> list[AdvisedPlan]:
-    """The plans to race, the advised one first; then feature extraction and the fine-tuning depths around
-    the advice, cheapest first (under a budget the cheap ones still get measured), each at a higher learning
-    rate before the advised one (the higher rate won at every depth on the small sets measured: BENCHMARKS.md
-    section 3). Never the whole network, which the cache cannot help and small data rarely rewards."""
+    """The plans to race, the advised one first; then feature extraction (at both rates: it costs
+    seconds), and the fine-tuning depths around the advice, cheapest first, at the higher rate only (at
+    the advised rate a depth other than the advised one never won on the small sets measured:
+    BENCHMARKS.md section 11). Never the whole network, which the cache cannot help and small data
+    rarely rewards."""
     advised = advice.plan
     stages = len(advice.evidence["stages"])
     multiplier = advised.backbone_lr_mult if advised.mode == "finetune" else 0.1
+    raised = advised.lr * RAISED_LR
 
     def at(depth: int, lr: float) -> AdvisedPlan:
         if depth == 0:
             return AdvisedPlan("extract", 0, lr, 0.1, advised.epochs, 0, "frozen")
         return AdvisedPlan("finetune", depth, lr, multiplier, advised.epochs, 1, "train")
 
-    depths = sorted({0, default_unfreeze(stages), math.ceil(stages / 2)} - {stages})
+    depths = sorted({default_unfreeze(stages), math.ceil(stages / 2)} - {stages})
     plans = [advised]
-    for depth in depths:
-        for lr in (advised.lr * RAISED_LR, advised.lr):
-            if at(depth, lr) not in plans:
-                plans.append(at(depth, lr))
+    for plan in (at(0, raised), at(0, advised.lr), *(at(depth, raised) for depth in depths)):
+        if plan not in plans:
+            plans.append(plan)
     return plans
 
 
@@ -183,8 +185,8 @@ def race(
     fold) over ``fold_data``. ``train_one(plan, fold)`` trains on the fold's train split and returns
     ``score`` (held-out accuracy), ``loss``, ``seconds`` and ``n`` (held-out examples). The best measured
     plan wins if its lead over the advised plan is more than one standard error; else the advice stands.
-    ``budget``: seconds after which no new training starts (None: :data:`BUDGET_FACTOR` times the first
-    training's seconds, at least :data:`MIN_SECONDS`)."""
+    ``budget``: seconds after which no new training starts (None: every plan runs on the first fold, then
+    :data:`BUDGET_FACTOR` times the first training's seconds, at least :data:`MIN_SECONDS`, bound the rest)."""
     began = time.perf_counter()
     scores: list[list[dict[str, float]]] = [[] for _ in plans]
     alive = list(range(len(plans)))
@@ -202,9 +204,11 @@ def race(
 
     for number, fold in enumerate(fold_data):
         for index in alive:
-            if budget is not None and time.perf_counter() - began >= budget:
+            if budget is not None and (given or number > 0) and time.perf_counter() - began >= budget:
                 stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}" + (
-                    "" if given else f" ({BUDGET_FACTOR:g}x its first training; --time-budget sets it)"
+                    ""
+                    if given
+                    else f" (after the first fold, {BUDGET_FACTOR:g}x its first training; --time-budget sets it)"
                 )
                 break
             scores[index].append(train_one(plans[index], fold))
