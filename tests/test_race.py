@@ -149,3 +149,15 @@ def test_without_a_budget_the_race_stops_at_a_multiple_of_its_first_training(mon
     runs = sum(len(entries) for entries in result.scores)
     assert 6 <= runs < trainings(6, 3)  # every plan on the first fold, then about 0.3 s in all
     assert "after the first fold, 3x its first training" in result.stopped
+
+
+def test_a_fold_the_budget_cut_short_is_not_counted():
+    def train_one(plan, fold):
+        if fold == 1:
+            time.sleep(0.2)  # the advised plan's second fold spends the budget: the challenger never runs it
+        return {"score": {1: 0.5, 2: 0.9}[plan.unfreeze], "loss": 1.0, "seconds": 0.0, "n": 100}
+
+    result = race(PLANS[:2], [0, 1, 2], train_one, budget=0.1)
+    assert [len(entries) for entries in result.scores] == [2, 1] and result.counted == 1
+    assert result.leader == result.winner == 1  # compared on the first fold, where both ran
+    assert result.to_dict()["candidates"][0]["mean_score"] == 0.5

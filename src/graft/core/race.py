@@ -116,23 +116,38 @@ class Race:
     seconds: float
     stopped: str | None = None
     leader: int = 0  # the best measured; the winner unless its lead over the advised plan is within the noise
+    counted: int = 0  # the folds every plan still in the race finished (a fold the budget cut short is not)
+
+    def compared(self, index: int) -> list[dict[str, float]]:
+        return self.scores[index][: self.counted]
+
+    def key(self, index: int) -> tuple:
+        """Plans rank by: the most folds compared, the best mean score, the lowest mean loss, the prior's order."""
+        entries = self.compared(index)
+        return (
+            -len(entries),
+            -np.mean([e["score"] for e in entries]) if entries else 0.0,
+            np.mean([e["loss"] for e in entries]) if entries else 0.0,
+            index,
+        )
 
     def mean(self, index: int) -> float:
-        return float(np.mean([entry["score"] for entry in self.scores[index]])) if self.scores[index] else math.nan
+        entries = self.compared(index)
+        return float(np.mean([entry["score"] for entry in entries])) if entries else math.nan
 
     def _pooled(self, index: int, folds: int) -> tuple[float, int]:
-        entries = self.scores[index][:folds]
+        entries = self.compared(index)[:folds]
         count = sum(entry.get("n", 1) for entry in entries)
         return sum(entry["score"] * entry.get("n", 1) for entry in entries) / max(1, count), count
 
     def lead(self, index: int) -> float:
         """How far ``index``'s held-out accuracy is above the advised plan's, on the folds both ran."""
-        folds = len(self.scores[index])
+        folds = len(self.compared(index))
         return self._pooled(index, folds)[0] - self._pooled(0, folds)[0]
 
     def noise(self, index: int) -> float:
         """One standard error of that difference: sqrt((p1(1-p1) + p0(1-p0)) / n) for n held-out examples."""
-        folds = len(self.scores[index])
+        folds = len(self.compared(index))
         (mine, count), (advised, _) = self._pooled(index, folds), self._pooled(0, folds)
         return math.sqrt((mine * (1 - mine) + advised * (1 - advised)) / max(1, count))
 
@@ -141,6 +156,7 @@ class Race:
             "folds": self.folds,
             "winner": self.winner,
             "leader": self.leader,
+            "folds_compared": self.counted,
             "seconds": round(self.seconds, 3),
             "stopped": self.stopped,
             "candidates": [
@@ -148,7 +164,7 @@ class Race:
                     "plan": plan.to_dict(),
                     "label": describe(plan),
                     "fold_scores": [round(entry["score"], 4) for entry in self.scores[index]],
-                    "mean_score": None if not self.scores[index] else round(self.mean(index), 4),
+                    "mean_score": None if not self.compared(index) else round(self.mean(index), 4),
                     "seconds": round(sum(entry["seconds"] for entry in self.scores[index]), 3),
                 }
                 for index, plan in enumerate(self.plans)
@@ -157,7 +173,7 @@ class Race:
 
     def reason(self) -> str:
         won = self.plans[self.winner]
-        runs = len(self.scores[self.winner])
+        runs = len(self.compared(self.winner))
         text = (
             f"race of {len(self.plans)} plans over {self.folds} folds of the training data ({self.seconds:.0f}s, "
             f"successive halving): {describe(won)} won with mean held-out accuracy {self.mean(self.winner):.3f} "
@@ -188,43 +204,34 @@ def race(
     ``budget``: seconds after which no new training starts (None: every plan runs on the first fold, then
     :data:`BUDGET_FACTOR` times the first training's seconds, at least :data:`MIN_SECONDS`, bound the rest)."""
     began = time.perf_counter()
-    scores: list[list[dict[str, float]]] = [[] for _ in plans]
+    result = Race(list(plans), [[] for _ in plans], len(fold_data), 0, 0.0)
     alive = list(range(len(plans)))
-    stopped = None
     given = budget is not None
-
-    def key(index: int) -> tuple:
-        entries = scores[index]
-        return (
-            -len(entries),
-            -np.mean([e["score"] for e in entries]) if entries else 0.0,
-            np.mean([e["loss"] for e in entries]) if entries else 0.0,
-            index,
-        )
-
     for number, fold in enumerate(fold_data):
         for index in alive:
             if budget is not None and (given or number > 0) and time.perf_counter() - began >= budget:
-                stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}" + (
+                result.stopped = f"the race's time budget of {budget:.0f}s ran out on fold {number + 1}" + (
                     ""
                     if given
                     else f" (after the first fold, {BUDGET_FACTOR:g}x its first training; --time-budget sets it)"
                 )
                 break
-            scores[index].append(train_one(plans[index], fold))
+            result.scores[index].append(train_one(plans[index], fold))
             advance(1)
             if budget is None:  # the default: relative to what the advised plan costs here
                 budget = max(MIN_SECONDS, BUDGET_FACTOR * (time.perf_counter() - began))
-        if stopped:
+        if result.stopped:
+            result.counted = max(1, number)  # a cut first fold still tells something; a later one is dropped
             break
-        kept = sorted(alive, key=key)[: max(1, math.ceil(len(alive) / 2))]
+        result.counted = number + 1
+        kept = sorted(alive, key=result.key)[: max(1, math.ceil(len(alive) / 2))]
         alive = sorted({0, *kept})  # the advised plan always runs on: every challenger is compared with it
         if len(alive) == 1:
             break
-    leader = min(range(len(plans)), key=key)  # the most folds run, then the best mean, then the prior's order
-    result = Race(list(plans), scores, len(fold_data), leader, time.perf_counter() - began, stopped, leader)
-    if leader != 0 and result.lead(leader) <= result.noise(leader):
+    result.leader = result.winner = min(range(len(plans)), key=result.key)
+    if result.leader != 0 and result.lead(result.leader) <= result.noise(result.leader):
         result.winner = 0  # a lead within what chance gives on so few held-out examples: the advice stands
+    result.seconds = time.perf_counter() - began
     return result
 
 
