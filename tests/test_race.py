@@ -161,3 +161,11 @@ def test_a_fold_the_budget_cut_short_is_not_counted():
     assert [len(entries) for entries in result.scores] == [2, 1] and result.counted == 1
     assert result.leader == result.winner == 1  # compared on the first fold, where both ran
     assert result.to_dict()["candidates"][0]["mean_score"] == 0.5
+
+
+def test_a_perfect_score_on_few_examples_does_not_claim_zero_noise():
+    def train_one(plan, fold):  # 29 of 30 for the advice, 30 of 30 for the challenger
+        return {"score": {1: 29 / 30, 2: 1.0}[plan.unfreeze], "loss": 1.0, "seconds": 0.0, "n": 30}
+
+    result = race(PLANS[:2], [0], train_one)
+    assert result.leader == 1 and result.winner == 0 and result.noise(1) > result.lead(1)

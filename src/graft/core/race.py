@@ -146,9 +146,11 @@ class Race:
         return self._pooled(index, folds)[0] - self._pooled(0, folds)[0]
 
     def noise(self, index: int) -> float:
-        """One standard error of that difference: sqrt((p1(1-p1) + p0(1-p0)) / n) for n held-out examples."""
+        """One standard error of that difference, sqrt((p1(1-p1) + p0(1-p0)) / n) for n held-out examples, with
+        each accuracy smoothed to (k+1)/(n+2): a perfect score on 30 images is not a certainty."""
         folds = len(self.compared(index))
         (mine, count), (advised, _) = self._pooled(index, folds), self._pooled(0, folds)
+        mine, advised = ((p * count + 1) / (count + 2) for p in (mine, advised))
         return math.sqrt((mine * (1 - mine) + advised * (1 - advised)) / max(1, count))
 
     def to_dict(self) -> dict[str, Any]:
