@@ -6,13 +6,13 @@ plans changes with the data, and only trying tells. Trying is cheap there: the a
 the frozen stages once per image and depth for every candidate and fold.
 
 The advice is the prior. The candidates are the advised plan, then feature extraction and the usual
-fine-tuning depths (the last third, the last half), each also at a higher learning rate (tiny data
-gives few optimizer steps); the prior's order breaks ties. The race is successive halving over folds:
-every candidate trains on the first fold of the pooled training data (stratified) and is scored on the
-fold's held-out part; the better half, and always the advised plan, go on to the next fold. The best
-measured plan replaces the advised one only if it leads it by more than one standard error on the
-held-out examples both saw: on tiny data a lead of a few images is chance, and the table's plan is a
-better bet than noise. Each training is the run's own (epochs, augmentation, cache, seed), so a score is
+fine-tuning depths (the last third, the last half) at a higher learning rate (tiny data gives few
+optimizer steps); the prior's order breaks ties. The race is successive halving over folds: every
+candidate trains on the first fold of the pooled training data (stratified) and is scored on the
+fold's held-out part; the better half, and always the advised plan, go on to the next fold. The winner
+follows the one-standard-error rule: the plan training the fewest stages whose held-out accuracy is
+within one standard error of the best (on tiny data a lead of a few images is chance, and fewer
+trained weights overfit less). Each training is the run's own (epochs, augmentation, cache, seed), so a score is
 what the final run would see. A time budget stops the race early; what was measured then decides.
 """
 
@@ -115,7 +115,7 @@ class Race:
     winner: int
     seconds: float
     stopped: str | None = None
-    leader: int = 0  # the best measured; the winner unless its lead over the advised plan is within the noise
+    leader: int = 0  # the best measured; the winner unless a simpler plan is within one standard error of it
     counted: int = 0  # the folds every plan still in the race finished (a fold the budget cut short is not)
 
     def compared(self, index: int) -> list[dict[str, float]]:
@@ -140,18 +140,33 @@ class Race:
         count = sum(entry.get("n", 1) for entry in entries)
         return sum(entry["score"] * entry.get("n", 1) for entry in entries) / max(1, count), count
 
-    def lead(self, index: int) -> float:
-        """How far ``index``'s held-out accuracy is above the advised plan's, on the folds both ran."""
+    def lead(self, index: int, over: int = 0) -> float:
+        """How far ``index``'s held-out accuracy is above ``over``'s (default: the advised plan), on the folds
+        ``index`` ran."""
         folds = len(self.compared(index))
-        return self._pooled(index, folds)[0] - self._pooled(0, folds)[0]
+        return self._pooled(index, folds)[0] - self._pooled(over, folds)[0]
 
-    def noise(self, index: int) -> float:
+    def noise(self, index: int, over: int = 0) -> float:
         """One standard error of that difference, sqrt((p1(1-p1) + p0(1-p0)) / n) for n held-out examples, with
         each accuracy smoothed to (k+1)/(n+2): a perfect score on 30 images is not a certainty."""
         folds = len(self.compared(index))
-        (mine, count), (advised, _) = self._pooled(index, folds), self._pooled(0, folds)
-        mine, advised = ((p * count + 1) / (count + 2) for p in (mine, advised))
-        return math.sqrt((mine * (1 - mine) + advised * (1 - advised)) / max(1, count))
+        (mine, count), (theirs, _) = self._pooled(index, folds), self._pooled(over, folds)
+        mine, theirs = ((p * count + 1) / (count + 2) for p in (mine, theirs))
+        return math.sqrt((mine * (1 - mine) + theirs * (1 - theirs)) / max(1, count))
+
+    def simplest_close_to(self, leader: int) -> int:
+        """The one-standard-error rule (Breiman et al.'s CART; glmnet's lambda.1se): of the plans compared on
+        as many folds as ``leader``, the one training the fewest stages (then the prior's order) whose score
+        is within one standard error of the leader's."""
+        folds = len(self.compared(leader))
+        close = [
+            index
+            for index in range(len(self.plans))
+            if len(self.compared(index)) == folds and self.lead(leader, index) <= self.noise(leader, index)
+        ]
+        return min(
+            close, key=lambda index: (self.plans[index].unfreeze if self.plans[index].mode == "finetune" else 0, index)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,13 +196,14 @@ class Race:
             f"successive halving): {describe(won)} won with mean held-out accuracy {self.mean(self.winner):.3f} "
             f"over {runs} fold(s)"
         )
+        if self.winner != self.leader:
+            text += (
+                f"; {describe(self.plans[self.leader])} scored {self.mean(self.leader):.3f}, within one standard "
+                f"error ({self.noise(self.leader, self.winner):.3f}) of it, and trains more: on so few held-out "
+                "examples the simpler plan is the better bet"
+            )
         if self.winner != 0:
             text += f"; the advised plan ({describe(self.plans[0])}) scored {self.mean(0):.3f}"
-        elif self.leader != 0:
-            text += (
-                f"; {describe(self.plans[self.leader])} led by {self.lead(self.leader):.3f}, within the noise of "
-                f"this many held-out examples ({self.noise(self.leader):.3f}), so the advice stands"
-            )
         return text + (f"; {self.stopped}" if self.stopped else "")
 
 
@@ -201,8 +217,8 @@ def race(
 ) -> Race:
     """Successive halving of ``plans`` (prior order; the first is the advised plan, which runs on every
     fold) over ``fold_data``. ``train_one(plan, fold)`` trains on the fold's train split and returns
-    ``score`` (held-out accuracy), ``loss``, ``seconds`` and ``n`` (held-out examples). The best measured
-    plan wins if its lead over the advised plan is more than one standard error; else the advice stands.
+    ``score`` (held-out accuracy), ``loss``, ``seconds`` and ``n`` (held-out examples). The winner is the
+    simplest plan within one standard error of the best measured (:meth:`Race.simplest_close_to`).
     ``budget``: seconds after which no new training starts (None: every plan runs on the first fold, then
     :data:`BUDGET_FACTOR` times the first training's seconds, at least :data:`MIN_SECONDS`, bound the rest)."""
     began = time.perf_counter()
@@ -230,9 +246,8 @@ def race(
         alive = sorted({0, *kept})  # the advised plan always runs on: every challenger is compared with it
         if len(alive) == 1:
             break
-    result.leader = result.winner = min(range(len(plans)), key=result.key)
-    if result.leader != 0 and result.lead(result.leader) <= result.noise(result.leader):
-        result.winner = 0  # a lead within what chance gives on so few held-out examples: the advice stands
+    result.leader = min(range(len(plans)), key=result.key)
+    result.winner = result.simplest_close_to(result.leader)
     result.seconds = time.perf_counter() - began
     return result
 
