@@ -207,6 +207,19 @@ class Race:
         return text + (f"; {self.stopped}" if self.stopped else "")
 
 
+def rows(recorded: dict[str, Any]) -> list[dict[str, str]]:
+    """A recorded race (:meth:`Race.to_dict`) as table rows, for the console and the report."""
+    return [
+        {
+            "plan": ("winner: " if index == recorded["winner"] else "") + entry["label"],
+            "held-out accuracy per fold": " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
+            "mean": "" if entry["mean_score"] is None else f"{entry['mean_score']:.3f}",
+            "seconds": f"{entry['seconds']:.1f}",
+        }
+        for index, entry in enumerate(recorded["candidates"])
+    ]
+
+
 def race(
     plans: Sequence[AdvisedPlan],
     fold_data: Sequence[Dataset],

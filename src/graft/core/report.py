@@ -97,19 +97,14 @@ def _auto(advice: dict | None) -> str:
     )
     if "skipped" in race:
         return text + f"<p>No race: {html.escape(race['skipped'])}.</p>"
-    rows = [
-        {
-            "plan": ("winner: " if index == race["winner"] else "") + entry["label"],
-            "held-out accuracy per fold": " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
-            "mean": entry["mean_score"],
-            "seconds": entry["seconds"],
-        }
-        for index, entry in enumerate(race.get("candidates", []))
-    ]
+    if not race.get("candidates"):
+        return text
+    from graft.core.race import rows
+
     return (
         text
         + f"<p>A race over {race['folds']} folds of the training data ({race['seconds']:.0f}s; successive halving: "
-        "the better half of the plans goes on to the next fold).</p>" + _table(rows)
+        "the better half of the plans goes on to the next fold).</p>" + _table(rows(race))
     )
 
 

@@ -697,20 +697,14 @@ def _print_plan(kind: RunKind, dataset, config: RunConfig, model: nn.Module, pla
 
 
 def race_table(race: dict[str, Any]):
-    """``--mode auto``'s race as a table: every candidate's held-out accuracy per fold, the winner starred."""
-    rows = [
-        [
-            ("* " if index == race["winner"] else "") + entry["label"],
-            " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
-            "" if entry["mean_score"] is None else f"{entry['mean_score']:.3f}",
-            f"{entry['seconds']:.1f}",
-        ]
-        for index, entry in enumerate(race["candidates"])
-    ]
+    """``--mode auto``'s race as a table: every candidate's held-out accuracy per fold, the winner marked."""
+    from graft.core.race import rows
+
+    shown = rows(race)
     return table(
         f"--mode auto: race over {race['folds']} folds ({race['seconds']:.0f}s)",
-        ["plan", "held-out accuracy per fold", "mean", "seconds"],
-        rows,
+        list(shown[0]),
+        [list(row.values()) for row in shown],
     )
 
 

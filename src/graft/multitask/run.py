@@ -11,6 +11,7 @@ soft sharing) and the objective (:mod:`graft.multitask.objective`) differ.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -44,24 +45,17 @@ class MultiTaskKind:
     modalities = ("image", "text")
 
     def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
-        if source.name == "text":
-            if config.domains is not None:
+        if config.domains is not None:
+            if source.name == "text":
                 raise ConfigError("--domain applies to image folders; several text domains are not supported yet")
+            return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
+        if source.name == "text":
             from graft.text.tasks import scan_text_tasks
 
-            return scan_text_tasks(
-                config.data,
-                config.labels,
-                config.tasks,
-                config.valid_fraction,
-                config.test_fraction,
-                config.seed,
-                config.limit,
-                config.text_column,
-            )
-        if config.domains is not None:
-            return scan_domains(config.domains, config.valid_fraction, config.test_fraction, config.seed, config.limit)
-        return scan_multitask(
+            scan = functools.partial(scan_text_tasks, text_column=config.text_column)
+        else:
+            scan = scan_multitask
+        return scan(
             config.data,
             config.labels,
             config.tasks,

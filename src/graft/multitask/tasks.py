@@ -181,7 +181,7 @@ def read_labels(
         raise DataError(f"data folder '{root}' does not exist or is not a folder")
     if labels in PRESETS:
         pattern, known = PRESETS[labels]
-        chosen = _resolve(tasks, known)
+        chosen = resolve_tasks(tasks, known)
         return (*_from_pattern(root_path, pattern, chosen), {"kind": "preset", "name": labels, "pattern": pattern})
     if labels.startswith("re:"):
         pattern = labels[3:]
@@ -189,7 +189,7 @@ def read_labels(
             compiled = re.compile(pattern)
         except re.error as error:
             raise ConfigError(f"--labels: '{pattern}' is not a valid regular expression: {error}") from None
-        chosen = _resolve(tasks)
+        chosen = resolve_tasks(tasks)
         missing = [t.name for t in chosen if t.name not in compiled.groupindex]
         if missing:
             raise ConfigError(
@@ -201,14 +201,14 @@ def read_labels(
     if csv_path.suffix.lower() == ".csv":
         if not csv_path.is_file():
             raise DataError(f"labels file '{labels}' does not exist")
-        chosen = _resolve(tasks)
+        chosen = resolve_tasks(tasks)
         return (*_from_csv(root_path, csv_path, chosen), {"kind": "csv", "file": str(csv_path)})
     raise ConfigError(
         f"--labels '{labels}' is not a preset, a .csv file or re:PATTERN", hint=f"presets: {', '.join(PRESETS)}"
     )
 
 
-def _resolve(tasks, known: Sequence[Task] = ()) -> list[Task]:
+def resolve_tasks(tasks, known: Sequence[Task] = ()) -> list[Task]:
     if tasks and not isinstance(tasks, str) and all(isinstance(t, Task) for t in tasks):
         return list(tasks)
     return parse_tasks(tasks, known)
@@ -216,7 +216,6 @@ def _resolve(tasks, known: Sequence[Task] = ()) -> list[Task]:
 
 def _from_pattern(root: Path, pattern: str, tasks: list[Task]):
     compiled = re.compile(pattern)
-    needs_classes = [t for t in tasks if t.is_classification and not t.classes]
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     raw_rows, skipped = [], []
     for path in files:
@@ -225,8 +224,7 @@ def _from_pattern(root: Path, pattern: str, tasks: list[Task]):
             skipped.append({"file": str(path), "reason": "file name does not match the label pattern"})
             continue
         raw_rows.append((str(path), {t.name: match.group(t.name) for t in tasks}))
-    tasks = _infer_classes(tasks, needs_classes, raw_rows)
-    return tasks, _encode_rows(raw_rows, tasks, skipped, allow_missing=False), skipped
+    return (*labelled_items(tasks, raw_rows, skipped, allow_missing=False), skipped)
 
 
 def _from_csv(root: Path, csv_path: Path, tasks: list[Task]):
@@ -253,8 +251,17 @@ def _from_csv(root: Path, csv_path: Path, tasks: list[Task]):
                 )
                 continue
             raw_rows.append((str(path), {t.name: (row.get(t.name) or "") for t in tasks}))
-    tasks = _infer_classes(tasks, [t for t in tasks if t.is_classification and not t.classes], raw_rows)
-    return tasks, _encode_rows(raw_rows, tasks, skipped, allow_missing=True), skipped
+    return (*labelled_items(tasks, raw_rows, skipped, allow_missing=True), skipped)
+
+
+def labelled_items(
+    tasks: list[Task], rows, skipped: list[dict[str, str]], allow_missing: bool
+) -> tuple[list[Task], list[tuple[str, list[float]]]]:
+    """``rows`` (``(key, {task: raw value})``, any modality's) as labelled items: class names read from the rows
+    for a classification task that names none, then each row's values encoded; a row that does not encode
+    joins ``skipped`` under its key, with the reason."""
+    tasks = _infer_classes(tasks, [t for t in tasks if t.is_classification and not t.classes], rows)
+    return tasks, _encode_rows(rows, tasks, skipped, allow_missing)
 
 
 def _infer_classes(tasks: list[Task], needs: list[Task], rows) -> list[Task]:

@@ -23,16 +23,17 @@ class Tokens(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[tuple[str, Any]], preprocessing: TextPreprocessing):
         self.tokens = preprocessing.encode([text for text, _ in items]) if items else torch.zeros(0, 2, 1)
-        self.labels = [label for _, label in items]
+        # one value per task: a tensor, so a batch's targets stack as rows (a list would collate into columns)
+        self.labels = [
+            torch.as_tensor(label, dtype=torch.float32) if isinstance(label, (list, tuple)) else label
+            for _, label in items
+        ]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        label = self.labels[index]
-        if isinstance(label, (list, tuple)):  # one value per task: one row of the batch's targets, not a column each
-            label = torch.as_tensor(label, dtype=torch.float32)
-        return self.tokens[index], label
+        return self.tokens[index], self.labels[index]
 
 
 class TextModality(ModalityDefaults):

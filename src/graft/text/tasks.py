@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from graft.errors import ConfigError, DataError
-from graft.multitask.tasks import MultiTaskDataset, Task, _encode_rows, _infer_classes, _resolve, assemble
+from graft.multitask.tasks import MultiTaskDataset, Task, assemble, labelled_items, resolve_tasks
 from graft.text.data import read_rows, text_digest
 
 COLUMNS = "columns"  # --labels value: the labels are the data table's own columns
@@ -31,20 +31,17 @@ def read_text_tasks(
             f"'{location}' is not a table file: several tasks per text are read from one CSV, TSV or JSON Lines file",
             hint="one file with a text column and a column per task",
         )
-    chosen = _resolve(tasks)
+    chosen = resolve_tasks(tasks)
     skipped: list[dict[str, str]] = []
-    rows = []
-    where: dict[str, str] = {}
+    rows, texts = [], {}
     for text, values, line, _ in read_rows(path, text_column, [task.name for task in chosen], skipped):
         if not text.strip():
             skipped.append({"file": line, "reason": "empty text"})
             continue
-        rows.append((text, values))
-        where.setdefault(text, line)
-    chosen = _infer_classes(chosen, [t for t in chosen if t.is_classification and not t.classes], rows)
-    rejected: list[dict[str, str]] = []
-    items = _encode_rows(rows, chosen, rejected, allow_missing=True)
-    skipped += [{"file": where[entry["file"]], "reason": entry["reason"]} for entry in rejected]
+        rows.append((line, values))  # keyed by file:line, so a row that does not encode is named by its line
+        texts[line] = text
+    chosen, items = labelled_items(chosen, rows, skipped, allow_missing=True)
+    items = [(texts[line], labels) for line, labels in items]
     return chosen, items, skipped
 
 
@@ -56,6 +53,7 @@ def scan_text_tasks(
     test_fraction: float,
     seed: int,
     limit: int | None = None,
+    *,
     text_column: str | None = None,
 ) -> MultiTaskDataset:
     """The texts of one table with a label per task, split train/valid/test (identical texts together)."""
