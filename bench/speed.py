@@ -36,8 +36,13 @@ TUNED = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000
 BACKBONE = "tf_efficientnet_lite0"
 
 
+# Set by --isa: caps the vector instructions torch's kernels use, to measure an AVX2 CPU on an AVX-512 one
+CAPPED_ISA: dict[str, str] = {}
+ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
 def _environment(tuned: bool) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if k not in TUNED}
+    environ = {k: v for k, v in os.environ.items() if k not in TUNED} | CAPPED_ISA
     environ["GRAFT_ALLOCATOR"] = "system"  # the graft command must not re-exec: the bench chooses
     if tuned:
         environ.update(TUNED)
@@ -145,7 +150,8 @@ def _pipeline_rate(folder: Path, workers: int) -> dict:
     import torch
 
     from graft.image.backbones import create_backbone
-    from graft.image.data import ImageDataset, scan_folder
+    from graft.image.data import scan_folder
+    from graft.image.decoded import ImageDataset
     from graft.image.frozen_pass import forward_batches
     from graft.image.model import build_transfer_model
 
@@ -290,7 +296,7 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
         "--json",
         *extra,
     ]
-    environ = {k: v for k, v in os.environ.items() if k not in TUNED and k != "GRAFT_ALLOCATOR"}
+    environ = {k: v for k, v in os.environ.items() if k not in TUNED and k != "GRAFT_ALLOCATOR"} | CAPPED_ISA
     if allocator == "system":
         environ["GRAFT_ALLOCATOR"] = "system"
     peak = [0]
@@ -316,6 +322,7 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
     summary = json.loads(stdout)
     return {
         "wall_seconds": wall,
+        "after_run_seconds": wall - summary["seconds"] - summary["phase_seconds"].get("startup", 0.0),
         "train_seconds": summary["seconds"],
         "phase_seconds": summary["phase_seconds"],
         "valid_accuracy": summary["valid_accuracy"],
@@ -442,6 +449,75 @@ def repeat_ten_thousand(rounds: int) -> None:
     print(f"wrote {OUT / 'speed_10k_repeats.json'}")
 
 
+def cpu_description() -> dict:
+    """The CPU's name, cores and the vector-instruction flags that decide torch's kernels."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+    return {
+        "name": name,
+        "cores": os.cpu_count(),
+        "flags": sorted(flag for flag in wanted if flag in flags),
+        "isa_cap": CAPPED_ISA or None,
+    }
+
+
+def subset(source: Path, images: int) -> Path:
+    """The first ``images`` / 10 images of each of the 10k set's 10 class folders, as a class-folder dataset."""
+    target = Path(tempfile.gettempdir()) / f"graft-{images}"
+    if target.is_dir() and sum(1 for _ in target.rglob("*.jpg")) == images:
+        return target
+    for folder in sorted(source.iterdir()):
+        (target / folder.name).mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.glob("*.jpg"))[: images // 10]:
+            link = target / folder.name / path.name
+            if not link.exists():
+                link.symlink_to(path)
+    return target
+
+
+def users_sizes(sizes: list[int]) -> None:
+    """Issue 24: ``graft train --mode extract`` on 200, 1,500 and 10,000 images, cold then warm (cache hit),
+    against one forward pass at the raw rate measured just before and just after each pair of runs."""
+    ten_thousand = make_10k(Path(tempfile.gettempdir()) / "graft-10k")
+    scratch = Path(tempfile.mkdtemp(prefix="graft-sizes-"))
+    cores = os.cpu_count() or 1
+    rows = []
+    for images in sizes:
+        data = ten_thousand if images == 10_000 else subset(ten_thousand, images)
+        before = _floor_rate(cores)
+        cold = timed_train(data, scratch / f"cold-{images}", scratch / f"cache-{images}")
+        warm = timed_train(data, scratch / f"warm-{images}", scratch / f"cache-{images}")
+        after = _floor_rate(cores)
+        rate = (before["best"] + after["best"]) / 2
+        floor = images / rate
+        rows.append(
+            {
+                "images": images,
+                "raw_rate": rate,
+                "raw_rate_folded": (before["best_folded"] + after["best_folded"]) / 2,
+                "one_forward_pass_seconds": floor,
+                "cold": cold,
+                "warm": warm,
+                "cold_ratio": cold["wall_seconds"] / floor,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    suffix = "_" + "_".join(CAPPED_ISA.values()).lower().split("_")[0] if CAPPED_ISA else ""
+    out = OUT / f"speed_sizes{suffix}.json"
+    out.write_text(json.dumps({"date": date.today().isoformat(), "cpu": cpu_description(), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
@@ -454,12 +530,23 @@ def main() -> None:
         help="only the 10,000-image ratio: N rounds of (raw floor, the run, raw floor), "
         "back to back, so that each ratio compares measurements minutes apart on this noisy machine",
     )
+    parser.add_argument(
+        "--sizes",
+        metavar="N,N,...",
+        help="only the users' sizes (issue 24): cold and warm extract on these numbers of images, e.g. 200,1500,10000",
+    )
+    parser.add_argument("--isa", choices=sorted(ISA_CAPS), help="cap torch's vector instructions (emulate that CPU)")
     args = parser.parse_args()
+    if args.isa:
+        CAPPED_ISA.update(ISA_CAPS[args.isa])
     if args.inner:
         _inner(*args.inner)
         return
     if args.repeat_10k:
         repeat_ten_thousand(args.repeat_10k)
+        return
+    if args.sizes:
+        users_sizes([int(size) for size in args.sizes.split(",")])
         return
     scratch = Path(tempfile.mkdtemp(prefix="graft-speed-"))
     results: dict = {

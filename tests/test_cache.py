@@ -255,7 +255,8 @@ def test_a_loader_of_cached_batches_gives_the_batches_of_a_per_row_loader(tmp_pa
 
 def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_models_features(class_folder):
     from graft.image.backbones import create_backbone
-    from graft.image.data import ImageDataset, scan_folder
+    from graft.image.data import scan_folder
+    from graft.image.decoded import ImageDataset
     from graft.image.frozen_pass import FrozenForward
     from graft.image.model import build_transfer_model
 
@@ -290,7 +291,8 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
 def test_a_batch_of_uint8_pixels_normalises_to_what_the_per_image_transform_gives_bit_for_bit(class_folder, augmented):
     """The frozen pass decodes to uint8 and normalises whole batches (Preprocessing.normalize_batch):
     the cache must hold the activations of exactly the pixels the per-image path would give."""
-    from graft.image.data import ImageDataset, scan_folder
+    from graft.image.data import scan_folder
+    from graft.image.decoded import ImageDataset
     from graft.image.preprocessing import Preprocessing
 
     preprocessing = Preprocessing(input_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -200,3 +200,31 @@ def test_the_package_has_no_import_cycle():
     for name in graph:
         if name not in state:
             visit(name, [name])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_metrics_agree_with_scikit_learn(seed):
+    """graft computes its metrics with numpy (importing sklearn.metrics cost a second of every run's start-up);
+    they must equal scikit-learn's, classes without examples or predictions included."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+    from graft.core.evaluation import classification_metrics
+
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c", "d"]
+    labels = rng.integers(0, 3, size=40)  # class "d" never occurs
+    probabilities = rng.dirichlet(np.ones(4) * 0.5, size=40).astype(np.float32)
+    probabilities[:, 3] *= 0.01  # and is (almost) never predicted
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    ours = classification_metrics(probabilities, labels, classes)
+    predicted = probabilities.argmax(axis=1)
+    indices = list(range(4))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert ours["macro_f1"] == pytest.approx(float(np.mean(f1)))
+    assert ours["loss"] == pytest.approx(log_loss(labels, np.clip(probabilities, 1e-7, 1), labels=indices), rel=1e-5)
+    assert ours["confusion_matrix"] == confusion_matrix(labels, predicted, labels=indices).tolist()
+    for i, name in enumerate(classes):
+        assert ours["per_class"][name] == pytest.approx(
+            {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": support[i]}
+        )

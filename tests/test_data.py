@@ -40,3 +40,18 @@ def test_one_class_is_a_data_error(tmp_path):
         make_image(tmp_path / "only" / f"{i}.png", (1, 2, 3), i)
     with pytest.raises(DataError, match="at least 2"):
         scan_folder(tmp_path)
+
+
+def test_checking_an_image_folder_does_not_import_torch(split_folder):
+    """``graft check`` answers in about a second: importing torch (and timm) would take several."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from graft import api; report = api.check(sys.argv[1]); "
+        "print(json.dumps([report['images'], sorted(m for m in ('torch', 'timm') if m in sys.modules)]))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code, str(split_folder)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [42, []]

@@ -217,7 +217,8 @@ def classify(
     from timm.data import ImageNetInfo
 
     from graft.image.backbones import create_backbone
-    from graft.image.data import ImageDataset, collect_image_paths
+    from graft.image.data import collect_image_paths
+    from graft.image.decoded import ImageDataset
 
     paths = collect_image_paths(images)
     loaded = create_backbone(backbone, weights=weights)

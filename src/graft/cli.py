@@ -9,7 +9,6 @@ Commands import torch only after their arguments and paths are checked (``graft.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -1330,8 +1329,9 @@ def demo(
 
 def main() -> None:
     """Entry point of the ``graft`` command."""
-    if perf.should_reexec():
-        perf.reexec_with_tuned_allocator(sys.argv[1:])
+    perf.Command.running = True
+    if perf.should_tune():
+        perf.tune_allocator()
     try:
         app()
     except SystemExit as finished:

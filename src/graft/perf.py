@@ -3,9 +3,11 @@
 glibc's default allocator returns large freed blocks to the OS and maps them again on the next
 batch; on a 2-core machine over half the CPU time went to those page faults. Raising the mmap
 and trim thresholds keeps the memory in the process (3x faster EfficientNet-Lite0 inference here,
-see BENCHMARKS.md). The thresholds must be set before the allocator first runs, so the ``graft``
-command re-executes itself once with them in the environment; set ``GRAFT_ALLOCATOR=system`` to
-opt out. Library users can set the same variables in their shell (``graft env`` prints them).
+see BENCHMARKS.md). The ``graft`` command sets them with ``mallopt`` as it starts (before torch is
+imported), and puts the equivalent ``MALLOC_*_`` variables in its environment for the processes it
+starts; set ``GRAFT_ALLOCATOR=system`` to opt out. Library users can set the same variables in their
+shell (``graft env`` prints them). Earlier versions re-executed the command with the variables set,
+which started Python and imported the command line twice.
 
 When a command has finished, the ``graft`` command ends its process without the interpreter's
 teardown (:func:`exit_without_teardown`): unloading torch, timm and matplotlib module by module took
@@ -14,12 +16,14 @@ teardown (:func:`exit_without_teardown`): unloading torch, timm and matplotlib m
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
 
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 OPT_OUT = "GRAFT_ALLOCATOR"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
 def usable_cores() -> int:
@@ -35,7 +39,7 @@ def allocator_tuned(environ: dict[str, str] | None = None) -> bool:
     return all(key in environ for key in ALLOCATOR_ENV)
 
 
-def should_reexec(environ: dict[str, str] | None = None) -> bool:
+def should_tune(environ: dict[str, str] | None = None) -> bool:
     """True on glibc Linux when the thresholds are unset and the user has not opted out."""
     environ = os.environ if environ is None else environ
     return (
@@ -46,12 +50,39 @@ def should_reexec(environ: dict[str, str] | None = None) -> bool:
     )
 
 
-def reexec_with_tuned_allocator(argv: list[str]) -> None:
-    """Replace this process with the same ``graft`` command, allocator thresholds set. Does not return."""
-    environ = {**os.environ, **ALLOCATOR_ENV}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "graft", *argv], environ)
+def tune_allocator() -> bool:
+    """Set the thresholds in this process (``mallopt``) and in its environment (for the processes it starts).
+    Returns whether ``mallopt`` took them; where it did not, nothing is changed."""
+    libc = ctypes.CDLL(None)
+    # mallopt takes an int: the largest trim threshold it accepts (2 GiB) keeps freed memory as well as 100 GB does
+    taken = libc.mallopt(M_MMAP_THRESHOLD, int(ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"])) == 1
+    taken = taken and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    if taken:
+        os.environ.update(ALLOCATOR_ENV)
+    return taken
+
+
+class Command:
+    """Whether this process is the ``graft`` command (set by its entry point): only then is the process's age
+    at the start of a run the command's start-up."""
+
+    running = False
+
+
+def startup_seconds() -> float | None:
+    """Seconds since the ``graft`` command started (Python, then importing torch and graft); None inside another
+    program (a notebook, a test), or where the OS does not tell a process's age (``/proc`` is Linux's)."""
+    return process_seconds() if Command.running else None
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started; None where the OS does not say."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rpartition(")")[2].split()[19])  # field 22: start time, after the name
+            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def exit_without_teardown(code: object) -> None:

@@ -8,9 +8,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from graft.audio.backbones import AudioPreprocessing
 from graft.audio.signal import AUDIO_EXTENSIONS, inspect_files
 from graft.core.dataset import Dataset
 from graft.image.data import IMAGE_EXTENSIONS, collect_image_paths, scan_folder
@@ -44,17 +41,3 @@ def scan_for_evaluation(location: str, classes: Sequence[str]):
 
 def collect_sound_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return collect_image_paths(inputs, AUDIO_EXTENSIONS, "sound files")
-
-
-class Clips(torch.utils.data.Dataset):
-    """``(samples, label)`` per sound file: the preprocessing's fixed window of mono 16 kHz samples."""
-
-    def __init__(self, items, preprocessing: AudioPreprocessing):
-        self.items, self.preprocessing = list(items), preprocessing
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        path, label = self.items[index]
-        return torch.from_numpy(self.preprocessing.load(path)), label

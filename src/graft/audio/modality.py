@@ -18,7 +18,7 @@ from graft.audio.backbones import (
     is_audio_backbone,
     load_speech_backbone,
 )
-from graft.audio.data import Clips, collect_sound_paths, is_audio_data, scan_for_evaluation, scan_sounds
+from graft.audio.data import collect_sound_paths, is_audio_data, scan_for_evaluation, scan_sounds
 from graft.core.modality import FLOAT_ONLY, ModalityDefaults
 from graft.core.model import TransferModel
 from graft.errors import ConfigError
@@ -126,3 +126,17 @@ class AudioModality(ModalityDefaults):
 
 
 AUDIO = AudioModality()
+
+
+class Clips(torch.utils.data.Dataset):
+    """``(samples, label)`` per sound file: the preprocessing's fixed window of mono 16 kHz samples."""
+
+    def __init__(self, items, preprocessing: AudioPreprocessing):
+        self.items, self.preprocessing = list(items), preprocessing
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, label = self.items[index]
+        return torch.from_numpy(self.preprocessing.load(path)), label

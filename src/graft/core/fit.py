@@ -240,7 +240,11 @@ def _run_epoch(
     state.phase_epoch += 1
     if state.improved:
         state.best_epoch, state.since_best = epoch, 0
-        state.best_state = copy.deepcopy(state.model.state_dict())
+        # a copy of each tensor (clone, not deepcopy: deepcopy's per-tensor bookkeeping cost more than the copying)
+        state.best_state = {
+            name: value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+            for name, value in state.model.state_dict().items()
+        }
     else:
         state.since_best += 1
     if state.since_best >= patience and state.phase_epoch < phase.epochs:

@@ -199,11 +199,6 @@ def _require_cache_space(
     example through the frozen stages gives a row's size), instead of failing after some views."""
     import shutil
 
-    with torch.inference_mode():
-        example = modality.example_input(preprocessing)
-        example = example.to(device) if isinstance(example, torch.Tensor) and device is not None else example
-        row = model.prefix(stop).eval()(example)
-    row_bytes = int(np.prod(row.shape[1:])) * 4
     wanted = [(items, "clean") for name, items in splits.items() if name != "train"]
     wanted += [
         (splits["train"], f"augmented:{v}:seed{seed}:{modality.augmentation_recipe}") for v in range(1, views + 1)
@@ -214,6 +209,13 @@ def _require_cache_space(
         )
         for items, view in wanted
     )
+    if not rows:  # every row cached (a re-run): no example needs to go through the network to size one
+        return
+    with torch.inference_mode():
+        example = modality.example_input(preprocessing)
+        example = example.to(device) if isinstance(example, torch.Tensor) and device is not None else example
+        row = model.prefix(stop).eval()(example)
+    row_bytes = int(np.prod(row.shape[1:])) * 4
     needed, free = rows * row_bytes, shutil.disk_usage(root).free
     if needed > free:
         raise ConfigError(

@@ -46,6 +46,7 @@ from graft.core.runtime import Runtime
 from graft.core.source_runs import resolve_source
 from graft.core.strategies import AUTO, FEWSHOT, plan_for_mode
 from graft.errors import ConfigError, RunFolderError, TrainingError
+from graft.perf import startup_seconds
 
 
 class RunKind(Protocol):
@@ -118,7 +119,7 @@ def train(
 ) -> dict[str, Any]:
     """Train into the run folder ``out``; returns the ``train`` JSON summary. ``out`` must be new or empty:
     with ``overwrite`` what it holds is moved aside (never deleted); an unfinished run is never replaced."""
-    began = time.perf_counter()
+    began, startup = time.perf_counter(), startup_seconds()
     validate(config)
     config = config.with_split_defaults()
     check_workers(num_workers)
@@ -139,7 +140,7 @@ def train(
     if run.moved_aside is not None and not quiet:
         stderr.print(f"--overwrite: the previous contents of '{run.path}' are now in '{run.moved_aside}'")
     try:
-        summary = _train(Session(run, config, kind, source, runtime, num_workers, quiet, began))
+        summary = _train(Session(run, config, kind, source, runtime, num_workers, quiet, began, startup))
     except BaseException:
         run.abandon()  # a folder this run created and that holds no run yet goes
         raise
@@ -179,11 +180,17 @@ class Session:
     num_workers: int | None
     quiet: bool
     began: float
+    startup: float | None  # seconds from the process's start to ``began``, where the OS tells
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)  # when each phase ended (perf_counter)
+
+    def mark(self, phase: str) -> None:
+        self.marks[phase] = time.perf_counter()
 
 
 def _train(session: Session) -> dict[str, Any]:
     run, config, kind, source, quiet = session.run, session.config, session.kind, session.source, session.quiet
     dataset = kind.scan(config, source)
+    session.mark("scan")
     seed_everything(config.seed, config.deterministic)
     loaded = source.load_backbone(config.backbone, weights=config.weights, pretrained=config.pretrained)
     advice = None
@@ -214,6 +221,7 @@ def _train(session: Session) -> dict[str, Any]:
 
     model, plan = _model_and_plan(config, kind, source, make_backbone, dataset, preprocessing)
     objective = kind.objective(config, dataset)
+    session.mark("model")
     run.require_space(model)
     saved = {
         "kind": kind.name,
@@ -282,7 +290,7 @@ def _train(session: Session) -> dict[str, Any]:
 
 def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue a run of any kind that was killed or interrupted, from its last completed epoch."""
-    began = time.perf_counter()
+    began, startup = time.perf_counter(), startup_seconds()
     check_workers(num_workers)
     run = RunFolder(out)
     saved = run.config_to_resume()
@@ -300,7 +308,7 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
     run.prepare()
     run.lock()
     try:
-        return _resume(Session(run, config, kind, source, runtime, num_workers, quiet, began), saved)
+        return _resume(Session(run, config, kind, source, runtime, num_workers, quiet, began, startup), saved)
     finally:
         run.release()
 
@@ -308,6 +316,7 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
 def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
     run, config, kind, source = session.run, session.config, session.kind, session.source
     dataset = kind.reload(run, saved, config, source)
+    session.mark("scan")
     seed_everything(config.seed, config.deterministic)
     has_checkpoint = (run / CHECKPOINT).is_file()
 
@@ -321,6 +330,7 @@ def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
     plan = load_plan(run.path)
     apply_plan(plan, model)
     objective = kind.objective(config, dataset)
+    session.mark("model")
     if not session.quiet:
         stderr.print(
             f"[bold]graft train --resume[/] {run.path}: "
@@ -433,17 +443,14 @@ def _execute(
             "inputs": inputs.description,
         }
     )
+    evaluated = time.perf_counter()
     own = kind.finish(run, state.history, metrics, dataset, model, objective, title, inputs)
-    seconds = time.perf_counter() - began
-    metrics["seconds"] = seconds
-    metrics["phase_seconds"] = {
-        "prepare": prepared - began,
-        "fit": fitted - prepared,
-        "evaluate": time.perf_counter() - fitted,
-    }
-    run.write_json(METRICS, metrics)
     worst = [entry["file"] for split in ("valid", "test") for entry in metrics.get(split, {}).get("worst", [])]
     thumbnails = {path: picture for path in worst if (picture := source.thumbnail(path))}
+    seconds = time.perf_counter() - began
+    metrics["seconds"] = seconds
+    metrics["phase_seconds"] = _phase_seconds(session, prepared, fitted, evaluated)
+    run.write_json(METRICS, metrics)
     run.write_text(
         REPORT, report.render(run.path, saved, plan.rows(kind.frozen_trunk(model)), state.history, metrics, thumbnails)
     )
@@ -646,6 +653,28 @@ def _greedy_step(session: Session, saved: dict, preprocessing, dataset, model, p
             + "; now the whole network"
         )
     return records
+
+
+def _phase_seconds(session: Session, prepared: float, fitted: float, evaluated: float) -> dict[str, float]:
+    """Where the run's time went. ``prepare`` = ``scan`` (listing and checking the data) + ``model`` (loading the
+    backbone; advising and racing plans under ``--mode auto``) + ``inputs`` (the frozen pass, or a cache hit);
+    ``finish`` writes the weights and plots; ``startup``, before the run began, is importing Python, torch and
+    graft (absent where the OS does not tell a process's age)."""
+    began, marks = session.began, session.marks
+    scanned = marks.get("scan", began)
+    modelled = marks.get("model", scanned)
+    phases = {
+        "scan": scanned - began,
+        "model": modelled - scanned,
+        "inputs": prepared - modelled,
+        "prepare": prepared - began,
+        "fit": fitted - prepared,
+        "evaluate": evaluated - fitted,
+        "finish": time.perf_counter() - evaluated,
+    }
+    if session.startup is not None:
+        phases["startup"] = session.startup
+    return phases
 
 
 def _describe_inputs(inputs: Inputs, seconds: float) -> str:

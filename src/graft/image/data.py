@@ -2,7 +2,9 @@
 
 Two layouts are understood: ``DATA/{train,valid|val|validation,test}/<class>/...`` and
 ``DATA/<class>/...`` (then a seeded, stratified train/valid split). Nothing is dropped silently:
-every file that is not used is listed in the manifest's ``skipped`` with the reason.
+every file that is not used is listed in the manifest's ``skipped`` with the reason. Nothing here
+imports torch, so ``graft check`` answers without loading it (:mod:`graft.image.decoded` is the torch
+dataset of these files).
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from graft.core.dataset import Dataset
-from graft.core.reproducibility import item_seed, seeded
 from graft.errors import DataError, raise_or_record
 from graft.image import checking
 
@@ -281,48 +280,12 @@ def _stratified_split(
                 errors,
             )
         return sorted(items), []
+    from sklearn.model_selection import train_test_split  # here: scanning a folder should not wait on importing it
+
     n_valid = max(int(round(len(items) * fraction)), len(counts))
     train, valid = train_test_split(items, test_size=n_valid, stratify=labels, random_state=seed)
     train, valid, _ = checking.keep_duplicates_together(sorted(train), sorted(valid), hashes or {})
     return train, valid
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """(path, label) pairs decoded and transformed on access, for a torch DataLoader. A label is a class
-    index, or a list of one value per task (multi-task runs).
-
-    Indexed by position, or by ``(round, position)`` keys from an
-    :class:`~graft.core.reproducibility.EpochSampler`: with a ``seed``, the random transform of an image
-    is then seeded from ``(seed, round, image key)`` (round = epoch, or the number of a cached view),
-    so the same key gives the same pixels in any process. ``image_keys`` default to positions; pass
-    content hashes to make a view depend on the image rather than on where it sits in a list.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[tuple[str, int]],
-        transform: Callable,
-        seed: int | None = None,
-        image_keys: Sequence[int] | None = None,
-    ):
-        self.items = list(items)
-        self.transform = transform
-        self.seed = seed
-        self.image_keys = list(range(len(self.items))) if image_keys is None else list(image_keys)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key):
-        round_, index = key if isinstance(key, tuple) else (0, key)
-        path, label = self.items[index]
-        image = load_image(path)
-        if not isinstance(label, int):  # one label per task: a float32 row (NaN = missing), collated to (batch, tasks)
-            label = torch.tensor(label, dtype=torch.float32)
-        if self.seed is None:
-            return self.transform(image), label
-        with seeded(item_seed(self.seed, round_, self.image_keys[index])):
-            return self.transform(image), label
 
 
 def collect_image_paths(

@@ -15,7 +15,7 @@ from graft.core.inputs import make_loader, whole_batches
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler
 from graft.image.backbones.folding import fold_batchnorm
-from graft.image.data import ImageDataset
+from graft.image.decoded import ImageDataset
 from graft.image.preprocessing import Preprocessing
 from graft.perf import usable_cores
 

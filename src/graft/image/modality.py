@@ -15,7 +15,8 @@ from graft.core.config import DEFAULT_BACKBONE
 from graft.core.dataset import Dataset
 from graft.core.modality import ModalityDefaults
 from graft.image.backbones import Backbone, create_backbone
-from graft.image.data import ImageDataset, collect_image_paths, scan_folder, scan_for_evaluation
+from graft.image.data import collect_image_paths, scan_folder, scan_for_evaluation
+from graft.image.decoded import ImageDataset
 from graft.image.frozen_pass import frozen_pass
 from graft.image.model import wrap_backbone
 from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing

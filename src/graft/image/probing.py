@@ -21,7 +21,7 @@ from torch import nn
 
 from graft.core.advisor import Probe
 from graft.image.backbones import Backbone, split_into_stages
-from graft.image.data import ImageDataset
+from graft.image.decoded import ImageDataset
 
 
 @dataclass

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 from torch import nn
 
-from graft.core.evaluation import probabilities
+from graft.core.evaluation import class_scores, probabilities
 from graft.core.objectives import Objective
 from graft.errors import ConfigError
 from graft.multitask.tasks import Task
@@ -162,31 +161,10 @@ def task_metrics(
         decoded = decode(task, outputs[task.name][mask], scales)
         truth = targets[mask, index]
         if task.is_classification:
-            labels = truth.astype(int)
-            indices = list(range(len(task.classes)))
-            predicted = decoded.argmax(axis=1)
-            clipped = np.clip(decoded, 1e-7, 1.0)
             entry = {
                 "kind": "classification",
-                "n": int(mask.sum()),
-                "accuracy": float(accuracy_score(labels, predicted)),
-                "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)),
-                "loss": float(log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)),
+                **class_scores(decoded, truth.astype(int), task.classes, detail=detail),
             }
-            if detail:
-                precision, recall, f1, support = precision_recall_fscore_support(
-                    labels, predicted, labels=indices, zero_division=0
-                )
-                entry["per_class"] = {
-                    name: {
-                        "precision": float(precision[i]),
-                        "recall": float(recall[i]),
-                        "f1": float(f1[i]),
-                        "support": int(support[i]),
-                    }
-                    for i, name in enumerate(task.classes)
-                }
-                entry["confusion_matrix"] = confusion_matrix(labels, predicted, labels=indices).tolist()
             scores.append(entry["accuracy"])
         else:
             errors = decoded - truth
