@@ -127,3 +127,32 @@ def test_a_resumed_run_does_not_write_into_a_cache_folder_of_another_user(class_
     graft.resume(run, quiet=True, num_workers=0)
     assert sorted(str(p) for p in foreign.rglob("*")) == before
     assert list((tmp_path / "mine").rglob("chunk-*.npy"))
+
+
+def test_checkpoints_are_skipped_while_they_would_cost_more_than_a_tenth_of_training(tmp_path, monkeypatch):
+    """Short epochs (a head on cached features) must not pay a checkpoint each: after one that took
+    50 ms, the next is written once ten times that has passed, and the first epoch always leaves one."""
+    import time
+    from types import SimpleNamespace
+
+    from graft.core import runs
+
+    written = []
+
+    def slow_checkpoint(path, state):
+        time.sleep(0.05)
+        written.append(len(state.history))
+
+    monkeypatch.setattr(runs, "save_checkpoint", slow_checkpoint)
+    run = runs.RunFolder(tmp_path / "run")
+    run.prepare()
+    saver = runs.SaveEveryEpoch(run, plot=lambda history: None)
+    state = SimpleNamespace(history=[], improved=False)
+    for epoch in range(1, 6):  # five quick epochs: only the first is checkpointed
+        state.history.append({"epoch": epoch})
+        saver.after_epoch(state)
+    time.sleep(0.5)  # then an epoch past ten times the checkpoint's cost
+    state.history.append({"epoch": 6})
+    saver.after_epoch(state)
+    assert written == [1, 6]
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 6  # the history after every epoch

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from graft.core.dataset import Dataset
+from graft.core.dataset import Dataset, stratified_split
 from graft.errors import DataError, raise_or_record
 from graft.image import checking
 
@@ -280,10 +280,8 @@ def _stratified_split(
                 errors,
             )
         return sorted(items), []
-    from sklearn.model_selection import train_test_split  # here: scanning a folder should not wait on importing it
-
     n_valid = max(int(round(len(items) * fraction)), len(counts))
-    train, valid = train_test_split(items, test_size=n_valid, stratify=labels, random_state=seed)
+    train, valid = stratified_split(items, labels, n_valid, seed)
     train, valid, _ = checking.keep_duplicates_together(sorted(train), sorted(valid), hashes or {})
     return train, valid
 
