@@ -344,3 +344,20 @@ def test_a_run_trims_the_cache_to_its_limit_but_keeps_its_own_rows(class_folder,
     left = cache_usage(cache)["namespaces"]
     assert left and not first & {entry["namespace"] for entry in left}
     assert all(entry["data"] == [str(class_folder)] for entry in left)
+
+
+def test_every_splits_clean_view_goes_through_one_frozen_pass(split_folder, tmp_path, monkeypatch):
+    """Each frozen pass starts worker processes (and folds the stages) anew: train, valid and test rows
+    missing from the cache are computed in one pass, not one per split."""
+    from graft.image.modality import IMAGE
+
+    passes = []
+    real_pass = IMAGE.frozen_pass
+
+    def counted(model, items, *args, **kwargs):
+        passes.append(len(items))
+        return real_pass(model, items, *args, **kwargs)
+
+    monkeypatch.setattr(IMAGE, "frozen_pass", counted)
+    _train(split_folder, tmp_path / "run", mode="extract", augment=False, cache_dir=tmp_path / "cache")
+    assert passes == [24 + 9 + 9]

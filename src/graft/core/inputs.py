@@ -309,6 +309,13 @@ def build_inputs(
     _require_cache_space(
         root, model, trainable_from, modality, preprocessing, device, base, splits, dataset, seed, views_wanted
     )
+    clean = [name for name in splits if name != "train" or not (augment and views > 0)]
+    if len(clean) > 1:  # every split's clean view in one frozen pass: its worker processes start once, not per split
+        union: dict[str, tuple[tuple[str, int], int]] = {}
+        for name in clean:
+            for item, key in zip(splits[name], keys[name]):
+                union.setdefault(dataset.digest(item[0]), (item, key))
+        rows([item for item, _ in union.values()], [key for _, key in union.values()], "clean", None, "frozen stages")
     if augment and views > 0:
         train_views = [
             rows(
