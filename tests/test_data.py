@@ -55,3 +55,32 @@ def test_checking_an_image_folder_does_not_import_torch(split_folder):
     completed = subprocess.run([sys.executable, "-c", code, str(split_folder)], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == [42, []]
+
+
+def test_a_rerun_reads_only_the_files_that_changed_since_the_last_check(split_folder, monkeypatch):
+    """The check pass remembers each file's verdict by size, times and inode (like git's index): a re-run's
+    scan reads nothing again; a rewritten file is read again and its new content hashed."""
+    from graft.image import checking
+
+    inspected = []
+    real = checking.inspect_image
+
+    def counted(path, *args, **kwargs):
+        inspected.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checking, "inspect_image", counted)
+    first = scan_folder(split_folder)
+    assert len(inspected) == 42
+    inspected.clear()
+    again = scan_folder(split_folder)
+    assert inspected == [] and again.sha256 == first.sha256 and again.splits == first.splits
+    changed = split_folder / "train" / "red" / "0.png"
+    make_image(changed, (0, 0, 255), seed=999)  # new content, same name
+    third = scan_folder(split_folder)
+    assert inspected == [str(changed)]
+    assert third.sha256[str(changed)] != first.sha256[str(changed)]
+    inspected.clear()
+    paths = sorted(str(path) for path in split_folder.rglob("*.png"))
+    checking.inspect_files(paths, (".png",))  # other rules (the extensions asked for): every file checked afresh
+    assert sorted(inspected) == paths

@@ -381,8 +381,8 @@ def test_checking_in_processes_gives_the_verdicts_of_checking_one_by_one(tmp_pat
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(checking, "ProcessPoolExecutor", CountedPool)
-    one_by_one = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=1)
-    in_processes = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=2)
+    one_by_one = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=1, remember=False)
+    in_processes = checking.inspect_files(paths, IMAGE_EXTENSIONS, workers=2, remember=False)
     assert pools == [2]
     assert in_processes == one_by_one
     rejected = {Path(v.path).name.split("_")[0] for v in one_by_one if not v.usable}

@@ -86,3 +86,12 @@ class KnownDigests:
         if path not in self.sha256:
             self.sha256[path] = sha256_file(path)
         return self.sha256[path]
+
+
+def default_cache_dir() -> Path:
+    """Where graft keeps what it can compute again (activations, checked files, generated clips) unless told
+    otherwise: ``$GRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graft`` or ``~/.cache/graft``."""
+    if os.environ.get("GRAFT_CACHE_DIR"):
+        return Path(os.environ["GRAFT_CACHE_DIR"])
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "graft"

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from graft.errors import ConfigError
-from graft.fileio import atomic_write_json, read_json
+from graft.fileio import atomic_write_json, default_cache_dir, read_json
 
 # 2: rows computed with BatchNorm folded into the convolutions (equal to version 1's up to float rounding)
 FORMAT_VERSION = 2
@@ -46,14 +46,6 @@ INDEX = "index.json"
 USAGE = "usage.json"  # when the namespace was last used, and for which data
 DEFAULT_LIMIT = "5GB"
 KEY = "key.json"
-
-
-def default_cache_dir() -> Path:
-    """Where activations are kept unless ``cache_dir`` says otherwise."""
-    if os.environ.get("GRAFT_CACHE_DIR"):
-        return Path(os.environ["GRAFT_CACHE_DIR"])
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "graft"
 
 
 def weights_digest(modules: Iterable[torch.nn.Module]) -> str:
@@ -338,11 +330,15 @@ def cache_usage(root: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def clear_cache(root: str | os.PathLike | None = None) -> int:
-    """Delete the cache folder's namespaces; returns the bytes freed."""
+    """Delete the cache folder's namespaces and what the check pass remembers of files (``checked/``); returns
+    the bytes freed."""
     usage = cache_usage(root)
     for entry in usage["namespaces"]:
         shutil.rmtree(Path(usage["cache_dir"]) / entry["namespace"], ignore_errors=True)
-    return usage["bytes"]
+    checked = Path(usage["cache_dir"]) / "checked"
+    remembered = sum(f.stat().st_size for f in checked.glob("*.json")) if checked.is_dir() else 0
+    shutil.rmtree(checked, ignore_errors=True)
+    return usage["bytes"] + remembered
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:

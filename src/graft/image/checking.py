@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from graft.core.dataset import summarise
 from graft.errors import DataError
+from graft.fileio import atomic_write_json, default_cache_dir, read_json
 from graft.perf import usable_cores
 
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (about 9459 x 9459): graft's decompression-bomb limit
@@ -188,14 +189,31 @@ def inspect_image(
     return verdict
 
 
-def inspect_files(paths: Sequence[str], image_extensions: Iterable[str], workers: int | None = None) -> list[Verdict]:
+def inspect_files(
+    paths: Sequence[str], image_extensions: Iterable[str], workers: int | None = None, remember: bool = True
+) -> list[Verdict]:
     """Inspect many files, in input order, in one process per core (``workers``) where fork is available.
+    With ``remember``, a file unchanged since an earlier check (:class:`CheckedFiles`) is not read again.
 
     Most of a check is Python (Pillow parsing headers, hashing, EXIF) holding the GIL, so threads
     were slower than one thread (10,000 JPEGs: 5.2 s on two threads, 3.7 s on one); forked processes
     each take a share of the files.
     """
-    inspect = functools.partial(inspect_image, image_extensions=tuple(image_extensions))
+    extensions = tuple(image_extensions)
+    checked = CheckedFiles.near(paths, extensions) if remember and paths else None
+    verdicts: list[Verdict | None] = [checked.get(path) if checked else None for path in paths]
+    todo = [position for position, verdict in enumerate(verdicts) if verdict is None]
+    for position, verdict in zip(todo, _inspect_all([paths[p] for p in todo], extensions, workers)):
+        verdicts[position] = verdict
+        if checked:
+            checked.put(verdict)
+    if checked and todo:
+        checked.save()
+    return verdicts  # type: ignore[return-value]
+
+
+def _inspect_all(paths: Sequence[str], extensions: tuple[str, ...], workers: int | None) -> list[Verdict]:
+    inspect = functools.partial(inspect_image, image_extensions=extensions)
     workers = min(usable_cores(), MAX_CHECK_PROCESSES) if workers is None else workers
     if len(paths) < MIN_FILES_PER_PROCESS * 2 or workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [inspect(path) for path in paths]
@@ -203,6 +221,70 @@ def inspect_files(paths: Sequence[str], image_extensions: Iterable[str], workers
     # fork: the children only run Pillow and hashlib, never torch, so a parent that used OpenMP is safe
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(inspect, paths, chunksize=max(1, min(256, len(paths) // (workers * 8)))))
+
+
+class CheckedFiles:
+    """What the check pass learned about the files of one data folder, kept between runs in the cache folder
+    (``checked/``), the way git's index remembers files: a file whose size, modification and change times,
+    inode and device are all as they were is not read, decoded and hashed again, so a re-run's check costs a
+    stat per file (10,000 images: ~4 s -> ~0.1 s). Any write to a file changes its change time, which no
+    program can set back. A different rule set (``RULES``, the extensions asked for, the pixel limit) starts
+    afresh; a cache folder that cannot be written only means files are checked again."""
+
+    RULES = 1  # bump when inspect_image's verdicts change
+
+    def __init__(self, path: Path, rules: dict):
+        self.path, self.rules = path, rules
+        try:
+            saved = read_json(path)
+            self.entries = saved["files"] if saved.get("rules") == rules else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.entries = {}
+        self.stamps: dict[str, list[int]] = {}
+
+    @classmethod
+    def near(cls, paths: Sequence[str], extensions: tuple[str, ...]) -> CheckedFiles:
+        """The record for the folder that holds ``paths``."""
+        try:
+            folder = os.path.commonpath([os.path.realpath(path) for path in paths])
+        except ValueError:  # paths on different drives (Windows)
+            folder = "various"
+        name = hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        rules = {"rules": cls.RULES, "extensions": sorted(extensions), "max_pixels": MAX_PIXELS, "folder": folder}
+        return cls(default_cache_dir() / "checked" / f"{name}.json", rules)
+
+    def _stamp(self, path: str) -> list[int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        self.stamps[path] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+        return self.stamps[path]
+
+    def get(self, path: str) -> Verdict | None:
+        stamp, entry = self._stamp(path), self.entries.get(path)
+        if stamp is None or entry is None or entry.get("stamp") != stamp:
+            return None
+        return Verdict(
+            path=path, reason=entry.get("reason"), warnings=list(entry.get("warnings", [])), sha256=entry.get("sha256")
+        )
+
+    def put(self, verdict: Verdict) -> None:
+        stamp = self.stamps.get(verdict.path)
+        if stamp is not None:
+            self.entries[verdict.path] = {
+                "stamp": stamp,
+                "reason": verdict.reason,
+                "warnings": verdict.warnings,
+                "sha256": verdict.sha256,
+            }
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, {"rules": self.rules, "files": self.entries})
+        except OSError:
+            pass  # bookkeeping only
 
 
 def duplicate_warnings(
