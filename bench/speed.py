@@ -278,7 +278,9 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), allocator: str = "graft") -> dict:
+def timed_train(
+    data: Path, run: Path, cache: Path, extra: list[str] = (), allocator: str = "graft", home_cache: Path | None = None
+) -> dict:
     """``graft train`` as a user runs it (the graft command sets its own allocator unless ``allocator="system"``),
     wall time and peak memory of the process tree."""
     command = [
@@ -297,6 +299,8 @@ def timed_train(data: Path, run: Path, cache: Path, extra: list[str] = (), alloc
         *extra,
     ]
     environ = {k: v for k, v in os.environ.items() if k not in TUNED and k != "GRAFT_ALLOCATOR"} | CAPPED_ISA
+    if home_cache is not None:  # what graft keeps outside --cache-dir (the checked files) starts empty too
+        environ["GRAFT_CACHE_DIR"] = str(home_cache)
     if allocator == "system":
         environ["GRAFT_ALLOCATOR"] = "system"
     peak = [0]
@@ -494,8 +498,9 @@ def users_sizes(sizes: list[int]) -> None:
     for images in sizes:
         data = ten_thousand if images == 10_000 else subset(ten_thousand, images)
         before = _floor_rate(cores)
-        cold = timed_train(data, scratch / f"cold-{images}", scratch / f"cache-{images}")
-        warm = timed_train(data, scratch / f"warm-{images}", scratch / f"cache-{images}")
+        home = scratch / f"home-cache-{images}"
+        cold = timed_train(data, scratch / f"cold-{images}", scratch / f"cache-{images}", home_cache=home)
+        warm = timed_train(data, scratch / f"warm-{images}", scratch / f"cache-{images}", home_cache=home)
         after = _floor_rate(cores)
         rate = (before["best"] + after["best"]) / 2
         floor = images / rate
