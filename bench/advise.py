@@ -131,7 +131,8 @@ def pacs_art(test_per_class: int) -> dict:
 
 
 def build_views(test_per_class: int, seeds: list[int]) -> tuple[dict[str, Path], dict]:
-    """Every view by name: the full datasets, and their small versions per seed (``-s<seed>`` after seed 0)."""
+    """Every view by name: the full datasets (per seed too, the same folder), and their small versions drawn per
+    seed (``-s<seed>`` after seed 0)."""
     views, notes = {}, {}
     signs = _split_folder_items(DATASETS / "sign-language-digits")
     dogs = cap_test(_split_folder_items(DATASETS / "dogs-vs-cats-small"), test_per_class)
@@ -141,6 +142,9 @@ def build_views(test_per_class: int, seeds: list[int]) -> tuple[dict[str, Path],
     art = pacs_art(50)
     for name, splits in (("signs", signs), ("dogs-cats", dogs), ("utk-gender", faces), ("pacs-art", art)):
         views[name] = write_view(name, splits)
+        for seed in seeds:  # the full dataset again, trained with another seed (the split stays)
+            if seed:
+                views[f"{name}-s{seed}"] = views[name]
         for k in (10, 50):
             for seed in seeds:
                 small = f"{name}-{k}" + (f"-s{seed}" if seed else "")
