@@ -60,6 +60,7 @@ def test_checking_an_image_folder_does_not_import_torch(split_folder):
 def test_a_rerun_reads_only_the_files_that_changed_since_the_last_check(split_folder, monkeypatch):
     """The check pass remembers each file's verdict by size, times and inode (like git's index): a re-run's
     scan reads nothing again; a rewritten file is read again and its new content hashed."""
+    from graft.fileio import default_cache_dir
     from graft.image import checking
 
     inspected = []
@@ -82,5 +83,10 @@ def test_a_rerun_reads_only_the_files_that_changed_since_the_last_check(split_fo
     assert third.sha256[str(changed)] != first.sha256[str(changed)]
     inspected.clear()
     paths = sorted(str(path) for path in split_folder.rglob("*.png"))
-    checking.inspect_files(paths, (".png",))  # other rules (the extensions asked for): every file checked afresh
+    checking.inspect_files(
+        paths, (".png",), remember=True
+    )  # other rules (the extensions asked for): every file checked afresh
     assert sorted(inspected) == paths
+    remembered = sorted((default_cache_dir() / "checked").iterdir())
+    checking.inspect_files([str(changed)], (".png",))  # a prediction's inputs are checked, not remembered
+    assert sorted((default_cache_dir() / "checked").iterdir()) == remembered

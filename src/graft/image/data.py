@@ -123,7 +123,7 @@ def _files_below(folder: Path, skipped: list[dict[str, str]], seen: set[Path]) -
 
 
 def inspect_images(paths: Sequence[str]) -> list[checking.Verdict]:
-    return checking.inspect_files(paths, IMAGE_EXTENSIONS)
+    return checking.inspect_files(paths, IMAGE_EXTENSIONS, remember=True)  # a data folder: re-runs reuse it
 
 
 def _keep_usable(

@@ -354,7 +354,7 @@ def _usable_images(items, skipped: list[dict[str, str]]) -> tuple[list, dict[str
     from graft.image.checking import inspect_files
     from graft.image.data import IMAGE_EXTENSIONS
 
-    verdicts = inspect_files([path for path, _ in items], IMAGE_EXTENSIONS)
+    verdicts = inspect_files([path for path, _ in items], IMAGE_EXTENSIONS, remember=True)
     kept = []
     for item, verdict in zip(items, verdicts):
         if verdict.usable:
