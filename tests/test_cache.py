@@ -75,6 +75,26 @@ def test_a_damaged_index_or_chunk_only_costs_recomputation(tmp_path):
     assert len(calls) == 3 and float(rows[1][0, 0]) == 1.0
 
 
+def test_a_lookup_parses_the_index_once_and_checks_each_chunk_once_not_each_row(tmp_path, monkeypatch):
+    import graft.core.cache as cache
+
+    store = ActivationStore(tmp_path, _key())
+    for part in range(3):  # three chunks of 200 rows: a namespace shared with other datasets
+        cached_rows(store, [f"d{part}-{i}" for i in range(200)], _computer([]))
+    parsed, checked = [], []
+    real_read, real_is_file = cache.read_json, cache.Path.is_file
+    monkeypatch.setattr(cache, "read_json", lambda path: parsed.append(path) or real_read(path))
+    monkeypatch.setattr(cache.Path, "is_file", lambda path: checked.append(path.name) or real_is_file(path))
+    cache._PARSED_INDEXES.clear()
+    for _ in range(4):  # a race asks the same namespace again and again
+        assert store.missing(["d0-1", "d2-199", "new"]) == [2]
+    assert len(parsed) == 1 and len(checked) == 4 * 3
+    (store.folder / sorted(store.folder.glob("chunk-*.npy"))[0].name).unlink()
+    assert len(store.missing([f"d{part}-0" for part in range(3)])) == 1  # a lost chunk's rows count as missing
+    cached_rows(store, ["later"], _computer([]))  # a write replaces the index: it is parsed anew
+    assert store.missing(["later"]) == [] and len(parsed) == 3  # the write's own read, then the lookup's
+
+
 def test_usage_and_clear(tmp_path):
     cached_rows(ActivationStore(tmp_path, _key()), ["d0", "d1"], _computer([]))
     usage = cache_usage(tmp_path)

@@ -181,3 +181,29 @@ def test_the_simplest_plan_within_one_standard_error_wins_not_only_the_advised_o
     result = race(plans, [0], train_one)
     assert result.leader == 1 and result.winner == 2
     assert result.lead(1, 2) <= result.noise(1, 2) and result.lead(1, 0) > result.noise(1, 0)
+
+
+def test_deeper_plans_are_not_tried_when_a_simpler_one_left_almost_no_error():
+    extract = AdvisedPlan("extract", 0, 1e-3, 0.1, 10, 0, "frozen")
+    plans = [extract, PLANS[2], PLANS[4]]  # feature extraction, then the last 3 and the last 5 stages
+
+    def scripted(first_fold_score, finetuned=1.0):
+        calls = []
+
+        def train_one(plan, fold):
+            calls.append((plan.mode, plan.unfreeze, fold))
+            score = first_fold_score if plan.mode == "extract" else finetuned
+            return {"score": score, "loss": 1.0, "seconds": 0.0, "n": 100}
+
+        return calls, race(plans, [0, 1, 2], train_one)
+
+    calls, result = scripted(0.99)  # 1 error in 100: a fine-tune could gain at most 1 point
+    assert {mode for mode, _, _ in calls} == {"extract"} and result.winner == 0
+    assert set(result.skipped) == {1, 2} and "erred on 1.0%" in result.skipped[1]
+    recorded = result.to_dict()["candidates"]
+    assert recorded[1]["fold_scores"] == [] and recorded[1]["skipped"]
+    assert "not tried" in result.reason()
+    calls, result = scripted(0.95, finetuned=0.97)  # 5 errors in 100, then 3: worth trying deeper
+    assert ("finetune", 3, 0) in calls and ("finetune", 5, 0) in calls and not result.skipped
+    calls, result = scripted(0.95, finetuned=1.0)  # the last 3 stages made no error: the last 5 cannot gain
+    assert ("finetune", 3, 0) in calls and ("finetune", 5, 0) not in calls and set(result.skipped) == {2}

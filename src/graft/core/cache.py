@@ -46,6 +46,9 @@ INDEX = "index.json"
 USAGE = "usage.json"  # when the namespace was last used, and for which data
 DEFAULT_LIMIT = "5GB"
 KEY = "key.json"
+# The last few parsed indexes (they can be megabytes), by (path, inode, size, mtime): every write replaces
+# the file (a new inode), so a changed index is never served from here.
+_PARSED_INDEXES: dict[tuple, dict[str, list]] = {}
 
 
 def weights_digest(modules: Iterable[torch.nn.Module]) -> str:
@@ -131,14 +134,29 @@ class ActivationStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _index(self) -> dict[str, list]:
+        """The namespace's rows by image digest, leaving out rows whose chunk file is gone. A namespace is
+        shared by every dataset run through the same frozen stages, so the index can hold far more rows than
+        this run asks for: it is parsed once per version of the file (a race reads it a dozen times) and each
+        chunk's file is checked once, not once per row."""
         path = self.folder / INDEX
-        if not path.is_file():
-            return {}
         try:
-            index = read_json(path)
-        except (OSError, json.JSONDecodeError):
-            return {}  # a damaged index only costs recomputation
-        return {digest: location for digest, location in index.items() if (self.folder / location[0]).is_file()}
+            stat = path.stat()
+        except OSError:
+            return {}
+        version = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        index = _PARSED_INDEXES.get(version)
+        if index is None:
+            try:
+                index = read_json(path)
+            except (OSError, json.JSONDecodeError):
+                return {}  # a damaged index only costs recomputation
+            for known in [known for known in _PARSED_INDEXES if known[0] == version[0]]:
+                del _PARSED_INDEXES[known]  # this file's older versions
+            while len(_PARSED_INDEXES) >= 8:
+                del _PARSED_INDEXES[next(iter(_PARSED_INDEXES))]  # the oldest file's
+            _PARSED_INDEXES[version] = index
+        present = {name for name in {location[0] for location in index.values()} if (self.folder / name).is_file()}
+        return {digest: location for digest, location in index.items() if location[0] in present}
 
     def _open_chunks(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         chunks = {}

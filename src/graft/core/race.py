@@ -14,6 +14,10 @@ follows the one-standard-error rule: the plan training the fewest stages whose h
 within one standard error of the best (on tiny data a lead of a few images is chance, and fewer
 trained weights overfit less). Each training is the run's own (epochs, augmentation, cache, seed), so a score is
 what the final run would see. A time budget stops the race early; what was measured then decides.
+
+A deeper plan is not tried when a plan training fewer stages already left almost no held-out error on the
+first fold (:data:`ROOM`): it could gain at most that error, and it costs several times as much (on the full
+dogs-vs-cats, 305 images, the fine-tunes were 90% of the race's time and never won: BENCHMARKS.md section 11).
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ RAISED_LR = 3.0  # the second learning rate tried: 3x the advised one
 # have passed, nor stops before MIN_SECONDS.
 BUDGET_FACTOR = 3.0
 MIN_SECONDS = 60.0
+# A plan training more stages is not tried once one training fewer erred on at most this share of the first
+# fold's held-out examples: auto promises to be within 2 points of the best plan, and no plan can beat another
+# by more than the other's error.
+ROOM = 0.02
+
+
+def trained_stages(plan: AdvisedPlan) -> int:
+    """How many backbone stages ``plan`` trains (0: feature extraction)."""
+    return plan.unfreeze if plan.mode == "finetune" else 0
 
 
 def describe(plan: AdvisedPlan) -> str:
@@ -117,6 +130,26 @@ class Race:
     stopped: str | None = None
     leader: int = 0  # the best measured; the winner unless a simpler plan is within one standard error of it
     counted: int = 0  # the folds every plan still in the race finished (a fold the budget cut short is not)
+    skipped: dict[int, str] = dataclasses.field(default_factory=dict)  # plans never tried, and why
+
+    def little_room_for(self, index: int) -> str | None:
+        """Why plan ``index`` need not be tried (None: try it): a plan training fewer stages erred on at most
+        :data:`ROOM` of the first fold's held-out examples."""
+        simpler = [
+            other
+            for other, entries in enumerate(self.scores)
+            if entries and trained_stages(self.plans[other]) < trained_stages(self.plans[index])
+        ]
+        if not simpler:
+            return None
+        best = max(simpler, key=lambda other: self.scores[other][0]["score"])
+        error = 1.0 - self.scores[best][0]["score"]
+        if error > ROOM:
+            return None
+        return (
+            f"not tried: {describe(self.plans[best])} erred on {error:.1%} of the first fold's held-out examples, "
+            f"so a plan training more stages could gain at most that (the line is {ROOM:.0%})"
+        )
 
     def compared(self, index: int) -> list[dict[str, float]]:
         return self.scores[index][: self.counted]
@@ -164,9 +197,7 @@ class Race:
             for index in range(len(self.plans))
             if len(self.compared(index)) == folds and self.lead(leader, index) <= self.noise(leader, index)
         ]
-        return min(
-            close, key=lambda index: (self.plans[index].unfreeze if self.plans[index].mode == "finetune" else 0, index)
-        )
+        return min(close, key=lambda index: (trained_stages(self.plans[index]), index))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +214,7 @@ class Race:
                     "fold_scores": [round(entry["score"], 4) for entry in self.scores[index]],
                     "mean_score": None if not self.compared(index) else round(self.mean(index), 4),
                     "seconds": round(sum(entry["seconds"] for entry in self.scores[index]), 3),
+                    "skipped": self.skipped.get(index),
                 }
                 for index, plan in enumerate(self.plans)
             ],
@@ -204,6 +236,8 @@ class Race:
             )
         if self.winner != 0:
             text += f"; the advised plan ({describe(self.plans[0])}) scored {self.mean(0):.3f}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} deeper plan(s) {next(iter(self.skipped.values()))}"
         return text + (f"; {self.stopped}" if self.stopped else "")
 
 
@@ -212,7 +246,8 @@ def rows(recorded: dict[str, Any]) -> list[dict[str, str]]:
     return [
         {
             "plan": ("winner: " if index == recorded["winner"] else "") + entry["label"],
-            "held-out accuracy per fold": " ".join(f"{score:.3f}" for score in entry["fold_scores"]) or "not run",
+            "held-out accuracy per fold": " ".join(f"{score:.3f}" for score in entry["fold_scores"])
+            or ("not tried: little room left" if entry.get("skipped") else "not run"),
             "mean": "" if entry["mean_score"] is None else f"{entry['mean_score']:.3f}",
             "seconds": f"{entry['seconds']:.1f}",
         }
@@ -247,6 +282,10 @@ def race(
                     else f" (after the first fold, {BUDGET_FACTOR:g}x its first training; --time-budget sets it)"
                 )
                 break
+            if number == 0 and (why := result.little_room_for(index)) is not None:
+                result.skipped[index] = why
+                advance(1)
+                continue
             result.scores[index].append(train_one(plans[index], fold))
             advance(1)
             if budget is None:  # the default: relative to what the advised plan costs here
@@ -255,6 +294,7 @@ def race(
             result.counted = max(1, number)  # a cut first fold still tells something; a later one is dropped
             break
         result.counted = number + 1
+        alive = [index for index in alive if index not in result.skipped]
         kept = sorted(alive, key=result.key)[: max(1, math.ceil(len(alive) / 2))]
         alive = sorted({0, *kept})  # the advised plan always runs on: every challenger is compared with it
         if len(alive) == 1:
