@@ -25,6 +25,7 @@ from graft.adaptation.validators import information_maximization, proxy_a_distan
 from graft.core.config import ADAPTATION_METHODS
 from graft.errors import ConfigError, DataError
 from tests.conftest import TINY_BACKBONE, make_image
+from tests.test_advisor import tiny_weights  # noqa: F401 (a fixture)
 
 COLOURS = ((220, 30, 30), (30, 200, 40), (30, 40, 220))
 
@@ -236,3 +237,85 @@ def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
     assert graft.evaluate(run, target)["n"] == 36
     with pytest.raises(ConfigError, match="needs --reweight"):
         graft.train(source, tmp_path / "x", weight_estimator="kliep", quiet=True)
+
+
+def test_advise_with_a_target_measures_how_far_apart_the_domains_are(domains, tmp_path, tiny_weights):  # noqa: F811
+    from graft.adaptation.advice import advise_domains
+
+    source, target = domains
+    near = tmp_path / "near"  # the source's own classes and colours, other images: the same domain
+    for index, colour in enumerate(COLOURS):
+        for i in range(12):
+            make_image(near / f"n{index}_{i:02d}.png", colour, seed=9000 + index * 100 + i)
+    options = dict(backbone=TINY_BACKBONE, weights=tiny_weights, per_domain=24)
+    far = advise_domains(source, target, **options)
+    same = advise_domains(source, near, **options)
+    assert far["distance"] > same["distance"] and far["distance"] == far["proxy_a_distance"][far["stages"][-1]]
+    assert far["images"] == {"source": 24, "target": 24} and set(far["proxy_a_distance"]) == set(far["stages"])
+    assert far["source_only"]["target_accuracy"] is not None  # class folders: reported, never used to measure
+    assert same["source_only"]["target_accuracy"] is None  # no class folders: nothing to report
+    assert far["verdict"] in ("apart", "far") and far["reason"]
+
+
+def test_target_labels_change_only_the_reported_target_accuracy(domains, tmp_path, tiny_weights):  # noqa: F811
+    from graft.adaptation.advice import advise_domains
+
+    source, target = domains
+    permuted = tmp_path / "permuted"
+    for old, new in (("c0", "c1"), ("c1", "c2"), ("c2", "c0")):
+        shutil.copytree(target / old, permuted / new)
+    options = dict(backbone=TINY_BACKBONE, weights=tiny_weights, per_domain=24)
+    first, second = advise_domains(source, target, **options), advise_domains(source, permuted, **options)
+    for found in (first, second):
+        found.pop("seconds"), found.pop("target")
+    assert first["source_only"].pop("target_accuracy") != second["source_only"].pop("target_accuracy")
+    assert first == second
+
+
+def test_the_domain_verdict_follows_the_measured_lines():
+    from graft.adaptation.advice import CLOSE, FAR, verdict
+
+    assert verdict(0.1, 0.01)[0] == "close"
+    assert verdict(0.1, 0.3)[0] == "apart"  # close by distance, but the source classifier is unsure there
+    assert verdict((CLOSE + FAR) / 2, None)[0] == "apart"
+    kind, sentence = verdict(1.8, 0.3)
+    assert kind == "far" and "graft adapt" in sentence and "1.80" in sentence
+
+
+def test_advise_target_refuses_options_that_do_not_apply(domains, tiny_weights):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    source, target = domains
+    runner = CliRunner()
+    common = ["advise", str(source), "--backbone", TINY_BACKBONE, "--weights", tiny_weights]
+    result = runner.invoke(app, [*common, "--target", str(target), "--per-class", "3"])
+    assert result.exit_code == 2 and "--per-class does not apply with --target" in result.output
+    result = runner.invoke(app, [*common, "--per-domain", "20"])
+    assert result.exit_code == 2 and "--per-domain only applies with --target" in result.output
+    result = runner.invoke(app, [*common, "--target", str(target), "--per-domain", "4"])
+    assert result.exit_code == 2 and "--per-domain must be at least 8" in result.output
+    result = runner.invoke(app, [*common, "--target", str(target), "--per-domain", "24", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert {"proxy_a_distance", "distance", "source_only", "verdict", "reason", "similarity_to_pretraining"} <= set(
+        found
+    )
+
+
+def test_the_target_folder_is_checked_once_then_remembered_like_a_training_folder(domains, monkeypatch):
+    from graft.adaptation.data import scan_target
+    from graft.core.modality import modality_for
+    from graft.image import checking
+
+    source, target = domains
+    inspected = []
+    real = checking.inspect_image
+    monkeypatch.setattr(checking, "inspect_image", lambda path, *a, **k: inspected.append(path) or real(path, *a, **k))
+    modality = modality_for(str(source), TINY_BACKBONE)
+    first, _ = scan_target(str(target), ["c0", "c1", "c2"], modality)
+    assert len(inspected) == len(first) == 36
+    inspected.clear()
+    again, _ = scan_target(str(target), ["c0", "c1", "c2"], modality)
+    assert inspected == [] and again == first

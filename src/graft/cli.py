@@ -733,13 +733,34 @@ def advise(
     per_class: Annotated[
         Optional[int], typer.Option("--per-class", help="Images per class measured (default 8-32, by class count).")
     ] = None,
+    target: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--target",
+            help="A folder of unlabelled images of another domain (paintings for photos): say how far apart DATA "
+            "and it are and whether graft adapt is likely to be worth it.",
+        ),
+    ] = None,
+    per_domain: Annotated[
+        Optional[int], typer.Option("--per-domain", help="With --target: images of each domain measured (default 256).")
+    ] = None,
     json_output: JsonOption = False,
 ):
-    """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones)."""
+    """Measure data size and domain similarity; advise a scenario (1-4) and a training plan (or rank --backbones,
+    or with --target say whether domain adaptation is likely to pay)."""
     from graft.console import emit_json, stdout, table
     from graft.core.advisor import LOGME_MEANING, rank_backbones
     from graft.core.advisor import advise as run_advise
+    from graft.errors import ConfigError
 
+    if target is not None:
+        for given, name in ((backbones, "--backbones"), (per_class, "--per-class")):
+            if given is not None:
+                raise ConfigError(f"{name} does not apply with --target", hint="--per-domain sets the images measured")
+        _advise_domains(data, target, backbone, weights, seed, per_domain, json_output)
+        return
+    if per_domain is not None:
+        raise ConfigError("--per-domain only applies with --target TARGET_FOLDER")
     if backbones:
         ranking = rank_backbones(
             data, [name.strip() for name in backbones.split(",") if name.strip()], seed=seed, per_class=per_class
@@ -806,6 +827,44 @@ def advise(
         else ""
     )
     stdout.print(f"plan: {command} --epochs {plan.epochs} --lr {plan.lr:g}   (or simply: --mode auto)")
+
+
+def _advise_domains(data, target, backbone, weights, seed, per_domain, json_output) -> None:
+    """``graft advise DATA --target TARGET``'s measurement and its table."""
+    from graft.adaptation.advice import SAMPLE, advise_domains
+    from graft.console import emit_json, stdout, table
+
+    found = advise_domains(
+        data,
+        target,
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        seed=seed,
+        per_domain=SAMPLE if per_domain is None else per_domain,
+    )
+    if json_output:
+        emit_json(found)
+        return
+    images = found["images"]
+    stdout.print(
+        table(
+            f"source vs target ({backbone}, {images['source']} + {images['target']} images in {found['seconds']:.1f}s)",
+            ["stage", "proxy A-distance (0: alike, 2: always told apart)"],
+            [[name, f"{found['proxy_a_distance'][name]:.2f}"] for name in found["stages"]],
+        )
+    )
+    alone, similarity = found["source_only"], found["similarity_to_pretraining"]
+    if alone["source_confidence"] is not None:
+        stdout.print(
+            f"source-only classifier: {alone['source_accuracy']:.3f} accuracy on held-out source images; mean top "
+            f"probability {alone['source_confidence']:.3f} there, {alone['target_confidence']:.3f} on the target"
+            + ("" if alone["target_accuracy"] is None else f" (target accuracy {alone['target_accuracy']:.3f})")
+        )
+    if similarity["source"] is not None:
+        stdout.print(
+            f"similarity to the pretraining data: source {similarity['source']:.2f}, target {similarity['target']:.2f}"
+        )
+    stdout.print(f"[bold]{found['verdict']}[/]: {found['reason']}")
 
 
 @app.command()

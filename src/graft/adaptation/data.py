@@ -23,7 +23,7 @@ def scan_target(
     if not root.is_dir():
         raise DataError(f"{split} folder '{location}' does not exist or is not a folder")
     paths = modality.expand([location])
-    unreadable = modality.unreadable(paths)
+    unreadable = modality.unreadable(paths, remember=True)
     index = {name: i for i, name in enumerate(classes)}
     items = []
     for path in paths:

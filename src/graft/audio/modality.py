@@ -82,7 +82,7 @@ class AudioModality(ModalityDefaults):
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return collect_sound_paths(inputs)
 
-    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+    def unreadable(self, paths: Sequence[str], remember: bool = False) -> dict[str, str]:
         from graft.audio.signal import inspect_files
 
         return {verdict.path: verdict.reason for verdict in inspect_files(paths) if not verdict.usable}

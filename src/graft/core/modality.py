@@ -83,9 +83,10 @@ class Modality(Protocol):
     def expand(self, inputs: Sequence[str]) -> list[str]:
         """Files and folders given to ``predict`` as a list of example files."""
 
-    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+    def unreadable(self, paths: Sequence[str], remember: bool = False) -> dict[str, str]:
         """The files among ``paths`` that cannot be used, with the reason (``predict`` reports them and
-        predicts the rest)."""
+        predicts the rest). ``remember``: the paths are a data folder's (an adaptation target), whose
+        verdicts are kept so an unchanged file is not read again (images: :class:`CheckedFiles`)."""
 
     # inputs
     def examples(

@@ -56,11 +56,11 @@ class ImageModality(ModalityDefaults):
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return collect_image_paths(inputs)
 
-    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+    def unreadable(self, paths: Sequence[str], remember: bool = False) -> dict[str, str]:
         from graft.image.checking import inspect_files
         from graft.image.data import IMAGE_EXTENSIONS
 
-        verdicts = inspect_files(list(paths), IMAGE_EXTENSIONS)
+        verdicts = inspect_files(list(paths), IMAGE_EXTENSIONS, remember=remember)
         return {verdict.path: verdict.reason for verdict in verdicts if not verdict.usable}
 
     def examples(

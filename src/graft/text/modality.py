@@ -104,7 +104,7 @@ class TextModality(ModalityDefaults):
     def expand(self, inputs: Sequence[str]) -> list[str]:
         return expand_inputs(inputs)
 
-    def unreadable(self, paths: Sequence[str]) -> dict[str, str]:
+    def unreadable(self, paths: Sequence[str], remember: bool = False) -> dict[str, str]:
         return {text: "empty text" for text in paths if not text.strip()}
 
     def examples(self, items, preprocessing: TextPreprocessing, *, augment: bool, seed=None, keys=None) -> Tokens:
