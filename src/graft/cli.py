@@ -9,6 +9,8 @@ Commands import torch only after their arguments and paths are checked (``graft.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -412,13 +414,25 @@ def train(
             rich_help_panel="Distribution shift",
         ),
     ] = None,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(
+            "--nproc",
+            help="Train in this many processes on this machine (launches torchrun --standalone --nproc_per_node N; "
+            "several machines: torchrun's --nnodes / --rdzv-endpoint with -m graft train).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ):
     """Train a classifier on a folder of class folders by transfer from a pretrained backbone (or several
     tasks or domains at once)."""
+    from graft.errors import ConfigError
+
+    if nproc is not None:
+        _launch_processes(nproc, resume)  # returns only for --nproc 1
     from graft.api import train as run_train
     from graft.console import emit_json
-    from graft.errors import ConfigError
+    from graft.core.distributed import processes
 
     if resume is not None:
         from graft.api import resume as run_resume
@@ -495,8 +509,37 @@ def train(
         num_workers=workers,
         overwrite=overwrite,
     )
-    if json_output:
+    if json_output and processes().is_main:  # one summary, from the rank that wrote the run
         emit_json(summary)
+
+
+def _launch_processes(count: int, resume: Optional[Path]) -> None:
+    """``graft train --nproc N``: this same command again under torchrun in N processes (this process becomes
+    torchrun). Refuses what does not apply; returns for ``--nproc 1``."""
+    from graft.core.distributed import launched_by_torchrun
+    from graft.errors import ConfigError
+
+    if count < 1:
+        raise ConfigError(f"--nproc must be at least 1; got {count}")
+    if launched_by_torchrun():
+        raise ConfigError("--nproc launches torchrun; this process is already one of torchrun's", hint="drop --nproc")
+    if resume is not None:
+        raise ConfigError("--resume continues in one process for now", hint="drop --nproc")
+    if count == 1:
+        return
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            arguments.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}"]
+    command += ["-m", "graft", *arguments]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 @app.command()

@@ -27,11 +27,17 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's 
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the OS tells; else all of them)."""
+    """The cores this process may run on (its CPU affinity, where the OS tells; else all of them), shared
+    with the other processes of the same run on this machine (torchrun's LOCAL_WORLD_SIZE)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        sharing = 1
+    return max(1, cores // sharing)
 
 
 def allocator_tuned(environ: dict[str, str] | None = None) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from graft.core.distributed import SINGLE, Processes
 from graft.errors import ConfigError
 from graft.fileio import atomic_write_json, default_cache_dir, read_json
 
@@ -236,19 +237,28 @@ def cached_rows(
     digests: Sequence[str],
     compute: Callable[[list[int]], Iterable[np.ndarray]],
     source: str | None = None,
+    processes: Processes = SINGLE,
 ) -> CachedRows:
     """Rows for ``digests``, computing (``compute(positions)`` yields batches in order) only those not cached.
 
     Identical images (same sha256) are computed once. The namespace records this use (and ``source``,
-    where the data came from) for ``graft cache`` and least-recently-used trimming.
+    where the data came from) for ``graft cache`` and least-recently-used trimming. With ``processes`` (a run
+    over several) each computes its share of the missing rows, in a chunk of its own, and all wait until the
+    cache holds every row.
     """
+    processes.barrier()  # every rank looks at the same cache: none has added its share yet
     missing = store.missing(digests)
     unique: dict[str, int] = {}
     for position in missing:
         unique.setdefault(digests[position], position)
+    if processes.distributed:
+        mine = processes.share(list(unique))
+        unique = {digest: unique[digest] for digest in mine}
     if unique:
         store.add(list(unique), compute(list(unique.values())))
-    _record_use(store.folder, source)
+    processes.barrier()  # and reads it once every share is in
+    if processes.is_main:
+        _record_use(store.folder, source)
     return store.rows(digests)
 
 

@@ -170,6 +170,8 @@ def fit(
     saved with it), training continues after the epoch the state describes.
     """
     state = resume if resume is not None else FitState(model=model, objective=objective)
+    if runtime.processes.rank > 0:  # its own dropout masks: the same ones as rank 0's would tie rows together
+        torch.manual_seed(torch.initial_seed() + runtime.processes.rank)
     hooks = CallbackList(callbacks)
     phases = phases_for(plan, epochs, head_epochs)
     hooks.before_fit(state, epochs)
@@ -182,6 +184,9 @@ def fit(
         if continuing and (state.stopped_early or state.phase_epoch >= phase.epochs):
             continue
         apply_plan(phase.plan, model)
+        trained = runtime.processes.wrap(
+            model, runtime.device
+        )  # after requires_grad is set: see graft.core.distributed
         optimizer = adamw(param_groups(phase.plan, model, objective, weight_decay))
         scheduler = one_cycle(optimizer, phase.epochs * len(train_loader))
         if continuing:
@@ -197,7 +202,9 @@ def fit(
             )
         state.optimizer, state.scheduler = optimizer, scheduler
         while state.phase_epoch < phase.epochs and not state.stopped:
-            _run_epoch(state, phase, train_loader, valid_loader, start, patience, time_budget, epochs, runtime, hooks)
+            _run_epoch(
+                state, trained, phase, train_loader, valid_loader, start, patience, time_budget, epochs, runtime, hooks
+            )
             hooks.after_epoch(state)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -207,6 +214,7 @@ def fit(
 
 def _run_epoch(
     state: FitState,
+    trained: nn.Module,
     phase: Phase,
     train_loader,
     valid_loader,
@@ -222,7 +230,7 @@ def _run_epoch(
     sampler = getattr(train_loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
-    train_fields = _train_one_epoch(state, phase.plan, train_loader, start, epoch, runtime, hooks)
+    train_fields = _train_one_epoch(state, trained, phase.plan, train_loader, start, epoch, runtime, hooks)
     hooks.before_validate(state, len(valid_loader))
     outputs, targets = collect_outputs(
         state.model, valid_loader, start=start, runtime=runtime, on_batch=hooks.after_validate_batch
@@ -235,6 +243,7 @@ def _run_epoch(
         "seconds": time.perf_counter() - began,
         "phase": phase.name,
     }
+    record = runtime.processes.from_main(record)  # every rank decides as rank 0 does
     state.improved = not state.history or state.objective.rank(record) > state.objective.rank(state.best_record)
     state.history.append(record)
     state.phase_epoch += 1
@@ -254,8 +263,16 @@ def _run_epoch(
 
 
 def _train_one_epoch(
-    state: FitState, plan: FreezePlan, loader, start: int, epoch: int, runtime: Runtime, hooks: CallbackList
+    state: FitState,
+    trained: nn.Module,
+    plan: FreezePlan,
+    loader,
+    start: int,
+    epoch: int,
+    runtime: Runtime,
+    hooks: CallbackList,
 ) -> dict[str, float]:
+    """One pass over ``loader``; ``trained`` is the model, or its DistributedDataParallel wrapper."""
     model, objective, optimizer, scheduler = state.model, state.objective, state.optimizer, state.scheduler
     for trunk in model.trunks().values():
         plan.train_mode(trunk)
@@ -263,7 +280,7 @@ def _train_one_epoch(
     hooks.before_epoch(state, len(loader))
     for inputs, targets in loader:
         inputs, targets = runtime.put(inputs), runtime.put(torch.as_tensor(targets))
-        outputs = model(inputs, start=start)
+        outputs = trained(inputs, start=start)
         loss = hooks.after_loss(state, objective.loss(outputs, targets, model))
         value = loss.item()
         if not math.isfinite(value):
@@ -281,5 +298,9 @@ def _train_one_epoch(
         for key, amount in objective.train_sums(outputs, targets).items():
             sums[key] = sums.get(key, 0.0) + amount
         hooks.after_batch(state, total_loss / seen)
-    seen = max(seen, 1)
-    return {"train_loss": total_loss / seen, **{key: amount / seen for key, amount in sums.items()}}
+    totals = runtime.processes.total({"loss": total_loss, "seen": seen, **{f"sum.{k}": v for k, v in sums.items()}})
+    seen = max(totals["seen"], 1)
+    return {
+        "train_loss": totals["loss"] / seen,
+        **{key[4:]: amount / seen for key, amount in totals.items() if key.startswith("sum.")},
+    }

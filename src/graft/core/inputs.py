@@ -30,6 +30,7 @@ from graft.core.cache import (
     weights_digest,
 )
 from graft.core.dataset import Dataset
+from graft.core.distributed import SINGLE, Processes
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler, item_seed, worker_init
 from graft.errors import ConfigError
@@ -55,13 +56,16 @@ def make_loader(
     workers: int = 0,
     sampler: torch.utils.data.Sampler | None = None,
     collate_fn=None,
+    batch_sampler: torch.utils.data.Sampler | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
     seed from it each epoch, so merely iterating a loader would change the dropout masks).
-    ``batch_size=None``: ``sampler`` yields whole batches of keys and the dataset returns whole batches."""
+    ``batch_size=None``: ``sampler`` yields whole batches of keys and the dataset returns whole batches.
+    ``batch_sampler``: yields the keys of each batch, read one by one and collated (``batch_size`` unused)."""
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        **batching,
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -130,13 +134,15 @@ def cached_loader(
     image_keys: Sequence[int],
     batch_size: int,
     shuffle: bool,
+    processes: Processes = SINGLE,
 ) -> torch.utils.data.DataLoader:
     """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
-    a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives."""
+    a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives (each process's share of them
+    with ``processes``)."""
     return make_loader(
         CachedViews(views, [label for _, label in items], seed, image_keys),
         None,
-        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size),
+        sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size, processes=processes),
         collate_fn=whole_batches,
     )
 
@@ -169,6 +175,7 @@ def frozen_rows(
     description: str = "frozen stages",
     device: torch.device | None = None,
     source: str | None = None,
+    processes: Processes = SINGLE,
 ) -> CachedRows:
     """Activations of stages ``[0, base["stop"])`` for ``items`` through the cache, computing only what is
     missing with ``modality``'s frozen pass: the clean view, or augmented view number ``round_`` (seeded
@@ -189,7 +196,9 @@ def frozen_rows(
             description=description,
         )
 
-    return cached_rows(ActivationStore(root, ActivationKey(**base, view=view)), digests, compute, source=source)
+    return cached_rows(
+        ActivationStore(root, ActivationKey(**base, view=view)), digests, compute, source=source, processes=processes
+    )
 
 
 def _require_cache_space(
@@ -253,22 +262,29 @@ def build_inputs(
     cache_dir: str | os.PathLike | None,
     progress=None,
     device: torch.device | None = None,
+    processes: Processes = SINGLE,
 ) -> Inputs:
     """Loaders for training, validation and test under a freeze plan starting to train at ``trainable_from``.
 
     ``workers``: decoding processes of the uncached loop and processes of the frozen pass (default:
     :func:`default_workers` and the modality's). ``device``: where ``model`` lives (the frozen pass runs there).
+    ``processes``: a run over several (:mod:`graft.core.distributed`): the frozen pass is shared between them
+    and each trains on its share of every batch; validation and test are whole on every process.
     """
     splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
     keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
     if not cache or trainable_from == 0:
         workers = default_workers() if workers is None else workers
-        train = make_loader(
-            modality.examples(splits["train"], preprocessing, augment=augment, seed=seed, keys=keys["train"]),
-            batch_size,
-            workers,
-            EpochSampler(len(splits["train"]), seed),
-        )
+        examples = modality.examples(splits["train"], preprocessing, augment=augment, seed=seed, keys=keys["train"])
+        if processes.distributed:
+            train = make_loader(
+                examples,
+                None,
+                workers,
+                batch_sampler=EpochSampler(len(splits["train"]), seed, batch_size=batch_size, processes=processes),
+            )
+        else:
+            train = make_loader(examples, batch_size, workers, EpochSampler(len(splits["train"]), seed))
         evaluation = {
             name: make_loader(modality.examples(items, preprocessing, augment=False), batch_size, workers)
             for name, items in splits.items()
@@ -303,6 +319,7 @@ def build_inputs(
             description=description,
             device=device,
             source=str(dataset.root),
+            processes=processes,
         )
 
     views_wanted = views if augment and views > 0 else 0
@@ -329,14 +346,17 @@ def build_inputs(
         ]
     else:
         train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]
-    train = cached_loader(train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True)
+    train = cached_loader(
+        train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True, processes=processes
+    )
     evaluation = {}
     for name, items in splits.items():
         if name != "train":
             cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
             evaluation[name] = cached_loader([cached], items, seed, keys[name], batch_size, shuffle=False)
     shape = train_views[0].row_shape
-    prune_cache(root, max_bytes=cache_limit(), keep=used)  # the cache stays bounded; this run's rows stay
+    if processes.is_main:
+        prune_cache(root, max_bytes=cache_limit(), keep=used)  # the cache stays bounded; this run's rows stay
     return Inputs(
         train,
         evaluation,

@@ -75,14 +75,21 @@ class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(epoch, index)`` keys: a seeded permutation per epoch (or the plain order).
 
     The dataset receives the epoch with each index, so per-epoch augmentation needs no shared state
-    between worker processes. The training loop calls :meth:`set_epoch` before each epoch.
+    between worker processes. The training loop calls :meth:`set_epoch` before each epoch. With
+    ``processes`` (a run over several, :mod:`graft.core.distributed`) every process draws the same
+    permutation and yields its share of each batch.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, batch_size: int | None = None):
+    def __init__(
+        self, size: int, seed: int, shuffle: bool = True, batch_size: int | None = None, processes: Any = None
+    ):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
         self.batch_size = batch_size
+        self.processes = processes if processes is not None and processes.distributed else None
+        if self.processes is not None and batch_size is None:
+            raise ValueError("a sampler shared between processes yields whole batches: give it a batch_size")
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -106,7 +113,8 @@ class EpochSampler(torch.utils.data.Sampler):
         keys = [(self.epoch, int(index)) for index in order]
         if self.batch_size is None:
             return iter(keys)
-        return iter(torch.utils.data.BatchSampler(keys, self.batch_size, drop_last=False))
+        batches = torch.utils.data.BatchSampler(keys, self.batch_size, drop_last=False)
+        return iter(batches) if self.processes is None else (self.processes.part(batch) for batch in batches)
 
 
 def rng_state() -> dict[str, Any]:

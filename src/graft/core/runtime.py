@@ -3,11 +3,13 @@ the loop, evaluation and prediction alike, so no code assumes the CPU."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from graft.core.distributed import SINGLE, Processes, processes
 from graft.errors import ConfigError
 
 
@@ -34,13 +36,18 @@ def resolve_device(name: str | None) -> torch.device:
 
 @dataclass(frozen=True)
 class Runtime:
-    """The device a model and its batches run on."""
+    """The device a model and its batches run on, and the run's processes (:mod:`graft.core.distributed`)."""
 
     device: torch.device = torch.device("cpu")
+    processes: Processes = SINGLE
 
     @classmethod
     def create(cls, device: str | None = None) -> Runtime:
-        return cls(resolve_device(device))
+        resolved = resolve_device(device)
+        joined = processes(resolved)
+        if joined.distributed and resolved.type == "cuda" and resolved.index is None:  # one GPU per local process
+            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(resolved, joined)
 
     @property
     def is_cuda(self) -> bool:

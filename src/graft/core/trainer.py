@@ -19,9 +19,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import nn
@@ -135,6 +138,13 @@ def train(
         config = config.replace(backbone_lr_mult=source_run.backbone_lr_mult)
     source = modality_for(config.data, config.backbone)
     config = _for_modality(config, source, kind)
+    _refuse_in_several_processes(config, kind, runtime)
+    scratch = None
+    if (
+        not runtime.processes.is_main
+    ):  # rank 0 writes the run; the others write their copy here (graft.core.distributed)
+        scratch = Path(tempfile.mkdtemp(prefix=f"graft-rank{runtime.processes.rank}-"))
+        out, overwrite, quiet = scratch / "run", False, True
     run = RunFolder(out)
     run.claim(overwrite)
     if run.moved_aside is not None and not quiet:
@@ -146,9 +156,27 @@ def train(
         raise
     finally:
         run.release()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if run.moved_aside is not None:
         summary["moved_aside"] = str(run.moved_aside)
     return summary
+
+
+def _refuse_in_several_processes(config: RunConfig, kind: RunKind, runtime: Runtime) -> None:
+    """What a run over several processes does not do yet (each would need its own agreement between the ranks)."""
+    if not runtime.processes.distributed:
+        return
+    hint = "run it in one process (without torchrun or --nproc)"
+    if kind.name != "classifier":
+        raise ConfigError(f"{kind.name} runs train in one process for now", hint=hint)
+    if config.mode not in ("extract", "finetune"):
+        raise ConfigError(
+            f"--mode {config.mode} trains in one process for now: several processes run extract and finetune",
+            hint="for auto: graft advise DATA, then train the plan it prints" if config.mode == AUTO else hint,
+        )
+    if config.greedy_epochs:
+        raise ConfigError("--greedy-epochs trains in one process for now", hint=hint)
 
 
 def _for_modality(config: RunConfig, source: Modality, kind: RunKind) -> RunConfig:
@@ -303,6 +331,11 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
             )
         config = config.replace(cache_dir=None)
     runtime = Runtime.create(config.device)
+    if runtime.processes.distributed:
+        # a run started in several processes resumes in one with the same maths: each batch was split, not changed
+        raise ConfigError(
+            "--resume continues in one process for now", hint="graft train --resume RUN, without torchrun"
+        )
     kind: RunKind = run_kind(kind_of(saved))
     source = modality_of(saved)
     run.prepare()
@@ -407,7 +440,9 @@ def _execute(
                 patience=config.patience,
                 start=inputs.start,
                 time_budget=config.time_budget,
-                callbacks=[ProgressBars(progress), saver, *([logger] if logger else [])],
+                callbacks=[ProgressBars(progress), saver, *([logger] if logger else [])]
+                if runtime.processes.is_main
+                else [],
                 runtime=runtime,
                 resume=state,
                 optimizer_state=optimizer_state,
@@ -517,6 +552,7 @@ def _loaders(
         cache_dir=config.cache_dir,
         progress=progress,
         device=session.runtime.device,
+        processes=session.runtime.processes,
     )
 
 

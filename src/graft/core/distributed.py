@@ -1,0 +1,116 @@
+"""One run over several processes: torchrun's environment, PyTorch's DistributedDataParallel, rank 0 writes.
+
+``torchrun --nproc_per_node=N -m graft train ...`` (or ``graft train --nproc N``, which launches it) starts N
+copies of the same command. Each finds its place here (:func:`processes`): rank and world size from
+torchrun's variables, a process group on gloo (CPU) or nccl (CUDA). Every rank then runs the same code:
+
+- the frozen pass is sharded: each rank computes its share of the rows the activation cache lacks, then all
+  wait for the others (:meth:`Processes.barrier`) and read the complete cache;
+- every training batch of ``--batch-size`` rows is split between the ranks (:meth:`Processes.part`), and
+  DistributedDataParallel averages their gradients: with equal parts that is the single process's gradient
+  of the whole batch, so the maths is the single-process run's (float rounding aside; a last batch that does
+  not split evenly weighs its parts equally, not its rows);
+- every rank validates on the whole validation split, and the epoch's record (losses, scores, seconds) is
+  rank 0's (:meth:`Processes.from_main`), so every rank takes the same best-epoch and stopping decisions;
+- only rank 0 writes the run folder and shows progress; the others write their copy of the run's files to a
+  scratch folder deleted at the end.
+
+The DDP wrapper is built for each phase of the freeze plan (head first, then the unfrozen stages), after
+``requires_grad`` is set: DDP registers the parameters that train when it is built, so a frozen parameter
+never waits for a gradient (no ``find_unused_parameters``; pytorch #43259, #43690).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.errors import ConfigError
+from graft.perf import usable_cores
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the run's processes (a single process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def part(self, batch: Sequence) -> list:
+        """This rank's share of one batch: every ``world``-th row from its rank on (a rank whose share would be
+        empty, in a last batch smaller than the world, takes the batch's first row: DDP needs every rank to step)."""
+        share = list(batch[self.rank :: self.world])
+        return share or list(batch[:1])
+
+    def share(self, items: Sequence) -> list:
+        """This rank's share of work split once (the rows of the frozen pass)."""
+        return list(items[self.rank :: self.world])
+
+    def total(self, values: dict[str, float]) -> dict[str, float]:
+        """``values`` summed over the ranks (every rank gets the sums)."""
+        if not self.distributed or not values:
+            return values
+        names = sorted(values)
+        sums = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        return dict(zip(names, sums.tolist()))
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` as DistributedDataParallel over the parameters that train now (``model`` itself when alone)."""
+        if not self.distributed or not any(parameter.requires_grad for parameter in model.parameters()):
+            return model
+        ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+SINGLE = Processes()
+_started: Processes | None = None
+
+
+def launched_by_torchrun(environ: dict[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return int(environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in environ
+
+
+def processes(device: torch.device | None = None) -> Processes:
+    """This process's :class:`Processes`, joining the process group on first use when torchrun started it."""
+    global _started
+    if _started is not None:
+        return _started
+    if not launched_by_torchrun():
+        return SINGLE
+    if not torch.distributed.is_available():
+        raise ConfigError("this torch build has no torch.distributed: run graft in one process")
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.set_num_threads(usable_cores())  # the machine's cores shared between its processes, not each taking all
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    _started = Processes(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return _started
