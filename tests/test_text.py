@@ -359,3 +359,28 @@ def test_a_table_with_a_column_per_task_trains_one_multi_task_text_model(tiny_en
     assert evaluated["n"] == len(rows) - 2 and len(evaluated["skipped"]) == 2
     with pytest.raises(ConfigError, match="--labels 'utkface' does not apply to text"):
         graft.train(table, tmp_path / "bad", labels="utkface", tasks=tasks, backbone=tiny_encoder, quiet=True)
+
+
+def test_fewshot_refits_the_head_on_train_and_valid_and_says_valid_is_not_held_out(tiny_encoder, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    data = write_table(tmp_path / "few.csv", generated_rows(8))
+    graft.train(data, tmp_path / "fs", backbone=tiny_encoder, mode="fewshot", unfreeze=1, quiet=True)
+    metrics = json.loads((tmp_path / "fs" / "metrics.json").read_text())
+    refit = metrics["head_refit"]
+    assert refit["on"] == "train+valid" and "not held out" in refit["note"]
+    run = graft.load(tmp_path / "fs")
+    config = json.loads((tmp_path / "fs" / "config.json").read_text())
+    assert refit["examples"] == config["data"]["counts"]["train"] + config["data"]["counts"]["valid"]
+    # the saved head is the converged logistic regression on the tuned features of those examples
+    model, head = run.model, run.model.head
+    run.model.head = torch.nn.Identity()
+    manifest = json.loads((tmp_path / "fs" / "manifest.json").read_text())
+    items = [(text, label) for split in ("train", "valid") for text, label in manifest["splits"][split]]
+    loader = torch.utils.data.DataLoader(run.modality.examples(items, run.preprocessing, augment=False), batch_size=64)
+    features = torch.cat([model(batch[0]) for batch in loader]).detach().numpy()
+    model.head = head
+    expected = LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(features, [label for _, label in items])
+    logits = head(torch.as_tensor(features)).detach().numpy()
+    assert (logits.argmax(1) == expected.predict(features)).mean() == 1.0
+    assert "head refit" in (tmp_path / "fs" / "report.html").read_text()

@@ -137,6 +137,11 @@ def render(
         {"what": "created", "value": str(config.get("created", ""))},
         {"what": "graft", "value": str(config.get("graft_version", ""))},
     ]
+    if metrics.get("head_refit"):  # few-shot: the head refit on train and valid after the loop
+        refit = metrics["head_refit"]
+        summary.append(
+            {"what": "head refit", "value": f"on {refit['on']} ({refit['examples']} examples): {refit['note']}"}
+        )
     if metrics.get("greedy"):  # greedy layer-wise pre-training: the network after each stage
         stages = ", ".join(f"{r['stage']} {r['valid_accuracy']:.3f}" for r in metrics["greedy"])
         summary.append({"what": "greedy layer-wise (valid accuracy after each stage)", "value": stages})

@@ -448,8 +448,14 @@ def _execute(
                 optimizer_state=optimizer_state,
                 scheduler_state=scheduler_state,
             )
-            fitted = time.perf_counter()
             metrics: dict[str, Any] = {}
+            if config.mode == FEWSHOT and config.head == "linear":
+                from graft.fewshot.head import refit_head
+
+                metrics["head_refit"] = refit_head(model, inputs, len(dataset.classes), config.seed, runtime)
+                if runtime.processes.is_main:
+                    run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "head": "refit"})
+            fitted = time.perf_counter()
             for split, loader in inputs.evaluation.items():
                 outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
                 metrics[split] = kind.metrics(outputs, targets, dataset, objective, split)
