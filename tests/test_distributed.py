@@ -73,8 +73,8 @@ def test_nproc_refuses_what_does_not_apply(class_folder, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(class_folder), "--out", str(tmp_path / "r"), "--nproc", "0"])
     assert result.exit_code == 2 and "--nproc must be at least 1" in result.output
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "r"), "--nproc", "2"])
-    assert result.exit_code == 2 and "--resume continues in one process" in result.output
+    result = runner.invoke(app, ["train", str(class_folder), "--resume", str(tmp_path / "r"), "--nproc", "1"])
+    assert result.exit_code == 2 and "DATA cannot be changed" in result.output  # --nproc itself may go with --resume
 
 
 def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folder, tmp_path, monkeypatch):
@@ -112,3 +112,54 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
     assert {"config.json", "model.safetensors", "history.json", "report.html"} <= written
     assert set(Path(tempfile.gettempdir()).glob("graft-rank*")) == scratch_before  # rank 1's scratch copy is gone
     assert graft.load(tmp_path / "two").predict([str(next(class_folder.rglob("*.png")))])[0]["label"]
+
+
+def _rank_process(rank: int) -> int | None:
+    """The pid of this machine's graft process that torchrun started as ``rank``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"graft" in command and b"train" in command and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_killing_one_rank_stops_the_run_and_resume_in_two_processes_finishes_it(tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from tests.test_resume import _epochs_done, make_image
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for index, colour in enumerate(((220, 30, 30), (30, 200, 40), (30, 40, 220))):
+        for i in range(24):
+            make_image(data / f"c{index}" / f"{i}.png", colour, seed=index * 1000 + i, size=96)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "graft", "train", str(data), "--out", str(run), "--nproc", "2", *OPTIONS]
+    command += ["--mode", "finetune", "--unfreeze", "3", "--epochs", "12", "--patience", "20", "--workers", "0"]
+    started = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while _epochs_done(run) < 2 and started.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim = _rank_process(1)
+    assert victim is not None and started.poll() is None, "the run finished before rank 1 could be killed"
+    os.kill(victim, signal.SIGKILL)
+    started.wait(timeout=120)
+    assert started.returncode != 0 and _epochs_done(run) < 12 and (run / "checkpoint.safetensors").exists()
+    before = json.loads((run / "history.json").read_text())
+    resumed = subprocess.run(
+        [sys.executable, "-m", "graft", "train", "--resume", str(run), "--nproc", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 12 and json.loads(resumed.stdout)["epochs_run"] == 12
+    assert history[0]["train_loss"] == before[0]["train_loss"]  # kept (the first epoch always leaves a checkpoint)
+    assert not (run / "checkpoint.safetensors").exists()

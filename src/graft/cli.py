@@ -429,7 +429,7 @@ def train(
     from graft.errors import ConfigError
 
     if nproc is not None:
-        _launch_processes(nproc, resume)  # returns only for --nproc 1
+        _launch_processes(nproc)  # returns only for --nproc 1
     from graft.api import train as run_train
     from graft.console import emit_json
     from graft.core.distributed import processes
@@ -440,17 +440,17 @@ def train(
         given = [
             name
             for name in context.params
-            if name not in ("resume", "workers", "json_output")
+            if name not in ("resume", "workers", "json_output", "nproc")
             and getattr(context.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
         ]
         if given:
             flags = ", ".join("DATA" if name == "data" else "--" + name.replace("_", "-") for name in given)
             raise ConfigError(
                 f"--resume continues a run with the options it was started with; {flags} cannot be changed",
-                hint=f"drop {flags} (only --workers and --json go with --resume), or start a new run with --out",
+                hint=f"drop {flags} (only --workers, --nproc and --json go with --resume), or start a new run with --out",
             )
         summary = run_resume(resume, num_workers=workers)
-        if json_output:
+        if json_output and processes().is_main:
             emit_json(summary)
         return
     if out is None:
@@ -513,7 +513,7 @@ def train(
         emit_json(summary)
 
 
-def _launch_processes(count: int, resume: Optional[Path]) -> None:
+def _launch_processes(count: int) -> None:
     """``graft train --nproc N``: this same command again under torchrun in N processes (this process becomes
     torchrun). Refuses what does not apply; returns for ``--nproc 1``."""
     from graft.core.distributed import launched_by_torchrun
@@ -523,8 +523,6 @@ def _launch_processes(count: int, resume: Optional[Path]) -> None:
         raise ConfigError(f"--nproc must be at least 1; got {count}")
     if launched_by_torchrun():
         raise ConfigError("--nproc launches torchrun; this process is already one of torchrun's", hint="drop --nproc")
-    if resume is not None:
-        raise ConfigError("--resume continues in one process for now", hint="drop --nproc")
     if count == 1:
         return
     arguments, skip = [], False

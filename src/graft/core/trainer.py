@@ -43,7 +43,18 @@ from graft.core.modality import Modality, modality_for, modality_of, refuse_inap
 from graft.core.model import TransferModel
 from graft.core.objectives import Objective
 from graft.core.reproducibility import seed_everything
-from graft.core.run_files import ADVICE, CHECKPOINT, CONFIG, LEARNING_CURVE, MANIFEST, METRICS, PLAN, REPORT, WEIGHTS
+from graft.core.run_files import (
+    ADVICE,
+    CHECKPOINT,
+    CONFIG,
+    LEARNING_CURVE,
+    LOCK,
+    MANIFEST,
+    METRICS,
+    PLAN,
+    REPORT,
+    WEIGHTS,
+)
 from graft.core.runs import RunFolder, SaveEveryEpoch, kind_of, load_plan, run_kind
 from graft.core.runtime import Runtime
 from graft.core.source_runs import resolve_source
@@ -331,19 +342,24 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
             )
         config = config.replace(cache_dir=None)
     runtime = Runtime.create(config.device)
-    if runtime.processes.distributed:
-        # a run started in several processes resumes in one with the same maths: each batch was split, not changed
-        raise ConfigError(
-            "--resume continues in one process for now", hint="graft train --resume RUN, without torchrun"
-        )
     kind: RunKind = run_kind(kind_of(saved))
     source = modality_of(saved)
+    _refuse_in_several_processes(config, kind, runtime)
+    # Any number of processes resumes any run: each batch is split between them, never changed by their number.
+    scratch = None
+    if not runtime.processes.is_main:  # a copy to resume from and write to; rank 0 continues the run itself
+        scratch = Path(tempfile.mkdtemp(prefix=f"graft-rank{runtime.processes.rank}-"))
+        shutil.copytree(run.path, scratch / "run", ignore=shutil.ignore_patterns(LOCK))
+        run, quiet = RunFolder(scratch / "run"), True
+    runtime.processes.barrier()  # every copy taken before rank 0 writes anything
     run.prepare()
     run.lock()
     try:
         return _resume(Session(run, config, kind, source, runtime, num_workers, quiet, began, startup), saved)
     finally:
         run.release()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _resume(session: Session, saved: dict[str, Any]) -> dict[str, Any]:
