@@ -447,7 +447,8 @@ def train(
             flags = ", ".join("DATA" if name == "data" else "--" + name.replace("_", "-") for name in given)
             raise ConfigError(
                 f"--resume continues a run with the options it was started with; {flags} cannot be changed",
-                hint=f"drop {flags} (only --workers, --nproc and --json go with --resume), or start a new run with --out",
+                hint=f"drop {flags} (only --workers, --nproc and --json go with --resume), or start a new run "
+                "with --out",
             )
         summary = run_resume(resume, num_workers=workers)
         if json_output and processes().is_main:
