@@ -55,6 +55,12 @@ def _options(
     """Transfer learning from pretrained networks, fast on a CPU and offline."""
 
 
+def _first_process() -> bool:
+    """Whether this process speaks for the command: always, but under torchrun only rank 0 (every rank hits
+    the same error; one JSON answer, not one per process)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _handle_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -67,14 +73,14 @@ def _handle_errors(command: Callable) -> Callable:
             stderr.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
             if error.hint:
                 stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
-            if kwargs.get("json_output"):
+            if kwargs.get("json_output") and _first_process():
                 from graft.console import emit_json
 
                 emit_json({"error": error.message, "hint": error.hint, "exit_code": error.exit_code})
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]interrupted[/]")
-            if kwargs.get("json_output"):
+            if kwargs.get("json_output") and _first_process():
                 from graft.console import emit_json
 
                 emit_json({"error": "interrupted", "hint": None, "exit_code": 130})
