@@ -59,7 +59,7 @@ def table(results: dict) -> str:
     ]
     for name, row in results.items():
         advice, gain = row["advice"], row.get("adapt")
-        after = "see section 8 | | "
+        after = "section 8 (3 seeds) | | " if name.startswith("photo") else "not run | | "
         if gain:
             won = (gain["best"] - gain["source_only"]) * 100
             after = (
