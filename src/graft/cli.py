@@ -438,7 +438,6 @@ def train(
         _launch_processes(nproc)  # returns only for --nproc 1
     from graft.api import train as run_train
     from graft.console import emit_json
-    from graft.core.distributed import processes
 
     if resume is not None:
         from graft.api import resume as run_resume
@@ -457,7 +456,7 @@ def train(
                 "with --out",
             )
         summary = run_resume(resume, num_workers=workers)
-        if json_output and processes().is_main:
+        if json_output and _first_process():
             emit_json(summary)
         return
     if out is None:
@@ -516,7 +515,7 @@ def train(
         num_workers=workers,
         overwrite=overwrite,
     )
-    if json_output and processes().is_main:  # one summary, from the rank that wrote the run
+    if json_output and _first_process():  # one summary, from the rank that wrote the run
         emit_json(summary)
 
 
