@@ -184,9 +184,8 @@ def fit(
         if continuing and (state.stopped_early or state.phase_epoch >= phase.epochs):
             continue
         apply_plan(phase.plan, model)
-        trained = runtime.processes.wrap(
-            model, runtime.device
-        )  # after requires_grad is set: see graft.core.distributed
+        # wrapped after requires_grad is set: DDP registers what trains when built (graft.core.distributed)
+        trained = runtime.processes.wrap(model, runtime.device)
         optimizer = adamw(param_groups(phase.plan, model, objective, weight_decay))
         scheduler = one_cycle(optimizer, phase.epochs * len(train_loader))
         if continuing:
@@ -227,9 +226,9 @@ def _run_epoch(
 ) -> None:
     began = time.perf_counter()
     epoch = state.epoch + 1
-    sampler = getattr(train_loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
+        if hasattr(sampler, "set_epoch"):  # an EpochSampler, as sampler or (several processes) as batch_sampler
+            sampler.set_epoch(epoch)
     train_fields = _train_one_epoch(state, trained, phase.plan, train_loader, start, epoch, runtime, hooks)
     hooks.before_validate(state, len(valid_loader))
     outputs, targets = collect_outputs(
