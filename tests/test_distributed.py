@@ -50,6 +50,27 @@ def test_every_batch_is_split_between_the_ranks_and_nothing_else_changes():
     assert lonely == [(1, 7)]
 
 
+def test_each_epoch_draws_a_new_order_whether_the_sampler_is_a_sampler_or_a_batch_sampler():
+    import torch
+
+    from graft.core.fit import set_epoch
+
+    class Keys(torch.utils.data.Dataset):  # what each (epoch, index) key names: the index
+        def __getitem__(self, key):
+            return key[1]
+
+    def batches(loader, epoch: int) -> list:
+        set_epoch(loader, epoch)
+        return [list(map(int, batch)) for batch in loader]
+
+    one = torch.utils.data.DataLoader(Keys(), batch_size=8, sampler=EpochSampler(21, seed=3))
+    shared = EpochSampler(21, seed=3, batch_size=8, processes=Processes(0, 2))
+    several = torch.utils.data.DataLoader(Keys(), batch_sampler=shared)
+    for loader in (one, several):  # several processes: the EpochSampler is the batch_sampler (the bug of 5f9c33d)
+        first, second = batches(loader, 1), batches(loader, 2)
+        assert first != second and batches(loader, 1) == first
+
+
 def test_what_several_processes_do_not_do_yet_is_refused():
     from graft.core.classifier import KIND
     from graft.core.trainer import _refuse_in_several_processes

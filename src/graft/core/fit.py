@@ -211,6 +211,14 @@ def fit(
     return state
 
 
+def set_epoch(loader, epoch: int) -> None:
+    """Tell the loader's :class:`EpochSampler` which epoch's order to draw: it is the loader's sampler
+    in one process and its batch_sampler under several (each rank yields its share of whole batches)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
 def _run_epoch(
     state: FitState,
     trained: nn.Module,
@@ -226,9 +234,7 @@ def _run_epoch(
 ) -> None:
     began = time.perf_counter()
     epoch = state.epoch + 1
-    for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
-        if hasattr(sampler, "set_epoch"):  # an EpochSampler, as sampler or (several processes) as batch_sampler
-            sampler.set_epoch(epoch)
+    set_epoch(train_loader, epoch)
     train_fields = _train_one_epoch(state, trained, phase.plan, train_loader, start, epoch, runtime, hooks)
     hooks.before_validate(state, len(valid_loader))
     outputs, targets = collect_outputs(
