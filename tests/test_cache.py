@@ -307,6 +307,27 @@ def test_the_frozen_pass_runs_the_stages_with_batchnorm_folded_and_gives_the_mod
     assert (rows - expected).abs().max() < 1e-4 * expected.abs().max()
 
 
+def test_decoding_in_workers_and_running_in_this_process_the_gpu_path_gives_the_worker_paths_rows(class_folder):
+    """On a GPU the workers only decode and the stages run in the parent (decode_there_run_here); on the
+    CPU here the same split of work must give the rows of the usual pass, in the same order."""
+    from graft.image.backbones import create_backbone
+    from graft.image.data import scan_folder
+    from graft.image.decoded import ImageDataset
+    from graft.image.frozen_pass import FrozenForward, decode_there_run_here, forward_batches
+    from graft.image.model import build_transfer_model
+
+    loaded = create_backbone(TINY_BACKBONE, pretrained=False)
+    model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size).eval()
+    items = scan_folder(class_folder).split("train")
+    pixels = ImageDataset(items, loaded.preprocessing.eval_transform(normalize=False))
+    order = list(reversed(range(len(items))))
+    usual = np.concatenate(list(forward_batches(model, pixels, 2, loaded.preprocessing, workers=2, sampler=order)))
+    forward = FrozenForward(model, pixels, 2, loaded.preprocessing)
+    batches = list(decode_there_run_here(forward, order, workers=2, batch_size=5))
+    assert [len(batch) for batch in batches][:2] == [5, 5]  # the GPU path's own batch size
+    assert np.allclose(np.concatenate(batches), usual, atol=1e-5)
+
+
 @pytest.mark.parametrize("augmented", [False, True])
 def test_a_batch_of_uint8_pixels_normalises_to_what_the_per_image_transform_gives_bit_for_bit(class_folder, augmented):
     """The frozen pass decodes to uint8 and normalises whole batches (Preprocessing.normalize_batch):

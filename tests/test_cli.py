@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import graft
 from graft import perf
 from graft.cli import app
 from tests.conftest import TINY_BACKBONE
@@ -94,6 +95,18 @@ def test_negative_workers_is_a_message_before_any_work(class_folder, tmp_path):
         graft.resume(tmp_path / "run", num_workers=-2)
     with pytest.raises(ConfigError, match="--workers"):
         graft.train_multitask(class_folder, tmp_path / "mt", labels="utkface", tasks="gender", num_workers=-1)
+
+
+def test_bf16_mixed_precision_trains_the_same_run_to_nearly_the_same_losses_and_the_run_says_so(class_folder, tmp_path):
+    import json
+
+    options = dict(mode="finetune", unfreeze=1, backbone=TINY_BACKBONE, pretrained=False, epochs=2, quiet=True)
+    runs = {p: graft.train(class_folder, tmp_path / p, precision=p, **options) for p in ("fp32", "bf16")}
+    assert runs["bf16"]["runtime"] == {"device": "cpu", "precision": "bf16", "processes": 1}
+    assert runs["fp32"]["runtime"]["precision"] == "fp32"
+    losses = {p: [e["train_loss"] for e in json.loads((tmp_path / p / "history.json").read_text())] for p in runs}
+    assert losses["bf16"] != losses["fp32"]  # the forward pass did run in bf16 (8 bits of mantissa)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

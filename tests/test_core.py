@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from graft.core.callbacks import Callback
+from graft.core.config import RunConfig, validate
 from graft.core.fit import fit
 from graft.core.freeze import FreezePlan
 from graft.core.model import TransferModel
 from graft.core.objectives import Classification
-from graft.core.runtime import Runtime, resolve_device
+from graft.core.runtime import Runtime, resolve_device, resolve_precision
 from graft.errors import ConfigError
 
 
@@ -45,6 +46,21 @@ def test_a_device_that_is_not_there_or_not_a_device_is_refused_with_a_message():
         with pytest.raises(ConfigError, match="sees no CUDA GPU") as raised:
             resolve_device("cuda:0")
         assert "--device cpu" in raised.value.hint
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_bf16_autocasts_the_forward_pass_there_too():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"  # bf16 is emulated, slower, on most CPUs
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    layer, inputs = nn.Linear(4, 2), torch.randn(3, 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        runtime = Runtime(precision=precision)
+        with runtime.autocast():
+            assert layer(inputs).dtype == dtype
+        assert runtime.describe() == {"device": "cpu", "precision": precision, "processes": 1}
+    with pytest.raises(
+        ConfigError, match=r"--precision \(runtime.precision\) must be one of auto, fp32, bf16; got 'fp16'"
+    ):
+        validate(RunConfig(data="d", precision="fp16"))
 
 
 def test_the_runtime_moves_nested_batches():

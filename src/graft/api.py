@@ -271,6 +271,7 @@ def train(
     seed: int = 0,
     deterministic: bool = False,
     device: str = "auto",
+    precision: str = "auto",
     log: str | None = None,
     labels: str | None = None,
     tasks: str | Sequence[str] | None = None,
@@ -334,7 +335,8 @@ def train(
         epochs (default 10), patience (epochs without a better validation score), time_budget (seconds;
             ``mode="auto"``: half of it bounds the race of plans on small data).
         seed, deterministic (identical numbers on a rerun on the same CPU), device (``"auto"``: CUDA when
-            torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), num_workers (processes of the frozen pass
+            torch sees a GPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``), precision (``"auto"``: bf16 mixed precision on a
+            GPU that has it, fp32 elsewhere; ``"fp32"``; ``"bf16"``), num_workers (processes of the frozen pass
             and of image decoding), quiet; log: ``"tensorboard"`` writes every epoch's scalars and the
             confusion matrices to ``RUN/tensorboard/`` (``tensorboard --logdir RUN``).
 
@@ -386,6 +388,7 @@ def train(
         seed=seed,
         deterministic=deterministic,
         device=device,
+        precision=precision,
         log=log,
     )
     validate(config)

@@ -304,6 +304,14 @@ def train(
     device: Annotated[
         str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N.")
     ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="auto (bf16 mixed precision on a GPU that has it, else fp32), fp32 or bf16: the trainable part's "
+            "forward pass; weights and the optimizer stay fp32.",
+        ),
+    ] = "auto",
     log: Annotated[
         Optional[str],
         typer.Option(
@@ -498,6 +506,7 @@ def train(
         seed=seed,
         deterministic=deterministic,
         device=device,
+        precision=precision,
         log=log,
         labels=labels,
         tasks=tasks,

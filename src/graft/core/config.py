@@ -45,6 +45,7 @@ ADAPTATION_METHODS = (
 WEIGHTINGS = ("uncertainty", "equal")
 BN_POLICIES = ("train", "frozen")
 HEADS = ("linear", "mlp")
+PRECISIONS = ("auto", "fp32", "bf16")  # graft.core.runtime
 MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seeds stop there
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_EPOCHS = 10
@@ -154,6 +155,7 @@ FIELDS: dict[str, Field] = {
     "seed": Field("runtime", "--seed", int, _between(0, MAX_SEED)),
     "deterministic": Field("runtime", "--deterministic", bool),
     "device": Field("runtime", "--device", str),
+    "precision": Field("runtime", "--precision", str, _one_of(PRECISIONS)),
     "log": Field("runtime", "--log", str, _one_of(("tensorboard",))),
 }
 SECTIONS = ("data", "transfer", "inputs", "budget", "runtime")
@@ -205,6 +207,7 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    precision: str = "auto"
     log: str | None = None  # "tensorboard": scalars and confusion matrices in RUN/tensorboard/
 
     @property

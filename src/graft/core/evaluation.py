@@ -24,7 +24,8 @@ def collect_outputs(
     parts: list[Any] = []
     targets = []
     for inputs, batch_targets in loader:
-        outputs = model(runtime.put(inputs), start=start)
+        with runtime.autocast():
+            outputs = model(runtime.put(inputs), start=start)
         parts.append(
             {k: v.float().cpu().numpy() for k, v in outputs.items()}
             if isinstance(outputs, dict)

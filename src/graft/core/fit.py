@@ -285,8 +285,9 @@ def _train_one_epoch(
     hooks.before_epoch(state, len(loader))
     for inputs, targets in loader:
         inputs, targets = runtime.put(inputs), runtime.put(torch.as_tensor(targets))
-        outputs = trained(inputs, start=start)
-        loss = hooks.after_loss(state, objective.loss(outputs, targets, model))
+        with runtime.autocast():
+            outputs = trained(inputs, start=start)
+            loss = hooks.after_loss(state, objective.loss(outputs, targets, model))
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingError(

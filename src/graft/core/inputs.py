@@ -57,11 +57,13 @@ def make_loader(
     sampler: torch.utils.data.Sampler | None = None,
     collate_fn=None,
     batch_sampler: torch.utils.data.Sampler | None = None,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader that never draws from torch's global generator (a DataLoader otherwise takes a
     seed from it each epoch, so merely iterating a loader would change the dropout masks).
     ``batch_size=None``: ``sampler`` yields whole batches of keys and the dataset returns whole batches.
-    ``batch_sampler``: yields the keys of each batch, read one by one and collated (``batch_size`` unused)."""
+    ``batch_sampler``: yields the keys of each batch, read one by one and collated (``batch_size`` unused).
+    ``pin_memory``: batches land in page-locked memory, for copies to a GPU that overlap its work."""
     batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size}
     return torch.utils.data.DataLoader(
         dataset,
@@ -73,6 +75,7 @@ def make_loader(
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator(),
         collate_fn=collate_fn,
+        pin_memory=pin_memory,
     )
 
 
@@ -135,6 +138,7 @@ def cached_loader(
     batch_size: int,
     shuffle: bool,
     processes: Processes = SINGLE,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A loader of whole batches of cached rows, in the batches (and per-epoch order, with ``shuffle``)
     a per-row DataLoader of ``batch_size`` over an :class:`EpochSampler` gives (each process's share of them
@@ -144,6 +148,7 @@ def cached_loader(
         None,
         sampler=EpochSampler(len(items), seed, shuffle=shuffle, batch_size=batch_size, processes=processes),
         collate_fn=whole_batches,
+        pin_memory=pin_memory,
     )
 
 
@@ -272,6 +277,7 @@ def build_inputs(
     and each trains on its share of every batch; validation and test are whole on every process.
     """
     splits = {name: dataset.split(name) for name in ("train", "valid", "test") if dataset.split(name)}
+    pin = device is not None and device.type == "cuda"  # page-locked batches: copies to the GPU overlap its work
     keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
     if not cache or trainable_from == 0:
         workers = default_workers() if workers is None else workers
@@ -282,11 +288,14 @@ def build_inputs(
                 None,
                 workers,
                 batch_sampler=EpochSampler(len(splits["train"]), seed, batch_size=batch_size, processes=processes),
+                pin_memory=pin,
             )
         else:
-            train = make_loader(examples, batch_size, workers, EpochSampler(len(splits["train"]), seed))
+            train = make_loader(examples, batch_size, workers, EpochSampler(len(splits["train"]), seed), pin_memory=pin)
         evaluation = {
-            name: make_loader(modality.examples(items, preprocessing, augment=False), batch_size, workers)
+            name: make_loader(
+                modality.examples(items, preprocessing, augment=False), batch_size, workers, pin_memory=pin
+            )
             for name, items in splits.items()
             if name != "train"
         }
@@ -347,13 +356,15 @@ def build_inputs(
     else:
         train_views = [rows(splits["train"], keys["train"], "clean", None, "frozen stages, train")]
     train = cached_loader(
-        train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True, processes=processes
+        train_views, splits["train"], seed, keys["train"], batch_size, shuffle=True, processes=processes, pin_memory=pin
     )
     evaluation = {}
     for name, items in splits.items():
         if name != "train":
             cached = rows(items, keys[name], "clean", None, f"frozen stages, {name}")
-            evaluation[name] = cached_loader([cached], items, seed, keys[name], batch_size, shuffle=False)
+            evaluation[name] = cached_loader(
+                [cached], items, seed, keys[name], batch_size, shuffle=False, pin_memory=pin
+            )
     shape = train_views[0].row_shape
     if processes.is_main:
         prune_cache(root, max_bytes=cache_limit(), keep=used)  # the cache stays bounded; this run's rows stay

@@ -137,7 +137,7 @@ def train(
     validate(config)
     config = config.with_split_defaults()
     check_workers(num_workers)
-    runtime = Runtime.create(config.device)
+    runtime = Runtime.create(config.device, config.precision)
     kind: RunKind = run_kind(config.kind)
     source_run = resolve_source(config.backbone, config.weights, config.image_size, config.pretrained)
     config = config.replace(backbone=source_run.backbone, weights=source_run.weights, image_size=source_run.image_size)
@@ -341,7 +341,7 @@ def resume(out: str | os.PathLike, *, num_workers: int | None = None, quiet: boo
                 f"--resume: the run's cache folder '{config.cache_dir}' is not this user's; using the default cache"
             )
         config = config.replace(cache_dir=None)
-    runtime = Runtime.create(config.device)
+    runtime = Runtime.create(config.device, config.precision)
     kind: RunKind = run_kind(kind_of(saved))
     source = modality_of(saved)
     _refuse_in_several_processes(config, kind, runtime)
@@ -498,6 +498,7 @@ def _execute(
             "best_epoch": state.best_epoch,
             "stopped": state.stopped or f"{len(state.history)} epochs",
             "inputs": inputs.description,
+            "runtime": session.runtime.describe(),
         }
     )
     evaluated = time.perf_counter()
@@ -528,6 +529,7 @@ def _execute(
         "unfreeze": len(plan.trainable_stages),
         "head_epochs": config.head_epochs or 0,
         "cached": inputs.description["cached"],
+        "runtime": metrics["runtime"],
     }
     if not quiet:
         stderr.print(

@@ -1,6 +1,8 @@
-"""The image frozen pass: decode, normalise and run the frozen stages, whole batches at a time, in
-worker processes (one single-threaded process per core), with BatchNorm folded into the convolutions.
-The activation cache (:func:`graft.core.inputs.frozen_rows`) stores what it returns."""
+"""The image frozen pass: decode, normalise and run the frozen stages, whole batches at a time, with
+BatchNorm folded into the convolutions. On the CPU each worker process (one single-threaded process per
+core) decodes and runs its own batches; on a GPU worker processes decode into pinned memory and this
+process runs large batches on the GPU. The activation cache (:func:`graft.core.inputs.frozen_rows`)
+stores what it returns."""
 
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ from graft.perf import usable_cores
 FORWARD_BATCH = 16
 # Worker processes of the frozen pass, at most: each holds its own activations.
 MAX_FORWARD_WORKERS = 8
+# Images per forward call on a GPU: large enough that kernel launches are not what a batch waits on, small
+# enough for any GPU's memory at 224 px. Decoding (on the CPU) is then the pace-setter, so every core but
+# the one feeding the GPU decodes.
+GPU_FORWARD_BATCH = 128
 
 
 def forward_workers() -> int:
@@ -66,17 +72,37 @@ class FrozenForward(torch.utils.data.Dataset):
 
     def inputs(self, keys: Sequence) -> torch.Tensor:
         """The normalised batch of images ``keys``."""
-        pixels = [self.pixels[key][0] for key in keys]
-        if pixels[0].dtype != torch.uint8:
-            raise TypeError(
-                f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {pixels[0].dtype}"
-            )
-        return self.preprocessing.normalize_batch(torch.stack(pixels))
+        return self.preprocessing.normalize_batch(pixel_batch(self.pixels, keys))
 
-    def __getitem__(self, keys: Sequence) -> np.ndarray:
-        inputs = self.inputs(keys).to(self.device)
+    def run(self, pixels: torch.Tensor) -> np.ndarray:
+        """The activations of a batch of uint8 images (N, C, H, W), on any device."""
+        inputs = self.preprocessing.normalize_batch(pixels.to(self.device, non_blocking=True))
         with torch.inference_mode():
             return self.frozen(inputs).float().cpu().contiguous().numpy()
+
+    def __getitem__(self, keys: Sequence) -> np.ndarray:
+        return self.run(pixel_batch(self.pixels, keys))
+
+
+def pixel_batch(pixels: ImageDataset, keys: Sequence) -> torch.Tensor:
+    """The uint8 images ``keys`` of ``pixels`` as one (N, C, H, W) tensor."""
+    images = [pixels[key][0] for key in keys]
+    if images[0].dtype != torch.uint8:
+        raise TypeError(f"the frozen pass takes uint8 pixels (a transform with normalize=False), got {images[0].dtype}")
+    return torch.stack(images)
+
+
+class PixelBatches(torch.utils.data.Dataset):
+    """Whole batches of decoded uint8 images, for worker processes that only decode (the GPU path)."""
+
+    def __init__(self, pixels: ImageDataset):
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, keys: Sequence) -> torch.Tensor:
+        return pixel_batch(self.pixels, keys)
 
 
 def forward_batches(
@@ -93,26 +119,50 @@ def forward_batches(
 ) -> Iterator[np.ndarray]:
     """Activations of stages ``[0, stop)`` of ``model`` for ``pixels`` (uint8 images, see :class:`FrozenForward`;
     in ``sampler``'s order), batch by batch, computed by ``workers`` processes of one thread each (0: in
-    this process, on torch's threads). On a CUDA ``device`` the stages run in this process on the GPU
-    (a forked worker cannot use CUDA)."""
-    if device is not None and device.type == "cuda":
-        workers = 0
-    batches = torch.utils.data.BatchSampler(
-        sampler if sampler is not None else range(len(pixels)), FORWARD_BATCH, drop_last=False
-    )
-    loader = make_loader(
-        FrozenForward(model, pixels, stop, preprocessing, device), None, workers, batches, collate_fn=whole_batches
-    )
-    batches = iter(loader)
+    this process, on torch's threads). On a CUDA ``device`` the workers only decode and the stages run
+    in this process on the GPU (a forked worker cannot use CUDA): see :func:`decode_there_run_here`."""
+    order = sampler if sampler is not None else range(len(pixels))
+    forward = FrozenForward(model, pixels, stop, preprocessing, device)
+    if forward.device.type == "cuda":
+        batches = decode_there_run_here(forward, order, decode_workers(), GPU_FORWARD_BATCH)
+    else:
+        keys = torch.utils.data.BatchSampler(order, FORWARD_BATCH, drop_last=False)
+        batches = drained(make_loader(forward, None, workers, keys, collate_fn=whole_batches))
     with progress_task(progress, description, len(pixels)) as advance:
         try:
             for outputs in batches:
                 yield outputs
                 advance(len(outputs))
-        finally:  # on an error too: worker processes must never outlive the pass (or graft)
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        finally:
+            batches.close()
+
+
+def drained(loader: torch.utils.data.DataLoader, each=None) -> Iterator:
+    """``loader``'s batches (through ``each``), its worker processes shut down when the iteration ends,
+    on an error too: they must never outlive the pass (or graft)."""
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            yield batch if each is None else each(batch)
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def decode_workers() -> int:
+    """Decoding processes when the frozen stages run on a GPU: every core but the one feeding it."""
+    return min(max(usable_cores() - 1, 1), MAX_FORWARD_WORKERS)
+
+
+def decode_there_run_here(forward: FrozenForward, order, workers: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Activations of ``forward``'s images in ``order``: ``workers`` processes decode batches of
+    ``batch_size`` (into pinned memory for a GPU, so the copy overlaps the next batch) and this process
+    runs ``forward`` on them."""
+    keys = torch.utils.data.BatchSampler(order, batch_size, drop_last=False)
+    pin = forward.device.type == "cuda"
+    loader = make_loader(PixelBatches(forward.pixels), None, workers, keys, collate_fn=whole_batches, pin_memory=pin)
+    return drained(loader, forward.run)
 
 
 def frozen_pass(
