@@ -24,8 +24,11 @@ TASKS = [Task("age", "regression"), Task("gender", "classification", ("male", "f
 
 @pytest.fixture
 def faces(tmp_path):
+    return make_faces(tmp_path / "faces")
+
+
+def make_faces(root):
     """UTKFace-style names whose colour carries the labels (gender: red/blue, age: brightness)."""
-    root = tmp_path / "faces"
     rng = np.random.default_rng(0)
     for i in range(36):
         age, gender, race = int(rng.integers(5, 80)), i % 2, i % 3

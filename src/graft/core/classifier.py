@@ -183,6 +183,7 @@ class ClassifierKind:
     name = "classifier"
     modalities = None  # any: a modality's data source gives class-labelled examples
     races = True  # --mode auto may race plans on folds of the data (graft.core.race)
+    several_processes = True  # torchrun / --nproc: each batch split between the ranks (graft.core.distributed)
 
     def scan(self, config: RunConfig, source: Modality) -> Dataset:
         columns = (config.text_column, config.label_column)  # only for tables, which the config checks

@@ -80,12 +80,27 @@ class Processes:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """``model`` as DistributedDataParallel over the parameters that train now (``model`` itself when alone)."""
+    def wrap(self, model: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+        """``model`` as DistributedDataParallel over the parameters that train now (``model`` itself when alone).
+        ``find_unused``: a rank's share of a batch may leave parameters out of its loss (a task head when the
+        share holds none of that task's labels); DDP then looks for them after each backward pass, at a cost,
+        instead of waiting for their gradients forever (pytorch #43259)."""
         if not self.distributed or not any(parameter.requires_grad for parameter in model.parameters()):
             return model
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+    def average_gradients(self, parameters) -> None:
+        """Average over the ranks the gradients of parameters DDP does not hold (an objective's task weights),
+        as DDP averages the model's: every rank then takes the same step."""
+        if not self.distributed:
+            return
+        for parameter in parameters:
+            if parameter.requires_grad:
+                if parameter.grad is None:  # this rank's share left it out of the loss: it adds nothing
+                    parameter.grad = torch.zeros_like(parameter)
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.world
 
 
 SINGLE = Processes()

@@ -185,7 +185,7 @@ def fit(
             continue
         apply_plan(phase.plan, model)
         # wrapped after requires_grad is set: DDP registers what trains when built (graft.core.distributed)
-        trained = runtime.processes.wrap(model, runtime.device)
+        trained = runtime.processes.wrap(model, runtime.device, find_unused=objective.leaves_outputs_unused)
         optimizer = adamw(param_groups(phase.plan, model, objective, weight_decay))
         scheduler = one_cycle(optimizer, phase.epochs * len(train_loader))
         if continuing:
@@ -296,6 +296,7 @@ def _train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        runtime.processes.average_gradients(objective.parameters())
         optimizer.step()
         scheduler.step()
         rows = len(targets)

@@ -22,6 +22,10 @@ from graft.core.evaluation import probabilities
 class Objective(nn.Module):
     """The interface the loop calls; subclasses implement :meth:`loss` and :meth:`validate`."""
 
+    # True when a batch can leave some of the model's outputs out of the loss (a task none of its rows is
+    # labelled for): over several processes DDP must then look for parameters without a gradient.
+    leaves_outputs_unused = False
+
     def loss(self, outputs: Any, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """The training loss of one batch (a scalar tensor)."""
         raise NotImplementedError

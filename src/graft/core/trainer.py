@@ -118,6 +118,8 @@ class RunKind(Protocol):
     def load_trained(self, folder, config: dict[str, Any]) -> Any:
         """A finished run loaded for prediction and evaluation (:class:`graft.core.runs.TrainedRun`)."""
 
+    # Optional flags (absent: False): ``races`` (--mode auto may race plans on folds, graft.core.race) and
+    # ``several_processes`` (its loop may run over torchrun's processes, graft.core.distributed).
     # Optional: ``build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)``
     # for a kind whose loop is fed otherwise than by graft.core.inputs.build_inputs (domain adaptation's
     # source and target rows in mixed batches).
@@ -179,7 +181,7 @@ def _refuse_in_several_processes(config: RunConfig, kind: RunKind, runtime: Runt
     if not runtime.processes.distributed:
         return
     hint = "run it in one process (without torchrun or --nproc)"
-    if kind.name != "classifier":
+    if not getattr(kind, "several_processes", False):
         raise ConfigError(f"{kind.name} runs train in one process for now", hint=hint)
     if config.mode not in ("extract", "finetune"):
         raise ConfigError(

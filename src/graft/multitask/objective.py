@@ -55,6 +55,8 @@ class MultiTaskObjective(Objective):
     """Masked per-task losses combined with fixed (``equal``) or learned (``uncertainty``) weights, plus
     ``tie * model.tower_distance()`` for soft sharing. The best epoch has the best combined score."""
 
+    leaves_outputs_unused = True  # a batch without a task's labels leaves its head out of the loss
+
     def __init__(
         self,
         tasks: Sequence[Task],

@@ -43,6 +43,7 @@ class MultiTaskKind:
 
     name = "multitask"
     modalities = ("image", "text")
+    several_processes = True  # torchrun / --nproc: each batch split between the ranks (graft.core.distributed)
 
     def scan(self, config: RunConfig, source: Modality) -> MultiTaskDataset:
         if config.domains is not None:
