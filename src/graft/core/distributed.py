@@ -68,7 +68,11 @@ class Processes:
         if not self.distributed or not values:
             return values
         names = sorted(values)
-        sums = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+        # nccl (GPUs) reduces only tensors on the GPU, gloo those in memory
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
+        )
+        sums = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(sums)
         return dict(zip(names, sums.tolist()))
 
