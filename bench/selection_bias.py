@@ -6,7 +6,8 @@ end of the photos' range, tested on an unbiased test set, with and without impor
 The world is every photo of the dataset: a seeded 40% is the test set (labelled, unbiased), the rest
 the world: half of it is where the training sample is drawn from, the other half the unlabelled pool
 handed to --reweight (drawn like the world, and not the sample's own photos). The biased sample keeps
-a photo with probability 0.95 if it is in the top 25% of the dataset by ``--bias`` and 0.1 otherwise:
+a photo with probability 0.95 if it is in the top 25% of the dataset by ``--bias`` and 0.1 otherwise
+(``--keep 0.95,0.1``; a milder ``--keep 0.9,0.3`` leaves every region some support):
 ``brightness`` (mean grey level; measured: it costs a frozen-feature classifier nothing), or
 ``appearance`` (the first principal component of the backbone's pooled features, which on these photos
 follows lighting, skin tone and background together); the reference is a uniformly drawn sample of the
@@ -67,12 +68,17 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--bias", choices=("brightness", "appearance"), default="appearance")
     parser.add_argument("--work", type=Path, default=Path("/tmp/graft-bias"))
+    parser.add_argument("--keep", default=f"{KEEP_BRIGHT},{KEEP_OTHER}", help="keep rates: top quarter, the rest")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    keep_top, keep_other = map(float, args.keep.split(","))
     photos = sorted(p for p in DATA.rglob("*") if p.suffix.upper() == ".JPG")
     light = np.array([brightness(p) for p in photos]) if args.bias == "brightness" else appearance(photos)
     threshold = np.quantile(light, 1 - BRIGHT_SHARE)
-    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results = saved.get("results", []) if saved.get("bias") == args.bias else []
+    saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results = (
+        saved.get("results", []) if saved.get("bias") == args.bias and saved.get("keep", args.keep) == args.keep else []
+    )
     for seed in map(int, args.seeds.split(",")):
         if any(r["seed"] == seed for r in results):
             continue
@@ -85,7 +91,7 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
         world = [photos[i] for i in sampled_rows]
         bright = light[sampled_rows] >= threshold
         pool = link([photos[i] for i in pool_rows], args.work / f"pool-{seed}", labelled=False)
-        keep = rng.random(len(world)) < np.where(bright, KEEP_BRIGHT, KEEP_OTHER)
+        keep = rng.random(len(world)) < np.where(bright, keep_top, keep_other)
         biased = [p for p, k in zip(world, keep) if k]
         uniform = [world[i] for i in sorted(rng.permutation(len(world))[: len(biased)])]
         folders = {
@@ -107,7 +113,7 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
                 entry["effective_sample_size"] = summary["importance"]["effective_sample_size"]
             results.append(entry)
             print(json.dumps(entry), flush=True)
-            RESULTS.write_text(json.dumps({"bias": args.bias, "results": results}, indent=1))
+            args.results.write_text(json.dumps({"bias": args.bias, "keep": args.keep, "results": results}, indent=1))
     print(table(results))
 
 
