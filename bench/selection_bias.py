@@ -1,17 +1,18 @@
-"""Sample-selection bias on real data: a training sample of sign-language digits drawn mostly from one
-end of the photos' range, tested on an unbiased test set, with and without importance weights.
+"""Sample-selection bias on real data: a training sample of sign-language digits drawn mostly from one end of
+the photos' range, tested on an unbiased test set, with and without importance weights.
 
     python bench/selection_bias.py            # writes bench/results/selection_bias.json and prints the table
 
-The world is every photo of the dataset: a seeded 40% is the test set (labelled, unbiased), the rest
-the world: half of it is where the training sample is drawn from, the other half the unlabelled pool
-handed to --reweight (drawn like the world, and not the sample's own photos). The biased sample keeps
-a photo with probability 0.95 if it is in the top 25% of the dataset by ``--bias`` and 0.1 otherwise
-(``--keep 0.95,0.1``; a milder ``--keep 0.9,0.3`` leaves every region some support):
-``brightness`` (mean grey level; measured: it costs a frozen-feature classifier nothing), or
-``appearance`` (the first principal component of the backbone's pooled features, which on these photos
-follows lighting, skin tone and background together); the reference is a uniformly drawn sample of the
-same size. Each is ``graft train --mode extract`` evaluated on the test photos (seen by none of them).
+The world is every photo of the dataset: a seeded 40% is the test set (labelled, unbiased), the rest the
+world: half of it is where the training sample is drawn from, the other half the unlabelled pool handed to
+--reweight (drawn like the world, and not the sample's own photos). The biased sample keeps a photo with
+probability 0.95 if it is in the top 25% of the dataset by ``--bias`` and 0.1 otherwise (``--keep
+0.95,0.1``; a milder ``--keep 0.9,0.3`` leaves every region some support): ``brightness`` (mean grey level;
+measured: it costs a frozen-feature classifier nothing), or ``appearance`` (the first principal component of
+the backbone's pooled features, which on these photos follows lighting, skin tone and background together),
+or ``class`` (digits 0-4 instead of the top quarter: a selection that depends on the label); the reference
+is a uniformly drawn sample of the same size. Each is ``graft train --mode extract`` evaluated on the test
+photos (seen by none of them).
 """
 
 from __future__ import annotations
@@ -66,15 +67,18 @@ def appearance(paths: list[Path]) -> np.ndarray:
 def main() -> None:  # seeds already in bench/results/selection_bias.json are kept, not rerun
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--bias", choices=("brightness", "appearance"), default="appearance")
+    parser.add_argument("--bias", choices=("brightness", "appearance", "class"), default="appearance")
     parser.add_argument("--work", type=Path, default=Path("/tmp/graft-bias"))
     parser.add_argument("--keep", default=f"{KEEP_BRIGHT},{KEEP_OTHER}", help="keep rates: top quarter, the rest")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     keep_top, keep_other = map(float, args.keep.split(","))
     photos = sorted(p for p in DATA.rglob("*") if p.suffix.upper() == ".JPG")
-    light = np.array([brightness(p) for p in photos]) if args.bias == "brightness" else appearance(photos)
-    threshold = np.quantile(light, 1 - BRIGHT_SHARE)
+    if args.bias == "class":
+        favoured = np.array([p.parent.name in ("0", "1", "2", "3", "4") for p in photos])
+    else:
+        light = np.array([brightness(p) for p in photos]) if args.bias == "brightness" else appearance(photos)
+        favoured = light >= np.quantile(light, 1 - BRIGHT_SHARE)
     saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
     results = (
         saved.get("results", []) if saved.get("bias") == args.bias and saved.get("keep", args.keep) == args.keep else []
@@ -89,7 +93,7 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
         sampled_rows, pool_rows = sorted(world_rows[: len(world_rows) // 2]), sorted(world_rows[len(world_rows) // 2 :])
         test = link([photos[i] for i in test_rows], args.work / f"test-{seed}")
         world = [photos[i] for i in sampled_rows]
-        bright = light[sampled_rows] >= threshold
+        bright = favoured[sampled_rows]
         pool = link([photos[i] for i in pool_rows], args.work / f"pool-{seed}", labelled=False)
         keep = rng.random(len(world)) < np.where(bright, keep_top, keep_other)
         biased = [p for p, k in zip(world, keep) if k]
@@ -103,6 +107,7 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
             "biased sample": (folders["biased"], {}),
             "biased, weighted (classifier)": (folders["biased"], {"reweight": pool, "weight_estimator": "classifier"}),
             "biased, weighted (KLIEP)": (folders["biased"], {"reweight": pool, "weight_estimator": "kliep"}),
+            "biased, weighted (label shift)": (folders["biased"], {"reweight": pool, "weight_estimator": "labelshift"}),
         }
         for name, (folder, options) in runs.items():
             out = args.work / "runs" / f"{name.split(' ')[0]}-{options.get('weight_estimator', 'none')}-{seed}"

@@ -223,6 +223,30 @@ def test_importance_weights_undo_a_known_selection(tmp_path):
         assert weights.effective_sample_size < len(sample)
 
 
+def test_label_shift_weights_recover_how_often_each_class_was_drawn():
+    """Three classes drawn 0.9 / 0.3 / 0.1 from a world where they are equally common: the pool's frequencies
+    by EM, and weights proportional to 1 / the draw rate (1 : 3 : 9)."""
+    from graft.adaptation.importance import estimate, pool_class_frequencies
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 5) * 3.0
+
+    def world(n):
+        labels = rng.integers(0, 3, n)
+        return centres[labels] + rng.normal(size=(n, 5)), labels
+
+    drawn, drawn_labels = world(3000)
+    keep = rng.random(3000) < np.array([0.9, 0.3, 0.1])[drawn_labels]
+    sample, labels = drawn[keep], drawn_labels[keep]
+    pool, _ = world(1500)
+    assert np.allclose(pool_class_frequencies(sample, labels, pool), 1 / 3, atol=0.04)
+    weights = estimate(sample, pool, sample[:30], "labelshift", labels=labels, valid_labels=labels[:30])
+    per_class = [weights.train[labels == c].mean() for c in range(3)]
+    assert per_class[1] / per_class[0] == pytest.approx(3, rel=0.2)
+    assert per_class[2] / per_class[0] == pytest.approx(9, rel=0.2)
+    assert np.allclose(weights.valid, weights.train[:30])  # the same class, the same weight
+
+
 def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
     source, target = domains
     run = tmp_path / "run"
@@ -237,6 +261,16 @@ def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
     assert graft.evaluate(run, target)["n"] == 36
     with pytest.raises(ConfigError, match="needs --reweight"):
         graft.train(source, tmp_path / "x", weight_estimator="kliep", quiet=True)
+    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)
+    by_class = graft.train(source, tmp_path / "by-class", reweight=target, weight_estimator="labelshift", **options)
+    weights = json.loads((tmp_path / "by-class" / "importance_weights.json").read_text())
+    labels = [
+        label for _, label in json.loads((tmp_path / "by-class" / "manifest.json").read_text())["splits"]["train"]
+    ]
+    assert by_class["importance"]["estimator"] == "labelshift"
+    assert all(  # one weight per class
+        len({round(w, 9) for w, y in zip(weights["train"], labels) if y == c}) == 1 for c in set(labels)
+    )
 
 
 def test_advise_with_a_target_measures_how_far_apart_the_domains_are(domains, tmp_path, tiny_weights):  # noqa: F811

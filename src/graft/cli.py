@@ -424,7 +424,8 @@ def train(
         Optional[str],
         typer.Option(
             "--weight-estimator",
-            help="With --reweight: classifier (a domain classifier; default) or kliep.",
+            help="With --reweight: classifier (a domain classifier; default), kliep, or labelshift (the bias drew "
+            "some classes more often than others: the pool's class frequencies by EM).",
             rich_help_panel="Distribution shift",
         ),
     ] = None,

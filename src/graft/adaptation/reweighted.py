@@ -113,7 +113,7 @@ class ReweightedKind:
             parts = {**parts, **clean(model, len(model.stages), {n: splits[n] for n in names if n not in parts})}
             return {name: parts[name].materialize().numpy() for name in names}
 
-        weights = self._weights(run, pooled, config)
+        weights = self._weights(run, pooled, config, splits)
         keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
 
         def loader(name: str, shuffle: bool, per_example: list[float] | None):
@@ -129,14 +129,18 @@ class ReweightedKind:
         description = clean.description(model, stop, at_stop["train"].row_shape, importance=weights["summary"])
         return Inputs(train, evaluation, stop, description)
 
-    def _weights(self, run, pooled, config) -> dict[str, Any]:
+    def _weights(self, run, pooled, config, splits) -> dict[str, Any]:
         """The importance weights: from the run folder when a killed run left them, else estimated from
-        ``pooled()`` features."""
+        ``pooled()`` features (and, for ``labelshift``, the labels of ``splits``)."""
         path = run / WEIGHTS_FILE
         if path.is_file():
             return read_json(path)
         features = pooled()
-        estimated = estimate(features["train"], features[POOL], features["valid"], config.weight_estimator, config.seed)
+        labels = {name: np.array([label for _, label in splits[name]]) for name in ("train", "valid")}
+        estimated = estimate(
+            features["train"], features[POOL], features["valid"], config.weight_estimator, config.seed,
+            labels["train"], labels["valid"],
+        )  # fmt: skip
         weights = {"train": estimated.train.tolist(), "valid": estimated.valid.tolist(), "summary": estimated.summary()}
         run.write_json(path, weights)
         return weights
