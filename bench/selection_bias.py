@@ -48,10 +48,8 @@ def brightness(path: Path) -> float:
         return float(np.asarray(image.convert("L").resize((32, 32))).mean())
 
 
-def appearance(paths: list[Path]) -> np.ndarray:
-    """Each photo's coordinate on the first principal component of EfficientNet-Lite0's pooled features."""
-    from sklearn.decomposition import PCA
-
+def pooled_features(paths: list[Path]) -> np.ndarray:
+    """EfficientNet-Lite0's pooled features of each photo (the frozen pass, no cache)."""
     from graft.image.backbones import create_backbone
     from graft.image.frozen_pass import frozen_pass
     from graft.image.model import build_transfer_model
@@ -61,7 +59,14 @@ def appearance(paths: list[Path]) -> np.ndarray:
     items = [(str(p), 0) for p in paths]
     rows = frozen_pass(model, items, len(model.stages), loaded.preprocessing, round_=None, seed=None, keys=None,
                        workers=None, device=None, progress=None, description="")  # fmt: skip
-    return PCA(n_components=1, random_state=0).fit_transform(np.concatenate(list(rows)))[:, 0]
+    return np.concatenate(list(rows))
+
+
+def appearance(paths: list[Path]) -> np.ndarray:
+    """Each photo's coordinate on the first principal component of EfficientNet-Lite0's pooled features."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=1, random_state=0).fit_transform(pooled_features(paths))[:, 0]
 
 
 def main() -> None:  # seeds already in bench/results/selection_bias.json are kept, not rerun

@@ -24,23 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from selection_bias import pooled_features
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "datasets" / "sign-language-digits"
 RESULTS = HERE / "results" / "selection_bias_ceiling.json"
 KEEP, TEST_SHARE = (0.95, 0.1), 0.4
-
-
-def features(photos: list[Path]) -> np.ndarray:
-    from graft.image.backbones import create_backbone
-    from graft.image.frozen_pass import frozen_pass
-    from graft.image.model import build_transfer_model
-
-    loaded = create_backbone("tf_efficientnet_lite0")
-    model = build_transfer_model(loaded.model, "linear", 2, input_size=loaded.preprocessing.input_size)
-    items = [(str(p), 0) for p in photos]
-    rows = frozen_pass(model, items, len(model.stages), loaded.preprocessing, round_=None, seed=None, keys=None,
-                       workers=None, device=None, progress=None, description="")  # fmt: skip
-    return np.concatenate(list(rows))
 
 
 def accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, weights=None) -> float:
@@ -63,7 +52,7 @@ def main() -> None:
         print(table(json.loads(RESULTS.read_text())["rows"]))
         return
     photos = sorted(p for p in DATA.rglob("*") if p.suffix.upper() == ".JPG")
-    x = features(photos)
+    x = pooled_features(photos)
     y = np.array([p.parent.name for p in photos])
     first = PCA(n_components=1, random_state=0).fit_transform(x)[:, 0]
     favoured = {"appearance": first >= np.quantile(first, 0.75), "class": np.isin(y, list("01234"))}
