@@ -74,7 +74,13 @@ def run_graft(folder: Path, seed: int, mode: str) -> list[str]:
     if mode == "finetune":
         options["unfreeze"] = 2
     with tempfile.TemporaryDirectory() as out:
-        graft.train(folder, Path(out) / "run", **options)
+        # train and valid only, as the other methods see them: with the test file in the folder the run would
+        # also score the test texts, and they would go through the encoder twice (the run, then predict)
+        labelled = Path(out) / "data"
+        labelled.mkdir()
+        for name in ("train.csv", "valid.csv"):
+            (labelled / name).symlink_to((folder / name).resolve())
+        graft.train(labelled, Path(out) / "run", **options)
         test_texts, _ = read(folder / "test.csv")
         return [row["label"] for row in graft.predict(Path(out) / "run", test_texts)]
 
