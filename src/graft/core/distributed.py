@@ -12,12 +12,14 @@ torchrun's variables, a process group on gloo (CPU) or nccl (CUDA). Every rank t
   not split evenly weighs its parts equally, not its rows);
 - every rank validates on the whole validation split, and the epoch's record (losses, scores, seconds) is
   rank 0's (:meth:`Processes.from_main`), so every rank takes the same best-epoch and stopping decisions;
-- only rank 0 writes the run folder and shows progress; the others write their copy of the run's files to a
-  scratch folder deleted at the end.
+- only rank 0 writes the run folder, shows progress, evaluates the result and writes the report; the others
+  work in a scratch folder deleted at the end and stop once training ends.
 
 The DDP wrapper is built for each phase of the freeze plan (head first, then the unfrozen stages), after
 ``requires_grad`` is set: DDP registers the parameters that train when it is built, so a frozen parameter
-never waits for a gradient (no ``find_unused_parameters``; pytorch #43259, #43690).
+never waits for a gradient (pytorch #43259, #43690). Only a run whose objective can leave some outputs out of
+a batch's loss (a multi-domain head with no row in a rank's share) asks DDP to look for unused parameters; the
+objective's own parameters (task weights) are averaged over the ranks by hand (:meth:`Processes.average_gradients`).
 """
 
 from __future__ import annotations

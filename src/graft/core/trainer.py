@@ -426,7 +426,7 @@ def _execute(
     model.to(runtime.device)
     objective.to(runtime.device)
     saver = SaveEveryEpoch(run, lambda history: kind.plot_history(history, run / LEARNING_CURVE, title))
-    logger = TensorBoardLog(run / "tensorboard") if config.log == "tensorboard" else None
+    logger = TensorBoardLog(run / "tensorboard") if config.log == "tensorboard" and runtime.processes.is_main else None
     try:
         with make_progress(quiet) as progress:
             tuned = []
@@ -473,6 +473,8 @@ def _execute(
                 metrics["head_refit"] = refit_head(model, inputs, len(dataset.classes), config.seed, runtime)
                 if runtime.processes.is_main:
                     run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "head": "refit"})
+            if not runtime.processes.is_main:  # evaluating and writing up the run are rank 0's alone
+                return {"run": str(run.path), "rank": runtime.processes.rank, "epochs_run": len(state.history)}
             fitted = time.perf_counter()
             for split, loader in inputs.evaluation.items():
                 outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
