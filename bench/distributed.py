@@ -50,10 +50,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--warm", action="store_true", help="also a second run of each from the warm cache")
     args = parser.parse_args()
-    rows = []
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    saved = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    rows = [row for row in saved if row["seed"] not in seeds]  # other seeds' rows are kept
     work = Path(tempfile.mkdtemp(prefix="graft-distributed-"))
     try:
-        for seed in (int(seed) for seed in args.seeds.split(",")):
+        for seed in seeds:
             for processes in (1, 2):
                 cache = work / f"cache-{processes}"
                 shutil.rmtree(cache, ignore_errors=True)
@@ -61,10 +63,10 @@ def main() -> None:
                     row = run(args.data, work / f"run-{processes}", cache, args.epochs, seed, processes)
                     rows.append({"seed": seed, "cache": state, **row})
                     print(json.dumps(rows[-1]), flush=True)
+                    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                    RESULTS.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
