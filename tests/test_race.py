@@ -131,6 +131,7 @@ def test_auto_on_small_data_races_records_it_and_trains_the_winner(class_folder,
     assert len(entries[0]["fold_scores"]) == 3 and all(e["fold_scores"] for e in entries)
     assert config["mode"] == winner["plan"]["mode"] and config["hyperparameters"]["lr"] == winner["plan"]["lr"]
     assert summary["advice"]["race_seconds"] == pytest.approx(advice["race"]["seconds"])
+    assert "floor" not in summary  # raced: extraction was one of the candidates already
     assert any("race of" in reason for reason in advice["reasons"])
     page = (tmp_path / "run" / "report.html").read_text()
     assert "How --mode auto chose" in page and "winner: " + winner["label"] in page
@@ -207,3 +208,26 @@ def test_deeper_plans_are_not_tried_when_a_simpler_one_left_almost_no_error():
     assert ("finetune", 3, 0) in calls and ("finetune", 5, 0) in calls and not result.skipped
     calls, result = scripted(0.95, finetuned=1.0)  # the last 3 stages made no error: the last 5 cannot gain
     assert ("finetune", 3, 0) in calls and ("finetune", 5, 0) not in calls and set(result.skipped) == {2}
+
+
+def test_auto_on_data_too_large_to_race_keeps_the_linear_probe_when_it_scores_higher(
+    class_folder,
+    tiny_weights,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """Large data trains the advised plan alone; the probe is its floor. Here the user's tiny learning rate
+    cripples the fine-tune (what the user gives wins), while the probe trains at extraction's default rate."""
+    import graft.core.race as racing
+
+    monkeypatch.setattr(racing, "SMALL_DATA_IMAGES", 10)  # the generated folder counts as large: no race
+    options = dict(backbone=TINY_BACKBONE, weights=tiny_weights, epochs=2, num_workers=0, quiet=True, batch_size=8)
+    summary = graft.train(class_folder, tmp_path / "run", mode="auto", lr=1e-7, **options)
+    floor = summary["floor"]
+    assert json.loads((tmp_path / "run" / "advice.json").read_text())["race"].get("skipped")
+    # kept when its best record ranks higher: accuracy, then validation loss
+    assert floor["kept"] == "extract" and floor["extract_valid_score"] >= floor["plan_valid_score"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["floor"] == floor and metrics["valid"]["accuracy"] == pytest.approx(floor["extract_valid_score"])
+    loaded = graft.load(tmp_path / "run")  # the saved weights are the probe's
+    assert graft.evaluate(loaded, class_folder)["accuracy"] >= floor["extract_valid_score"] - 0.2

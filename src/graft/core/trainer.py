@@ -475,6 +475,12 @@ def _execute(
                     run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "head": "refit"})
             if not runtime.processes.is_main:  # evaluating and writing up the run are rank 0's alone
                 return {"run": str(run.path), "rank": runtime.processes.rank, "epochs_run": len(state.history)}
+            if _has_floor(saved, kind):
+                metrics["floor"] = _extract_floor(
+                    session, saved, preprocessing, dataset, model, objective, state, progress
+                )
+                if metrics["floor"]["kept"] == "extract":
+                    run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "floor": "extract"})
             fitted = time.perf_counter()
             for split, loader in inputs.evaluation.items():
                 outputs, targets = collect_outputs(model, loader, start=inputs.start, runtime=runtime)
@@ -534,6 +540,7 @@ def _execute(
         "head_epochs": config.head_epochs or 0,
         "cached": inputs.description["cached"],
         "runtime": metrics["runtime"],
+        **({"floor": metrics["floor"]} if "floor" in metrics else {}),
     }
     if not quiet:
         stderr.print(
@@ -582,6 +589,57 @@ def _loaders(
         device=session.runtime.device,
         processes=session.runtime.processes,
     )
+
+
+def _has_floor(saved: dict, kind: RunKind) -> bool:
+    """Whether this run ends by checking its plan against a linear probe: ``--mode auto`` on data too large to
+    race (:func:`_choose`), with a plan that trains stages."""
+    advice = saved.get("advice") or {}
+    return (
+        getattr(kind, "races", False)
+        and advice.get("plan", {}).get("mode") == "finetune"
+        and ("skipped" in (advice.get("race") or {}))
+    )
+
+
+def _extract_floor(
+    session: Session, saved: dict, preprocessing, dataset, model: nn.Module, objective, state, progress
+) -> dict:
+    """Large data is not raced, so the advised fine-tune trained alone. Its floor is the linear probe (``--mode
+    extract`` with graft's defaults, the run's epochs, on the run's own split, from a freshly loaded backbone
+    through the activation cache): when the probe's best validation record ranks above the fine-tune's, its
+    weights replace the model's. auto then never ends below extraction on validation (BENCHMARKS.md section 11:
+    on UTKFace gender the whole-network fine-tune was under extraction on validation at 3 of 3 seeds, and on
+    test by 0.8 points). The random state afterwards is as if no probe ran."""
+    from graft.core.reproducibility import preserved_random_state
+
+    began = time.perf_counter()
+    config, source, runtime = session.config, session.source, session.runtime
+    probe = config.replace(
+        mode="extract", unfreeze=None, lr=None, backbone_lr_mult=None, bn=None, head_epochs=None, augment=None,
+        views=None,
+    ).resolved()  # fmt: skip
+    with preserved_random_state():
+        seed_everything(probe.seed, probe.deterministic)
+        fresh = source.load_backbone(probe.backbone, weights=probe.weights, pretrained=probe.pretrained).model
+        floor, plan = _model_and_plan(probe, session.kind, source, lambda: fresh, dataset, preprocessing)
+        floor.to(runtime.device)
+        floor_objective = session.kind.objective(probe, dataset).to(runtime.device)
+        architecture = saved["backbone"]["architecture"]
+        inputs = _loaders(session, probe, architecture, dataset, preprocessing, floor, plan, progress)
+        probed = fit(
+            floor, floor_objective, plan, inputs.train, inputs.evaluation["valid"], epochs=probe.epochs,
+            patience=probe.patience, start=inputs.start, runtime=runtime,
+        )  # fmt: skip
+    kept = "extract" if objective.rank(probed.best_record) > objective.rank(state.best_record) else "plan"
+    if kept == "extract":
+        model.load_state_dict(floor.state_dict())
+    return {
+        "kept": kept,
+        "plan_valid_score": state.best_record["valid_score"],
+        "extract_valid_score": probed.best_record["valid_score"],
+        "seconds": time.perf_counter() - began,
+    }
 
 
 def _choose(session: Session, advice, dataset, loaded, preprocessing):
