@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -30,28 +29,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def resampled(source: Path, target: Path, count: int, seed: int = 0) -> Path:
-    """``count`` JPEGs in 10 class folders, random crops, scales and flips of ``source``'s training images."""
-    from PIL import Image, ImageOps
+def resampled(source: Path, target: Path, count: int) -> Path:
+    """``count`` JPEGs in 10 class folders resampled from ``source``'s training images (bench/speed.make_10k)."""
+    from speed import make_10k
 
-    if target.is_dir() and sum(1 for _ in target.rglob("*.jpg")) == count:
-        return target
     images = sorted(path for path in (source / "train").rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    rng = random.Random(seed)
-    for index in range(count):
-        with Image.open(rng.choice(images)) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            width, height = image.size
-            scale = rng.uniform(0.6, 1.0)
-            w, h = int(width * scale), int(height * scale)
-            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-            image = image.crop((left, top, left + w, top + h)).resize((rng.randint(150, 320),) * 2)
-            if rng.random() < 0.5:
-                image = ImageOps.mirror(image)
-            path = target / f"class{index % 10}" / f"{index:05d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path, quality=90)
-    return target
+    return make_10k(target, count, sources=images)
 
 
 def train(data: Path, out: Path, cache: Path, *options: str) -> dict:

@@ -367,16 +367,17 @@ def extract_wall_times(raw_rate: float, scratch: Path) -> list[dict]:
     return rows
 
 
-def make_10k(target: Path, count: int = 10_000, seed: int = 0) -> Path:
-    """10,000 JPEGs in 10 class folders, resampled (random crop, scale, flip) from the real sign-language
-    and dogs/cats images."""
+def make_10k(target: Path, count: int = 10_000, seed: int = 0, sources: list[Path] | None = None) -> Path:
+    """10,000 JPEGs in 10 class folders, resampled (random crop, scale, flip) from ``sources`` (default: the
+    real sign-language and dogs/cats training images)."""
     from PIL import Image, ImageOps
 
     if target.is_dir() and sum(1 for _ in target.rglob("*.jpg")) == count:
         return target
-    sources = sorted((DATASETS / "sign-language-digits" / "train").rglob("*.JPG")) + sorted(
-        (DATASETS / "dogs-vs-cats-small" / "train").rglob("*.jpg")
-    )
+    if sources is None:
+        sources = sorted((DATASETS / "sign-language-digits" / "train").rglob("*.JPG")) + sorted(
+            (DATASETS / "dogs-vs-cats-small" / "train").rglob("*.jpg")
+        )
     rng = random.Random(seed)
     for index in range(count):
         source = rng.choice(sources)
