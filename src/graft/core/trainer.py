@@ -591,6 +591,33 @@ def _loaders(
     )
 
 
+def _train_candidate(
+    session: Session, candidate: RunConfig, make_backbone, dataset, preprocessing, architecture, progress
+):
+    """A model trained by ``candidate`` (a resolved config) on ``dataset``'s train split, its epoch chosen on
+    valid: what ``--mode auto`` compares (a plan in the race, the probe under a plan too large to race).
+    Returns the model and the fit's state."""
+    seed_everything(candidate.seed, candidate.deterministic)
+    model, freeze_plan = _model_and_plan(candidate, session.kind, session.source, make_backbone, dataset, preprocessing)
+    model.to(session.runtime.device)
+    objective = session.kind.objective(candidate, dataset)
+    objective.to(session.runtime.device)
+    inputs = _loaders(session, candidate, architecture, dataset, preprocessing, model, freeze_plan, progress)
+    state = fit(
+        model,
+        objective,
+        freeze_plan,
+        inputs.train,
+        inputs.evaluation["valid"],
+        epochs=candidate.epochs,
+        head_epochs=candidate.head_epochs or 0,
+        patience=candidate.patience,
+        start=inputs.start,
+        runtime=session.runtime,
+    )
+    return model, state
+
+
 def _has_floor(saved: dict, kind: RunKind) -> bool:
     """Whether this run ends by checking its plan against a linear probe: ``--mode auto`` on data too large to
     race (:func:`_choose`), with a plan that trains stages."""
@@ -614,23 +641,18 @@ def _extract_floor(
     from graft.core.reproducibility import preserved_random_state
 
     began = time.perf_counter()
-    config, source, runtime = session.config, session.source, session.runtime
+    config, source = session.config, session.source
     probe = config.replace(
         mode="extract", unfreeze=None, lr=None, backbone_lr_mult=None, bn=None, head_epochs=None, augment=None,
         views=None,
     ).resolved()  # fmt: skip
+
+    def fresh_backbone() -> nn.Module:
+        return source.load_backbone(probe.backbone, weights=probe.weights, pretrained=probe.pretrained).model
+
+    architecture = saved["backbone"]["architecture"]
     with preserved_random_state():
-        seed_everything(probe.seed, probe.deterministic)
-        fresh = source.load_backbone(probe.backbone, weights=probe.weights, pretrained=probe.pretrained).model
-        floor, plan = _model_and_plan(probe, session.kind, source, lambda: fresh, dataset, preprocessing)
-        floor.to(runtime.device)
-        floor_objective = session.kind.objective(probe, dataset).to(runtime.device)
-        architecture = saved["backbone"]["architecture"]
-        inputs = _loaders(session, probe, architecture, dataset, preprocessing, floor, plan, progress)
-        probed = fit(
-            floor, floor_objective, plan, inputs.train, inputs.evaluation["valid"], epochs=probe.epochs,
-            patience=probe.patience, start=inputs.start, runtime=runtime,
-        )  # fmt: skip
+        floor, probed = _train_candidate(session, probe, fresh_backbone, dataset, preprocessing, architecture, progress)
     kept = "extract" if objective.rank(probed.best_record) > objective.rank(state.best_record) else "plan"
     if kept == "extract":
         model.load_state_dict(floor.state_dict())
@@ -675,29 +697,13 @@ def _choose(session: Session, advice, dataset, loaded, preprocessing):
     budget = None if config.time_budget is None else config.time_budget / 2
     architecture = loaded.report.architecture
 
+    def copied_backbone() -> nn.Module:
+        return copy.deepcopy(loaded.model)
+
     def train_one(plan: AdvisedPlan, fold) -> dict[str, float]:
         began = time.perf_counter()
         candidate = config.resolved(plan.to_dict())
-        seed_everything(candidate.seed, candidate.deterministic)
-        model, freeze_plan = _model_and_plan(
-            candidate, session.kind, session.source, lambda: copy.deepcopy(loaded.model), fold, preprocessing
-        )
-        model.to(session.runtime.device)
-        objective = session.kind.objective(candidate, fold)
-        objective.to(session.runtime.device)
-        inputs = _loaders(session, candidate, architecture, fold, preprocessing, model, freeze_plan, progress)
-        state = fit(
-            model,
-            objective,
-            freeze_plan,
-            inputs.train,
-            inputs.evaluation["valid"],
-            epochs=candidate.epochs,
-            head_epochs=candidate.head_epochs or 0,
-            patience=candidate.patience,
-            start=inputs.start,
-            runtime=session.runtime,
-        )
+        _, state = _train_candidate(session, candidate, copied_backbone, fold, preprocessing, architecture, progress)
         best = state.best_record
         return {
             "score": best["valid_score"],
