@@ -394,9 +394,37 @@ def train(
     validate(config)
     check_workers(num_workers)
     _require_inputs(config)
-    from graft.core import trainer
+    predecoding = _start_predecoding(config)
+    try:
+        from graft.core import trainer
 
-    return trainer.train(config, out, num_workers=num_workers, quiet=quiet, overwrite=overwrite)
+        return trainer.train(config, out, num_workers=num_workers, quiet=quiet, overwrite=overwrite)
+    finally:
+        if predecoding:
+            from graft.image import predecode
+
+            predecode.stop_running()
+
+
+def _start_predecoding(config: RunConfig) -> bool:
+    """Before torch and timm are imported: decode the images of a cached run with a built-in image backbone
+    on the idle core (:mod:`graft.image.predecode`; a folder without images, text or audio, starts nothing).
+    True if a child was started."""
+    if not config.cache or config.data is None:
+        return False
+    from graft.image import predecode
+    from graft.image.backbones import get_spec
+    from graft.perf import process_seconds
+
+    spec = get_spec(config.backbone or DEFAULT_BACKBONE)
+    if spec is None:
+        return False
+    preprocessing = spec.preprocessing
+    if config.image_size is not None:
+        import dataclasses
+
+        preprocessing = dataclasses.replace(preprocessing, input_size=config.image_size)
+    return predecode.start(config.data, preprocessing, process_age=process_seconds()) is not None
 
 
 def pretrain(
@@ -433,7 +461,7 @@ def pretrain(
         features as a denoising autoencoder (:mod:`graft.pretraining.self_taught`).
     """
     from graft.image.backbones import stage_names
-    from graft.image.backbones.small import DEFAULT_ARCHITECTURE
+    from graft.image.backbones.registry import DEFAULT_ARCHITECTURE
 
     if greedy_epochs is not None and not greedy:
         raise ConfigError("--greedy-epochs only applies with --greedy", hint="add --greedy, or drop --greedy-epochs")

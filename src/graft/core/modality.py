@@ -122,6 +122,10 @@ class Modality(Protocol):
     def thumbnail(self, path: str) -> str | None:
         """A small picture of one example for the report, as a ``data:`` URI (None when there is none)."""
 
+    def startup_work(self) -> dict[str, Any] | None:
+        """What was done ahead while the command started (images decoded during the imports), for the run's
+        metrics; None when nothing was."""
+
     def inference_form(self, model: Any, example: Any) -> Any:
         """A copy of ``model`` giving the same outputs (up to rounding) in the form torch runs fastest when
         nothing trains (``graft serve`` from a run folder)."""
@@ -169,6 +173,9 @@ class ModalityDefaults:
         return [path for path in items if not Path(path).is_file()]
 
     def thumbnail(self, path: str) -> str | None:
+        return None
+
+    def startup_work(self) -> dict[str, Any] | None:
         return None
 
     def inference_form(self, model: Any, example: Any) -> Any:

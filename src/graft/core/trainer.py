@@ -511,6 +511,9 @@ def _execute(
             "runtime": session.runtime.describe(),
         }
     )
+    ahead = source.startup_work()
+    if ahead is not None:
+        metrics["startup_work"] = ahead
     evaluated = time.perf_counter()
     own = kind.finish(run, state.history, metrics, dataset, model, objective, title, inputs)
     worst = [entry["file"] for split in ("valid", "test") for entry in metrics.get(split, {}).get("worst", [])]
@@ -541,6 +544,7 @@ def _execute(
         "cached": inputs.description["cached"],
         "runtime": metrics["runtime"],
         **({"floor": metrics["floor"]} if "floor" in metrics else {}),
+        **({"startup_work": metrics["startup_work"]} if "startup_work" in metrics else {}),
     }
     if not quiet:
         stderr.print(

@@ -10,6 +10,11 @@ from graft.core.reproducibility import item_seed, seeded
 from graft.image.data import load_image
 
 
+def label_of(label):
+    """A class index as it is; one label per task as a float32 row (NaN = missing), collated to (batch, tasks)."""
+    return label if isinstance(label, int) else torch.tensor(label, dtype=torch.float32)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """(path, label) pairs decoded and transformed on access, for a torch DataLoader. A label is a class
     index, or a list of one value per task (multi-task runs).
@@ -40,9 +45,28 @@ class ImageDataset(torch.utils.data.Dataset):
         round_, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.items[index]
         image = load_image(path)
-        if not isinstance(label, int):  # one label per task: a float32 row (NaN = missing), collated to (batch, tasks)
-            label = torch.tensor(label, dtype=torch.float32)
+        label = label_of(label)
         if self.seed is None:
             return self.transform(image), label
         with seeded(item_seed(self.seed, round_, self.image_keys[index])):
             return self.transform(image), label
+
+
+class PredecodedImages(torch.utils.data.Dataset):
+    """An :class:`ImageDataset` of clean views whose images, where a start-up child decoded them already
+    (:mod:`graft.image.predecode`), come from there: the same uint8 pixels, without decoding them again."""
+
+    def __init__(self, images: ImageDataset, predecoded):
+        self.images = images
+        self.predecoded = predecoded
+        self.items = images.items
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        pixels = self.predecoded.pixels_of(self.items[index][0])
+        if pixels is None:
+            return self.images[key]
+        return torch.from_numpy(pixels), label_of(self.items[index][1])

@@ -16,6 +16,7 @@ from graft.console import progress_task
 from graft.core.inputs import make_loader, whole_batches
 from graft.core.model import TransferModel
 from graft.core.reproducibility import EpochSampler
+from graft.image import predecode
 from graft.image.backbones.folding import fold_batchnorm
 from graft.image.decoded import ImageDataset
 from graft.image.preprocessing import Preprocessing
@@ -181,7 +182,8 @@ def frozen_pass(
 ) -> Iterator[np.ndarray]:
     """Activations of stages ``[0, stop)`` for the images ``items`` in order: the clean view
     (``preprocessing.eval_transform``), or augmented view number ``round_`` (``train_transform``,
-    seeded per image from ``(seed, round_, key)``). ``workers``: processes (default :func:`forward_workers`)."""
+    seeded per image from ``(seed, round_, key)``). ``workers``: processes (default :func:`forward_workers`).
+    Clean views that the start-up child decoded already (:mod:`graft.image.predecode`) are taken from it."""
     workers = forward_workers() if workers is None else workers
     transform = (
         preprocessing.eval_transform(normalize=False)
@@ -189,6 +191,11 @@ def frozen_pass(
         else preprocessing.train_transform(normalize=False)
     )
     subset = ImageDataset(list(items), transform, seed=None if round_ is None else seed, image_keys=keys)
+    predecoded = predecode.running()
+    if predecoded is not None and round_ is None:
+        predecoded.stop()  # from here the pass's own workers decode what the child did not reach
+        if predecoded.matches(preprocessing):
+            subset = predecoded.serving(subset)
     sampler = None
     if round_ is not None:
         sampler = EpochSampler(len(subset), seed, shuffle=False)

@@ -118,6 +118,12 @@ class ImageModality(ModalityDefaults):
 
         return with_explicit_padding(self.inference_form(model, example))
 
+    def startup_work(self) -> dict[str, Any] | None:
+        from graft.image import predecode
+
+        predecoded = predecode.running()
+        return None if predecoded is None else predecoded.describe()
+
     def thumbnail(self, path: str) -> str | None:
         import base64
         import io

@@ -1,18 +1,19 @@
 """How images become tensors for a given backbone: size, crop, interpolation, mean/std.
 
 A :class:`Preprocessing` travels with the weights (timm's ``pretrained_cfg`` idea) and is written
-into every run, so a model is always fed the way it was trained.
+into every run, so a model is always fed the way it was trained. Reading one imports neither torch nor
+timm (start-up decodes images while they load: :mod:`graft.image.predecode`); the transforms import them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
-
-import torch
-from timm.data import create_transform
+from typing import TYPE_CHECKING, Any
 
 from graft.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 # Names the augmentation below; part of the activation-cache key of augmented views, so change it
 # whenever ``train_transform`` changes.
@@ -70,6 +71,8 @@ class Preprocessing:
     def eval_transform(self, normalize: bool = True):
         """Resize, centre-crop and normalise, exactly as the weights were evaluated.
         ``normalize=False`` stops at uint8 pixels (C, H, W): batches of them go through :meth:`normalize_batch`."""
+        from timm.data import create_transform
+
         return create_transform(
             input_size=self.input_size,
             is_training=False,
@@ -83,6 +86,8 @@ class Preprocessing:
     def train_transform(self, normalize: bool = True):
         """Mild augmentation for small data: random crops that keep most of the object, flips, light colour jitter.
         ``normalize=False``: uint8 pixels, as in :meth:`eval_transform`."""
+        from timm.data import create_transform
+
         return create_transform(
             input_size=self.input_size,
             is_training=True,
@@ -103,6 +108,8 @@ class Preprocessing:
         re-laying out image by image (~5% of EfficientNet-Lite0's forward pass). The batch stays
         (N, C, H, W)-contiguous: a channels-last first convolution takes it at the same speed and
         gives the same numbers, and normalising in channels-last order would be 6x slower."""
+        import torch
+
         mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1)
         return pixels.to(torch.get_default_dtype()).div_(255).sub_(mean).div_(std)

@@ -54,7 +54,7 @@ def parse_sources(text: str, scratch_arch: str | None = None) -> list[Source]:
     (default: extract for pretrained sources; scratch always trains everything)."""
     from graft.core.config import DEFAULT_BACKBONE
     from graft.core.source_runs import is_run_folder, resolve_source
-    from graft.image.backbones.small import DEFAULT_ARCHITECTURE
+    from graft.image.backbones.registry import DEFAULT_ARCHITECTURE
 
     sources = []
     entries = [entry.strip() for entry in text.split(",") if entry.strip()]

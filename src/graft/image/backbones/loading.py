@@ -22,8 +22,8 @@ from torch import nn
 from graft.core.weights import LoadReport, read_state_dict
 from graft.errors import BackboneError
 from graft.fileio import sha256_file
-from graft.image.backbones.registry import get_spec, unknown_backbone_error
-from graft.image.backbones.small import ARCHITECTURES
+from graft.image.backbones import small  # noqa: F401  (registers graft_cnn and graft_resnet with timm)
+from graft.image.backbones.registry import ARCHITECTURES, get_spec, unknown_backbone_error
 from graft.image.backbones.stages import split_into_stages
 from graft.image.preprocessing import Preprocessing
 

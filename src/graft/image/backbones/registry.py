@@ -3,6 +3,9 @@
 A :class:`BackboneSpec` says which timm architecture a backbone is, where its weights come from
 (a pip package that ships them, so graft works offline), their sha256, licence and preprocessing.
 Model families register their specs in their own module (``efficientnet_lite.py``, ``mobilenet.py``).
+The specs are data: reading them imports neither torch nor timm, so a command can know a backbone's
+preprocessing while those load (:mod:`graft.image.predecode`); :mod:`graft.image.backbones.loading`
+builds the networks.
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from graft.errors import BackboneError
-from graft.image.backbones.small import ARCHITECTURES
 from graft.image.preprocessing import Preprocessing
 
-StateDictConverter = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+if TYPE_CHECKING:
+    import torch
+
+StateDictConverter = Callable[[dict[str, "torch.Tensor"], dict[str, "torch.Tensor"]], dict[str, "torch.Tensor"]]
+
+# The small networks to pre-train on a CPU (``graft pretrain --arch``), defined in
+# :mod:`graft.image.backbones.small`; named here so that listing them imports no network code.
+ARCHITECTURES = {
+    "graft_cnn": "plain CNN: 3x3 convolutions, BatchNorm, ReLU, max-pooling; 32-64-128-256 channels",
+    "graft_resnet": "small ResNet: a 3x3 stem, one residual BasicBlock per stage; 32-64-128-256 channels",
+}
+DEFAULT_ARCHITECTURE = "graft_cnn"
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,6 @@ PRETRAINED_CFG = {
     "std": (0.5, 0.5, 0.5),
     "crop_pct": 1.0,
 }
-ARCHITECTURES = {
-    "graft_cnn": "plain CNN: 3x3 convolutions, BatchNorm, ReLU, max-pooling; 32-64-128-256 channels",
-    "graft_resnet": "small ResNet: a 3x3 stem, one residual BasicBlock per stage; 32-64-128-256 channels",
-}
-DEFAULT_ARCHITECTURE = "graft_cnn"
 
 
 def conv_bn_relu(inputs: int, outputs: int) -> list[nn.Module]:
