@@ -122,9 +122,9 @@ class Modality(Protocol):
     def thumbnail(self, path: str) -> str | None:
         """A small picture of one example for the report, as a ``data:`` URI (None when there is none)."""
 
-    def startup_work(self) -> dict[str, Any] | None:
-        """What was done ahead while the command started (images decoded during the imports), for the run's
-        metrics; None when nothing was."""
+    def pass_notes(self) -> dict[str, Any] | None:
+        """What the frozen passes since the last call did their own way (images decoded during start-up, the
+        runtime that ran them), for the run's metrics; None when there is nothing to say. Clears them."""
 
     def inference_form(self, model: Any, example: Any) -> Any:
         """A copy of ``model`` giving the same outputs (up to rounding) in the form torch runs fastest when
@@ -175,7 +175,7 @@ class ModalityDefaults:
     def thumbnail(self, path: str) -> str | None:
         return None
 
-    def startup_work(self) -> dict[str, Any] | None:
+    def pass_notes(self) -> dict[str, Any] | None:
         return None
 
     def inference_form(self, model: Any, example: Any) -> Any:

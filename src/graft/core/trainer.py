@@ -511,9 +511,9 @@ def _execute(
             "runtime": session.runtime.describe(),
         }
     )
-    ahead = source.startup_work()
-    if ahead is not None:
-        metrics["startup_work"] = ahead
+    notes = source.pass_notes()
+    if notes is not None:
+        metrics["frozen_pass"] = notes
     evaluated = time.perf_counter()
     own = kind.finish(run, state.history, metrics, dataset, model, objective, title, inputs)
     worst = [entry["file"] for split in ("valid", "test") for entry in metrics.get(split, {}).get("worst", [])]
@@ -544,7 +544,7 @@ def _execute(
         "cached": inputs.description["cached"],
         "runtime": metrics["runtime"],
         **({"floor": metrics["floor"]} if "floor" in metrics else {}),
-        **({"startup_work": metrics["startup_work"]} if "startup_work" in metrics else {}),
+        **({"frozen_pass": metrics["frozen_pass"]} if "frozen_pass" in metrics else {}),
     }
     if not quiet:
         stderr.print(

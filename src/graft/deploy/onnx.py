@@ -15,12 +15,10 @@ size (or clip length) is the run's (graft's static "same" padding is what makes 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,12 @@ from torch import nn
 
 from graft.core.inputs import make_loader
 from graft.core.modality import FLOAT_ONLY
+from graft.core.onnx_graph import ATOL, RTOL, close_enough, torch_onnx
 from graft.core.run_files import MANIFEST, first_split
 from graft.core.runs import TrainedRun
 from graft.deploy.outputs import UserOutputs, output_labels, output_names
 from graft.errors import ConfigError, GraftError
 from graft.fileio import atomic_write_bytes, read_json
-
-RTOL, ATOL = 1e-3, 1e-5
-OPSET = 17
 
 
 class ExportError(GraftError, RuntimeError):
@@ -84,24 +80,6 @@ def gated_onnx(trained: TrainedRun, samples: int = 64, batch_size: int = 16) -> 
             hint="report it with the run's config.json; the run itself is unaffected",
         )
     return data, {"format": "onnx", "outputs": names, "parity": parity}
-
-
-def torch_onnx(module: nn.Module, example: torch.Tensor, names: list[str], input_name: str = "input") -> bytes:
-    """``module`` exported by torch's exporter as graft uses it everywhere: a dynamic batch axis, opset 17."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes about the static padding's constant shape check
-        torch.onnx.export(
-            module.eval(),
-            (example,),
-            buffer,
-            input_names=[input_name],
-            output_names=names,
-            dynamic_axes={input_name: {0: "batch"}, **{name: {0: "batch"} for name in names}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return buffer.getvalue()
 
 
 def _int8(
@@ -296,7 +274,7 @@ def _parity(
         for want, have in zip(expected, got):
             want = want.numpy()
             worst = max(worst, float(np.abs(want - have).max()))
-            close = close and bool(np.allclose(have, want, rtol=RTOL, atol=ATOL))
+            close = close and close_enough(have, want)
             if want.ndim == 2:
                 agree += int((want.argmax(1) == have.argmax(1)).sum())
                 compared += len(want)

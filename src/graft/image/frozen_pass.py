@@ -1,7 +1,8 @@
 """The image frozen pass: decode, normalise and run the frozen stages, whole batches at a time, with
 BatchNorm folded into the convolutions. On the CPU each worker process (one single-threaded process per
 core) decodes and runs its own batches; on a GPU worker processes decode into pinned memory and this
-process runs large batches on the GPU. The activation cache (:func:`graft.core.inputs.frozen_rows`)
+process runs large batches on the GPU. On a CPU the frozen part runs on ONNX Runtime where that passes the
+export's parity gate (:mod:`graft.image.onnx_pass`). The activation cache (:func:`graft.core.inputs.frozen_rows`)
 stores what it returns."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from graft.core.reproducibility import EpochSampler
 from graft.image import predecode
 from graft.image.backbones.folding import fold_batchnorm
 from graft.image.decoded import ImageDataset
+from graft.image.onnx_pass import OnnxPass, onnx_pass
 from graft.image.preprocessing import Preprocessing
 from graft.perf import usable_cores
 
@@ -26,6 +28,8 @@ from graft.perf import usable_cores
 # 1x1 convolutions on one thread through oneDNN instead of its slower native path (folded
 # EfficientNet-Lite0: 12.8 ms an image at 8, 11.4 at 16); the cost is ~100 MB more per worker.
 FORWARD_BATCH = 16
+# Images the ONNX Runtime form of the frozen part is checked on against torch before a pass uses it.
+PARITY_EXAMPLES = 8
 # Worker processes of the frozen pass, at most: each holds its own activations.
 MAX_FORWARD_WORKERS = 8
 # Images per forward call on a GPU: large enough that kernel launches are not what a batch waits on, small
@@ -60,13 +64,19 @@ class FrozenForward(torch.utils.data.Dataset):
         stop: int,
         preprocessing: Preprocessing,
         device: torch.device | None = None,
+        threads: int = 1,
     ):
         self.pixels = pixels
         self.preprocessing = preprocessing
         self.device = torch.device("cpu") if device is None else device
         self.frozen, self.folded = model.prefix(stop).eval(), 0
+        self.onnx: OnnxPass | None = None
+        self.runtime = {"runtime": "torch"}
         if len(pixels):
-            self.frozen, self.folded = fold_batchnorm(self.frozen, self.inputs([0]).to(self.device))
+            examples = self.inputs(list(range(min(len(pixels), PARITY_EXAMPLES)))).to(self.device)
+            self.frozen, self.folded = fold_batchnorm(self.frozen, examples[:1])
+            if self.device.type == "cpu":
+                self.onnx, self.runtime = onnx_pass(self.frozen, examples, threads)
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -78,6 +88,8 @@ class FrozenForward(torch.utils.data.Dataset):
     def run(self, pixels: torch.Tensor) -> np.ndarray:
         """The activations of a batch of uint8 images (N, C, H, W), on any device."""
         inputs = self.preprocessing.normalize_batch(pixels.to(self.device, non_blocking=True))
+        if self.onnx is not None:
+            return self.onnx.run(inputs.numpy())
         with torch.inference_mode():
             return self.frozen(inputs).float().cpu().contiguous().numpy()
 
@@ -123,7 +135,10 @@ def forward_batches(
     this process, on torch's threads). On a CUDA ``device`` the workers only decode and the stages run
     in this process on the GPU (a forked worker cannot use CUDA): see :func:`decode_there_run_here`."""
     order = sampler if sampler is not None else range(len(pixels))
-    forward = FrozenForward(model, pixels, stop, preprocessing, device)
+    forward = FrozenForward(
+        model, pixels, stop, preprocessing, device, threads=1 if workers else torch.get_num_threads()
+    )
+    notes["runtime"] = forward.runtime
     if forward.device.type == "cuda":
         batches = decode_there_run_here(forward, order, decode_workers(), GPU_FORWARD_BATCH)
     else:
@@ -136,6 +151,10 @@ def forward_batches(
                 advance(len(outputs))
         finally:
             batches.close()
+
+
+# What the last pass did its own way (images decoded during start-up, the runtime), for the run's metrics.
+notes: dict[str, Any] = {}
 
 
 def drained(loader: torch.utils.data.DataLoader, each=None) -> Iterator:
@@ -194,6 +213,7 @@ def frozen_pass(
     predecoded = predecode.running()
     if predecoded is not None and round_ is None:
         predecoded.stop()  # from here the pass's own workers decode what the child did not reach
+        notes["decoded_ahead"] = predecoded.describe()
         if predecoded.matches(preprocessing):
             subset = predecoded.serving(subset)
     sampler = None

@@ -118,11 +118,12 @@ class ImageModality(ModalityDefaults):
 
         return with_explicit_padding(self.inference_form(model, example))
 
-    def startup_work(self) -> dict[str, Any] | None:
-        from graft.image import predecode
+    def pass_notes(self) -> dict[str, Any] | None:
+        from graft.image import frozen_pass as image_pass
 
-        predecoded = predecode.running()
-        return None if predecoded is None else predecoded.describe()
+        taken = dict(image_pass.notes)
+        image_pass.notes.clear()
+        return taken or None
 
     def thumbnail(self, path: str) -> str | None:
         import base64
