@@ -31,12 +31,18 @@ def test_the_exported_graph_is_used_only_after_the_gate_and_kept_for_the_next_pa
     others = torch.randn(3, 3, 16, 16)  # a batch of another size: the batch axis is dynamic
     with torch.no_grad():
         assert close_enough(chosen.run(others.numpy()), network(others).numpy())
-    again, note = onnx_pass.onnx_pass(network, examples, threads=1)
+    again, note = onnx_pass.onnx_pass(network, examples, threads=1, images=onnx_pass.REUSE_FROM_IMAGES)
     assert again.path == chosen.path and note["exported"] is False
+    few, note = onnx_pass.onnx_pass(network, examples, threads=1, images=onnx_pass.REUSE_FROM_IMAGES - 1)
+    assert few is None and "too few" in note["why"]
     with torch.no_grad():  # other weights are another file, never the stale one
         network[0].weight.add_(1.0)
     changed, _ = onnx_pass.onnx_pass(network, examples, threads=1)
     assert changed.path != chosen.path
+    with torch.no_grad():
+        network[0].weight.add_(1.0)  # not exported yet: a pass too small to pay for the export leaves it undone
+    unexported, note = onnx_pass.onnx_pass(network, examples, threads=1, images=onnx_pass.EXPORT_FROM_IMAGES - 1)
+    assert unexported is None and "too few" in note["why"] and len(list((tmp_path / "onnx").glob("*"))) == 2
 
 
 def test_a_graph_that_fails_the_gate_or_the_export_leaves_the_pass_on_torch(tmp_path, monkeypatch):
@@ -61,6 +67,7 @@ def test_a_graph_that_fails_the_gate_or_the_export_leaves_the_pass_on_torch(tmp_
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_frozen_pass_on_onnx_runtime_gives_torchs_activations(tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(onnx_pass, "EXPORT_FROM_IMAGES", 1)  # 12 images would not pay for it in a real run
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     size = 64
     model = build_transfer_model(loaded.model, "linear", 3, input_size=size).eval()

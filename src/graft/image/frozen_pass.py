@@ -20,7 +20,7 @@ from graft.core.reproducibility import EpochSampler
 from graft.image import predecode
 from graft.image.backbones.folding import fold_batchnorm
 from graft.image.decoded import ImageDataset
-from graft.image.onnx_pass import OnnxPass, onnx_pass
+from graft.image.onnx_pass import ORT_BATCH, OnnxPass, onnx_pass
 from graft.image.preprocessing import Preprocessing
 from graft.perf import usable_cores
 
@@ -76,7 +76,8 @@ class FrozenForward(torch.utils.data.Dataset):
             examples = self.inputs(list(range(min(len(pixels), PARITY_EXAMPLES)))).to(self.device)
             self.frozen, self.folded = fold_batchnorm(self.frozen, examples[:1])
             if self.device.type == "cpu":
-                self.onnx, self.runtime = onnx_pass(self.frozen, examples, threads)
+                self.onnx, self.runtime = onnx_pass(self.frozen, examples, threads, images=len(pixels))
+        self.batch_size = FORWARD_BATCH if self.onnx is None else ORT_BATCH
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -142,7 +143,7 @@ def forward_batches(
     if forward.device.type == "cuda":
         batches = decode_there_run_here(forward, order, decode_workers(), GPU_FORWARD_BATCH)
     else:
-        keys = torch.utils.data.BatchSampler(order, FORWARD_BATCH, drop_last=False)
+        keys = torch.utils.data.BatchSampler(order, forward.batch_size, drop_last=False)
         batches = drained(make_loader(forward, None, workers, keys, collate_fn=whole_batches))
     with progress_task(progress, description, len(pixels)) as advance:
         try:
