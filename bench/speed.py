@@ -463,24 +463,10 @@ def repeat_ten_thousand(rounds: int) -> None:
 
 
 def cpu_description() -> dict:
-    """The CPU's name, cores and the vector-instruction flags that decide torch's kernels."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
-    return {
-        "name": name,
-        "cores": os.cpu_count(),
-        "flags": sorted(flag for flag in wanted if flag in flags),
-        "isa_cap": CAPPED_ISA or None,
-    }
+    """The CPU's name, cores and vector-instruction flags (:func:`graft.perf.cpu_description`), and the cap."""
+    from graft.perf import cpu_description as described
+
+    return {**described(), "isa_cap": CAPPED_ISA or None}
 
 
 def subset(source: Path, images: int) -> Path:

@@ -2,6 +2,8 @@
 once and kept, refused with a reason (and the pass left on torch) when the graph fails the gate or does not
 export, and giving the activations torch gives to the gate's tolerance in a real frozen pass."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,11 @@ def test_the_exported_graph_is_used_only_after_the_gate_and_kept_for_the_next_pa
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
     network, examples = _small_network(), torch.randn(4, 3, 16, 16)
     chosen, note = onnx_pass.onnx_pass(network, examples, threads=1)
-    assert chosen is not None and note["runtime"] == "onnxruntime" and note["exported"] is True
+    if chosen is None:  # this CPU runs the tiny network faster on torch: what the rates say decided it
+        assert note["why"] == "torch is faster on this CPU"
+        monkeypatch.setattr(onnx_pass, "_rates", lambda *args: {"torch": 1.0, "onnxruntime": 2.0})
+        chosen, note = onnx_pass.onnx_pass(network, examples, threads=1)
+    assert chosen is not None and note["runtime"] == "onnxruntime"
     assert note["checked_on"] == 4 and note["max_abs_diff"] < 1e-5
     assert list((tmp_path / "onnx").glob("*.onnx")) == [chosen.path]
     others = torch.randn(3, 3, 16, 16)  # a batch of another size: the batch axis is dynamic
@@ -42,7 +48,25 @@ def test_the_exported_graph_is_used_only_after_the_gate_and_kept_for_the_next_pa
     with torch.no_grad():
         network[0].weight.add_(1.0)  # not exported yet: a pass too small to pay for the export leaves it undone
     unexported, note = onnx_pass.onnx_pass(network, examples, threads=1, images=onnx_pass.EXPORT_FROM_IMAGES - 1)
-    assert unexported is None and "too few" in note["why"] and len(list((tmp_path / "onnx").glob("*"))) == 2
+    assert unexported is None and "too few" in note["why"] and len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+
+
+def test_the_faster_runtime_runs_the_pass_measured_once_per_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
+    network, examples = _small_network(), torch.randn(4, 3, 16, 16)
+    chosen, note = onnx_pass.onnx_pass(network, examples, threads=1)
+    rates = note["images_per_second"]
+    assert set(rates) == {"torch", "onnxruntime"} and all(rate > 0 for rate in rates.values())
+    assert (chosen is not None) == (rates["onnxruntime"] > rates["torch"])
+    memos = list((tmp_path / "onnx").glob("*-1t.json"))
+    assert len(memos) == 1 and json.loads(memos[0].read_text()) == rates
+    memos[0].write_text(json.dumps({"torch": 10.0, "onnxruntime": 5.0}))  # what this CPU measured before
+    chosen, note = onnx_pass.onnx_pass(network, examples, threads=1)
+    assert chosen is None and note["why"] == "torch is faster on this CPU"
+    assert note["images_per_second"] == {"torch": 10.0, "onnxruntime": 5.0}
+    memos[0].write_text(json.dumps({"torch": 5.0, "onnxruntime": 10.0}))
+    chosen, note = onnx_pass.onnx_pass(network, examples, threads=1)
+    assert chosen is not None and note["runtime"] == "onnxruntime"
 
 
 def test_a_graph_that_fails_the_gate_or_the_export_leaves_the_pass_on_torch(tmp_path, monkeypatch):
@@ -68,6 +92,7 @@ def test_a_graph_that_fails_the_gate_or_the_export_leaves_the_pass_on_torch(tmp_
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_frozen_pass_on_onnx_runtime_gives_torchs_activations(tmp_path, monkeypatch, workers):
     monkeypatch.setattr(onnx_pass, "EXPORT_FROM_IMAGES", 1)  # 12 images would not pay for it in a real run
+    monkeypatch.setattr(onnx_pass, "_rates", lambda *args: {"torch": 1.0, "onnxruntime": 2.0})  # whatever is faster
     loaded = create_backbone(TINY_BACKBONE, pretrained=False)
     size = 64
     model = build_transfer_model(loaded.model, "linear", 3, input_size=size).eval()

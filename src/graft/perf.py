@@ -104,3 +104,20 @@ def exit_without_teardown(code: object) -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
     os._exit(code or 0)
+
+
+def cpu_description() -> dict:
+    """The CPU's name, cores and the vector-instruction flags that decide torch's and ONNX Runtime's kernels
+    (what a speed measured on this machine depends on)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo").read().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+    return {"name": name, "cores": os.cpu_count(), "flags": sorted(flag for flag in wanted if flag in flags)}

@@ -1,18 +1,21 @@
-"""The frozen pass on ONNX Runtime, where it is exact enough: on a CPU it runs the folded stages of an
-EfficientNet on one thread ~1.5x faster than torch (Lite0, batch 16: 107 against 70 img/s on a 2-core
-Xeon, 2026-12-07; BENCHMARKS.md section 12).
+"""The frozen pass on ONNX Runtime, where it is exact enough and faster: on a 2-core Xeon it runs the folded
+stages of EfficientNet-Lite0 on one thread ~1.2x faster than torch (109-114 against 91 img/s, 2026-12-07;
+BENCHMARKS.md section 12). Whether it is faster on another CPU is measured there, once (below).
 
 The folded frozen part is exported once (:func:`graft.core.onnx_graph.torch_onnx`) and kept in
 ``default_cache_dir()/onnx/``, named by a digest of its structure and weights, so the next run of the same
 backbone skips the export. Before a pass uses it, ONNX Runtime's activations of the pass's first images must
 pass the export's parity gate against torch's (:func:`graft.core.onnx_graph.close_enough`); a graph that
-fails, or a network that does not export, leaves the pass on torch, and the run's metrics say which ran and
-why. ``GRAFT_FROZEN_RUNTIME=torch`` keeps every pass on torch.
+fails, or a network that does not export, leaves the pass on torch. Then both runtimes time those images on
+the pass's thread count, and the faster one runs the pass; the rates are kept beside the graph, per CPU, so
+this is measured once. The run's metrics say which ran and why. ``GRAFT_FROZEN_RUNTIME=torch`` keeps every
+pass on torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +26,8 @@ import torch
 from torch import nn
 
 from graft.core.onnx_graph import OPSET, close_enough, torch_onnx
-from graft.fileio import atomic_write_bytes, default_cache_dir
+from graft.fileio import atomic_write_bytes, atomic_write_json, default_cache_dir
+from graft.perf import cpu_description
 
 OPT_OUT = "GRAFT_FROZEN_RUNTIME"
 INPUT, OUTPUT = "input", "activations"
@@ -34,6 +38,8 @@ ORT_BATCH = 8
 # and for checking a kept graph against torch (~0.2 s) from about this many (the runtime saves ~20% of the
 # forward pass, ~1 ms an image on 2 cores).
 EXPORT_FROM_IMAGES, REUSE_FROM_IMAGES = 500, 200
+# Timed calls of each runtime on the gate's images when a CPU is first measured (the shortest counts).
+TIMED_RUNS = 3
 
 
 class OnnxPass:
@@ -93,10 +99,56 @@ def onnx_pass(
         return None, {"runtime": "torch", "why": f"ONNX Runtime cannot run the exported graph ({type(error).__name__})"}
     difference = float(np.abs(have - want).max()) if have.shape == want.shape else float("inf")
     note = {"max_abs_diff": difference, "checked_on": len(examples), "exported": exported}
-    candidate.close()
     if not close_enough(have, want):
+        candidate.close()
         return None, {"runtime": "torch", "why": "ONNX Runtime's activations fail the parity gate", **note}
-    return candidate, {"runtime": "onnxruntime", "seconds": time.perf_counter() - began, **note}
+    rates = _rates(folded, candidate, examples, threads)
+    candidate.close()
+    note |= {"images_per_second": rates, "seconds": time.perf_counter() - began}
+    if rates["onnxruntime"] <= rates["torch"]:
+        return None, {"runtime": "torch", "why": "torch is faster on this CPU", **note}
+    return candidate, {"runtime": "onnxruntime", **note}
+
+
+def _rates(folded: nn.Module, candidate: OnnxPass, examples: torch.Tensor, threads: int) -> dict[str, float]:
+    """Images a second of torch and of ONNX Runtime on ``examples`` with ``threads`` threads each, as the pass
+    would run them: measured once per CPU, graph and thread count, and kept beside the graph."""
+    memo = candidate.path.with_name(f"{candidate.path.stem}-{_cpu_tag()}-{threads}t.json")
+    try:
+        known = json.loads(memo.read_text())
+        if set(known) == {"torch", "onnxruntime"} and all(isinstance(v, (int, float)) for v in known.values()):
+            return known
+    except (OSError, ValueError):
+        pass
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            torch_seconds = _best_of(TIMED_RUNS, lambda: folded(examples))
+    finally:
+        torch.set_num_threads(previous)
+    inputs = examples.numpy()
+    ort_seconds = _best_of(TIMED_RUNS, lambda: candidate.run(inputs))
+    rates = {"torch": len(examples) / torch_seconds, "onnxruntime": len(examples) / ort_seconds}
+    atomic_write_json(memo, rates)
+    return rates
+
+
+def _best_of(runs: int, work) -> float:
+    """The shortest of ``runs`` timed calls of ``work``, after one untimed call (first calls prepare kernels)."""
+    work()
+    seconds = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - began)
+    return min(seconds)
+
+
+def _cpu_tag() -> str:
+    """Names the CPU a speed was measured on: its name, cores and vector instructions."""
+    described = cpu_description()
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _session(path: Path, threads: int):
