@@ -7,6 +7,9 @@ offline from package registries; nothing is kept in the repository:
   joined into the usual 60k, and test 10k), 28 x 28 uint8.
 - ``animal-mnist.npz``: the ``animal-mnist`` wheel's 10k silhouettes, 10 classes (a seeded 80/20 split).
 - ``digits.npz``: scikit-learn's 1,797 8 x 8 digits (values 0-16 scaled to 0-255), a seeded 1,000 / 797 split.
+- ``mnist8.npz``: MNIST drawn the way scikit-learn's digits were made (NIST's preprocessing: the digit's
+  bitmap at 32 x 32, the number of ink pixels in each 4 x 4 block, 0-16, scaled to 0-255): a source of the
+  target's own input kind (issue 17, section 10 of BENCHMARKS.md).
 - Fashion-MNIST needs no conversion: graft reads the Debian package's IDX files
   (``/usr/share/datasets/fashion-mnist``).
 
@@ -59,6 +62,19 @@ def to_uint8(images: np.ndarray, side: int) -> np.ndarray:
     return np.clip(np.round(images * scale), 0, 255).astype(np.uint8)
 
 
+def nist_8x8(images: np.ndarray) -> np.ndarray:
+    """28 x 28 MNIST digits as 8 x 8 counts of ink like scikit-learn's digits: the central 20 x 20 box (where
+    MNIST centres each digit) resized to a 32 x 32 bitmap, then the ink pixels of each 4 x 4 block (0-16)."""
+    from PIL import Image
+
+    out = np.empty((len(images), 8, 8), np.uint8)
+    for index, image in enumerate(images):
+        box = Image.fromarray(image[4:24, 4:24]).resize((32, 32), Image.BILINEAR)
+        ink = (np.asarray(box) > 127).reshape(8, 4, 8, 4).sum(axis=(1, 3))
+        out[index] = ink * 255 // 16
+    return out
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as downloads:
@@ -101,7 +117,9 @@ def main(out: Path) -> None:
         x_test=images[order[1000:]],
         y_test=digits.target[order[1000:]].astype(np.int64),
     )
-    for name in ("mnist", "animal-mnist", "digits"):
+    with np.load(out / "mnist.npz") as data:
+        np.savez_compressed(out / "mnist8.npz", **{k: nist_8x8(v) if k.startswith("x") else v for k, v in data.items()})
+    for name in ("mnist", "animal-mnist", "digits", "mnist8"):
         with np.load(out / f"{name}.npz") as data:
             print(name, {key: data[key].shape for key in data.files})
 
