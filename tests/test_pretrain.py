@@ -105,6 +105,11 @@ def test_pretrain_greedy_then_the_run_is_a_backbone(tmp_path, array_file, monkey
     )
     stages = [key for key in source if key.startswith("stages.")]
     assert stages and all(np.array_equal(source[key].numpy(), target[key].numpy()) for key in stages)
+    from graft.core.advisor import advise  # graft advise measures the target against the run's stages too
+
+    advice = advise(array_file, backbone=str(tmp_path / "source"), per_class=4).to_dict()
+    assert advice["evidence"]["stages"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert advice["plan"]["mode"] in ("extract", "finetune") and 0 <= advice["similarity"] <= 1
     shutil.rmtree(tmp_path / "source")
     assert graft.evaluate(tmp_path / "target", array_file)["accuracy"] >= 0.6
 
