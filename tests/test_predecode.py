@@ -18,6 +18,7 @@ from graft.errors import DataError
 from graft.image import predecode
 from graft.image.decoded import ImageDataset
 from graft.image.preprocessing import Preprocessing
+from graft.perf import usable_cores
 from tests.conftest import make_image
 
 PREPROCESSINGS = [
@@ -126,3 +127,26 @@ def test_a_train_run_caches_the_same_activations_with_and_without_decoding_durin
     for ahead, plain in zip(chunks["ahead"], chunks["plain"]):
         assert ahead.read_bytes() == plain.read_bytes()
     assert (runs["ahead"] / "model.safetensors").read_bytes() == (runs["plain"] / "model.safetensors").read_bytes()
+
+
+def test_a_command_alone_starts_the_child_and_one_of_several_processes_does_not(tmp_path):
+    """In a fresh process (torch not imported, as the `graft` command starts): a child decodes; with
+    WORLD_SIZE=2 (a torchrun rank, which computes only its share of the rows) none is started."""
+    make_image(tmp_path / "data" / "a" / "0.png", (200, 30, 30), seed=0)
+    script = (
+        "import sys\n"
+        "from graft.image import predecode\n"
+        "from graft.image.preprocessing import Preprocessing\n"
+        f"started = predecode.start({str(tmp_path / 'data')!r}, Preprocessing(input_size=32), process_age=None)\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('none' if started is None else 'child')\n"
+        "predecode.stop_running()\n"
+    )
+    answers = {}
+    for world in ("1", "2"):
+        environ = {k: v for k, v in os.environ.items() if k != predecode.OPT_OUT} | {"WORLD_SIZE": world}
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ)
+        assert completed.returncode == 0, completed.stderr
+        answers[world] = completed.stdout.strip()
+    expected = "child" if usable_cores() >= 2 else "none"
+    assert answers == {"1": expected, "2": "none"}

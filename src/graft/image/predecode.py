@@ -176,8 +176,9 @@ class Predecoded:
 
 def start(data: str, preprocessing: Preprocessing, *, process_age: float | None) -> Predecoded | None:
     """Fork the decoding child for the images under ``data``; None where there is nothing to gain: torch is
-    imported already (a notebook, a test: no imports left to overlap), one core, no fork, a preprocessing
-    :func:`clean_pixels` cannot reproduce, or no image files. ``process_age``: seconds since the process
+    imported already (a notebook, a test: no imports left to overlap), one core, no fork, one of several
+    processes of a run (each shards the frozen pass: a child per process would decode every image again), a
+    preprocessing :func:`clean_pixels` cannot reproduce, or no image files. ``process_age``: seconds since the process
     started (:func:`graft.perf.process_seconds`), to report when the first image was ready."""
     global _running
     import sys
@@ -186,6 +187,8 @@ def start(data: str, preprocessing: Preprocessing, *, process_age: float | None)
 
     stop_running()
     if os.environ.get(OPT_OUT) == "0" or "torch" in sys.modules or not hasattr(os, "fork") or usable_cores() < 2:
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         return None
     if not can_predecode(preprocessing) or not os.path.isdir(data):
         return None
