@@ -20,6 +20,7 @@ import mmap
 import os
 import struct
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,8 +46,10 @@ _FILTERS = {
 }
 # Per image one status byte: not yet, decoded, or failed (the pass then decodes it and reports the problem).
 _PENDING, _READY, _FAILED = 0, 1, 2
-# After the status bytes: a stop flag the parent sets, and the child's clock when its first image was ready.
+# After the status bytes: a stop flag the parent sets, then the child's clock when its first image was ready
+# (written on its own, never over the flag).
 _HEADER = struct.Struct("<Bd")
+_STAMP = struct.Struct("<d")
 
 _running: Predecoded | None = None
 
@@ -109,6 +112,7 @@ class Predecoded:
     def run_child(self, parent: int) -> None:
         """The child's work: decode every image in order, until done, told to stop, or ``parent`` is gone
         (killed: nobody will read the images)."""
+        warnings.simplefilter("ignore")  # the pass decodes a problem file again and reports it there, once
         first = True
         for slot, path in enumerate(self.paths):
             if self.status[len(self.paths)] or os.getppid() != parent:
@@ -122,7 +126,7 @@ class Predecoded:
             self.pixels[start : start + self.image_bytes] = pixels.tobytes()
             self.status[slot] = _READY
             if first:
-                _HEADER.pack_into(self.status, len(self.paths), 0, time.monotonic())
+                _STAMP.pack_into(self.status, len(self.paths) + 1, time.monotonic())
                 first = False
 
     def stop(self) -> None:
