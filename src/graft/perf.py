@@ -111,7 +111,9 @@ def cpu_description() -> dict:
     (what a speed measured on this machine depends on)."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in open("/proc/cpuinfo").read().splitlines():
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.read().splitlines()
+        for line in lines:
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 name = value.strip()

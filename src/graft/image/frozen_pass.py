@@ -30,6 +30,8 @@ from graft.perf import usable_cores
 FORWARD_BATCH = 16
 # Images the ONNX Runtime form of the frozen part is checked on against torch before a pass uses it.
 PARITY_EXAMPLES = 8
+# What the last pass did its own way (images decoded during start-up, the runtime), for the run's metrics.
+notes: dict[str, Any] = {}
 # Worker processes of the frozen pass, at most: each holds its own activations.
 MAX_FORWARD_WORKERS = 8
 # Images per forward call on a GPU: large enough that kernel launches are not what a batch waits on, small
@@ -73,7 +75,8 @@ class FrozenForward(torch.utils.data.Dataset):
         self.onnx: OnnxPass | None = None
         self.runtime = {"runtime": "torch"}
         if len(pixels):
-            examples = self.inputs(list(range(min(len(pixels), PARITY_EXAMPLES)))).to(self.device)
+            wanted = PARITY_EXAMPLES if self.device.type == "cpu" else 1  # folding needs one; the gate, a few
+            examples = self.inputs(list(range(min(len(pixels), wanted)))).to(self.device)
             self.frozen, self.folded = fold_batchnorm(self.frozen, examples[:1])
             if self.device.type == "cpu":
                 self.onnx, self.runtime = onnx_pass(self.frozen, examples, threads, images=len(pixels))
@@ -152,10 +155,6 @@ def forward_batches(
                 advance(len(outputs))
         finally:
             batches.close()
-
-
-# What the last pass did its own way (images decoded during start-up, the runtime), for the run's metrics.
-notes: dict[str, Any] = {}
 
 
 def drained(loader: torch.utils.data.DataLoader, each=None) -> Iterator:

@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from graft.image.checking import load_image
+from graft.image.data import IMAGE_EXTENSIONS, load_image
 from graft.image.preprocessing import Preprocessing
 
 # Shared memory for decoded images at most (224 px: ~2,600 images): more than the imports give time to
 # decode on one core (~1.6 ms an image), and bounded so a 100,000-image folder costs no more.
 BUDGET_BYTES = 384 * 2**20
 OPT_OUT = "GRAFT_PREDECODE"  # set to 0 to decode only in the frozen pass (an A/B comparison)
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # torchvision's InterpolationMode names (what timm's transforms resize with) as Pillow's filters.
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
