@@ -11,8 +11,9 @@ probability 0.95 if it is in the top 25% of the dataset by ``--bias`` and 0.1 ot
 measured: it costs a frozen-feature classifier nothing), or ``appearance`` (the first principal component of
 the backbone's pooled features, which on these photos follows lighting, skin tone and background together),
 or ``class`` (digits 0-4 instead of the top quarter: a selection that depends on the label); the reference
-is a uniformly drawn sample of the same size. Each is ``graft train --mode extract`` evaluated on the test
-photos (seen by none of them).
+is a uniformly drawn sample of the same size. Each is ``graft train --mode extract --reweight POOL``
+evaluated on the test photos (seen by none of them); the unweighted ones with ``--weight-estimator none``,
+so every run trains and refits its head the same way and only the weights differ.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
             "biased": link(biased, args.work / f"biased-{seed}"),
             "uniform": link(uniform, args.work / f"uniform-{seed}"),
         }
+        unweighted = {"reweight": pool, "weight_estimator": "none"}  # the same run and head refit, weights all 1
         runs = {
-            "uniform sample (reference)": (folders["uniform"], {}),
-            "biased sample": (folders["biased"], {}),
+            "uniform sample (reference)": (folders["uniform"], unweighted),
+            "biased sample": (folders["biased"], unweighted),
             "biased, weighted (classifier)": (folders["biased"], {"reweight": pool, "weight_estimator": "classifier"}),
             "biased, weighted (KLIEP)": (folders["biased"], {"reweight": pool, "weight_estimator": "kliep"}),
             "biased, weighted (label shift)": (folders["biased"], {"reweight": pool, "weight_estimator": "labelshift"}),

@@ -267,10 +267,43 @@ def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
     labels = [
         label for _, label in json.loads((tmp_path / "by-class" / "manifest.json").read_text())["splits"]["train"]
     ]
+    uncorrected = graft.train(source, tmp_path / "none", reweight=target, weight_estimator="none", **options)
+    assert uncorrected["importance"]["effective_sample_size"] == pytest.approx(29)  # every weight 1
     assert by_class["importance"]["estimator"] == "labelshift"
     assert all(  # one weight per class
         len({round(w, 9) for w, y in zip(weights["train"], labels) if y == c}) == 1 for c in set(labels)
     )
+
+
+def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(domains, tmp_path, monkeypatch):
+    """Extract mode, linear head: after the loop the head is refit to convergence with every example's weight
+    (train and valid), and the saved head is that fit's."""
+    from graft.core import head_refit
+    from graft.core.head_refit import fit_logistic
+
+    fits = []
+
+    def recorded(features, labels, c, seed, sample_weight=None):
+        fitted = fit_logistic(features, labels, c, seed, sample_weight)
+        fits.append((sample_weight, fitted))
+        return fitted
+
+    monkeypatch.setattr(head_refit, "fit_logistic", recorded)
+    source, target = domains
+    run = tmp_path / "run"
+    summary = graft.train(source, run, reweight=target, weight_estimator="labelshift", backbone=TINY_BACKBONE,
+                          pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)  # fmt: skip
+    refit = json.loads((run / "metrics.json").read_text())["head_refit"]
+    assert refit["on"] == "train+valid" and refit["examples"] == 36 and summary["importance"]["examples"] == 29
+    assert len(fits) == 4  # three strengths tried on train, then the chosen one on train and valid
+    scores = refit["valid_log_loss"]
+    assert refit["kept"] == str(refit["regularisation_c"]) and scores[refit["kept"]] == min(scores.values())
+    weights = json.loads((run / "importance_weights.json").read_text())
+    last_weights, last_fit = fits[-1]
+    assert sorted(last_weights) == pytest.approx(sorted(weights["train"] + weights["valid"]))
+    saved = load_file(run / "model.safetensors")
+    head_weight = next(value for key, value in saved.items() if key.startswith("head.") and key.endswith("weight"))
+    assert np.allclose(head_weight.numpy(), last_fit.coef_, atol=1e-5)
 
 
 def test_advise_with_a_target_measures_how_far_apart_the_domains_are(domains, tmp_path, tiny_weights):  # noqa: F811

@@ -1,5 +1,6 @@
 """The modality-free core: one loop with objectives and callbacks, the runtime (device), and what it imports."""
 
+import json
 import subprocess
 import sys
 
@@ -244,3 +245,26 @@ def test_classification_metrics_agree_with_scikit_learn(seed):
         assert ours["per_class"][name] == pytest.approx(
             {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": support[i]}
         )
+
+
+def test_extract_on_small_data_refits_the_head_to_convergence_and_keeps_the_lower_validation_loss(
+    class_folder, tmp_path
+):
+    """One epoch leaves the loop's head far from the optimum: the logistic-regression refit has the lower
+    validation log-loss, is kept, and is what the run saved and evaluated; finetune runs are left as trained."""
+    import graft
+    from tests.conftest import TINY_BACKBONE
+
+    options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=1, num_workers=0, quiet=True, batch_size=8)
+    summary = graft.train(class_folder, tmp_path / "run", **options)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    refit = metrics["head_refit"]
+    scores = refit["valid_log_loss"]
+    assert set(scores) == {"0.01", "0.1", "1.0", "loop"}
+    assert refit["kept"] != "loop" and scores[refit["kept"]] == min(scores.values())
+    assert refit["on"] == "train" and refit["examples"] == 24  # 30 images less the 20% held out
+    evaluated = graft.evaluate(tmp_path / "run")  # the saved head: the refit one
+    assert evaluated["accuracy"] == pytest.approx(summary["valid_accuracy"])
+    assert metrics["valid"]["loss"] == pytest.approx(scores[refit["kept"]], rel=1e-3)
+    graft.train(class_folder, tmp_path / "tuned", mode="finetune", unfreeze=1, **options)
+    assert "head_refit" not in json.loads((tmp_path / "tuned" / "metrics.json").read_text())

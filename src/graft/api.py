@@ -307,8 +307,9 @@ def train(
         target, method, strength: domain adaptation to a folder of unlabelled ``target`` images (see :func:`adapt`).
         reweight: sample-selection bias: a folder of unlabelled images drawn like the world; each training
             example's loss is weighted by p_world(x) / p_sample(x), estimated on frozen features by
-            ``weight_estimator`` (``"classifier"``, default, or ``"kliep"``), and epochs are judged by
-            importance-weighted validation accuracy.
+            ``weight_estimator`` (``"classifier"``, default, ``"kliep"``, ``"labelshift"``, or ``"none"``: every
+            weight 1, the same run uncorrected), and epochs are judged by importance-weighted validation
+            accuracy; in extract mode with a linear head, the head is then refit with the weights.
         valid_fraction, test_fraction: held-out shares (default 0.2 for one classifier; 0.15 and 0.15
             for several tasks); limit: a seeded subset of that many images (several tasks).
 

@@ -424,8 +424,9 @@ def train(
         Optional[str],
         typer.Option(
             "--weight-estimator",
-            help="With --reweight: classifier (a domain classifier; default), kliep, or labelshift (the bias drew "
-            "some classes more often than others: the pool's class frequencies by EM).",
+            help="With --reweight: classifier (a domain classifier; default), kliep, labelshift (the bias drew "
+            "some classes more often than others: the pool's class frequencies by EM), or none (every weight 1: "
+            "the same run uncorrected, to see what the weights do).",
             rich_help_panel="Distribution shift",
         ),
     ] = None,

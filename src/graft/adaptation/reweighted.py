@@ -4,7 +4,12 @@ world. Importance weights from frozen features (:mod:`graft.adaptation.importanc
 example's loss, and the validation split is judged by importance-weighted accuracy (Sugiyama's
 importance-weighted validation), so the kept epoch is the one best for the world, not for the sample.
 
-The loop is the core one over cached rows; the targets it carries are ``[label, weight]`` pairs."""
+The loop is the core one over cached rows; the targets it carries are ``[label, weight]`` pairs. In extract
+mode with a linear head, the head is then refit to convergence with the weights (:mod:`graft.core.head_refit`),
+its L2 strength chosen by importance-weighted validation log-loss: a head stopped after a few epochs on a few
+hundred examples is far from the optimum the weights move, and weighting it changed nothing measurable
+(BENCHMARKS.md section 8). Log-loss, not accuracy: on ~70 validation examples weighted accuracy is noisy and
+picked an underfitting strength (measured: 4 points of test accuracy lost)."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from graft.core.classifier import TrainedClassifier
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
 from graft.core.evaluation import probabilities
+from graft.core.head_refit import converge_head
 from graft.core.inputs import Inputs, cached_loader, content_key
 from graft.core.modality import Modality
 from graft.core.objectives import Classification
@@ -135,7 +141,10 @@ class ReweightedKind:
         path = run / WEIGHTS_FILE
         if path.is_file():
             return read_json(path)
-        features = pooled()
+        if config.weight_estimator == "none":  # every weight 1: no features to compute
+            features = {name: np.zeros((len(splits[name]), 0)) for name in ("train", "valid", POOL)}
+        else:
+            features = pooled()
         labels = {name: np.array([label for _, label in splits[name]]) for name in ("train", "valid")}
         estimated = estimate(
             features["train"], features[POOL], features["valid"], config.weight_estimator, config.seed,
@@ -144,6 +153,15 @@ class ReweightedKind:
         weights = {"train": estimated.train.tolist(), "valid": estimated.valid.tolist(), "summary": estimated.summary()}
         run.write_json(path, weights)
         return weights
+
+    def refit_head(self, session, model: nn.Module, inputs: Inputs, dataset: Dataset) -> dict[str, Any] | None:
+        """Extract mode, linear head: the head refit with the importance weights (see the module's docstring)."""
+        config = session.config
+        if config.mode != "extract" or config.head != "linear":
+            return None
+        return converge_head(
+            model, inputs, len(dataset.classes), config.seed, session.runtime, weighted=True, include_valid=True
+        )
 
     def metrics(self, outputs, targets, dataset: Dataset, objective, split: str) -> dict[str, Any]:
         labels = np.asarray(targets)[:, 0].astype(np.int64)

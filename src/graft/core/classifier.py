@@ -20,6 +20,7 @@ from graft.core import plots
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
 from graft.core.evaluation import answer, classification_metrics, predict_probabilities, probabilities
+from graft.core.head_refit import converge_head
 from graft.core.heads import make_head
 from graft.core.inputs import default_workers, make_loader
 from graft.core.modality import Modality, modality_of
@@ -244,6 +245,16 @@ class ClassifierKind:
             "valid_accuracy": metrics["valid"]["accuracy"],
             "test_accuracy": metrics["test"]["accuracy"] if "test" in metrics else None,
         }
+
+    def refit_head(self, session, model: TransferModel, inputs, dataset: Dataset) -> dict[str, Any] | None:
+        """Extract mode with a linear head: the head refit to convergence on small data
+        (:func:`graft.core.head_refit.converge_head`); valid scores stay those of a model not fitted on them."""
+        config = session.config
+        if config.mode != "extract" or config.head != "linear":
+            return None
+        return converge_head(
+            model, inputs, len(dataset.classes), config.seed, session.runtime, weighted=False, include_valid=False
+        )
 
     def results(self, metrics: dict[str, Any]) -> str:
         return f"valid accuracy {metrics['valid']['accuracy']:.4f}" + (

@@ -29,7 +29,7 @@ HEAD_ONLY_MODES = ("extract", "fewshot")
 # Files that are text tables (graft.text reads them; the config only needs to recognise them).
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 SHARING = ("hard", "soft")
-WEIGHT_ESTIMATORS = ("classifier", "kliep", "labelshift")  # graft.adaptation.importance
+WEIGHT_ESTIMATORS = ("classifier", "kliep", "labelshift", "none")  # graft.adaptation.importance
 # Unsupervised domain adaptation methods (graft.adaptation.methods registers each; auto picks one).
 ADAPTATION_METHODS = (
     "auto",

@@ -198,8 +198,11 @@ class RunFolder:
             atomic_write_bytes(self.path / name, text.encode("utf-8"))
 
     def write_weights(self, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+        # safetensors writes several metadata keys in an order that changes from process to process: one key
+        # (as the checkpoint has) keeps the same weights the same bytes, whichever process wrote them
+        packed = {"graft": json.dumps(metadata, sort_keys=True)} if metadata else None
         with self.writing(WEIGHTS):
-            atomic_save_tensors(self.path / WEIGHTS, state, metadata)
+            atomic_save_tensors(self.path / WEIGHTS, state, packed)
 
 
 class SaveEveryEpoch(Callback):

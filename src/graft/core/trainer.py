@@ -122,7 +122,8 @@ class RunKind(Protocol):
     # ``several_processes`` (its loop may run over torchrun's processes, graft.core.distributed).
     # Optional: ``build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)``
     # for a kind whose loop is fed otherwise than by graft.core.inputs.build_inputs (domain adaptation's
-    # source and target rows in mixed batches).
+    # source and target rows in mixed batches). ``refit_head(session, model, inputs, dataset)`` refits the
+    # head after the loop and returns what the run records about it, or None (a reweighted run's weighted refit).
 
 
 def train(
@@ -467,10 +468,9 @@ def _execute(
                 scheduler_state=scheduler_state,
             )
             metrics: dict[str, Any] = {}
-            if config.mode == FEWSHOT and config.head == "linear":
-                from graft.fewshot.head import refit_head
-
-                metrics["head_refit"] = refit_head(model, inputs, len(dataset.classes), config.seed, runtime)
+            refit = _refit_head(session, model, inputs, dataset)
+            if refit is not None:
+                metrics["head_refit"] = refit
                 if runtime.processes.is_main:
                     run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "head": "refit"})
             if not runtime.processes.is_main:  # evaluating and writing up the run are rank 0's alone
@@ -726,6 +726,19 @@ def _choose(session: Session, advice, dataset, loaded, preprocessing):
         reasons=(*advice.reasons, result.reason()),
         race=result.to_dict(),
     )
+
+
+def _refit_head(session, model, inputs, dataset) -> dict[str, Any] | None:
+    """The head refit to convergence after the loop, where the mode or the kind has one (few-shot's on train and
+    valid, a reweighted run's with its importance weights); what the run records about it, or None."""
+    config = session.config
+    if config.mode == FEWSHOT and config.head == "linear":
+        from graft.fewshot.head import refit_head
+
+        return refit_head(model, inputs, len(dataset.classes), config.seed, session.runtime)
+    if hasattr(session.kind, "refit_head"):
+        return session.kind.refit_head(session, model, inputs, dataset)
+    return None
 
 
 def _contrastive_step(session: Session, saved: dict, preprocessing, dataset, model, progress) -> list[dict]:

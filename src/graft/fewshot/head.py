@@ -17,46 +17,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from graft.core.evaluation import collect_outputs
+from graft.core.head_refit import copy_into_head, fit_logistic, head_inputs
 from graft.core.runtime import Runtime
 
 REFIT_C = 1.0
-ABSENT = -30.0  # the logit of a class the refit never saw
-
-
-def _features(model: nn.Module, loader, start: int, runtime: Runtime) -> tuple[np.ndarray, np.ndarray]:
-    """What the head sees (its input) for every example of ``loader``, and the labels."""
-    head, model.head = model.head, nn.Identity()
-    try:
-        features, labels = collect_outputs(model, loader, start=start, runtime=runtime)
-    finally:
-        model.head = head
-    return np.asarray(features, dtype=np.float64), np.asarray(labels)
 
 
 def refit_head(model: nn.Module, inputs: Any, classes: int, seed: int, runtime: Runtime) -> dict[str, Any]:
-    """Refit ``model``'s linear head (dropout, then one layer: ``--head linear``) on the train and valid examples
-    of ``inputs`` (the run's loaders); returns what the run records about it."""
-    from sklearn.linear_model import LogisticRegression
-
-    linear = model.head[-1]
-    parts = [_features(model, loader, inputs.start, runtime) for loader in (inputs.train, inputs.evaluation["valid"])]
+    """Refit ``model``'s linear head on the train and valid examples of ``inputs`` (the run's loaders); returns
+    what the run records about it."""
+    parts = [head_inputs(model, loader, inputs.start, runtime) for loader in (inputs.train, inputs.evaluation["valid"])]
     features = np.concatenate([part[0] for part in parts])
     labels = np.concatenate([part[1] for part in parts])
-    fitted = LogisticRegression(C=REFIT_C, max_iter=5000, random_state=seed).fit(features, labels)
-    weight = np.zeros((classes, features.shape[1]))
-    bias = np.full(classes, ABSENT)  # a class with no labelled example is never predicted
-    if len(fitted.classes_) == 2:  # one row for the second class: logits (0, z) give the same softmax
-        bias[fitted.classes_[0]] = 0.0
-        weight[fitted.classes_[1]], bias[fitted.classes_[1]] = fitted.coef_[0], fitted.intercept_[0]
-    else:
-        weight[fitted.classes_], bias[fitted.classes_] = fitted.coef_, fitted.intercept_
-    with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
-        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+    copy_into_head(model, fit_logistic(features, labels, REFIT_C, seed), classes)
     return {
         "on": "train+valid",
         "examples": int(len(labels)),
