@@ -599,8 +599,8 @@ def _train_candidate(
     session: Session, candidate: RunConfig, make_backbone, dataset, preprocessing, architecture, progress
 ):
     """A model trained by ``candidate`` (a resolved config) on ``dataset``'s train split, its epoch chosen on
-    valid: what ``--mode auto`` compares (a plan in the race, the probe under a plan too large to race).
-    Returns the model and the fit's state."""
+    valid, then its head refit where the run would refit it: what ``--mode auto`` compares (a plan in the race,
+    the probe under a plan too large to race). Returns the model and its validation record."""
     seed_everything(candidate.seed, candidate.deterministic)
     model, freeze_plan = _model_and_plan(candidate, session.kind, session.source, make_backbone, dataset, preprocessing)
     model.to(session.runtime.device)
@@ -619,7 +619,11 @@ def _train_candidate(
         start=inputs.start,
         runtime=session.runtime,
     )
-    return model, state
+    refit = _refit_head(dataclasses.replace(session, config=candidate), model, inputs, dataset)
+    if refit is None or refit.get("kept") == "loop":
+        return model, state.best_record
+    outputs, targets = collect_outputs(model, inputs.evaluation["valid"], start=inputs.start, runtime=session.runtime)
+    return model, {**state.best_record, **objective.validate(outputs, targets, model)}
 
 
 def _has_floor(saved: dict, kind: RunKind) -> bool:
@@ -657,13 +661,13 @@ def _extract_floor(
     architecture = saved["backbone"]["architecture"]
     with preserved_random_state():
         floor, probed = _train_candidate(session, probe, fresh_backbone, dataset, preprocessing, architecture, progress)
-    kept = "extract" if objective.rank(probed.best_record) > objective.rank(state.best_record) else "plan"
+    kept = "extract" if objective.rank(probed) > objective.rank(state.best_record) else "plan"
     if kept == "extract":
         model.load_state_dict(floor.state_dict())
     return {
         "kept": kept,
         "plan_valid_score": state.best_record["valid_score"],
-        "extract_valid_score": probed.best_record["valid_score"],
+        "extract_valid_score": probed["valid_score"],
         "seconds": time.perf_counter() - began,
     }
 
@@ -707,8 +711,7 @@ def _choose(session: Session, advice, dataset, loaded, preprocessing):
     def train_one(plan: AdvisedPlan, fold) -> dict[str, float]:
         began = time.perf_counter()
         candidate = config.resolved(plan.to_dict())
-        _, state = _train_candidate(session, candidate, copied_backbone, fold, preprocessing, architecture, progress)
-        best = state.best_record
+        _, best = _train_candidate(session, candidate, copied_backbone, fold, preprocessing, architecture, progress)
         return {
             "score": best["valid_score"],
             "loss": best.get("valid_loss", 0.0),
