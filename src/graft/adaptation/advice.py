@@ -28,6 +28,7 @@ import numpy as np
 
 from graft.adaptation.data import TARGET, target_labelled, with_target
 from graft.adaptation.validators import proxy_a_distance
+from graft.perf import one_blas_thread
 
 # Proxy A-distance lines at the last stage (BENCHMARKS.md section 8): under CLOSE the domains are hard to
 # tell apart; from FAR on, every pair measured gained from adaptation by far more than its noise.
@@ -60,10 +61,11 @@ def _source_only(source: np.ndarray, labels: np.ndarray, target: np.ndarray, see
 
     folds = int(min(3, np.bincount(labels).min()))
     held_out = None
-    if folds >= 2:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        held_out = cross_val_predict(classifier(), source, labels, cv=splitter, method="predict_proba")
-    fitted = classifier().fit(source, labels)
+    with one_blas_thread():
+        if folds >= 2:
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            held_out = cross_val_predict(classifier(), source, labels, cv=splitter, method="predict_proba")
+        fitted = classifier().fit(source, labels)
     on_target = fitted.predict_proba(target)
     return {
         "source_accuracy": None if held_out is None else float((fitted.classes_[held_out.argmax(1)] == labels).mean()),

@@ -217,9 +217,9 @@ def estimate(
 ) -> ImportanceWeights:
     """Weights for the ``sample``'s training rows and its ``valid`` rows, against the ``pool`` (features);
     ``labelshift`` also takes the class indices of both (``labels``, ``valid_labels``)."""
-    from threadpoolctl import threadpool_limits
+    from graft.perf import one_blas_thread
 
-    with threadpool_limits(1, user_api="blas"):  # small fits: see graft.core.head_refit.fit_logistic
+    with one_blas_thread():
         return _estimate(sample, pool, valid, estimator, seed, labels, valid_labels)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from graft.core.evaluation import collect_outputs, probabilities
 from graft.core.runtime import Runtime
+from graft.perf import one_blas_thread
 
 ABSENT = -30.0  # the logit of a class the refit never saw
 
@@ -35,11 +36,8 @@ def head_inputs(model: nn.Module, loader, start: int, runtime: Runtime) -> tuple
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, c: float, seed: int, sample_weight=None):
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
-    # on a few thousand rows OpenBLAS's threads cost more than they share: one thread fitted 1,200 x 1,280
-    # features in 0.76 s, two in 2.8 s (2 cores; 24 rows: 0.10 s against 0.90 s)
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
         return model.fit(features, labels, sample_weight=sample_weight)
 
