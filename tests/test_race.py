@@ -236,3 +236,37 @@ def test_auto_on_data_too_large_to_race_keeps_the_linear_probe_when_it_scores_hi
     assert metrics["floor"] == floor and metrics["valid"]["accuracy"] == pytest.approx(floor["extract_valid_score"])
     loaded = graft.load(tmp_path / "run")  # the saved weights are the probe's
     assert graft.evaluate(loaded, class_folder)["accuracy"] >= floor["extract_valid_score"] - 0.2
+
+
+def test_the_race_scores_an_extraction_candidate_after_the_head_refit_the_run_would_do(
+    class_folder,
+    tiny_weights,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """Every extraction training in the race refits its head (as the run will), and its fold score is the
+    refit model's validation accuracy, not the loop's."""
+    import graft.core.classifier
+    from graft.core.evaluation import collect_outputs
+    from graft.core.head_refit import converge_head
+
+    refits, accuracies = [], []
+
+    def recorded(model, inputs, *args, **kwargs):
+        record = converge_head(model, inputs, *args, **kwargs)
+        outputs, labels = collect_outputs(model, inputs.evaluation["valid"], start=inputs.start)
+        refits.append(record)
+        accuracies.append(round(float((outputs.argmax(1) == labels).mean()), 4))
+        return record
+
+    monkeypatch.setattr(graft.core.classifier, "converge_head", recorded)
+    options = dict(backbone=TINY_BACKBONE, weights=tiny_weights, num_workers=0, quiet=True, batch_size=8)
+    graft.train(class_folder, tmp_path / "run", mode="auto", epochs=1, **options)
+    entries = json.loads((tmp_path / "run" / "advice.json").read_text())["race"]["candidates"]
+    extraction_trainings = sum(len(e["fold_scores"]) for e in entries if e["plan"]["mode"] == "extract")
+    assert extraction_trainings >= 2
+    race_refits = refits[:extraction_trainings]  # the run's own refit comes last, if it extracts
+    assert len(refits) in (extraction_trainings, extraction_trainings + 1)
+    assert any(record["kept"] != "loop" for record in race_refits)  # one epoch: a refit beats the loop's head
+    scores = sorted(score for e in entries if e["plan"]["mode"] == "extract" for score in e["fold_scores"])
+    assert scores == sorted(accuracies[:extraction_trainings])  # what the race compared: the refit heads
