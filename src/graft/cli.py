@@ -1268,7 +1268,7 @@ def wakeword(
     ] = 200,
     stream_minutes: Annotated[
         float, typer.Option("--stream-minutes", help="Minutes of negative stream the head is refit with.")
-    ] = 30.0,
+    ] = 180.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the head.")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Move what --out holds aside first.")] = False,

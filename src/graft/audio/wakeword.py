@@ -56,7 +56,9 @@ class WakewordSettings:
     recordings: str | None = None  # a folder of the user's own recordings of the phrase
     recordings_weight: int = 5  # each recording is used this many times, differently augmented
     eval_minutes: float = 60.0
-    stream_minutes: float = 30.0  # training negatives cut from a stream of this many minutes
+    # training negatives cut from a stream of this many minutes: "hey graft" at <= 1 false accept an hour,
+    # 30 minutes gave 32.5% recall, 90 gave 84.5%, 180 gave 92.5% (BENCHMARKS.md section 9)
+    stream_minutes: float = 180.0
     test_positives: int = 200
     epochs: int = 30
     seed: int = 0
