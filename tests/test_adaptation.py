@@ -291,7 +291,7 @@ def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(doma
     monkeypatch.setattr(head_refit, "fit_logistic", recorded)
     source, target = domains
     run = tmp_path / "run"
-    summary = graft.train(source, run, reweight=target, weight_estimator="labelshift", backbone=TINY_BACKBONE,
+    summary = graft.train(source, run, reweight=target, backbone=TINY_BACKBONE,
                           pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)  # fmt: skip
     refit = json.loads((run / "metrics.json").read_text())["head_refit"]
     assert refit["on"] == "train+valid" and refit["examples"] == 36 and summary["importance"]["examples"] == 29

@@ -33,7 +33,6 @@ ESTIMATORS = ("classifier", "kliep", "labelshift", "none")
 EM_STEPS = 1000
 LABELSHIFT_C = 0.1  # on standardised features; calibration, not this strength, sets the posteriors' scale
 LABELSHIFT_FOLDS = 5
-ABSENT = -30.0  # the logit of a class a model never saw
 
 
 @dataclass
@@ -125,33 +124,22 @@ def kliep_ratio(
     return [kernel(x, width) @ fitted[width] for x in (sample, *query)]
 
 
-def _cross_validated_logits(sample: np.ndarray, labels: np.ndarray, pool: np.ndarray, classes: int):
+def _cross_validated_logits(sample: np.ndarray, labels: np.ndarray, pool: np.ndarray, classes: int, seed: int):
     """A logistic regression's logits for each sample row from a model that did not see it (stratified folds),
-    and the pool's from a model fitted on the whole sample; a class a model never saw gets ``ABSENT``."""
-    from sklearn.linear_model import LogisticRegression
+    and the pool's from a model fitted on the whole sample; a class a model never saw gets
+    :data:`graft.core.head_refit.ABSENT`."""
     from sklearn.model_selection import StratifiedKFold
 
-    def fitted_logits(rows, rows_labels, *queries):
-        model = LogisticRegression(C=LABELSHIFT_C, max_iter=5000).fit(rows, rows_labels)
-        out = []
-        for query in queries:
-            logits = np.full((len(query), classes), ABSENT)
-            scores = model.decision_function(query)
-            if len(model.classes_) == 2:  # one score for the second class: logits (0, z) give the same softmax
-                logits[:, model.classes_[0]], logits[:, model.classes_[1]] = 0.0, scores
-            else:
-                logits[:, model.classes_] = scores
-            out.append(logits)
-        return out
+    from graft.core.head_refit import fit_logistic, logits
 
     folds = StratifiedKFold(max(2, min(LABELSHIFT_FOLDS, int(np.bincount(labels)[np.unique(labels)].min()))))
     held_out = np.zeros((len(sample), classes))
     with warnings.catch_warnings():  # a class rarer than the folds: scikit-learn warns, the split still works
         warnings.simplefilter("ignore", UserWarning)
         for fitting, scoring in folds.split(sample, labels):
-            (held_out[scoring],) = fitted_logits(sample[fitting], labels[fitting], sample[scoring])
-    (pool_logits,) = fitted_logits(sample, labels, pool)
-    return held_out, pool_logits
+            fitted = fit_logistic(sample[fitting], labels[fitting], LABELSHIFT_C, seed)
+            held_out[scoring] = logits(fitted, sample[scoring], classes)
+    return held_out, logits(fit_logistic(sample, labels, LABELSHIFT_C, seed), pool, classes)
 
 
 def _bias_corrected_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -183,7 +171,7 @@ def pool_class_frequencies(sample: np.ndarray, labels: np.ndarray, pool: np.ndar
 
     sample, pool = _standardised(sample, pool)
     classes = int(labels.max()) + 1
-    held_out, pool_logits = _cross_validated_logits(sample, labels, pool, classes)
+    held_out, pool_logits = _cross_validated_logits(sample, labels, pool, classes, seed)
     temperature, bias = _bias_corrected_scaling(held_out, labels)
     posteriors = softmax(pool_logits / temperature + bias, axis=1)
     drawn = np.bincount(labels, minlength=classes) / len(labels)

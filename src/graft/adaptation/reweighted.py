@@ -155,10 +155,8 @@ class ReweightedKind:
         return weights
 
     def refit_head(self, session, model: nn.Module, inputs: Inputs, dataset: Dataset) -> dict[str, Any] | None:
-        """Extract mode, linear head: the head refit with the importance weights (see the module's docstring)."""
+        """The extract run's linear head refit with the importance weights (see the module's docstring)."""
         config = session.config
-        if config.mode != "extract" or config.head != "linear":
-            return None
         return converge_head(
             model, inputs, len(dataset.classes), config.seed, session.runtime, weighted=True, include_valid=True
         )

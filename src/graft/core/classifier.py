@@ -247,11 +247,9 @@ class ClassifierKind:
         }
 
     def refit_head(self, session, model: TransferModel, inputs, dataset: Dataset) -> dict[str, Any] | None:
-        """Extract mode with a linear head: the head refit to convergence on small data
+        """The extract run's linear head refit to convergence on small data
         (:func:`graft.core.head_refit.converge_head`); valid scores stay those of a model not fitted on them."""
         config = session.config
-        if config.mode != "extract" or config.head != "linear":
-            return None
         return converge_head(
             model, inputs, len(dataset.classes), config.seed, session.runtime, weighted=False, include_valid=False
         )

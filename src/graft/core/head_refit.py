@@ -115,6 +115,7 @@ def converge_head(
     copy_into_head(model, fitted, classes)
     record["seconds"] = time.perf_counter() - began
     what = "with the importance weights, " if weighted else ""
+    what += f"(C={kept}; validation log-loss {scores[kept]:.3f}, the loop's head {scores['loop']:.3f}) "
     if include_valid:
         note = f"the head was refit {what}its strength chosen by validation log-loss, then on the validation examples "
         note += "too: valid scores are not held out"

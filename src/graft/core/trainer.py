@@ -122,8 +122,8 @@ class RunKind(Protocol):
     # ``several_processes`` (its loop may run over torchrun's processes, graft.core.distributed).
     # Optional: ``build_inputs(session, saved, preprocessing, dataset, model, plan, objective, progress)``
     # for a kind whose loop is fed otherwise than by graft.core.inputs.build_inputs (domain adaptation's
-    # source and target rows in mixed batches). ``refit_head(session, model, inputs, dataset)`` refits the
-    # head after the loop and returns what the run records about it, or None (a reweighted run's weighted refit).
+    # source and target rows in mixed batches). ``refit_head(session, model, inputs, dataset)`` refits an extract
+    # run's linear head after the loop and returns what the run records about it, or None.
 
 
 def train(
@@ -547,6 +547,8 @@ def _execute(
         **({"frozen_pass": metrics["frozen_pass"]} if "frozen_pass" in metrics else {}),
     }
     if not quiet:
+        if refit := metrics.get("head_refit"):  # why the scores below differ from the last epoch's
+            stderr.print(f"head refit (on {refit['on']}, {refit['examples']} examples): {refit['note']}")
         stderr.print(
             f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, {kind.results(metrics)}; run saved to "
             f"{run.path}"
@@ -732,14 +734,17 @@ def _choose(session: Session, advice, dataset, loaded, preprocessing):
 
 
 def _refit_head(session, model, inputs, dataset) -> dict[str, Any] | None:
-    """The head refit to convergence after the loop, where the mode or the kind has one (few-shot's on train and
-    valid, a reweighted run's with its importance weights); what the run records about it, or None."""
+    """A linear head refit to convergence after the loop: few-shot's on train and valid, and in extract mode the
+    kind's own where it has one (a classifier's on small data, a reweighted run's with its importance weights);
+    what the run records about it, or None."""
     config = session.config
-    if config.mode == FEWSHOT and config.head == "linear":
+    if config.head != "linear":
+        return None
+    if config.mode == FEWSHOT:
         from graft.fewshot.head import refit_head
 
         return refit_head(model, inputs, len(dataset.classes), config.seed, session.runtime)
-    if hasattr(session.kind, "refit_head"):
+    if config.mode == "extract" and hasattr(session.kind, "refit_head"):
         return session.kind.refit_head(session, model, inputs, dataset)
     return None
 
