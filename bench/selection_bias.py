@@ -77,6 +77,10 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
     parser.add_argument("--work", type=Path, default=Path("/tmp/graft-bias"))
     parser.add_argument("--keep", default=f"{KEEP_BRIGHT},{KEEP_OTHER}", help="keep rates: top quarter, the rest")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--runs", default="uniform,none,classifier,kliep,labelshift",
+        help="which runs: uniform (the reference), then the biased sample with each estimator (none: unweighted)",
+    )  # fmt: skip
     args = parser.parse_args()
     keep_top, keep_other = map(float, args.keep.split(","))
     photos = sorted(p for p in DATA.rglob("*") if p.suffix.upper() == ".JPG")
@@ -116,7 +120,10 @@ def main() -> None:  # seeds already in bench/results/selection_bias.json are ke
             "biased, weighted (KLIEP)": (folders["biased"], {"reweight": pool, "weight_estimator": "kliep"}),
             "biased, weighted (label shift)": (folders["biased"], {"reweight": pool, "weight_estimator": "labelshift"}),
         }
+        wanted = args.runs.split(",")
         for name, (folder, options) in runs.items():
+            if ("uniform" if name.startswith("uniform") else options["weight_estimator"]) not in wanted:
+                continue
             out = args.work / "runs" / f"{name.split(' ')[0]}-{options.get('weight_estimator', 'none')}-{seed}"
             summary = graft.train(folder, out, seed=seed, quiet=True, overwrite=True, **options)
             accuracy = graft.evaluate(out, test)["accuracy"]

@@ -306,6 +306,55 @@ def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(doma
     assert np.allclose(head_weight.numpy(), last_fit.coef_, atol=1e-5)
 
 
+def test_label_shift_weights_shift_the_priors_in_the_logits_not_the_examples():
+    """labelshift's loss is cross-entropy of the logits less each class's log-weight, every example counted
+    once: the head's own logits are then the world's."""
+    from graft.adaptation.reweighted import WeightedClassification
+
+    outputs = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
+    targets = torch.tensor([[0.0, 0.4], [2.0, 5.0]])  # [label, weight]
+    objective = WeightedClassification(label_smoothing=0.0)
+    weighted = objective.loss(outputs, targets, None)
+    per_class = [0.5, 1.0, 4.0]
+    objective.shift_priors(per_class)
+    shifted = objective.loss(outputs, targets, None)
+    expected = torch.nn.functional.cross_entropy(outputs - torch.log(torch.tensor(per_class)), targets[:, 0].long())
+    assert shifted == pytest.approx(float(expected)) and shifted != pytest.approx(float(weighted))
+
+
+def test_label_shift_run_refits_unweighted_and_shifts_the_head_biases(domains, tmp_path, monkeypatch):
+    """A sample with few examples of one class, a pool (the whole source) where all are equally common: the refit
+    is fitted without example weights and the saved head's biases are its intercepts plus each class's log-weight."""
+    from graft.core import head_refit
+    from graft.core.head_refit import fit_logistic
+
+    fits = []
+
+    def recorded(features, labels, c, seed, sample_weight=None):
+        fitted = fit_logistic(features, labels, c, seed, sample_weight)
+        fits.append((sample_weight, fitted))
+        return fitted
+
+    monkeypatch.setattr(head_refit, "fit_logistic", recorded)
+    source, _ = domains
+    biased = tmp_path / "biased"
+    for image in sorted(source.rglob("*.png")):
+        if image.parent.name != "c2" or image.stem.endswith(("00", "01", "02", "03", "04")):
+            (biased / image.parent.name).mkdir(parents=True, exist_ok=True)
+            (biased / image.parent.name / image.name).write_bytes(image.read_bytes())
+    run = tmp_path / "run"
+    graft.train(biased, run, reweight=source, weight_estimator="labelshift", backbone=TINY_BACKBONE,
+                pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)  # fmt: skip
+    per_class = np.array(json.loads((run / "importance_weights.json").read_text())["summary"]["per_class"])
+    assert per_class[2] > 1.5 * max(per_class[0], per_class[1])  # the rare class counts for more in the world
+    assert all(weights is None or np.allclose(weights, 1.0) for weights, _ in fits)
+    refit = json.loads((run / "metrics.json").read_text())["head_refit"]
+    assert refit["kept"] != "loop" and "priors shifted" in refit["note"]
+    saved = load_file(run / "model.safetensors")
+    head_bias = next(value for key, value in saved.items() if key.startswith("head.") and key.endswith("bias"))
+    assert np.allclose(head_bias.numpy(), fits[-1][1].intercept_ + np.log(per_class), atol=1e-5)
+
+
 def test_advise_with_a_target_measures_how_far_apart_the_domains_are(domains, tmp_path, tiny_weights):  # noqa: F811
     from graft.adaptation.advice import advise_domains
 

@@ -13,7 +13,9 @@ the world shows what it should have looked like. The estimators, on frozen poole
   Then p_world(x) / p_sample(x) is that mix over the classes x may belong to; the estimate uses the label the
   example has. Measured on sign-language digits (BENCHMARKS.md section 8): with the sample drawn 0.95 / 0.1 by
   class its weights correlate 0.84 with the true ones (calibrated EM), the domain classifier's 0.19; with a selection by
-  appearance it is the wrong model (0.41) and costs accuracy;
+  appearance it is the wrong model (0.41) and costs accuracy. Its weights are one per class (``per_class``), and a
+  run uses them as a shift of the classes' priors in the logits rather than as example weights (see
+  :mod:`graft.adaptation.reweighted`);
 - ``none``: every weight 1, the same run left uncorrected, to measure on one's own data what the weights do.
 
 Weights are normalised to mean 1 over the sample and clipped to ``[1/CLIP, CLIP]`` (a few huge weights
@@ -41,6 +43,7 @@ class ImportanceWeights:
     valid: np.ndarray  # for the validation examples, from the same estimate (importance-weighted validation)
     estimator: str
     clipped: int  # training weights moved to the clip bounds
+    per_class: np.ndarray | None = None  # labelshift: the weight of each class, on the same scale as ``train``
 
     @property
     def effective_sample_size(self) -> float:
@@ -55,6 +58,7 @@ class ImportanceWeights:
             "clip": CLIP,
             "min": float(self.train.min()),
             "max": float(self.train.max()),
+            **({"per_class": self.per_class.tolist()} if self.per_class is not None else {}),
         }
 
 
@@ -186,12 +190,12 @@ def pool_class_frequencies(sample: np.ndarray, labels: np.ndarray, pool: np.ndar
     return frequencies
 
 
-def labelshift_ratio(sample, pool, *query, labels, query_labels, seed: int = 0) -> list[np.ndarray]:
+def labelshift_per_class(sample: np.ndarray, pool: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """w = p_pool(y) / p_sample(y) for each class (1 for a class the sample lacks)."""
     labels = np.asarray(labels)
     frequencies = pool_class_frequencies(sample, labels, pool, seed)
     drawn = np.bincount(labels, minlength=len(frequencies)) / len(labels)
-    per_class = np.divide(frequencies, drawn, out=np.ones_like(frequencies), where=drawn > 0)
-    return [per_class[labels], *(per_class[np.asarray(given)] for given in query_labels)]
+    return np.divide(frequencies, drawn, out=np.ones_like(frequencies), where=drawn > 0)
 
 
 def estimate(
@@ -214,13 +218,18 @@ def estimate(
 def _estimate(sample, pool, valid, estimator, seed, labels, valid_labels) -> ImportanceWeights:
     if estimator == "none":
         return ImportanceWeights(np.ones(len(sample)), np.ones(len(valid)), estimator, 0)
-    if estimator == "labelshift":
-        train, held_out = labelshift_ratio(sample, pool, labels=labels, query_labels=[valid_labels], seed=seed)
+    per_class = None
+    if estimator == "labelshift":  # every labelled example informs the class frequencies: valid's too
+        per_class = labelshift_per_class(
+            np.concatenate([sample, valid]), pool, np.concatenate([labels, valid_labels]), seed
+        )
+        train, held_out = per_class[np.asarray(labels)], per_class[np.asarray(valid_labels)]
     else:
         ratio = classifier_ratio if estimator == "classifier" else kliep_ratio
         train, held_out = ratio(sample, pool, valid, seed=seed)
     scale = train.mean()
-    train, held_out = train / scale, held_out / scale
-    clipped = int(((train < 1 / CLIP) | (train > CLIP)).sum())
-    train, held_out = np.clip(train, 1 / CLIP, CLIP), np.clip(held_out, 1 / CLIP, CLIP)
-    return ImportanceWeights(train / train.mean(), held_out / train.mean(), estimator, clipped)
+    clipped = int(((train / scale < 1 / CLIP) | (train / scale > CLIP)).sum())
+    train, held_out = (np.clip(x / scale, 1 / CLIP, CLIP) for x in (train, held_out))
+    if per_class is not None:
+        per_class = np.clip(per_class / scale, 1 / CLIP, CLIP) / train.mean()
+    return ImportanceWeights(train / train.mean(), held_out / train.mean(), estimator, clipped, per_class)

@@ -48,10 +48,13 @@ def logits(fitted, features: np.ndarray, classes: int) -> np.ndarray:
     return features @ weight.T + bias
 
 
-def copy_into_head(model: nn.Module, fitted, classes: int) -> None:
+def copy_into_head(model: nn.Module, fitted, classes: int, prior_shift: np.ndarray | None = None) -> None:
     """Put ``fitted``'s coefficients into the last layer of ``model``'s head (``--head linear``: dropout, then one
-    layer); a class with no labelled example is never predicted."""
+    layer), ``prior_shift`` (one log-ratio per class) added to its biases; a class with no labelled example is
+    never predicted."""
     weight, bias = _as_layer(fitted, classes)
+    if prior_shift is not None:
+        bias = bias + prior_shift
     linear = model.head[-1]
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
@@ -76,13 +79,23 @@ REFIT_UP_TO = 1000
 
 
 def converge_head(
-    model: nn.Module, inputs: Any, classes: int, seed: int, runtime: Runtime, *, weighted: bool, include_valid: bool
+    model: nn.Module,
+    inputs: Any,
+    classes: int,
+    seed: int,
+    runtime: Runtime,
+    *,
+    weighted: bool,
+    include_valid: bool,
+    prior_shift: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """After the loop, on small data (at most :data:`REFIT_UP_TO` training examples): the linear head refit as a
     logistic regression for each strength of :data:`REFIT_CS`, and the candidate with the lowest validation
-    log-loss kept, the loop's own head included. ``weighted``: targets are ``[label, weight]`` rows, and both
-    the fit and the log-loss use the weights; ``include_valid``: the kept strength is fitted again on train and
-    valid together. Returns what the run records, or None where nothing was refit."""
+    log-loss kept, the loop's own head included. Targets are labels or ``[label, weight]`` rows; ``weighted``:
+    both the fit and the log-loss use the weights; ``include_valid``: the kept strength is fitted again on train
+    and valid together. ``prior_shift`` (one log-ratio per class, world over sample): the head is to predict the
+    world's posteriors, so the fit and the log-loss are the sample's (the head's logits less the shift) and the
+    kept fit's biases get the shift. Returns what the run records, or None where nothing was refit."""
     if len(inputs.train.dataset) > REFIT_UP_TO or runtime.processes.distributed:
         return None  # several processes: each rank's loader holds only its share of the examples
     began = time.perf_counter()
@@ -99,7 +112,8 @@ def converge_head(
     fits = {c: fit_logistic(train, labels, c, seed, sample_weight=weights) for c in REFIT_CS}
     scores = {str(c): log_loss(logits(fitted, valid, classes)) for c, fitted in fits.items()}
     loop_outputs, _ = collect_outputs(model, inputs.evaluation["valid"], start=inputs.start, runtime=runtime)
-    scores["loop"] = log_loss(np.asarray(loop_outputs, dtype=np.float64))
+    shift = np.zeros(classes) if prior_shift is None else np.asarray(prior_shift, dtype=np.float64)
+    scores["loop"] = log_loss(np.asarray(loop_outputs, dtype=np.float64) - shift)
     kept = min(scores, key=scores.get)
     record = {"kept": kept, "valid_log_loss": scores, "examples": len(labels)}
     if kept == "loop":
@@ -112,19 +126,26 @@ def converge_head(
             sample_weight=np.concatenate([weights, valid_weights]),
         )  # fmt: skip
         record["examples"] += len(valid_labels)
-    copy_into_head(model, fitted, classes)
+    copy_into_head(model, fitted, classes, prior_shift)
     record["seconds"] = time.perf_counter() - began
-    what = "with the importance weights, " if weighted else ""
-    what += f"(C={kept}; validation log-loss {scores[kept]:.3f}, the loop's head {scores['loop']:.3f}) "
+    how = (
+        " with the importance weights"
+        if weighted
+        else " with the classes' priors shifted"
+        if prior_shift is not None
+        else ""
+    )
+    what = f"(C={kept}; validation log-loss {scores[kept]:.3f}, the loop's head {scores['loop']:.3f})"
     if include_valid:
-        note = f"the head was refit {what}its strength chosen by validation log-loss, then on the validation examples "
-        note += "too: valid scores are not held out"
+        note = f"the head was refit{how} at the strength with the lowest validation log-loss {what}, then on the "
+        note += "validation examples too: valid scores are not held out"
     else:
-        note = f"the head was refit {what}on train; validation chose its strength (and the loop's epoch before it)"
+        note = (
+            f"the head was refit{how} on train {what}; validation chose its strength (and the loop's epoch before it)"
+        )
     return {**record, "on": "train+valid" if include_valid else "train", "regularisation_c": float(kept), "note": note}
 
 
 def _labels_and_weights(targets: np.ndarray, weighted: bool) -> tuple[np.ndarray, np.ndarray]:
-    if weighted:
-        return targets[:, 0].astype(np.int64), targets[:, 1].astype(np.float64)
-    return targets.astype(np.int64), np.ones(len(targets))
+    labels = (targets[:, 0] if targets.ndim == 2 else targets).astype(np.int64)
+    return labels, targets[:, 1].astype(np.float64) if weighted else np.ones(len(targets))
