@@ -310,6 +310,8 @@ def train(
             ``weight_estimator`` (``"classifier"``, default, ``"kliep"``, ``"labelshift"``, or ``"none"``: every
             weight 1, the same run uncorrected), and epochs are judged by importance-weighted validation
             accuracy; in extract mode with a linear head, the head is then refit with the weights.
+            ``"labelshift"``'s weights (one per class) shift the class priors in the logits instead of
+            weighting the examples (:mod:`graft.adaptation.reweighted`).
         valid_fraction, test_fraction: held-out shares (default 0.2 for one classifier; 0.15 and 0.15
             for several tasks); limit: a seeded subset of that many images (several tasks).
 

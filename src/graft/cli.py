@@ -425,7 +425,8 @@ def train(
         typer.Option(
             "--weight-estimator",
             help="With --reweight: classifier (a domain classifier; default), kliep, labelshift (the bias drew "
-            "some classes more often than others: the pool's class frequencies by EM), or none (every weight 1: "
+            "some classes more often than others: the pool's class frequencies by EM, applied as a shift of the "
+            "class priors in the logits), or none (every weight 1: "
             "the same run uncorrected, to see what the weights do).",
             rich_help_panel="Distribution shift",
         ),
