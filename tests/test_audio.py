@@ -179,6 +179,8 @@ def test_a_wake_word_from_a_phrase_alone_end_to_end_and_listen_finds_it(tmp_path
         "hibari:heart",
     }
     assert result["streams"]["negative_hours"] == pytest.approx(1 / 60, rel=0.01)
+    # the threshold is chosen on a validation stream as long as the test's
+    assert result["streams"]["validation_hours"] == pytest.approx(1 / 60, rel=0.01)
     saved = json.loads((tmp_path / "run" / "wakeword.json").read_text())
     assert saved["threshold"] == result["threshold"] and saved["curve"]
     assert (tmp_path / "run" / "wakeword_curve.png").stat().st_size > 1000

@@ -1262,7 +1262,12 @@ def wakeword(
         int, typer.Option("--recordings-weight", help="Times each recording is used, differently augmented.")
     ] = 5,
     eval_minutes: Annotated[
-        float, typer.Option("--eval-minutes", help="Minutes of held-out negative stream to measure on.")
+        float,
+        typer.Option(
+            "--eval-minutes",
+            help="Minutes of held-out negative stream to measure on, and of the validation stream the "
+            "threshold is chosen on.",
+        ),
     ] = 60.0,
     test_positives: Annotated[
         int, typer.Option("--test-positives", help="Phrases by held-out voices in the recall stream.")

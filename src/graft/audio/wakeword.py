@@ -7,7 +7,8 @@
    recipe, so a second phrase reuses every negative that does not depend on the phrase.
 2. **Training**: ``graft train`` on the clips (``wake`` / ``other``), extract mode on the speech embedding
    (cached activations) with an MLP head; a user's own recordings of the phrase join the positives.
-3. **Threshold**: on a validation stream of negatives (training voices, sentences training never used),
+3. **Threshold**: on a validation stream of negatives as long as the test's (training voices, sentences
+   training never used),
    the lowest threshold whose false accepts per hour stay within ``--target-fa``.
 4. **Evaluation** on held-out streams: positives from voices never used in training (``--hold-out``),
    spaced by other speech and noise; an hour (``--eval-minutes``) of speech-like negatives and noise.
@@ -57,8 +58,8 @@ class WakewordSettings:
     recordings_weight: int = 5  # each recording is used this many times, differently augmented
     eval_minutes: float = 60.0
     # training negatives cut from a stream of this many minutes: "hey graft" at <= 1 false accept an hour,
-    # 30 minutes gave 32.5% recall, 90 gave 84.5%, 180 gave 92.5% on the test hour (79% counted on 2.3 hours of
-    # negatives); 360 did no better and needs 8.5 GB (BENCHMARKS.md section 9)
+    # 30 minutes gave 32.5% recall, 90 gave 84.5%, 180 gave 92.5% on the test hour (about 70% counted on 3 hours
+    # of negatives); 360 did no better and needs 8.5 GB (BENCHMARKS.md section 9)
     stream_minutes: float = 180.0
     test_positives: int = 200
     epochs: int = 30
@@ -490,7 +491,7 @@ def train_wakeword(
     with make_progress(quiet) as progress:
         mark = time.perf_counter()
         validation = negative_stream(
-            settings.eval_minutes / 3,
+            settings.eval_minutes,  # at <= 1 false accept an hour, 20 minutes held 0 or 1: too few to choose by
             training_voices,
             settings.phrase,
             50_000 + settings.seed,
