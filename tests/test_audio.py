@@ -183,6 +183,15 @@ def test_a_wake_word_from_a_phrase_alone_end_to_end_and_listen_finds_it(tmp_path
     assert result["streams"]["validation_hours"] == pytest.approx(1 / 60, rel=0.01)
     saved = json.loads((tmp_path / "run" / "wakeword.json").read_text())
     assert saved["threshold"] == result["threshold"] and saved["curve"]
+    from graft.audio.stream import SMOOTH_STEPS, SMOOTH_STEPS_BEFORE, Detector
+
+    # the run keeps the smoothing its threshold was chosen with; a run from before it was recorded, the old one
+    assert saved["smooth"] == SMOOTH_STEPS == Detector.from_run(graft.load(tmp_path / "run")).smooth
+    del saved["smooth"]
+    (tmp_path / "run" / "wakeword.json").write_text(json.dumps(saved))
+    assert Detector.from_run(graft.load(tmp_path / "run")).smooth == SMOOTH_STEPS_BEFORE
+    saved["smooth"] = SMOOTH_STEPS
+    (tmp_path / "run" / "wakeword.json").write_text(json.dumps(saved))
     assert (tmp_path / "run" / "wakeword_curve.png").stat().st_size > 1000
     # a second phrase reuses the cached negatives that do not depend on it
     before = set((tmp_path / "cache" / "wakeword" / "clips").iterdir())

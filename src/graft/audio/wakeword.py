@@ -527,6 +527,7 @@ def train_wakeword(
         "run": str(out),
         "phrase": settings.phrase,
         "threshold": threshold,
+        "smooth": detector.smooth,
         "recall": chosen["recall"],
         "false_reject_rate": 1 - chosen["recall"],
         "fa_per_hour": chosen["fa_per_hour"],
