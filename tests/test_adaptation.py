@@ -275,9 +275,9 @@ def test_reweighted_training_writes_weights_and_a_normal_run(domains, tmp_path):
     )
 
 
-def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(domains, tmp_path, monkeypatch):
-    """Extract mode, linear head: after the loop the head is refit to convergence with every example's weight
-    (train and valid), and the saved head is that fit's."""
+@pytest.fixture
+def refit_fits(monkeypatch):
+    """Every logistic regression the head refit fits, as ``(sample_weight, fitted)``, in order."""
     from graft.core import head_refit
     from graft.core.head_refit import fit_logistic
 
@@ -289,17 +289,23 @@ def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(doma
         return fitted
 
     monkeypatch.setattr(head_refit, "fit_logistic", recorded)
+    return fits
+
+
+def test_reweighted_extract_run_refits_its_head_with_the_importance_weights(domains, tmp_path, refit_fits):
+    """Extract mode, linear head: after the loop the head is refit to convergence with every example's weight
+    (train and valid), and the saved head is that fit's."""
     source, target = domains
     run = tmp_path / "run"
     summary = graft.train(source, run, reweight=target, backbone=TINY_BACKBONE,
                           pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)  # fmt: skip
     refit = json.loads((run / "metrics.json").read_text())["head_refit"]
     assert refit["on"] == "train+valid" and refit["examples"] == 36 and summary["importance"]["examples"] == 29
-    assert len(fits) == 4  # three strengths tried on train, then the chosen one on train and valid
+    assert len(refit_fits) == 4  # three strengths tried on train, then the chosen one on train and valid
     scores = refit["valid_log_loss"]
     assert refit["kept"] == str(refit["regularisation_c"]) and scores[refit["kept"]] == min(scores.values())
     weights = json.loads((run / "importance_weights.json").read_text())
-    last_weights, last_fit = fits[-1]
+    last_weights, last_fit = refit_fits[-1]
     assert sorted(last_weights) == pytest.approx(sorted(weights["train"] + weights["valid"]))
     saved = load_file(run / "model.safetensors")
     head_weight = next(value for key, value in saved.items() if key.startswith("head.") and key.endswith("weight"))
@@ -322,20 +328,9 @@ def test_label_shift_weights_shift_the_priors_in_the_logits_not_the_examples():
     assert shifted == pytest.approx(float(expected)) and shifted != pytest.approx(float(weighted))
 
 
-def test_label_shift_run_refits_unweighted_and_shifts_the_head_biases(domains, tmp_path, monkeypatch):
+def test_label_shift_run_refits_unweighted_and_shifts_the_head_biases(domains, tmp_path, refit_fits):
     """A sample with few examples of one class, a pool (the whole source) where all are equally common: the refit
     is fitted without example weights and the saved head's biases are its intercepts plus each class's log-weight."""
-    from graft.core import head_refit
-    from graft.core.head_refit import fit_logistic
-
-    fits = []
-
-    def recorded(features, labels, c, seed, sample_weight=None):
-        fitted = fit_logistic(features, labels, c, seed, sample_weight)
-        fits.append((sample_weight, fitted))
-        return fitted
-
-    monkeypatch.setattr(head_refit, "fit_logistic", recorded)
     source, _ = domains
     biased = tmp_path / "biased"
     for image in sorted(source.rglob("*.png")):
@@ -347,12 +342,12 @@ def test_label_shift_run_refits_unweighted_and_shifts_the_head_biases(domains, t
                 pretrained=False, epochs=1, batch_size=8, num_workers=0, quiet=True)  # fmt: skip
     per_class = np.array(json.loads((run / "importance_weights.json").read_text())["summary"]["per_class"])
     assert per_class[2] > 1.5 * max(per_class[0], per_class[1])  # the rare class counts for more in the world
-    assert all(weights is None or np.allclose(weights, 1.0) for weights, _ in fits)
+    assert all(weights is None or np.allclose(weights, 1.0) for weights, _ in refit_fits)
     refit = json.loads((run / "metrics.json").read_text())["head_refit"]
     assert refit["kept"] != "loop" and "priors shifted" in refit["note"]
     saved = load_file(run / "model.safetensors")
     head_bias = next(value for key, value in saved.items() if key.startswith("head.") and key.endswith("bias"))
-    assert np.allclose(head_bias.numpy(), fits[-1][1].intercept_ + np.log(per_class), atol=1e-5)
+    assert np.allclose(head_bias.numpy(), refit_fits[-1][1].intercept_ + np.log(per_class), atol=1e-5)
 
 
 def test_advise_with_a_target_measures_how_far_apart_the_domains_are(domains, tmp_path, tiny_weights):  # noqa: F811
