@@ -58,8 +58,9 @@ class WakewordSettings:
     recordings_weight: int = 5  # each recording is used this many times, differently augmented
     eval_minutes: float = 60.0
     # training negatives cut from a stream of this many minutes: "hey graft" at <= 1 false accept an hour,
-    # 30 minutes gave 32.5% recall, 90 gave 84.5%, 180 gave 92.5% on the test hour (about 70% counted on 3 hours
-    # of negatives); 360 did no better and needs 8.5 GB (BENCHMARKS.md section 9)
+    # 30 minutes gave 32.5% recall, 90 gave 84.5%, 180 gave 92.5% on the test hour (counted on 3 hours of
+    # negatives: about 70% with 3-step smoothing, 78% with 5); 360 did no better and needs 8.5 GB (BENCHMARKS.md
+    # section 9)
     stream_minutes: float = 180.0
     test_positives: int = 200
     epochs: int = 30
