@@ -283,8 +283,8 @@ def refit_fits(monkeypatch):
 
     fits = []
 
-    def recorded(features, labels, c, seed, sample_weight=None):
-        fitted = fit_logistic(features, labels, c, seed, sample_weight)
+    def recorded(features, labels, c, sample_weight=None):
+        fitted = fit_logistic(features, labels, c, sample_weight)
         fits.append((sample_weight, fitted))
         return fitted
 

@@ -247,6 +247,48 @@ def test_classification_metrics_agree_with_scikit_learn(seed):
         )
 
 
+@pytest.mark.parametrize("classes", [2, 5])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_head_refit_logistic_regression_is_scikit_learns_without_importing_it(classes, weighted):
+    """graft's L-BFGS fit minimises scikit-learn's LogisticRegression objective (weighted, two classes or more):
+    the same coefficients to the solvers' tolerance and the same predictions; and scikit-learn is not imported."""
+    from sklearn.linear_model import LogisticRegression
+
+    from graft.core.head_refit import fit_logistic
+
+    rng = np.random.default_rng(classes)
+    labels = rng.integers(0, classes, 300)
+    features = rng.normal(size=(300, 40)) + np.eye(classes, 40)[labels] * 1.5
+    weights = rng.uniform(0.2, 3.0, 300) if weighted else None
+    labels = labels + 3  # labels are any integers: classes_ keeps them
+    sample_weight = np.ones(300) if weights is None else weights
+
+    def objective(coef, intercept, c):  # scikit-learn's, as its documentation states it
+        z = features @ coef.T + intercept
+        z = np.concatenate([np.zeros((300, 1)), z], axis=1) if classes == 2 else z
+        z = z - z.max(1, keepdims=True)
+        loss = np.log(np.exp(z).sum(1)) - z[np.arange(300), labels - 3]
+        return (sample_weight * loss).sum() / sample_weight.sum() + (coef**2).sum() / (2 * c * sample_weight.sum())
+
+    for c in (0.01, 1.0):
+        ours = fit_logistic(features, labels, c, sample_weight=weights)
+        theirs = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(features, labels, sample_weight=weights)
+        assert ours.classes_.tolist() == theirs.classes_.tolist() and ours.coef_.shape == theirs.coef_.shape
+        best = objective(theirs.coef_, theirs.intercept_, c)
+        assert objective(ours.coef_, ours.intercept_, c) == pytest.approx(best, rel=1e-4)  # scikit-learn's: 5e-6
+        assert np.abs(ours.coef_ - theirs.coef_).max() < 0.02 * np.abs(theirs.coef_).max()
+        z = features @ ours.coef_.T + ours.intercept_
+        predicted = theirs.classes_[z.argmax(1) if classes > 2 else (z[:, 0] > 0).astype(int)]
+        assert (predicted == theirs.predict(features)).mean() >= 0.99
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit_logistic(features, np.zeros(300), 1.0)
+    code = "import sys, graft.core.head_refit; print('sklearn' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
+
+
 def test_extract_on_small_data_refits_the_head_to_convergence_and_keeps_the_lower_validation_loss(
     class_folder, tmp_path
 ):

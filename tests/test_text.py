@@ -382,5 +382,6 @@ def test_fewshot_refits_the_head_on_train_and_valid_and_says_valid_is_not_held_o
     model.head = head
     expected = LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(features, [label for _, label in items])
     logits = head(torch.as_tensor(features)).detach().numpy()
-    assert (logits.argmax(1) == expected.predict(features)).mean() == 1.0
+    # two classes: the head's logit difference is the regression's decision function, to the solvers' tolerance
+    assert np.abs((logits[:, 1] - logits[:, 0]) - expected.decision_function(features)).max() < 2e-3
     assert "head refit" in (tmp_path / "fs" / "report.html").read_text()

@@ -13,7 +13,7 @@ When a command has finished, the ``graft`` command ends its process without the 
 teardown (:func:`exit_without_teardown`): unloading torch, timm and matplotlib module by module took
 1.7 s after every run, output already written.
 
-Small scikit-learn fits (a head refit, importance weights, a domain classifier) run on one BLAS thread
+Small scikit-learn fits (importance weights, a domain classifier) run on one BLAS thread
 (:func:`one_blas_thread`): OpenBLAS's threads cost more than they share on a few thousand rows.
 """
 
@@ -128,6 +128,19 @@ def cpu_description() -> dict:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
     return {"name": name, "cores": os.cpu_count(), "flags": sorted(flag for flag in wanted if flag in flags)}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block, restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager

@@ -141,9 +141,9 @@ def _cross_validated_logits(sample: np.ndarray, labels: np.ndarray, pool: np.nda
     with warnings.catch_warnings():  # a class rarer than the folds: scikit-learn warns, the split still works
         warnings.simplefilter("ignore", UserWarning)
         for fitting, scoring in folds.split(sample, labels):
-            fitted = fit_logistic(sample[fitting], labels[fitting], LABELSHIFT_C, seed)
+            fitted = fit_logistic(sample[fitting], labels[fitting], LABELSHIFT_C)
             held_out[scoring] = logits(fitted, sample[scoring], classes)
-    return held_out, logits(fit_logistic(sample, labels, LABELSHIFT_C, seed), pool, classes)
+    return held_out, logits(fit_logistic(sample, labels, LABELSHIFT_C), pool, classes)
 
 
 def _bias_corrected_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:

@@ -179,7 +179,7 @@ class ReweightedKind:
         """The extract run's linear head refit with the importance weights (see the module's docstring)."""
         per_class = inputs.description["importance"].get("per_class")
         return converge_head(
-            model, inputs, len(dataset.classes), session.config.seed, session.runtime, weighted=per_class is None,
+            model, inputs, len(dataset.classes), session.runtime, weighted=per_class is None,
             include_valid=True, prior_shift=None if per_class is None else np.log(per_class),
         )  # fmt: skip
 

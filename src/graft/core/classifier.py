@@ -249,10 +249,7 @@ class ClassifierKind:
     def refit_head(self, session, model: TransferModel, inputs, dataset: Dataset) -> dict[str, Any] | None:
         """The extract run's linear head refit to convergence on small data
         (:func:`graft.core.head_refit.converge_head`); valid scores stay those of a model not fitted on them."""
-        config = session.config
-        return converge_head(
-            model, inputs, len(dataset.classes), config.seed, session.runtime, weighted=False, include_valid=False
-        )
+        return converge_head(model, inputs, len(dataset.classes), session.runtime, weighted=False, include_valid=False)
 
     def results(self, metrics: dict[str, Any]) -> str:
         return f"valid accuracy {metrics['valid']['accuracy']:.4f}" + (

@@ -1,5 +1,6 @@
 """A linear head refit to convergence on the features the loop's head saw: an L2 logistic regression
-(scikit-learn's) whose coefficients are copied into the head's last layer.
+(scikit-learn's objective, minimised with torch's L-BFGS) whose coefficients are copied into the head's last
+layer.
 
 The loop trains a head by a fixed number of optimizer steps, which on a few hundred examples stops far from
 the optimum. Where the features are fixed (the head's input does not train), a convex fit finds it: measured on
@@ -11,6 +12,7 @@ runs, whose importance weights change a converged model and barely move one stop
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from torch import nn
 
 from graft.core.evaluation import collect_outputs, probabilities
 from graft.core.runtime import Runtime
-from graft.perf import one_blas_thread
+from graft.perf import torch_threads
 
 ABSENT = -30.0  # the logit of a class the refit never saw
 
@@ -34,12 +36,57 @@ def head_inputs(model: nn.Module, loader, start: int, runtime: Runtime) -> tuple
     return np.asarray(features, dtype=np.float64), np.asarray(targets)
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, c: float, seed: int, sample_weight=None):
-    from sklearn.linear_model import LogisticRegression
+@dataclass(frozen=True)
+class LogisticFit:
+    """A fitted logistic regression, laid out as scikit-learn's: ``coef_`` has one row per class of ``classes_``,
+    or one row (the second class's logit against the first's 0) for two."""
 
-    with one_blas_thread():
-        model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
-        return model.fit(features, labels, sample_weight=sample_weight)
+    classes_: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
+
+
+# scikit-learn's stopping rule for its lbfgs solver (tol=1e-4 on the largest gradient entry); L-BFGS's memory
+LOGISTIC_TOLERANCE, LOGISTIC_MEMORY, LOGISTIC_MAX_STEPS = 1e-4, 10, 5000
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, c: float, sample_weight=None) -> LogisticFit:
+    """scikit-learn's ``LogisticRegression(C=c)`` without importing scikit-learn (1.6 s of SciPy on every small
+    extract run): the mean of the weighted log-losses plus ``|W|^2 / (2 c sum(weights))``, intercepts not
+    penalised, minimised in float64 with torch's L-BFGS on one thread (deterministic; 3-5x faster than
+    scikit-learn's on 160-1,000 frozen feature rows, predictions the same on 99.8-100% of 2,062 photos)."""
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"a logistic regression needs examples of at least 2 classes; got only {classes.tolist()}")
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    target = torch.as_tensor(y)
+    weights = torch.ones(len(y), dtype=torch.float64)
+    if sample_weight is not None:
+        weights = torch.as_tensor(np.asarray(sample_weight), dtype=torch.float64)
+    rows = 1 if len(classes) == 2 else len(classes)
+    coef = torch.zeros(rows, x.shape[1], dtype=torch.float64, requires_grad=True)
+    intercept = torch.zeros(rows, dtype=torch.float64, requires_grad=True)
+    total = weights.sum()
+    optimizer = torch.optim.LBFGS(
+        [coef, intercept], lr=1, max_iter=LOGISTIC_MAX_STEPS, tolerance_grad=LOGISTIC_TOLERANCE,
+        tolerance_change=64 * float(np.finfo(np.float64).eps), history_size=LOGISTIC_MEMORY,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        z = x @ coef.T + intercept
+        if rows == 1:
+            each = nn.functional.binary_cross_entropy_with_logits(z[:, 0], target.double(), reduction="none")
+        else:
+            each = nn.functional.cross_entropy(z, target, reduction="none")
+        loss = (weights * each).sum() / total + (coef**2).sum() / (2 * c * total)
+        loss.backward()
+        return loss
+
+    with torch_threads(1), torch.enable_grad():
+        optimizer.step(objective)
+    return LogisticFit(classes, coef.detach().numpy().copy(), intercept.detach().numpy().copy())
 
 
 def logits(fitted, features: np.ndarray, classes: int) -> np.ndarray:
@@ -82,7 +129,6 @@ def converge_head(
     model: nn.Module,
     inputs: Any,
     classes: int,
-    seed: int,
     runtime: Runtime,
     *,
     weighted: bool,
@@ -109,7 +155,7 @@ def converge_head(
         chances = probabilities(logits_)[np.arange(len(valid_labels)), valid_labels]
         return float((valid_weights * -np.log(np.clip(chances, 1e-12, None))).sum() / valid_weights.sum())
 
-    fits = {c: fit_logistic(train, labels, c, seed, sample_weight=weights) for c in REFIT_CS}
+    fits = {c: fit_logistic(train, labels, c, sample_weight=weights) for c in REFIT_CS}
     scores = {str(c): log_loss(logits(fitted, valid, classes)) for c, fitted in fits.items()}
     loop_outputs, _ = collect_outputs(model, inputs.evaluation["valid"], start=inputs.start, runtime=runtime)
     shift = np.zeros(classes) if prior_shift is None else np.asarray(prior_shift, dtype=np.float64)
@@ -122,7 +168,7 @@ def converge_head(
     fitted = fits[float(kept)]
     if include_valid:
         fitted = fit_logistic(
-            np.concatenate([train, valid]), np.concatenate([labels, valid_labels]), float(kept), seed,
+            np.concatenate([train, valid]), np.concatenate([labels, valid_labels]), float(kept),
             sample_weight=np.concatenate([weights, valid_weights]),
         )  # fmt: skip
         record["examples"] += len(valid_labels)

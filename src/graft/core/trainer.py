@@ -743,7 +743,7 @@ def _refit_head(session, model, inputs, dataset) -> dict[str, Any] | None:
     if config.mode == FEWSHOT:
         from graft.fewshot.head import refit_head
 
-        return refit_head(model, inputs, len(dataset.classes), config.seed, session.runtime)
+        return refit_head(model, inputs, len(dataset.classes), session.runtime)
     if config.mode == "extract" and hasattr(session.kind, "refit_head"):
         return session.kind.refit_head(session, model, inputs, dataset)
     return None

@@ -25,13 +25,13 @@ from graft.core.runtime import Runtime
 REFIT_C = 1.0
 
 
-def refit_head(model: nn.Module, inputs: Any, classes: int, seed: int, runtime: Runtime) -> dict[str, Any]:
+def refit_head(model: nn.Module, inputs: Any, classes: int, runtime: Runtime) -> dict[str, Any]:
     """Refit ``model``'s linear head on the train and valid examples of ``inputs`` (the run's loaders); returns
     what the run records about it."""
     parts = [head_inputs(model, loader, inputs.start, runtime) for loader in (inputs.train, inputs.evaluation["valid"])]
     features = np.concatenate([part[0] for part in parts])
     labels = np.concatenate([part[1] for part in parts])
-    copy_into_head(model, fit_logistic(features, labels, REFIT_C, seed), classes)
+    copy_into_head(model, fit_logistic(features, labels, REFIT_C), classes)
     return {
         "on": "train+valid",
         "examples": int(len(labels)),

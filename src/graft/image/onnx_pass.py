@@ -27,7 +27,7 @@ from torch import nn
 
 from graft.core.onnx_graph import OPSET, close_enough, torch_onnx
 from graft.fileio import atomic_write_bytes, atomic_write_json, default_cache_dir
-from graft.perf import cpu_description
+from graft.perf import cpu_description, torch_threads
 
 OPT_OUT = "GRAFT_FROZEN_RUNTIME"
 INPUT, OUTPUT = "input", "activations"
@@ -120,13 +120,8 @@ def _rates(folded: nn.Module, candidate: OnnxPass, examples: torch.Tensor, threa
             return known
     except (OSError, ValueError):
         pass
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            torch_seconds = _best_of(TIMED_RUNS, lambda: folded(examples))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        torch_seconds = _best_of(TIMED_RUNS, lambda: folded(examples))
     inputs = examples.numpy()
     ort_seconds = _best_of(TIMED_RUNS, lambda: candidate.run(inputs))
     rates = {"torch": len(examples) / torch_seconds, "onnxruntime": len(examples) / ort_seconds}
