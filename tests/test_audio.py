@@ -4,7 +4,10 @@ check names every unusable file and why."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +254,43 @@ def test_a_users_recordings_join_the_positives_weighted_and_each_copy_differs(tm
     write_clip(tmp_path / "none" / "silent.wav", np.zeros(RATE))
     with pytest.raises(DataError, match="holds no usable sound file"):
         training_recipes(WakewordSettings("hey graft", recordings=str(tmp_path / "none")), [Voice("flite", "kal")])
+
+
+def test_speaker_warp_plays_training_speech_faster_or_slower_and_spares_noise_and_recordings(tmp_path, monkeypatch):
+    """--speaker-warp: each synthetic training clip of speech (the phrase and the speech it must ignore alike) is
+    played 1 +- w times as fast, pitch and formants with it; noise and the user's recordings are not warped, the
+    evaluation streams never are, and a clip without a warp keeps the cached file it had before warps existed."""
+    from graft.audio.augment import speed_perturb
+    from graft.audio.voices import Voice
+    from graft.audio.wakeword import RECIPE_VERSION, Recipe, WakewordSettings, render, training_recipes
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    times = np.arange(RATE) / RATE
+    warped = speed_perturb(np.sin(2 * np.pi * 200 * times).astype(np.float32), 1.1)
+    assert len(warped) == pytest.approx(RATE / 1.1, abs=2)
+    assert np.argmax(np.abs(np.fft.rfft(warped))) * RATE / len(warped) == pytest.approx(220, abs=2)
+    write_clip(tmp_path / "mine" / "take.wav", tone(0.7, True, 40))
+    voices = [Voice("espeak-ng", "en-us+m1")]
+    options = dict(positives=40, negatives=40, recordings=str(tmp_path / "mine"))
+    plain = training_recipes(WakewordSettings("hey graft", **options), voices)
+    assert {recipe.warp for recipes in plain.values() for recipe in recipes} == {1.0}
+    recipes = training_recipes(WakewordSettings("hey graft", speaker_warp=0.12, **options), voices)
+    speech = [r for label in ("wake", "other") for r in recipes[label] if r.kind == "speech"]
+    assert len(speech) == 40 + 32 and all(0.88 <= r.warp <= 1.12 for r in speech)
+    assert len({r.warp for r in speech}) > 30
+    assert all(r.warp == 1.0 for label in ("wake", "other") for r in recipes[label] if r.kind != "speech")
+    # the same clips otherwise: voice, text, speed and pitch as without the warp
+    assert [dataclass_replace(r, warp=1.0) for r in recipes["wake"]] == plain["wake"]
+    clean, faster = (render(dataclass_replace(recipes["wake"][0], warp=w)) for w in (1.0, 1.1))
+    assert len(clean) == len(faster) == 2 * RATE and not np.allclose(clean, faster)
+    key = Recipe("speech", "hey graft", "espeak-ng:en-us+m1")
+    assert key.path() != dataclass_replace(key, warp=1.05).path()
+    assert key.path().name == "{}.wav".format(
+        hashlib.sha256(
+            json.dumps(
+                {"v": RECIPE_VERSION, **{k: v for k, v in asdict(key).items() if k != "warp"}}, sort_keys=True
+            ).encode()
+        ).hexdigest()[:24]
+    )
+    with pytest.raises(ConfigError, match="--speaker-warp must be from 0 to 0.3"):
+        WakewordSettings("hey graft", speaker_warp=0.5).validate()

@@ -1276,6 +1276,14 @@ def wakeword(
         float, typer.Option("--stream-minutes", help="Minutes of negative stream the head is refit with.")
     ] = 180.0,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the head.")] = 30,
+    speaker_warp: Annotated[
+        float,
+        typer.Option(
+            "--speaker-warp",
+            help="Training speech played up to 1 +- this times as fast, pitch and formants with it (other "
+            "speakers' vocal tracts); 0: off.",
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Move what --out holds aside first.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -1298,6 +1306,7 @@ def wakeword(
         stream_minutes=stream_minutes,
         epochs=epochs,
         seed=seed,
+        speaker_warp=speaker_warp,
     )
     result = train_wakeword(settings, out, quiet=quiet or json_output, overwrite=overwrite)
     if json_output:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.audio.signal import SAMPLE_RATE, AudioProblem, load_16k
+from graft.audio.signal import SAMPLE_RATE, AudioProblem, load_16k, resample
 
 DISTRACTOR_FOLDERS = ("/usr/share/sounds/sound-icons", "/usr/share/sounds/alsa")
 
@@ -79,6 +79,15 @@ def place(speech: np.ndarray, length: int, rng: np.random.Generator, end: tuple[
     speech = speech[-stop:] if len(speech) > stop else speech
     out[stop - len(speech) : stop] = speech
     return out
+
+
+def speed_perturb(samples: np.ndarray, factor: float) -> np.ndarray:
+    """``samples`` played ``factor`` times as fast: shorter by that factor, pitch and formants higher by it (speech
+    recognition's speed perturbation, Ko et al. 2015), so that one synthetic voice also stands for speakers with
+    a shorter or longer vocal tract."""
+    if factor == 1.0:
+        return samples
+    return resample(samples, int(round(SAMPLE_RATE * factor)))
 
 
 def recorded(

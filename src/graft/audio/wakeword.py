@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from graft.audio.augment import noise_clip, recorded
+from graft.audio.augment import noise_clip, recorded, speed_perturb
 from graft.audio.phrases import confusable_phrases, sentences, words_of
 from graft.audio.signal import SAMPLE_RATE, inspect_files, load_16k
 from graft.audio.voices import Voice, available_voices, matches, parse_voices
@@ -65,6 +65,7 @@ class WakewordSettings:
     test_positives: int = 200
     epochs: int = 30
     seed: int = 0
+    speaker_warp: float = 0.0  # training speech played 1 +- this times as fast (pitch and formants with it)
 
     def validate(self) -> None:
         words_of(self.phrase)
@@ -84,6 +85,8 @@ class WakewordSettings:
         for name in ("eval_minutes", "stream_minutes"):
             if not 1 <= getattr(self, name) <= 600:
                 raise ConfigError(f"--{name.replace('_', '-')} must be from 1 to 600; got {getattr(self, name)}")
+        if not 0 <= self.speaker_warp <= 0.3:
+            raise ConfigError(f"--speaker-warp must be from 0 to 0.3; got {self.speaker_warp}")
         if self.recordings is not None and not Path(self.recordings).is_dir():
             raise ConfigError(f"--recordings '{self.recordings}' is not a folder", hint="a folder of WAV/FLAC files")
 
@@ -125,9 +128,13 @@ class Recipe:
     seed: int = 0
     end: tuple[float, float] = (0.05, 0.4)
     before: str = ""  # other speech said before the clip's speech, in the same voice
+    warp: float = 1.0  # the speech played this many times as fast (augment.speed_perturb)
 
     def path(self) -> Path:
-        key = json.dumps({"v": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if self.warp == 1.0:  # clips made before warps existed keep their names
+            del fields["warp"]
+        key = json.dumps({"v": RECIPE_VERSION, **fields}, sort_keys=True)
         return clip_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.wav"
 
 
@@ -163,7 +170,7 @@ def render(recipe: Recipe, length: int = WINDOW) -> np.ndarray:
         context = context[-int(rng.uniform(0.3, 1.2) * SAMPLE_RATE) :]
         pause = np.zeros(int(rng.uniform(0.1, 0.6) * SAMPLE_RATE), dtype=np.float32)
         source = np.concatenate([context, pause, source])
-    return recorded(source, length, rng, recipe.end)
+    return recorded(speed_perturb(source, recipe.warp), length, rng, recipe.end)
 
 
 def trim(samples: np.ndarray, floor: float = 0.01) -> np.ndarray:
@@ -222,6 +229,17 @@ def training_recipes(settings: WakewordSettings, voices: list[Voice]) -> dict[st
     others += speech_recipes(
         sentences(spoken, 1000 + seed, settings.phrase, held_out=False), voices, 2000 + seed, (0.0, 1.5)
     )
+    if settings.speaker_warp:  # the same spread of warps for the phrase and for the speech it must ignore
+        warps = np.random.default_rng(seed + 4)
+        positives, others = (
+            [
+                dataclasses.replace(
+                    recipe, warp=round(float(warps.uniform(1 - settings.speaker_warp, 1 + settings.speaker_warp)), 3)
+                )
+                for recipe in recipes
+            ]
+            for recipes in (positives, others)
+        )
     others += [Recipe("noise", seed=int(rng.integers(2**31))) for _ in range(noise)]
     if settings.recordings is not None:
         recordings = [verdict.path for verdict in inspect_files(_sound_files(settings.recordings)) if verdict.usable]
