@@ -369,6 +369,9 @@ def test_fewshot_refits_the_head_on_train_and_valid_and_says_valid_is_not_held_o
     metrics = json.loads((tmp_path / "fs" / "metrics.json").read_text())
     refit = metrics["head_refit"]
     assert refit["on"] == "train+valid" and "not held out" in refit["note"]
+    # the last validation score that was held out is kept beside it: the loop's best epoch's
+    history = json.loads((tmp_path / "fs" / "history.json").read_text())
+    assert refit["loop_valid_score"] == history[metrics["best_epoch"] - 1]["valid_score"]
     run = graft.load(tmp_path / "fs")
     config = json.loads((tmp_path / "fs" / "config.json").read_text())
     assert refit["examples"] == config["data"]["counts"]["train"] + config["data"]["counts"]["valid"]
@@ -384,4 +387,5 @@ def test_fewshot_refits_the_head_on_train_and_valid_and_says_valid_is_not_held_o
     logits = head(torch.as_tensor(features)).detach().numpy()
     # two classes: the head's logit difference is the regression's decision function, to the solvers' tolerance
     assert np.abs((logits[:, 1] - logits[:, 0]) - expected.decision_function(features)).max() < 2e-3
-    assert "head refit" in (tmp_path / "fs" / "report.html").read_text()
+    assert "head refit" in (page := (tmp_path / "fs" / "report.html").read_text())
+    assert f"the loop&#x27;s head scored {refit['loop_valid_score']:.4f} on valid, held out" in page

@@ -137,11 +137,8 @@ def render(
         {"what": "created", "value": str(config.get("created", ""))},
         {"what": "graft", "value": str(config.get("graft_version", ""))},
     ]
-    if metrics.get("head_refit"):  # few-shot: the head refit on train and valid after the loop
-        refit = metrics["head_refit"]
-        summary.append(
-            {"what": "head refit", "value": f"on {refit['on']} ({refit['examples']} examples): {refit['note']}"}
-        )
+    if metrics.get("head_refit"):  # the head refit to convergence after the loop
+        summary.append({"what": "head refit", "value": refit_summary(metrics["head_refit"])})
     if metrics.get("greedy"):  # greedy layer-wise pre-training: the network after each stage
         stages = ", ".join(f"{r['stage']} {r['valid_accuracy']:.3f}" for r in metrics["greedy"])
         summary.append({"what": "greedy layer-wise (valid accuracy after each stage)", "value": stages})
@@ -198,3 +195,12 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}th{{background:#f
 <h2>History</h2>{_table(rows)}
 <h2>Options</h2>{_table(options)}
 </body></html>"""
+
+
+def refit_summary(refit: dict[str, Any]) -> str:
+    """What the head refit did, in a line; where it fitted the validation examples too, the loop's held-out
+    validation score before it (the run's own valid scores are then not held out)."""
+    line = f"on {refit['on']} ({refit['examples']} examples): {refit['note']}"
+    if refit.get("loop_valid_score") is not None:
+        line += f"; before it, the loop's head scored {refit['loop_valid_score']:.4f} on valid, held out"
+    return line

@@ -470,6 +470,8 @@ def _execute(
             metrics: dict[str, Any] = {}
             refit = _refit_head(session, model, inputs, dataset)
             if refit is not None:
+                if refit["on"] == "train+valid" and state.best_epoch:  # the last valid score that was held out
+                    refit["loop_valid_score"] = state.best_record.get("valid_score")
                 metrics["head_refit"] = refit
                 if runtime.processes.is_main:
                     run.write_weights(model.state_dict(), {"epoch": str(state.best_epoch), "head": "refit"})
@@ -548,7 +550,7 @@ def _execute(
     }
     if not quiet:
         if refit := metrics.get("head_refit"):  # why the scores below differ from the last epoch's
-            stderr.print(f"head refit (on {refit['on']}, {refit['examples']} examples): {refit['note']}")
+            stderr.print(f"head refit {report.refit_summary(refit)}")
         stderr.print(
             f"[green]done[/] in {seconds:.1f}s: best epoch {state.best_epoch}, {kind.results(metrics)}; run saved to "
             f"{run.path}"
