@@ -8,8 +8,7 @@
 2. **Training**: ``graft train`` on the clips (``wake`` / ``other``), extract mode on the speech embedding
    (cached activations) with an MLP head; a user's own recordings of the phrase join the positives.
 3. **Threshold**: on a validation stream of negatives as long as the test's (training voices, sentences
-   training never used),
-   the lowest threshold whose false accepts per hour stay within ``--target-fa``.
+   training never used), the lowest threshold whose false accepts per hour stay within ``--target-fa``.
 4. **Evaluation** on held-out streams: positives from voices never used in training (``--hold-out``),
    spaced by other speech and noise; an hour (``--eval-minutes``) of speech-like negatives and noise.
    Recall, false rejects and false accepts per hour, and the recall-vs-false-accepts curve.
@@ -231,15 +230,12 @@ def training_recipes(settings: WakewordSettings, voices: list[Voice]) -> dict[st
     )
     if settings.speaker_warp:  # the same spread of warps for the phrase and for the speech it must ignore
         warps = np.random.default_rng(seed + 4)
-        positives, others = (
-            [
-                dataclasses.replace(
-                    recipe, warp=round(float(warps.uniform(1 - settings.speaker_warp, 1 + settings.speaker_warp)), 3)
-                )
-                for recipe in recipes
-            ]
-            for recipes in (positives, others)
-        )
+        low, high = 1 - settings.speaker_warp, 1 + settings.speaker_warp
+
+        def warped(recipes: list[Recipe]) -> list[Recipe]:
+            return [dataclasses.replace(r, warp=round(float(warps.uniform(low, high)), 3)) for r in recipes]
+
+        positives, others = warped(positives), warped(others)
     others += [Recipe("noise", seed=int(rng.integers(2**31))) for _ in range(noise)]
     if settings.recordings is not None:
         recordings = [verdict.path for verdict in inspect_files(_sound_files(settings.recordings)) if verdict.usable]
