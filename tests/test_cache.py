@@ -13,7 +13,14 @@ from tests.conftest import TINY_BACKBONE
 
 
 def _key(**changes):
-    values = dict(architecture="a", weights="w" * 64, preprocessing={"input_size": 8}, stop=3, view="clean")
+    values = dict(
+        architecture="a",
+        weights="w" * 64,
+        preprocessing={"input_size": 8},
+        stop=3,
+        view="clean",
+        computed_by={"timm": "1.0.0", "pool": None},
+    )
     values.update(changes)
     return ActivationKey(**values)
 
@@ -54,6 +61,8 @@ def test_only_missing_rows_are_computed_and_duplicates_once(tmp_path):
         {"stop": 2},
         {"view": "augmented:1:seed0:r"},
         {"architecture": "b"},
+        {"computed_by": {"timm": "1.0.1", "pool": None}},  # an upgraded library
+        {"computed_by": {"timm": "1.0.0", "pool": "MeanPool"}},  # another pooling of the same stages
     ],
 )
 def test_anything_in_the_key_invalidates(tmp_path, change):
@@ -151,6 +160,31 @@ def test_a_second_run_reuses_the_cache_and_augmented_views_are_cached_per_view(c
     assert len(cache_usage(cache)["namespaces"]) == 6  # another freeze boundary: new rows
 
 
+def test_rows_are_keyed_by_the_libraries_that_computed_them_and_by_the_pooling():
+    """Rows an older timm or transformers computed are not read back after an upgrade; pooled features of
+    the same stages pooled another way are other rows."""
+    import timm
+    import transformers
+
+    from graft.core.inputs import frozen_key
+    from graft.image.backbones import create_backbone
+    from graft.image.modality import IMAGE
+    from graft.image.model import build_transfer_model
+    from graft.text.modality import TEXT
+
+    loaded = create_backbone(TINY_BACKBONE, pretrained=False)
+    model = build_transfer_model(loaded.model, "linear", 3, input_size=loaded.preprocessing.input_size)
+    inner = frozen_key(IMAGE, model, 2, "tiny", loaded.preprocessing)["computed_by"]
+    assert inner["timm"] == timm.__version__ and torch.__version__.startswith(inner["torch"]) and inner["pool"] is None
+    pooled = frozen_key(IMAGE, model, len(model.stages), "tiny", loaded.preprocessing)["computed_by"]
+    assert pooled["pool"] == type(model.pool).__qualname__
+    model.pool = torch.nn.Flatten()
+    assert frozen_key(IMAGE, model, len(model.stages), "tiny", loaded.preprocessing)["computed_by"] != pooled
+    assert TEXT.frozen_libraries and transformers.__version__ in str(
+        frozen_key(TEXT, model, 2, "tiny", loaded.preprocessing)["computed_by"]
+    )
+
+
 @pytest.mark.parametrize("round_", [None, 1])
 def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pass(
     class_folder, tmp_path, round_, monkeypatch
@@ -179,7 +213,7 @@ def test_the_frozen_pass_in_worker_processes_gives_the_rows_of_the_in_process_pa
     dataset = scan_folder(class_folder)
     items = dataset.split("train")
     digests = [dataset.digest(path) for path, _ in items]
-    base = frozen_key(model, 2, "tiny", loaded.preprocessing)
+    base = frozen_key(IMAGE, model, 2, "tiny", loaded.preprocessing)
     rows = {}
     for workers in (0, 2):
         where.write_text("")  # keeps the pids of the last pass only

@@ -2,8 +2,9 @@
 
 The statistics are the exact averages over (a seeded sample of) the domain. They are kept beside the
 activation cache, keyed by everything that determines them (the stages' weights, the preprocessing,
-the sampled examples' bytes), so another run on the same domain skips the pass; and saved in the run
-folder, so a resumed run uses the very same ones and finds its cached rows again."""
+the sampled examples' bytes, the versions of the libraries that compute them), so another run on the
+same domain skips the pass; and saved in the run folder, so a resumed run uses the very same ones and
+finds its cached rows again."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from graft.console import progress_task
-from graft.core.cache import weights_digest
+from graft.core.cache import library_versions, weights_digest
 from graft.core.inputs import default_workers, make_loader
 from graft.core.model import TransferModel
 from graft.errors import ConfigError
@@ -70,6 +71,7 @@ def domain_statistics(
             "stop": stop,
             "preprocessing": preprocessing.to_dict(),
             "examples": sorted(digests[i] for i in chosen),
+            "computed_by": library_versions(modality.frozen_libraries),
         },
         sort_keys=True,
     )

@@ -159,7 +159,7 @@ class CleanRows:
         self, trunk: TransferModel, stop: int, parts: dict[str, list], label: str = ""
     ) -> dict[str, CachedRows]:
         """Rows of stages ``[0, stop)`` of ``trunk`` for each named list of ``(path, label)`` items."""
-        base = frozen_key(trunk, stop, self.architecture, self.preprocessing)
+        base = frozen_key(self.modality, trunk, stop, self.architecture, self.preprocessing)
         self.used.add(ActivationKey(**base, view="clean").namespace())
         return {
             name: frozen_rows(

@@ -27,6 +27,7 @@ from graft.errors import ConfigError
 class AudioModality(ModalityDefaults):
     name = "audio"
     augmentation_recipe = None  # clips are augmented when made (graft wakeword), not per epoch
+    frozen_libraries = ("onnxruntime", "soundfile", "numpy")  # the embedding is ONNX; soundfile decodes
     default_backbone = SPEECH_EMBEDDING
     refuses = {
         "augment": "sound clips are augmented when they are made (graft wakeword mixes noise, reverberation, gain)",

@@ -413,7 +413,9 @@ def refit_head(out: Path, negatives: np.ndarray, settings: WakewordSettings) -> 
         items,
         [manifest["sha256"][path] for path, _ in items],
         trained.preprocessing,
-        base=frozen_key(model, stop, trained.config["backbone"]["architecture"], trained.preprocessing),
+        base=frozen_key(
+            trained.modality, model, stop, trained.config["backbone"]["architecture"], trained.preprocessing
+        ),
         root=resolve_cache_dir(None),
     ).materialize()
     labels = np.array([label for _, label in items])

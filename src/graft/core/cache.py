@@ -6,9 +6,11 @@ extraction), or the trainable tail on the activations at the freeze boundary (fi
 
 Rows are keyed by the image's sha256; a *namespace* holds one kind of row and is named by the hash
 of everything that determines it: the frozen stages' weights (hashed tensor by tensor), the
-architecture, the preprocessing, where the frozen part stops and which view of the image (the clean
-evaluation view, or augmented view ``v`` under seed ``s``). Change any of these and the rows are
-computed anew; run again with the same and they are read back. Rows live in ``.npy`` chunk files
+architecture, the preprocessing, where the frozen part stops, which view of the image (the clean
+evaluation view, or augmented view ``v`` under seed ``s``) and what computed the rows (the versions of
+the libraries that decode and run the stages, the pooling of pooled rows). Change any of these and the
+rows are computed anew (an upgraded timm or transformers included); run again with the same and they are
+read back. Rows live in ``.npy`` chunk files
 that are memory-mapped, so a dataset larger than memory trains from the page cache; chunks and the
 index are written atomically, so a killed run leaves no half-written row behind.
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -71,10 +75,25 @@ class ActivationKey:
     preprocessing: dict[str, Any]
     stop: int  # stages [0, stop) are run; stop == number of stages means pooled features
     view: str  # "clean", or "augmented:<view>:seed<seed>:<augmentation recipe>"
+    # the code behind the rows: library versions (library_versions) and, for pooled rows, the pooling
+    computed_by: dict[str, Any]
 
     def namespace(self) -> str:
         text = json.dumps({"format": FORMAT_VERSION, **self.__dict__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each distribution in ``names`` ("absent" where none is): part of the keys of
+    cached computation, so rows computed by an older timm or transformers are not read back after an upgrade."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 class CachedRows:

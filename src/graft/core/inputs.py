@@ -25,6 +25,7 @@ from graft.core.cache import (
     CachedRows,
     cache_limit,
     cached_rows,
+    library_versions,
     prune_cache,
     resolve_cache_dir,
     weights_digest,
@@ -152,13 +153,21 @@ def cached_loader(
     )
 
 
-def frozen_key(model: TransferModel, stop: int, architecture: str, preprocessing: Any) -> dict[str, Any]:
-    """The parts of an :class:`~graft.core.cache.ActivationKey` shared by every view: what the frozen stages are."""
+def frozen_key(
+    modality: Modality, model: TransferModel, stop: int, architecture: str, preprocessing: Any
+) -> dict[str, Any]:
+    """The parts of an :class:`~graft.core.cache.ActivationKey` shared by every view: what the frozen stages are
+    and what computes them (``modality``'s libraries; the pooling when the rows are pooled features)."""
+    pooled = stop >= len(model.stages)
     return dict(
         architecture=architecture,
         weights=weights_digest(list(model.stages.values())[:stop]),
         preprocessing=preprocessing.to_dict(),
         stop=stop,
+        computed_by={
+            **library_versions(modality.frozen_libraries),
+            "pool": type(model.pool).__qualname__ if pooled else None,
+        },
     )
 
 
@@ -304,7 +313,7 @@ def build_inputs(
         )
 
     root = resolve_cache_dir(cache_dir)
-    base = frozen_key(model, trainable_from, architecture, preprocessing)
+    base = frozen_key(modality, model, trainable_from, architecture, preprocessing)
     used: set[str] = set()
 
     def rows(

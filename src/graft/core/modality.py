@@ -34,6 +34,8 @@ class Modality(Protocol):
     default_backbone: str  # what a run uses when no --backbone is given
     refuses: dict[str, str]  # options (RunConfig fields) that do not apply to this modality, with why
     int8_operators: tuple[str, ...] | None  # ONNX operator types ``export --int8`` quantises; None: all it can
+    # the distributions whose code decodes examples and runs the frozen stages: their versions key cached rows
+    frozen_libraries: tuple[str, ...]
 
     def refuse(self, config: Any) -> None:
         """Refuse (:class:`ConfigError`) what this modality cannot do with ``config`` beyond the options in
@@ -154,6 +156,7 @@ class ModalityDefaults:
 
     refuses: dict[str, str] = {}
     int8_operators: tuple[str, ...] | None = None
+    frozen_libraries: tuple[str, ...] = ("torch",)
 
     def refuse(self, config: Any) -> None:
         return None

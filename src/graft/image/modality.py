@@ -25,6 +25,7 @@ from graft.image.preprocessing import AUGMENTATION_RECIPE, Preprocessing
 class ImageModality(ModalityDefaults):
     name = "image"
     augmentation_recipe = AUGMENTATION_RECIPE
+    frozen_libraries = ("torch", "timm", "pillow")  # the stages are timm's; Pillow decodes and resizes
     default_backbone = DEFAULT_BACKBONE
 
     def claims(self, data: str | None, backbone: str) -> bool:

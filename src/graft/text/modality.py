@@ -39,6 +39,7 @@ class Tokens(torch.utils.data.Dataset):
 class TextModality(ModalityDefaults):
     name = "text"
     augmentation_recipe = None  # graft has no text augmentation (yet): training reads the clean texts
+    frozen_libraries = ("torch", "transformers", "tokenizers")
     default_backbone = DEFAULT_TEXT_BACKBONE
     # Options that mean nothing for a sentence encoder: refused, not ignored.
     refuses = {
