@@ -18,6 +18,7 @@ from graft.core.reproducibility import EpochSampler
 from graft.core.runtime import Runtime
 from graft.errors import ConfigError
 from tests.conftest import TINY_BACKBONE
+from tests.test_adaptation import domains  # noqa: F401 (a fixture)
 
 
 def _chunks(cache: Path) -> list[int]:
@@ -87,8 +88,7 @@ def test_what_several_processes_do_not_do_yet_is_refused():
     from graft.adaptation.run import KIND as ADAPTATION
     from graft.multitask.run import KIND as MULTITASK
 
-    with pytest.raises(ConfigError, match="adaptation runs train in one process"):
-        _refuse_in_several_processes(RunConfig(data="d", target="t", mode="finetune"), ADAPTATION, several)
+    _refuse_in_several_processes(RunConfig(data="d", target="t", mode="finetune"), ADAPTATION, several)
     _refuse_in_several_processes(RunConfig(data="d", labels="utkface", mode="finetune"), MULTITASK, several)
 
 
@@ -108,7 +108,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
     scratch_before = set(Path(tempfile.gettempdir()).glob("graft-rank*"))
     command = [sys.executable, "-m", "graft", "train", str(class_folder), "--out", str(tmp_path / "two"), "--json"]
-    command += ["--mode", "finetune", "--unfreeze", "1", "--bn", "frozen", "--nproc", "2", *OPTIONS]
+    command += ["--mode", "finetune", "--unfreeze", "1", "--nproc", "2", *OPTIONS]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads(done.stdout)  # one summary: rank 1 prints none
@@ -119,7 +119,6 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
         tmp_path / "one",
         mode="finetune",
         unfreeze=1,
-        bn="frozen",
         backbone=TINY_BACKBONE,
         pretrained=False,
         epochs=3,
@@ -129,12 +128,15 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
         quiet=True,
     )
     assert _chunks(tmp_path / "cache") == chunks  # the shared pass left the cache complete: one process adds nothing
-    # the same data, batches and maths (dropout masks aside): the same scores, losses within 2% (0.3% measured)
+    # The same data, batches and maths, BatchNorm of the trained stage included (its statistics are the whole
+    # batch's: graft.core.distributed.whole_batch_norms); only the head's dropout masks differ. Measured:
+    # validation losses within 0.25%, train losses (taken under dropout) within 2.2%; with each rank's share
+    # normalised alone they drift to 1.1% and 18% by epoch 3.
     assert two["valid_accuracy"] == one["valid_accuracy"] and two["epochs_run"] == one["epochs_run"] == 3
     histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("one", "two")]
     for single, shared in zip(*histories):
-        assert shared["train_loss"] == pytest.approx(single["train_loss"], rel=0.02)
-        assert shared["valid_loss"] == pytest.approx(single["valid_loss"], rel=0.02)
+        assert shared["train_loss"] == pytest.approx(single["train_loss"], rel=0.05)
+        assert shared["valid_loss"] == pytest.approx(single["valid_loss"], rel=0.006)
     written = {path.name for path in (tmp_path / "two").iterdir()}
     assert {"config.json", "model.safetensors", "history.json", "report.html"} <= written
     assert set(Path(tempfile.gettempdir()).glob("graft-rank*")) == scratch_before  # rank 1's scratch copy is gone
@@ -153,13 +155,13 @@ def test_a_multi_domain_run_trains_in_two_processes_like_in_one(tmp_path, monkey
         for i in range(8):
             make_image(colours / name / f"{i}.png", colour, seed=index * 50 + i, size=32)
     faces = make_faces(tmp_path / "faces")
-    domains = {"colours": str(colours), "faces": f"{faces}:utkface:gender"}
+    folders = {"colours": str(colours), "faces": f"{faces}:utkface:gender"}
     options = dict(backbone=TINY_BACKBONE, pretrained=False, epochs=3, batch_size=8, seed=0, lr=0.05, quiet=True)
     one = graft.train_multitask(
-        None, tmp_path / "one", domains=domains, mode="finetune", unfreeze=1, bn="frozen", **options
+        None, tmp_path / "one", domains=folders, mode="finetune", unfreeze=1, bn="frozen", **options
     )
     command = [sys.executable, "-m", "graft", "train", "--out", str(tmp_path / "two"), "--json", "--nproc", "2"]
-    command += [arg for name, path in domains.items() for arg in ("--domain", f"{name}={path}")]
+    command += [arg for name, path in folders.items() for arg in ("--domain", f"{name}={path}")]
     command += ["--mode", "finetune", "--unfreeze", "1", "--bn", "frozen", *OPTIONS]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -171,9 +173,99 @@ def test_a_multi_domain_run_trains_in_two_processes_like_in_one(tmp_path, monkey
         # epoch 3; task weights within 5%). The train loss does not: each rank's loss sums the tasks its share
         # holds rows of, so a share without a domain reports (and weighs) one term fewer than the batch would.
         assert shared["valid_score"] == single["valid_score"]
-        for domain in domains:
+        for domain in folders:
             assert shared["valid"][domain]["loss"] == pytest.approx(single["valid"][domain]["loss"], rel=0.12)
             assert shared["task_weights"][domain] == pytest.approx(single["task_weights"][domain], rel=0.05)
+
+
+def _alignment_gradients(method: str, processes: Processes) -> list:
+    """The gradients of one adaptation step on a generated batch of 8 source and 8 target rows, this rank's
+    share of it (the whole batch for one process), averaged over the ranks as DDP averages them, and the
+    BatchNorm's running statistics after the step."""
+    import torch
+
+    from graft.adaptation.methods import method_named
+    from graft.adaptation.objective import UNLABELLED, AdaptationObjective
+    from graft.core.distributed import whole_batch_norms
+
+    torch.manual_seed(0)  # the same initial weights and batch on every rank
+    bottleneck = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))
+    classifier = torch.nn.Linear(4, 3)
+    whole_batch_norms(bottleneck)  # what Processes.wrap does to the model it hands DDP
+    inputs = torch.randn(16, 6)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1] + [UNLABELLED] * 8)
+    objective = AdaptationObjective(method_named(method), 1.0, 4)
+    objective.processes, objective.total_steps = processes, 2
+    objective.steps.fill_(1)  # halfway: the ramped terms (DANN, CORAL) weigh more than 0
+    if objective.extra is not None:
+        objective.extra.eval()  # the discriminator's dropout masks would differ between the ranks
+    rows = processes.part(range(8)) + processes.part(range(8, 16))
+    features = bottleneck(inputs[rows])
+    objective.loss((classifier(features), features), labels[rows], None).backward()
+    parameters = [*bottleneck.parameters(), *classifier.parameters(), *objective.parameters()]
+    gradients = [parameter.grad.clone() for parameter in parameters if parameter.grad is not None]
+    if processes.distributed:
+        for gradient in gradients:
+            torch.distributed.all_reduce(gradient)
+            gradient /= processes.world
+    statistics = [bottleneck[1].running_mean.clone(), bottleneck[1].running_var.clone()]
+    return [tensor.numpy() for tensor in gradients + statistics]
+
+
+def _alignment_rank(rank: int, store: str, results: str) -> None:
+    import numpy as np
+    import torch
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        found = {method: _alignment_gradients(method, Processes(rank, 2)) for method in ("coral", "dann", "mcc")}
+    finally:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        np.savez(results, **{f"{method}.{i}": g for method, grads in found.items() for i, g in enumerate(grads)})
+
+
+def test_the_alignment_term_is_the_whole_batchs_over_two_processes(tmp_path):
+    """A covariance (CORAL) or class confusion (MCC) of half a batch is not half the whole batch's, nor are
+    BatchNorm's statistics: the ranks gather their rows and sum their statistics, and the step two processes
+    take is the one process's, to float rounding."""
+    import numpy as np
+    import torch.multiprocessing
+
+    from graft.core.distributed import SINGLE
+
+    results = tmp_path / "two.npz"
+    torch.multiprocessing.spawn(_alignment_rank, args=(str(tmp_path / "store"), str(results)), nprocs=2)
+    two = np.load(results)
+    for method in ("coral", "dann", "mcc"):
+        single = _alignment_gradients(method, SINGLE)
+        assert len(single) == len([key for key in two.files if key.startswith(method + ".")]) >= 8
+        for index, gradient in enumerate(single):
+            np.testing.assert_allclose(two[f"{method}.{index}"], gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_an_adaptation_run_trains_in_two_processes(domains, tmp_path, monkeypatch):  # noqa: F811
+    """AdaBN's statistics (rank 0's), the sharded frozen rows of both domains, mixed batches split between the
+    ranks, MCC and the head's BatchNorm on the whole batch: the run completes with one summary and rank 0's
+    run folder. What it learns is close, not equal: the head's dropout masks differ, which on 7 validation
+    images of a random network moves the scores by whole images (the step's exactness: the test above;
+    1 against 2 processes on PACS: bench/distributed.py --adapt)."""
+    from tests.test_adaptation import _adapt
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    source, target = domains
+    command = [sys.executable, "-m", "graft", "adapt", str(source), str(target), "--out", str(tmp_path / "two")]
+    command += ["--method", "adabn+mcc", "--nproc", "2", "--workers", "0", "--json", *OPTIONS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(done.stdout)  # one summary: rank 1 prints none
+    assert two["runtime"]["processes"] == 2 and two["method"] == "adabn+mcc" and two["epochs_run"] == 3
+    chunks = _chunks(tmp_path / "cache")
+    assert chunks and all(count % 2 == 0 for count in chunks)  # each rank computed its share of every pass
+    one = _adapt(source, target, tmp_path / "one", method="adabn+mcc", epochs=3, seed=0, lr=0.05)
+    assert _chunks(tmp_path / "cache") == chunks  # the shared passes left the cache complete
+    assert json.loads((tmp_path / "two" / "history.json").read_text())[-1]["epoch"] == one["epochs_run"] == 3
+    assert two["target_accuracy"] is not None and (tmp_path / "two" / "domain_statistics.safetensors").is_file()
 
 
 def _rank_process(rank: int) -> int | None:

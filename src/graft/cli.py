@@ -35,6 +35,14 @@ BackboneOption = Annotated[
 WeightsOption = Annotated[
     Optional[Path], typer.Option("--weights", help="Weights file (safetensors, or a .pth state dict) for the backbone.")
 ]
+NprocOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--nproc",
+        help="Train in this many processes on this machine (launches torchrun --standalone --nproc_per_node N; "
+        "several machines: torchrun's --nnodes / --rdzv-endpoint with -m graft train or -m graft adapt).",
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -431,14 +439,7 @@ def train(
             rich_help_panel="Distribution shift",
         ),
     ] = None,
-    nproc: Annotated[
-        Optional[int],
-        typer.Option(
-            "--nproc",
-            help="Train in this many processes on this machine (launches torchrun --standalone --nproc_per_node N; "
-            "several machines: torchrun's --nnodes / --rdzv-endpoint with -m graft train).",
-        ),
-    ] = None,
+    nproc: NprocOption = None,
     json_output: JsonOption = False,
 ):
     """Train a classifier on a folder of class folders by transfer from a pretrained backbone (or several
@@ -737,6 +738,7 @@ def adapt(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Processes of the frozen pass.")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Identical numbers on a rerun.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    nproc: NprocOption = None,
     json_output: JsonOption = False,
 ):
     """Adapt a classifier to a new domain: labelled SOURCE images, unlabelled TARGET images with the same
@@ -748,6 +750,8 @@ def adapt(
 
     if out is None:
         raise ConfigError("graft adapt needs --out RUN_FOLDER", hint="graft adapt SOURCE TARGET --out runs/NAME")
+    if nproc is not None:
+        _launch_processes(nproc)  # returns only for --nproc 1
     summary = run_adapt(
         source,
         target,
@@ -770,7 +774,7 @@ def adapt(
         num_workers=workers,
         overwrite=overwrite,
     )
-    if json_output:
+    if json_output and _first_process():  # one summary, from the rank that wrote the run
         emit_json(summary)
 
 

@@ -5,7 +5,9 @@ source rows through the prefix with the source's BatchNorm statistics, target ro
 when the method re-estimates them (AdaBN), both with the pretrained ones otherwise. A training batch
 is ``batch_size`` source rows (with labels) and as many target rows (label -1), as in TLlib's and the
 papers' loops; an epoch is one pass over the source;
-the validation loader holds the source's validation rows and every target row, labels hidden."""
+the validation loader holds the source's validation rows and every target row, labels hidden. Over several
+processes (:mod:`graft.core.distributed`) each rank trains on its share of each domain's rows of every batch
+and computes the frozen rows its share of the cache lacks."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from graft.adaptation.objective import UNLABELLED
 from graft.core.cache import ActivationKey, CachedRows
 from graft.core.dataset import Dataset
+from graft.core.distributed import SINGLE, Processes
 from graft.core.inputs import frozen_key, frozen_rows, make_loader, whole_batches
 from graft.core.model import TransferModel
 from graft.errors import ConfigError
@@ -56,10 +59,14 @@ class DomainRows(torch.utils.data.Dataset):
 
 class MixedBatches(torch.utils.data.Sampler):
     """An epoch of batches: each ``batch_size`` source rows (a seeded permutation per epoch) and as many
-    target rows (drawn the same way, cycling), or source rows alone when ``with_target`` is off."""
+    target rows (drawn the same way, cycling), or source rows alone when ``with_target`` is off. With
+    ``processes``, this rank's share of each domain's rows of every batch (every rank draws the same batches)."""
 
-    def __init__(self, sources: int, targets: int, batch_size: int, seed: int, with_target: bool):
+    def __init__(
+        self, sources: int, targets: int, batch_size: int, seed: int, with_target: bool, processes: Processes = SINGLE
+    ):
         self.sources, self.targets, self.seed, self.with_target = sources, targets, seed, with_target
+        self.processes = processes
         self.per_domain = batch_size
         self.epoch = 1
 
@@ -76,9 +83,10 @@ class MixedBatches(torch.utils.data.Sampler):
             needed = len(self) * self.per_domain
             target = np.concatenate([rng.permutation(self.targets) for _ in range(-(-needed // self.targets))])
         for batch in range(len(self)):
-            keys = [(SOURCE, int(i)) for i in order[batch * self.per_domain : (batch + 1) * self.per_domain]]
+            rows = slice(batch * self.per_domain, (batch + 1) * self.per_domain)
+            keys = self.processes.part([(SOURCE, int(i)) for i in order[rows]])
             if self.with_target:
-                keys += [(TARGET, int(i)) for i in target[batch * self.per_domain : (batch + 1) * self.per_domain]]
+                keys += self.processes.part([(TARGET, int(i)) for i in target[rows]])
             yield keys
 
 
@@ -111,9 +119,11 @@ def domain_loaders(
     batch_size: int,
     seed: int,
     with_target: bool,
+    processes: Processes = SINGLE,
 ) -> DomainLoaders:
     """Loaders over the cached ``rows`` of the source splits (train, valid[, test]) and of the ``target``
-    (whose ``labels``, when known, are only in the ``target`` loader: it is for reporting)."""
+    (whose ``labels``, when known, are only in the ``target`` loader: it is for reporting). ``processes``:
+    the training batches are split between them; every rank evaluates on whole splits."""
 
     def loader(source: str, sampler) -> torch.utils.data.DataLoader:
         return make_loader(
@@ -121,7 +131,7 @@ def domain_loaders(
         )
 
     targets = len(rows["target"])
-    train = loader("train", MixedBatches(len(rows["train"]), targets, batch_size, seed, with_target))
+    train = loader("train", MixedBatches(len(rows["train"]), targets, batch_size, seed, with_target, processes))
     valid_keys = [(SOURCE, i) for i in range(len(rows["valid"]))] + [(TARGET, i) for i in range(targets)]
     evaluation = {"valid": loader("valid", FixedBatches(valid_keys, batch_size))}
     if "test" in rows:
@@ -153,6 +163,7 @@ class CleanRows:
     workers: int | None
     progress: Any
     device: torch.device | None
+    processes: Processes = SINGLE  # a run over several: the rows the cache lacks are shared between them
     used: set[str] = field(default_factory=set)
 
     def __call__(
@@ -175,6 +186,7 @@ class CleanRows:
                 description=f"frozen stages{f' ({label})' if label else ''}, {name}",
                 device=self.device,
                 source=str(self.dataset.root),
+                processes=self.processes,
             )
             for name, items in parts.items()
         }

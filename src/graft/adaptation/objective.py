@@ -4,7 +4,11 @@ never sees a target label).
 
 Epochs are judged on the source validation split (its accuracy is recorded) and, without labels, on
 the target rows (information maximisation, mean entropy); the *last* epoch is kept, as adaptation
-papers do, since no labelled target split can say which epoch was best."""
+papers do, since no labelled target split can say which epoch was best.
+
+Over several processes the alignment term is computed on the whole batch, every rank's rows gathered
+(:meth:`graft.core.distributed.Processes.gather`): a covariance (CORAL) or a class-confusion matrix (MCC) of
+half a batch is not half of the whole batch's, so each rank's share alone would train a different model."""
 
 from __future__ import annotations
 
@@ -45,14 +49,25 @@ class AdaptationObjective(Objective):
         logits, features = outputs
         source = targets != UNLABELLED
         loss = nn.functional.cross_entropy(logits[source], targets[source].long(), label_smoothing=self.label_smoothing)
-        target = ~source
-        if self.method.uses_target and self.strength > 0 and target.sum() > 1:
-            progress = min(1.0, float(self.steps) / max(1, self.total_steps))
-            loss = loss + self.strength * self.method.alignment(
-                features[source], features[target], logits[target], self.extra, progress
-            )
+        if self.method.uses_target and self.strength > 0:
+            logits, features, source = self._whole_batch(logits, features, source)
+            target = ~source
+            if target.sum() > 1:
+                progress = min(1.0, float(self.steps) / max(1, self.total_steps))
+                loss = loss + self.strength * self.method.alignment(
+                    features[source], features[target], logits[target], self.extra, progress
+                )
         self.steps += 1
         return loss
+
+    def _whole_batch(self, logits, features, source):
+        """The batch's logits, features and source mask over every rank (this rank's alone in one process),
+        gathered as one tensor: one collective a step."""
+        if not self.processes.distributed:
+            return logits, features, source
+        width = features.shape[1]
+        whole = self.processes.gather(torch.cat([features, logits, source[:, None].to(features.dtype)], 1))
+        return whole[:, width:-1], whole[:, :width], whole[:, -1] > 0.5
 
     def train_sums(self, outputs, targets: torch.Tensor) -> dict[str, float]:
         logits = outputs[0]

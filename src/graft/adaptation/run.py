@@ -8,6 +8,10 @@ training), the inputs are the source's and the target's cached rows in mixed bat
 and keeps the one the unsupervised validator prefers (:mod:`graft.adaptation.auto`, saved as
 ``adaptation_auto.json``). The finished run is an ordinary classifier adapted to the target: with
 AdaBN its saved BatchNorm statistics are the target's.
+
+It trains over several processes like the classifier (``--nproc`` or torchrun): the frozen rows are shared
+between the ranks, each batch's source and target rows split, the alignment term computed on the whole
+batch; rank 0 estimates AdaBN's statistics and makes ``--method auto``'s choice, and the others take them.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class AdaptationKind:
 
     name = "adaptation"
     modalities = ("image",)
+    several_processes = True  # torchrun / --nproc (graft.core.distributed; the module docstring says how)
 
     def scan(self, config: RunConfig, source: Modality) -> Dataset:
         return with_target(CLASSIFIER.scan(config, source), config.target, source)
@@ -122,7 +127,7 @@ class AdaptationKind:
         source_splits = {name: items for name, items in splits.items() if name != TARGET}
         clean = CleanRows(
             modality, dataset, preprocessing, saved["backbone"]["architecture"], root, session.num_workers, progress,
-            runtime.device,
+            runtime.device, runtime.processes,
         )  # fmt: skip
 
         def rows(trunk: TransferModel, parts: dict[str, list], statistics: str) -> dict[str, Any]:
@@ -134,8 +139,12 @@ class AdaptationKind:
         if method is None or not method.target_bn:
             cached["pretrained"] = rows(model, splits, "pretrained statistics")
         if method is None or method.target_bn:
-            statistics = self._statistics(
-                run, model, modality, dataset, splits, preprocessing, stop, config.seed, root, progress
+            statistics = runtime.processes.from_main(
+                self._statistics(
+                    run, model, modality, dataset, splits, preprocessing, stop, config.seed, root, progress
+                )
+                if runtime.processes.is_main
+                else None
             )
             cached["adabn"] = {
                 **rows(with_statistics(model, statistics["source"]), source_splits, "source statistics"),
@@ -144,11 +153,17 @@ class AdaptationKind:
 
         def loaders(normalisation: str, with_target: bool) -> DomainLoaders:
             return domain_loaders(
-                cached[normalisation], labels, batch_size=config.batch_size, seed=config.seed, with_target=with_target
+                cached[normalisation],
+                labels,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                with_target=with_target,
+                processes=runtime.processes,
             )
 
         if method is None:
-            choice = self._choose(session, model, plan, loaders, stop, progress, dataset)
+            # every rank trained the same candidates; rank 0's choice binds them all (a tie cannot split them)
+            choice = runtime.processes.from_main(self._choose(session, model, plan, loaders, stop, progress, dataset))
             run.write_json(AUTO_CHOICE, choice)
             method = method_named(choice["chosen"])
             seed_everything(config.seed, config.deterministic)  # the run trains as the chosen candidate did

@@ -1,6 +1,6 @@
 """One run over several processes: torchrun's environment, PyTorch's DistributedDataParallel, rank 0 writes.
 
-``torchrun --nproc_per_node=N -m graft train ...`` (or ``graft train --nproc N``, which launches it) starts N
+``torchrun --nproc_per_node=N -m graft train ...`` (or ``graft train|adapt --nproc N``, which launches it) starts N
 copies of the same command. Each finds its place here (:func:`processes`): rank and world size from
 torchrun's variables, a process group on gloo (CPU) or nccl (CUDA). Every rank then runs the same code:
 
@@ -20,6 +20,11 @@ The DDP wrapper is built for each phase of the freeze plan (head first, then the
 never waits for a gradient (pytorch #43259, #43690). Only a run whose objective can leave some outputs out of
 a batch's loss (a multi-domain head with no row in a rank's share) asks DDP to look for unused parameters; the
 objective's own parameters (task weights) are averaged over the ranks by hand (:meth:`Processes.average_gradients`).
+
+What is not a mean over rows is computed on the whole batch on every rank, so with DDP's averaging the step is
+the single process's: a loss term such as a covariance or a class-confusion matrix (:meth:`Processes.gather`
+brings every rank's rows together and sends each rank back the gradient of its own rows), and the statistics
+of BatchNorm layers that train (:func:`whole_batch_norms`: torch's SyncBatchNorm runs only on GPUs).
 """
 
 from __future__ import annotations
@@ -87,14 +92,24 @@ class Processes:
         return box[0]
 
     def wrap(self, model: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
-        """``model`` as DistributedDataParallel over the parameters that train now (``model`` itself when alone).
+        """``model`` as DistributedDataParallel over the parameters that train now (``model`` itself when alone),
+        its BatchNorm layers normalising with the whole batch's statistics (:func:`whole_batch_norms`).
         ``find_unused``: a rank's share of a batch may leave parameters out of its loss (a task head when the
         share holds none of that task's labels); DDP then looks for them after each backward pass, at a cost,
         instead of waiting for their gradients forever (pytorch #43259)."""
         if not self.distributed or not any(parameter.requires_grad for parameter in model.parameters()):
             return model
+        whole_batch_norms(model)
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``rows`` (same trailing shape, any count) concatenated in rank order, on every rank.
+        Backward, each rank's rows get the gradient summed over every rank's loss; DDP then divides by the
+        world, so a term every rank computes on the gathered rows trains as it would on the whole batch."""
+        if not self.distributed:
+            return rows
+        return _GatherRows.apply(rows, self.world, self.rank)
 
     def average_gradients(self, parameters) -> None:
         """Average over the ranks the gradients of parameters DDP does not hold (an objective's task weights),
@@ -107,6 +122,111 @@ class Processes:
                     parameter.grad = torch.zeros_like(parameter)
                 torch.distributed.all_reduce(parameter.grad)
                 parameter.grad /= self.world
+
+
+def whole_batch_normalise(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor | None:
+    """``layer``'s normalisation of ``x`` (affine included) with the statistics of the whole batch, every rank's
+    share of it, as one process would compute them; None where the layer's own forward is right (evaluation,
+    no autograd, as in a statistics pass on one rank, or one process). Each channel's count, sum and sum of
+    squares are summed over the ranks in one all_reduce that is differentiable: each rank's rows also get the
+    gradient through the other ranks' losses. torch's SyncBatchNorm does this on GPUs only; this runs on gloo."""
+    if not (layer.training and torch.is_grad_enabled() and _world() > 1):
+        return None
+    from torch.distributed.nn.functional import all_reduce
+
+    channels, dims = x.shape[1], [0, *range(2, x.dim())]
+    rows = x.float()
+    count = rows.new_full((1,), rows.numel() / channels)
+    totals = all_reduce(torch.cat([rows.sum(dims), (rows * rows).sum(dims), count]))
+    n = totals[-1]
+    mean = totals[:channels] / n
+    var = totals[channels : 2 * channels] / n - mean * mean
+    if layer.track_running_stats and layer.running_mean is not None:
+        with torch.no_grad():
+            layer.num_batches_tracked.add_(1)
+            factor = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
+            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), factor)
+            layer.running_var.lerp_((var * n / (n - 1)).to(layer.running_var.dtype), factor)
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    out = (rows - mean.view(shape)) * torch.rsqrt(var.view(shape) + layer.eps)
+    if layer.weight is not None:
+        out = out * layer.weight.view(shape) + layer.bias.view(shape)
+    return out.to(x.dtype)
+
+
+class WholeBatchStatistics:
+    """Mixed into a BatchNorm class: training over several ranks, it normalises with the whole batch's
+    statistics (:func:`whole_batch_normalise`), then does what the class does after normalising."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalised = whole_batch_normalise(self, x)
+        return super().forward(x) if normalised is None else self.after_normalising(normalised)
+
+    def after_normalising(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class WholeBatchNorm1d(WholeBatchStatistics, nn.BatchNorm1d):
+    pass
+
+
+class WholeBatchNorm2d(WholeBatchStatistics, nn.BatchNorm2d):
+    pass
+
+
+class WholeBatchNorm3d(WholeBatchStatistics, nn.BatchNorm3d):
+    pass
+
+
+_WHOLE_BATCH: dict[type, type] = {
+    nn.BatchNorm1d: WholeBatchNorm1d,
+    nn.BatchNorm2d: WholeBatchNorm2d,
+    nn.BatchNorm3d: WholeBatchNorm3d,
+}
+
+
+def register_whole_batch_norm(layer: type, whole: type) -> None:
+    """Say which subclass of ``layer`` (a BatchNorm class that does more than normalise, such as timm's
+    BatchNormAct2d) normalises with the whole batch's statistics: :func:`whole_batch_norms` then converts it."""
+    _WHOLE_BATCH[layer] = whole
+
+
+def whole_batch_norms(model: nn.Module) -> None:
+    """Make ``model``'s BatchNorm layers of a registered class normalise with the whole batch's statistics
+    over the ranks. Each layer is turned into its registered subclass in place (its class changes, nothing
+    else): parameters, buffers and every reference to the layer stay what they were, so DDP, the optimizer
+    and the checkpoint see the same model. A BatchNorm class nobody registered normalises each rank's share."""
+    for layer in model.modules():
+        whole = _WHOLE_BATCH.get(type(layer))
+        if whole is not None:
+            layer.__class__ = whole
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather with rows of unequal counts (padded to the largest, then trimmed) and a backward made of one
+    all_reduce, which gloo and nccl both have (torch.distributed.nn's backward needs all_to_all or reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+        counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+        torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+        counts = [int(count) for count in counts]
+        padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.count = sum(counts[:rank]), len(rows)
+        return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        summed = grad.contiguous().clone()
+        torch.distributed.all_reduce(summed)
+        return summed[ctx.start : ctx.start + ctx.count], None, None
 
 
 SINGLE = Processes()

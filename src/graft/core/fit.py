@@ -170,6 +170,7 @@ def fit(
     saved with it), training continues after the epoch the state describes.
     """
     state = resume if resume is not None else FitState(model=model, objective=objective)
+    objective.processes = runtime.processes
     if runtime.processes.rank > 0:  # its own dropout masks: the same ones as rank 0's would tie rows together
         torch.manual_seed(torch.initial_seed() + runtime.processes.rank)
     hooks = CallbackList(callbacks)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.core.distributed import SINGLE, Processes
 from graft.core.evaluation import probabilities
 
 
@@ -25,6 +26,8 @@ class Objective(nn.Module):
     # True when a batch can leave some of the model's outputs out of the loss (a task none of its rows is
     # labelled for): over several processes DDP must then look for parameters without a gradient.
     leaves_outputs_unused = False
+    # the run's processes (set by the loop): a loss term over the whole batch gathers every rank's rows
+    processes: Processes = SINGLE
 
     def loss(self, outputs: Any, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """The training loss of one batch (a scalar tensor)."""

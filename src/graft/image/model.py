@@ -1,13 +1,16 @@
 """Image backbones as transfer models: a timm network's stages, global average pooling, channels-last
-layout and static "same" padding for the input size graft feeds."""
+layout and static "same" padding for the input size graft feeds; and timm's BatchNorm-with-activation
+layer taught to normalise over every process of a run (:mod:`graft.core.distributed`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
+from graft.core.distributed import WholeBatchStatistics, register_whole_batch_norm
 from graft.core.heads import make_head
 from graft.core.model import TransferModel
 from graft.image.backbones.stages import split_into_stages
@@ -41,3 +44,13 @@ def build_transfer_model(
 ) -> TransferModel:
     """:func:`wrap_backbone` with a new ``head`` ("linear" or "mlp") for ``num_classes``."""
     return wrap_backbone(backbone, lambda features: make_head(head, features, num_classes, dropout=dropout), input_size)
+
+
+class WholeBatchNormAct2d(WholeBatchStatistics, BatchNormAct2d):
+    """timm's BatchNorm + dropout + activation, normalising with the whole batch over several processes."""
+
+    def after_normalising(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+register_whole_batch_norm(BatchNormAct2d, WholeBatchNormAct2d)
