@@ -104,6 +104,14 @@ def test_nproc_refuses_what_does_not_apply(class_folder, tmp_path):
     assert result.exit_code == 2 and "DATA cannot be changed" in result.output  # --nproc itself may go with --resume
 
 
+def test_a_mistake_under_nproc_gets_each_processs_one_line_and_graft_s_exit_code(tmp_path):
+    command = [sys.executable, "-m", "graft", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+    done = subprocess.run([*command, "--nproc", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3  # a DataError's, not torchrun's 1
+    assert done.stderr.count("does not exist or is not a folder") == 2 and "process 1: error:" in done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+
+
 def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
     scratch_before = set(Path(tempfile.gettempdir()).glob("graft-rank*"))

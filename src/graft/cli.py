@@ -78,7 +78,9 @@ def _handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except GraftError as error:
-            stderr.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            # under torchrun every process meets the same error: each line says whose it is
+            whose = "" if _first_process() else f"process {os.environ['RANK']}: "
+            stderr.print(f"[bold red]{whose}error:[/] {error.message}", highlight=False, soft_wrap=True)
             if error.hint:
                 stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False, soft_wrap=True)
             if kwargs.get("json_output") and _first_process():
@@ -533,8 +535,8 @@ def train(
 
 
 def _launch_processes(count: int) -> None:
-    """``graft train --nproc N``: this same command again under torchrun in N processes (this process becomes
-    torchrun). Refuses what does not apply; returns for ``--nproc 1``."""
+    """``graft train|adapt --nproc N``: this same command again under torchrun in N processes, which this
+    process waits for; its exit code is theirs. Refuses what does not apply; returns for ``--nproc 1``."""
     from graft.core.distributed import launched_by_torchrun
     from graft.errors import ConfigError
 
@@ -552,11 +554,34 @@ def _launch_processes(count: int) -> None:
             skip = True
         elif not argument.startswith("--nproc="):
             arguments.append(argument)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}"]
-    command += ["-m", "graft", *arguments]
+    raise typer.Exit(_torchrun(["--standalone", f"--nproc_per_node={count}", "-m", "graft", *arguments]))
+
+
+def _torchrun(arguments: list[str]) -> int:
+    """Run torchrun with ``arguments`` in this process and return the exit code of its processes. A failed
+    process has said why itself (graft's one-line error); torchrun's own traceback and failure table, which
+    would bury that line, are not printed, and a process that died without a word (a signal) is named."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from graft.console import stderr
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, set here without its banner
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, command)
+    try:
+        run(parse_args(arguments))
+    except ChildFailedError as failed:
+        # a process killed by a signal is the cause (the others then fail to reach it); it printed nothing
+        rank, failure = min(failed.failures.items(), key=lambda item: (item[1].exitcode >= 0, item[0]))
+        if failure.exitcode < 0:
+            stderr.print(f"[bold red]error:[/] process {rank} of the run ended by signal {failure.signal_name()}")
+            return 128 - failure.exitcode
+        return failure.exitcode
+    return 0
 
 
 @app.command()
