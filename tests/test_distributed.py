@@ -177,13 +177,14 @@ def test_a_multi_domain_run_trains_in_two_processes_like_in_one(tmp_path, monkey
     assert two["runtime"]["processes"] == 2 and two["epochs_run"] == one["epochs_run"] == 3
     histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("one", "two")]
     for single, shared in zip(*histories):
-        # What the ranks learn matches (validation losses within 12%: 9% measured after epoch 1, 2% after
-        # epoch 3; task weights within 5%). The train loss does not: each rank's loss sums the tasks its share
-        # holds rows of, so a share without a domain reports (and weighs) one term fewer than the batch would.
+        # Each task's loss is the whole batch's mean (every rank's count summed), so two processes take one
+        # process's step, dropout masks aside: measured, validation losses within 0.6%, task weights within
+        # 0.25%, train losses within 1.4% (before, with each rank's own per-task means: 9%, 2%, and no match).
         assert shared["valid_score"] == single["valid_score"]
+        assert shared["train_loss"] == pytest.approx(single["train_loss"], rel=0.03)
         for domain in folders:
-            assert shared["valid"][domain]["loss"] == pytest.approx(single["valid"][domain]["loss"], rel=0.12)
-            assert shared["task_weights"][domain] == pytest.approx(single["task_weights"][domain], rel=0.05)
+            assert shared["valid"][domain]["loss"] == pytest.approx(single["valid"][domain]["loss"], rel=0.02)
+            assert shared["task_weights"][domain] == pytest.approx(single["task_weights"][domain], rel=0.01)
 
 
 def _alignment_gradients(method: str, processes: Processes) -> list:

@@ -55,7 +55,7 @@ class MultiTaskObjective(Objective):
     """Masked per-task losses combined with fixed (``equal``) or learned (``uncertainty``) weights, plus
     ``tie * model.tower_distance()`` for soft sharing. The best epoch has the best combined score."""
 
-    leaves_outputs_unused = True  # a batch without a task's labels leaves its head out of the loss
+    leaves_outputs_unused = True  # a batch (or a rank's share of it) without a task's labels leaves its head out
 
     def __init__(
         self,
@@ -78,22 +78,27 @@ class MultiTaskObjective(Objective):
         self.log_vars = nn.Parameter(torch.zeros(len(tasks)), requires_grad=weighting == "uncertainty")
 
     def task_losses(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each task's mean loss over the batch's rows labelled for it (tasks without such a row are left out).
+        Over several processes the mean is the whole batch's: this rank's sum over every rank's count, times
+        the world (DDP's averaging divides it out); a task only other ranks' rows hold counts zero here."""
+        masks = [~torch.isnan(targets[:, index]) for index in range(len(self.tasks))]
+        counts = self.processes.total({task.name: float(mask.sum()) for task, mask in zip(self.tasks, masks)})
         losses = {}
         for index, task in enumerate(self.tasks):
-            column = targets[:, index]
-            mask = ~torch.isnan(column)
-            if not mask.any():
+            if not counts[task.name]:
                 continue
+            mask, column = masks[index], targets[:, index]
             output = outputs[task.name][mask]
             if task.is_classification:
-                losses[task.name] = nn.functional.cross_entropy(
-                    output, column[mask].long(), label_smoothing=self.label_smoothing
+                summed = nn.functional.cross_entropy(
+                    output, column[mask].long(), label_smoothing=self.label_smoothing, reduction="sum"
                 )
             else:
                 scale = self.scales[task.name]
-                losses[task.name] = nn.functional.smooth_l1_loss(
-                    output.squeeze(1), (column[mask] - scale.mean) / scale.std
+                summed = nn.functional.smooth_l1_loss(
+                    output.squeeze(1), (column[mask] - scale.mean) / scale.std, reduction="sum"
                 )
+            losses[task.name] = summed * (self.processes.world / counts[task.name])
         return losses
 
     def forward(
