@@ -48,7 +48,10 @@ class AdaptationObjective(Objective):
     def loss(self, outputs, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
         logits, features = outputs
         source = targets != UNLABELLED
-        loss = nn.functional.cross_entropy(logits[source], targets[source].long(), label_smoothing=self.label_smoothing)
+        summed = nn.functional.cross_entropy(
+            logits[source], targets[source].long(), label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        loss = self.processes.batch_mean(summed, int(source.sum()))
         if self.method.uses_target and self.strength > 0:
             logits, features, source = self._whole_batch(logits, features, source)
             target = ~source

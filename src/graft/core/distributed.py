@@ -7,9 +7,10 @@ torchrun's variables, a process group on gloo (CPU) or nccl (CUDA). Every rank t
 - the frozen pass is sharded: each rank computes its share of the rows the activation cache lacks, then all
   wait for the others (:meth:`Processes.barrier`) and read the complete cache;
 - every training batch of ``--batch-size`` rows is split between the ranks (:meth:`Processes.part`), and
-  DistributedDataParallel averages their gradients: with equal parts that is the single process's gradient
-  of the whole batch, so the maths is the single-process run's (float rounding aside; a last batch that does
-  not split evenly weighs its parts equally, not its rows);
+  DistributedDataParallel averages their gradients; each rank's loss is its rows' sum over the whole batch's
+  count (:meth:`Processes.batch_mean`), so the average is the single process's gradient of the whole batch,
+  even for a last batch that does not split evenly: the maths is the single-process run's (float rounding
+  aside);
 - every rank validates on the whole validation split, and the epoch's record (losses, scores, seconds) is
   rank 0's (:meth:`Processes.from_main`), so every rank takes the same best-epoch and stopping decisions;
 - only rank 0 writes the run folder, shows progress, evaluates the result and writes the report; the others
@@ -82,6 +83,14 @@ class Processes:
         sums = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(sums)
         return dict(zip(names, sums.tolist()))
+
+    def batch_mean(self, summed: torch.Tensor, rows: int) -> torch.Tensor:
+        """``summed`` (a loss summed over this rank's ``rows``) as the whole batch's mean, scaled so that DDP's
+        average of the ranks' gradients is that mean's gradient, also when the ranks' shares differ in size (a
+        last batch that does not split evenly). One process: ``summed / rows``."""
+        if not self.distributed:
+            return summed / rows
+        return summed * (self.world / self.total({"rows": float(rows)})["rows"])
 
     def from_main(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""

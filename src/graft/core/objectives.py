@@ -63,7 +63,10 @@ class Classification(Objective):
         self.label_smoothing = label_smoothing
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        return nn.functional.cross_entropy(outputs, targets.long(), label_smoothing=self.label_smoothing)
+        summed = nn.functional.cross_entropy(
+            outputs, targets.long(), label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return self.processes.batch_mean(summed, len(targets))
 
     def train_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"train_accuracy": float((outputs.argmax(1) == targets).sum())}
