@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -575,8 +576,12 @@ def _torchrun(arguments: list[str]) -> int:
     try:
         run(parse_args(arguments))
     except ChildFailedError as failed:
-        # a process killed by a signal is the cause (the others then fail to reach it); it printed nothing
-        rank, failure = min(failed.failures.items(), key=lambda item: (item[1].exitcode >= 0, item[0]))
+        # A process killed by a signal is the cause (the others then fail to reach it) and printed nothing;
+        # torchrun itself then stops the rest with SIGTERM.
+        rank, failure = min(
+            failed.failures.items(),
+            key=lambda item: (item[1].exitcode >= 0, item[1].exitcode == -signal.SIGTERM, item[0]),
+        )
         if failure.exitcode < 0:
             stderr.print(f"[bold red]error:[/] process {rank} of the run ended by signal {failure.signal_name()}")
             return 128 - failure.exitcode

@@ -141,12 +141,10 @@ def whole_batch_normalise(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tenso
     gradient through the other ranks' losses. torch's SyncBatchNorm does this on GPUs only; this runs on gloo."""
     if not (layer.training and torch.is_grad_enabled() and _world() > 1):
         return None
-    from torch.distributed.nn.functional import all_reduce
-
     channels, dims = x.shape[1], [0, *range(2, x.dim())]
     rows = x.float()
     count = rows.new_full((1,), rows.numel() / channels)
-    totals = all_reduce(torch.cat([rows.sum(dims), (rows * rows).sum(dims), count]))
+    totals = _SumOverRanks.apply(torch.cat([rows.sum(dims), (rows * rows).sum(dims), count]))
     n = totals[-1]
     mean = totals[:channels] / n
     var = totals[channels : 2 * channels] / n - mean * mean
@@ -215,6 +213,23 @@ def _world() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce (sum) whose gradient is the sum over the ranks of theirs: every rank's loss depends on the sum.
+    (torch.distributed.nn.functional.all_reduce does the same and is deprecated in this torch.)"""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        summed = values.contiguous().clone()
+        torch.distributed.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.contiguous().clone()
+        torch.distributed.all_reduce(summed)
+        return summed
+
+
 class _GatherRows(torch.autograd.Function):
     """all_gather with rows of unequal counts (padded to the largest, then trimmed) and a backward made of one
     all_reduce, which gloo and nccl both have (torch.distributed.nn's backward needs all_to_all or reduce_scatter)."""
@@ -236,6 +251,14 @@ class _GatherRows(torch.autograd.Function):
         summed = grad.contiguous().clone()
         torch.distributed.all_reduce(summed)
         return summed[ctx.start : ctx.start + ctx.count], None, None
+
+
+def lost_a_process(error: BaseException, processes: Processes) -> bool:
+    """Whether ``error`` says another rank of the run went away (killed, crashed): a collective found its peer
+    gone. gloo raises a plain RuntimeError naming its transport; nccl and the store raise torch's DistError."""
+    if not processes.distributed:
+        return False
+    return isinstance(error, torch.distributed.DistError) or "gloo/transport" in str(error)
 
 
 SINGLE = Processes()

@@ -35,6 +35,7 @@ from graft.core import report
 from graft.core.callbacks import ProgressBars, TensorBoardLog
 from graft.core.checkpoint import load_checkpoint
 from graft.core.config import HEAD_ONLY_MODES, RunConfig, check_workers, validate
+from graft.core.distributed import lost_a_process
 from graft.core.evaluation import collect_outputs
 from graft.core.fit import apply_plan, fit
 from graft.core.freeze import FreezePlan, parameter_counts
@@ -491,6 +492,14 @@ def _execute(
                 logger.log_evaluation(metrics, state.epoch)
     except KeyboardInterrupt:
         raise run.interrupted() from None
+    except RuntimeError as error:
+        if not lost_a_process(error, runtime.processes):
+            raise
+        raise TrainingError(
+            "another process of this run stopped, so this one cannot go on"
+            + ("" if (run / CHECKPOINT).is_file() else "; no epoch had finished"),
+            hint=f"graft train --resume {run.path} (with --nproc N, any N) continues from the last checkpoint",
+        ) from None
     except TrainingError as error:
         kept = (
             f"the best weights so far are in '{run / WEIGHTS}'"
