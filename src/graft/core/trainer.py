@@ -492,14 +492,6 @@ def _execute(
                 logger.log_evaluation(metrics, state.epoch)
     except KeyboardInterrupt:
         raise run.interrupted() from None
-    except RuntimeError as error:
-        if not lost_a_process(error, runtime.processes):
-            raise
-        raise TrainingError(
-            "another process of this run stopped, so this one cannot go on"
-            + ("" if (run / CHECKPOINT).is_file() else "; no epoch had finished"),
-            hint=f"graft train --resume {run.path} (with --nproc N, any N) continues from the last checkpoint",
-        ) from None
     except TrainingError as error:
         kept = (
             f"the best weights so far are in '{run / WEIGHTS}'"
@@ -507,6 +499,14 @@ def _execute(
             else "no epoch had finished"
         )
         raise TrainingError(f"{error.message}; {kept}", hint=error.hint) from None
+    except RuntimeError as error:  # after TrainingError, one of its kind
+        if not lost_a_process(error, runtime.processes):
+            raise
+        raise TrainingError(
+            "another process of this run stopped, so this one cannot go on"
+            + ("" if (run / CHECKPOINT).is_file() else "; no epoch had finished"),
+            hint=f"graft train --resume {run.path} (with --nproc N, any N) continues from the last checkpoint",
+        ) from None
     finally:
         if logger is not None:
             logger.close()
