@@ -314,7 +314,7 @@ def test_killing_one_rank_stops_the_run_and_resume_in_two_processes_finishes_it(
     os.kill(victim, signal.SIGKILL)
     started.wait(timeout=120)
     assert started.returncode != 0 and _epochs_done(run) < 12 and (run / "checkpoint.safetensors").exists()
-    said = started.stderr.read().decode()  # rank 0 and the launcher each say what happened, in one line
+    said = started.stderr.read().decode()  # the launcher says what happened (rank 0 may be stopped before it can)
     assert "process 1 of the run ended by signal SIGKILL" in said and "graft train --resume" in said
     assert "Traceback" not in said
     before = json.loads((run / "history.json").read_text())

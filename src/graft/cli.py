@@ -584,6 +584,7 @@ def _torchrun(arguments: list[str]) -> int:
         )
         if failure.exitcode < 0:
             stderr.print(f"[bold red]error:[/] process {rank} of the run ended by signal {failure.signal_name()}")
+            stderr.print("[dim]hint:[/] graft train --resume RUN_FOLDER continues from the last checkpoint")
             return 128 - failure.exitcode
         return failure.exitcode
     return 0
