@@ -277,15 +277,16 @@ def test_an_adaptation_run_trains_in_two_processes(domains, tmp_path, monkeypatc
     assert two["target_accuracy"] is not None and (tmp_path / "two" / "domain_statistics.safetensors").is_file()
 
 
-def _rank_process(rank: int) -> int | None:
-    """The pid of this machine's graft process that torchrun started as ``rank``."""
+def _rank_process(run: Path, rank: int) -> int | None:
+    """The pid of the graft process that torchrun started as ``rank`` of the run writing ``run`` (only that run's:
+    another graft run on the machine, a benchmark's, must not be the one killed)."""
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
             environ = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"graft" in command and b"train" in command and f"RANK={rank}".encode() in environ:
+        if b"graft" in command and str(run).encode() in command and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
 
@@ -309,7 +310,7 @@ def test_killing_one_rank_stops_the_run_and_resume_in_two_processes_finishes_it(
     deadline = time.time() + 180
     while _epochs_done(run) < 2 and started.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    victim = _rank_process(1)
+    victim = _rank_process(run, 1)
     assert victim is not None and started.poll() is None, "the run finished before rank 1 could be killed"
     os.kill(victim, signal.SIGKILL)
     started.wait(timeout=120)
