@@ -187,6 +187,69 @@ def test_a_multi_domain_run_trains_in_two_processes_like_in_one(tmp_path, monkey
             assert shared["task_weights"][domain] == pytest.approx(single["task_weights"][domain], rel=0.01)
 
 
+def _two_machines(command: list[str], caches: tuple[Path, Path], timeout: float = 240) -> list:
+    """``command`` (graft's arguments) run as torchrun does on two machines of one process each, here two
+    launchers on this machine meeting at a local rendezvous; each "machine" with its own activation cache folder
+    (or the same one). Returns both launchers' completed processes."""
+    import os
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(node),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "graft-test",
+                "-m",
+                "graft",
+                *command,
+            ],
+            env={**os.environ, "GRAFT_CACHE_DIR": str(cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for node, cache in enumerate(caches)
+    ]
+    finished = []
+    for launcher in launchers:
+        out, err = launcher.communicate(timeout=timeout)
+        finished.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+    return finished
+
+
+def test_two_machines_train_through_torchrun_and_must_share_the_cache(class_folder, tmp_path):
+    """torchrun's usual --nnodes / --rdzv-endpoint: the run trains over both, rank 0's machine writes the run.
+    Machines that do not share the activation cache get one clear error, not a crash on a missing row."""
+    command = ["train", str(class_folder), "--out", str(tmp_path / "run"), "--json", "--mode", "finetune"]
+    command += ["--unfreeze", "1", *OPTIONS]
+    shared = tmp_path / "cache"
+    done = _two_machines(command, (shared, shared))
+    assert all(launcher.returncode == 0 for launcher in done), done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    summaries = [json.loads(launcher.stdout) for launcher in done if launcher.stdout.strip()]
+    assert len(summaries) == 1 and summaries[0]["runtime"]["processes"] == 2 and summaries[0]["epochs_run"] == 3
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    apart = _two_machines([*command[:3], str(tmp_path / "apart"), *command[4:]], (tmp_path / "a", tmp_path / "b"))
+    assert all(launcher.returncode != 0 for launcher in apart)
+    said = apart[0].stderr + apart[1].stderr
+    assert "the processes of a run must share the activation cache" in said and "--cache-dir" in said
+
+
 def _alignment_gradients(method: str, processes: Processes) -> list:
     """The gradients of one adaptation step on a generated batch of 8 source and 8 target rows, this rank's
     share of it (the whole batch for one process), averaged over the ranks as DDP averages them, and the

@@ -276,6 +276,13 @@ def cached_rows(
     if unique:
         store.add(list(unique), compute(list(unique.values())))
     processes.barrier()  # and reads it once every share is in
+    if processes.distributed and store.missing(digests):
+        raise ConfigError(
+            f"rows the other processes of this run computed are not in '{store.folder.parent}': the processes of a "
+            "run must share the activation cache",
+            hint="on several machines, give every one the same --cache-dir (or GRAFT_CACHE_DIR) on a filesystem "
+            "they all mount",
+        )
     if processes.is_main:
         _record_use(store.folder, source)
     return store.rows(digests)
