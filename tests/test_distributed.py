@@ -137,7 +137,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
     )
     assert _chunks(tmp_path / "cache") == chunks  # the shared pass left the cache complete: one process adds nothing
     # The same data, batches and maths, BatchNorm of the trained stage included (its statistics are the whole
-    # batch's: graft.core.distributed.whole_batch_norms); only the head's dropout masks differ. Measured:
+    # batch's: graft.core.whole_batch_norm); only the head's dropout masks differ. Measured:
     # validation losses within 0.25%, train losses (taken under dropout) within 2.2%; with each rank's share
     # normalised alone they drift to 1.1% and 18% by epoch 3.
     assert two["valid_accuracy"] == one["valid_accuracy"] and two["epochs_run"] == one["epochs_run"] == 3
@@ -258,7 +258,7 @@ def _alignment_gradients(method: str, processes: Processes) -> list:
 
     from graft.adaptation.methods import method_named
     from graft.adaptation.objective import UNLABELLED, AdaptationObjective
-    from graft.core.distributed import whole_batch_norms
+    from graft.core.whole_batch_norm import whole_batch_norms
 
     torch.manual_seed(0)  # the same initial weights and batch on every rank
     bottleneck = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4))

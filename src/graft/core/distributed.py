@@ -25,7 +25,7 @@ objective's own parameters (task weights) are averaged over the ranks by hand (:
 What is not a mean over rows is computed on the whole batch on every rank, so with DDP's averaging the step is
 the single process's: a loss term such as a covariance or a class-confusion matrix (:meth:`Processes.gather`
 brings every rank's rows together and sends each rank back the gradient of its own rows), and the statistics
-of BatchNorm layers that train (:func:`whole_batch_norms`: torch's SyncBatchNorm runs only on GPUs).
+of BatchNorm layers that train (:mod:`graft.core.whole_batch_norm`: torch's SyncBatchNorm runs only on GPUs).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core.whole_batch_norm import whole_batch_norms
 from graft.errors import ConfigError
 from graft.perf import usable_cores
 
@@ -131,103 +132,6 @@ class Processes:
                     parameter.grad = torch.zeros_like(parameter)
                 torch.distributed.all_reduce(parameter.grad)
                 parameter.grad /= self.world
-
-
-def whole_batch_normalise(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor | None:
-    """``layer``'s normalisation of ``x`` (affine included) with the statistics of the whole batch, every rank's
-    share of it, as one process would compute them; None where the layer's own forward is right (evaluation,
-    no autograd, as in a statistics pass on one rank, or one process). Each channel's count, sum and sum of
-    squares are summed over the ranks in one all_reduce that is differentiable: each rank's rows also get the
-    gradient through the other ranks' losses. torch's SyncBatchNorm does this on GPUs only; this runs on gloo."""
-    if not (layer.training and torch.is_grad_enabled() and _world() > 1):
-        return None
-    channels, dims = x.shape[1], [0, *range(2, x.dim())]
-    rows = x.float()
-    count = rows.new_full((1,), rows.numel() / channels)
-    totals = _SumOverRanks.apply(torch.cat([rows.sum(dims), (rows * rows).sum(dims), count]))
-    n = totals[-1]
-    mean = totals[:channels] / n
-    var = totals[channels : 2 * channels] / n - mean * mean
-    if layer.track_running_stats and layer.running_mean is not None:
-        with torch.no_grad():
-            layer.num_batches_tracked.add_(1)
-            factor = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
-            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), factor)
-            layer.running_var.lerp_((var * n / (n - 1)).to(layer.running_var.dtype), factor)
-    shape = (1, channels) + (1,) * (x.dim() - 2)
-    out = (rows - mean.view(shape)) * torch.rsqrt(var.view(shape) + layer.eps)
-    if layer.weight is not None:
-        out = out * layer.weight.view(shape) + layer.bias.view(shape)
-    return out.to(x.dtype)
-
-
-class WholeBatchStatistics:
-    """Mixed into a BatchNorm class: training over several ranks, it normalises with the whole batch's
-    statistics (:func:`whole_batch_normalise`), then does what the class does after normalising."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normalised = whole_batch_normalise(self, x)
-        return super().forward(x) if normalised is None else self.after_normalising(normalised)
-
-    def after_normalising(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class WholeBatchNorm1d(WholeBatchStatistics, nn.BatchNorm1d):
-    pass
-
-
-class WholeBatchNorm2d(WholeBatchStatistics, nn.BatchNorm2d):
-    pass
-
-
-class WholeBatchNorm3d(WholeBatchStatistics, nn.BatchNorm3d):
-    pass
-
-
-_WHOLE_BATCH: dict[type, type] = {
-    nn.BatchNorm1d: WholeBatchNorm1d,
-    nn.BatchNorm2d: WholeBatchNorm2d,
-    nn.BatchNorm3d: WholeBatchNorm3d,
-}
-
-
-def register_whole_batch_norm(layer: type, whole: type) -> None:
-    """Say which subclass of ``layer`` (a BatchNorm class that does more than normalise, such as timm's
-    BatchNormAct2d) normalises with the whole batch's statistics: :func:`whole_batch_norms` then converts it."""
-    _WHOLE_BATCH[layer] = whole
-
-
-def whole_batch_norms(model: nn.Module) -> None:
-    """Make ``model``'s BatchNorm layers of a registered class normalise with the whole batch's statistics
-    over the ranks. Each layer is turned into its registered subclass in place (its class changes, nothing
-    else): parameters, buffers and every reference to the layer stay what they were, so DDP, the optimizer
-    and the checkpoint see the same model. A BatchNorm class nobody registered normalises each rank's share."""
-    for layer in model.modules():
-        whole = _WHOLE_BATCH.get(type(layer))
-        if whole is not None:
-            layer.__class__ = whole
-
-
-def _world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """all_reduce (sum) whose gradient is the sum over the ranks of theirs: every rank's loss depends on the sum.
-    (torch.distributed.nn.functional.all_reduce does the same and is deprecated in this torch.)"""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
-        summed = values.contiguous().clone()
-        torch.distributed.all_reduce(summed)
-        return summed
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        summed = grad.contiguous().clone()
-        torch.distributed.all_reduce(summed)
-        return summed
 
 
 class _GatherRows(torch.autograd.Function):

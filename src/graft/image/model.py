@@ -1,6 +1,6 @@
 """Image backbones as transfer models: a timm network's stages, global average pooling, channels-last
 layout and static "same" padding for the input size graft feeds; and timm's BatchNorm-with-activation
-layer taught to normalise over every process of a run (:mod:`graft.core.distributed`)."""
+layer taught to normalise over every process of a run (:mod:`graft.core.whole_batch_norm`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
-from graft.core.distributed import WholeBatchStatistics, register_whole_batch_norm
 from graft.core.heads import make_head
 from graft.core.model import TransferModel
+from graft.core.whole_batch_norm import WholeBatchStatistics, register_whole_batch_norm
 from graft.image.backbones.stages import split_into_stages
 from graft.image.backbones.static_padding import make_padding_static
 
