@@ -147,7 +147,8 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_the_run(class_folde
         assert shared["valid_loss"] == pytest.approx(single["valid_loss"], rel=0.006)
     written = {path.name for path in (tmp_path / "two").iterdir()}
     assert {"config.json", "model.safetensors", "history.json", "report.html"} <= written
-    assert set(Path(tempfile.gettempdir()).glob("graft-rank*")) == scratch_before  # rank 1's scratch copy is gone
+    # rank 1's scratch copy is gone (other graft runs on the machine may come and go meanwhile)
+    assert not set(Path(tempfile.gettempdir()).glob("graft-rank*")) - scratch_before
     assert graft.load(tmp_path / "two").predict([str(next(class_folder.rglob("*.png")))])[0]["label"]
 
 
