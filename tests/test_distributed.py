@@ -341,6 +341,26 @@ def test_an_adaptation_run_trains_in_two_processes(domains, tmp_path, monkeypatc
     assert two["target_accuracy"] is not None and (tmp_path / "two" / "domain_statistics.safetensors").is_file()
 
 
+def test_a_reweighted_run_trains_in_two_processes_with_rank_0s_weights(domains, tmp_path, monkeypatch):  # noqa: F811
+    """Sample-selection bias over two processes: both share the frozen pass of the pooled features, rank 0
+    estimates the importance weights and the others take them; a one-process run on the same cached rows
+    estimates the very same weights."""
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    source, target = domains
+    command = [sys.executable, "-m", "graft", "train", str(source), "--reweight", str(target), "--out"]
+    command += [str(tmp_path / "two"), "--nproc", "2", "--workers", "0", "--json", *OPTIONS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(done.stdout)
+    assert two["kind"] == "reweighted" and two["runtime"]["processes"] == 2 and two["epochs_run"] == 3
+    chunks = _chunks(tmp_path / "cache")
+    assert chunks and all(count % 2 == 0 for count in chunks)  # the pooled features' pass was shared too
+    graft.train(source, tmp_path / "one", reweight=target, backbone=TINY_BACKBONE, pretrained=False, epochs=1,
+                batch_size=8, seed=0, num_workers=0, quiet=True)  # fmt: skip
+    weights = [json.loads((tmp_path / name / "importance_weights.json").read_text()) for name in ("one", "two")]
+    assert weights[1]["train"] == pytest.approx(weights[0]["train"], rel=1e-6)
+
+
 def _rank_process(run: Path, rank: int) -> int | None:
     """The pid of the graft process that torchrun started as ``rank`` of the run writing ``run`` (only that run's:
     another graft run on the machine, a benchmark's, must not be the one killed)."""

@@ -37,6 +37,7 @@ from graft.core.classifier import KIND as CLASSIFIER
 from graft.core.classifier import TrainedClassifier
 from graft.core.config import RunConfig
 from graft.core.dataset import Dataset
+from graft.core.distributed import SINGLE
 from graft.core.evaluation import probabilities
 from graft.core.head_refit import converge_head
 from graft.core.inputs import Inputs, cached_loader, content_key
@@ -62,9 +63,11 @@ class WeightedClassification(Classification):
         smoothing = self.label_smoothing
         if self.prior_shift is not None:
             shifted = outputs - self.prior_shift.to(outputs.device, outputs.dtype)
-            return nn.functional.cross_entropy(shifted, labels, label_smoothing=smoothing)
+            summed = nn.functional.cross_entropy(shifted, labels, label_smoothing=smoothing, reduction="sum")
+            return self.processes.batch_mean(summed, len(labels))
         losses = nn.functional.cross_entropy(outputs, labels, label_smoothing=smoothing, reduction="none")
-        return (weights * losses).sum() / weights.sum()
+        # the weighted mean of the whole batch: over several processes, every rank's weights summed
+        return self.processes.batch_mean((weights * losses).sum(), weights.sum())
 
     def train_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"train_accuracy": float((outputs.argmax(1) == targets[:, 0].long()).sum())}
@@ -88,6 +91,7 @@ class ReweightedKind:
 
     name = "reweighted"
     modalities = ("image",)
+    several_processes = True  # torchrun / --nproc: rank 0 estimates the weights, each batch is split (fit)
 
     def scan(self, config: RunConfig, source: Modality) -> Dataset:
         return with_target(CLASSIFIER.scan(config, source), config.reweight, source, split=POOL)
@@ -128,7 +132,7 @@ class ReweightedKind:
         splits = {name: dataset.split(name) for name in ("train", "valid", "test", POOL) if dataset.split(name)}
         clean = CleanRows(
             session.source, dataset, preprocessing, saved["backbone"]["architecture"], root, session.num_workers,
-            progress, runtime.device,
+            progress, runtime.device, runtime.processes,
         )  # fmt: skip
         at_stop = clean(model, stop, {name: items for name, items in splits.items() if name != POOL})
 
@@ -138,7 +142,15 @@ class ReweightedKind:
             parts = {**parts, **clean(model, len(model.stages), {n: splits[n] for n in names if n not in parts})}
             return {name: parts[name].materialize().numpy() for name in names}
 
-        weights = self._weights(run, pooled, config, splits)
+        processes = runtime.processes
+        if processes.distributed:  # rank 0 estimates; every rank shares the frozen pass of the pooled features
+            estimating = processes.from_main(not (run / WEIGHTS_FILE).is_file()) and config.weight_estimator != "none"
+            features = pooled() if estimating else None
+            weights = processes.from_main(
+                self._weights(run, lambda: features, config, splits) if processes.is_main else None
+            )
+        else:
+            weights = self._weights(run, pooled, config, splits)
         if "per_class" in weights["summary"]:
             objective.shift_priors(weights["summary"]["per_class"])
         keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}
@@ -146,7 +158,10 @@ class ReweightedKind:
         def loader(name: str, shuffle: bool, per_example: list[float] | None):
             per_example = per_example or [1.0] * len(splits[name])
             items = [(path, [label, weight]) for (path, label), weight in zip(splits[name], per_example)]
-            return cached_loader([at_stop[name]], items, config.seed, keys[name], config.batch_size, shuffle)
+            return cached_loader(
+                [at_stop[name]], items, config.seed, keys[name], config.batch_size, shuffle,
+                processes=runtime.processes if name == "train" else SINGLE,
+            )  # fmt: skip
 
         train = loader("train", True, weights["train"])
         evaluation = {"valid": loader("valid", False, weights["valid"])}
