@@ -142,15 +142,12 @@ class ReweightedKind:
             parts = {**parts, **clean(model, len(model.stages), {n: splits[n] for n in names if n not in parts})}
             return {name: parts[name].materialize().numpy() for name in names}
 
-        processes = runtime.processes
-        if processes.distributed:  # rank 0 estimates; every rank shares the frozen pass of the pooled features
+        processes, features = runtime.processes, pooled
+        if processes.distributed:  # every rank takes part in the pooled features' (shared) pass before rank 0 estimates
             estimating = processes.from_main(not (run / WEIGHTS_FILE).is_file()) and config.weight_estimator != "none"
-            features = pooled() if estimating else None
-            weights = processes.from_main(
-                self._weights(run, lambda: features, config, splits) if processes.is_main else None
-            )
-        else:
-            weights = self._weights(run, pooled, config, splits)
+            computed = pooled() if estimating else None
+            features = lambda: computed  # noqa: E731
+        weights = processes.on_main(lambda: self._weights(run, features, config, splits))
         if "per_class" in weights["summary"]:
             objective.shift_priors(weights["summary"]["per_class"])
         keys = {name: [content_key(dataset.digest(path)) for path, _ in items] for name, items in splits.items()}

@@ -139,12 +139,10 @@ class AdaptationKind:
         if method is None or not method.target_bn:
             cached["pretrained"] = rows(model, splits, "pretrained statistics")
         if method is None or method.target_bn:
-            statistics = runtime.processes.from_main(
-                self._statistics(
+            statistics = runtime.processes.on_main(
+                lambda: self._statistics(
                     run, model, modality, dataset, splits, preprocessing, stop, config.seed, root, progress
                 )
-                if runtime.processes.is_main
-                else None
             )
             cached["adabn"] = {
                 **rows(with_statistics(model, statistics["source"]), source_splits, "source statistics"),

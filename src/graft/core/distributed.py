@@ -31,7 +31,7 @@ of BatchNorm layers that train (:mod:`graft.core.whole_batch_norm`: torch's Sync
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,13 +85,26 @@ class Processes:
         torch.distributed.all_reduce(sums)
         return dict(zip(names, sums.tolist()))
 
-    def batch_mean(self, summed: torch.Tensor, rows: int) -> torch.Tensor:
-        """``summed`` (a loss summed over this rank's ``rows``) as the whole batch's mean, scaled so that DDP's
-        average of the ranks' gradients is that mean's gradient, also when the ranks' shares differ in size (a
-        last batch that does not split evenly). One process: ``summed / rows``."""
+    def batch_means(self, sums: dict[str, torch.Tensor], rows: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Each ``sums[name]`` (a loss summed over this rank's ``rows[name]``) as the whole batch's mean, scaled
+        so that DDP's average of the ranks' gradients is that mean's gradient, also when the ranks' shares differ
+        in size (a last batch that does not split evenly); one all_reduce for all of them. A name with no row in
+        the whole batch is left out. One process: ``sums[name] / rows[name]``."""
+        if not self.distributed:
+            return {name: summed / rows[name] for name, summed in sums.items() if rows[name]}
+        totals = self.total(rows)
+        return {name: summed * (self.world / totals[name]) for name, summed in sums.items() if totals[name]}
+
+    def batch_mean(self, summed: torch.Tensor, rows: float) -> torch.Tensor:
+        """:meth:`batch_means` of one loss (over a batch that has rows)."""
         if not self.distributed:
             return summed / rows
-        return summed * (self.world / self.total({"rows": float(rows)})["rows"])
+        return self.batch_means({"loss": summed}, {"loss": float(rows)})["loss"]
+
+    def on_main(self, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s value, computed by rank 0 alone and given to every rank (it must not wait for the
+        other ranks: they are waiting for it)."""
+        return self.from_main(compute() if self.is_main else None)
 
     def from_main(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""

@@ -81,13 +81,10 @@ class MultiTaskObjective(Objective):
         """Each task's mean loss over the batch's rows labelled for it (tasks without such a row are left out).
         Over several processes the mean is the whole batch's: this rank's sum over every rank's count, times
         the world (DDP's averaging divides it out); a task only other ranks' rows hold counts zero here."""
-        masks = [~torch.isnan(targets[:, index]) for index in range(len(self.tasks))]
-        counts = self.processes.total({task.name: float(mask.sum()) for task, mask in zip(self.tasks, masks)})
-        losses = {}
+        sums, rows = {}, {}
         for index, task in enumerate(self.tasks):
-            if not counts[task.name]:
-                continue
-            mask, column = masks[index], targets[:, index]
+            column = targets[:, index]
+            mask = ~torch.isnan(column)
             output = outputs[task.name][mask]
             if task.is_classification:
                 summed = nn.functional.cross_entropy(
@@ -98,8 +95,8 @@ class MultiTaskObjective(Objective):
                 summed = nn.functional.smooth_l1_loss(
                     output.squeeze(1), (column[mask] - scale.mean) / scale.std, reduction="sum"
                 )
-            losses[task.name] = summed * (self.processes.world / counts[task.name])
-        return losses
+            sums[task.name], rows[task.name] = summed, float(mask.sum())
+        return self.processes.batch_means(sums, rows)
 
     def forward(
         self, outputs: dict[str, torch.Tensor], targets: torch.Tensor
